@@ -1,0 +1,85 @@
+"""DRF authentication for agents: `Authorization: Bearer <JWT-SVID or OIDC token>`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+
+from agents.models import Agent
+from agents.services import agent_mark_seen
+from agents.workload_identity import IdentityRejected, token_fingerprint, verify_workload_token
+from audit.services import Actor, record
+
+
+@dataclass
+class AuthenticatedAgent:
+    """`request.user` for an agent's API call. Agents are never Django users."""
+
+    agent: Agent
+    claims: dict
+    is_authenticated: bool = True
+    is_staff: bool = False
+    is_superuser: bool = False
+
+    def __str__(self) -> str:
+        return self.agent.spiffe_id
+
+
+def bearer_token(request) -> str | None:
+    header = authentication.get_authorization_header(request).split()
+    if not header or header[0].lower() != b"bearer":
+        return None
+    if len(header) != 2:
+        raise exceptions.AuthenticationFailed(
+            "The Authorization header must be 'Bearer <token>'.", code="malformed_token"
+        )
+    try:
+        return header[1].decode("ascii")
+    except UnicodeDecodeError:
+        raise exceptions.AuthenticationFailed("The token is not ASCII.", code="malformed_token")
+
+
+def _audit_rejection(request, token: str, rejected: IdentityRejected) -> None:
+    # A flood of bad tokens must not flood the evidence log: a budget per reason per minute.
+    limit = settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE
+    bucket = f"custody:authfail:{rejected.reason}:{int(timezone.now().timestamp() // 60)}"
+    cache.add(bucket, 0, 120)
+    try:
+        count = cache.incr(bucket)
+    except ValueError:
+        count = 1
+    if count > limit:
+        return
+    record(
+        actor=Actor.anonymous(request.META.get("REMOTE_ADDR", "unknown")),
+        verb="auth.rejected",
+        data={
+            "reason": rejected.reason,
+            "token_sha256": token_fingerprint(token),
+            "jti": rejected.claims.get("jti"),
+            "claimed_sub": rejected.claims.get("sub"),
+            "path": request.path,
+            "budget_note": "last audited rejection this minute" if count == limit else "",
+        },
+    )
+
+
+class WorkloadIdentityAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request):
+        token = bearer_token(request)
+        if token is None:
+            return None
+        try:
+            identity = verify_workload_token(token)
+        except IdentityRejected as rejected:
+            _audit_rejection(request, token, rejected)
+            raise exceptions.AuthenticationFailed(rejected.message, code=rejected.reason)
+        agent_mark_seen(agent=identity.agent)
+        return AuthenticatedAgent(agent=identity.agent, claims=identity.claims), identity.claims
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="custody"'

@@ -1,0 +1,78 @@
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from agents.dev_identity import ensure_dev_trust_domain
+from agents.models import Agent, SponsorProfile, TeamProfile
+from agents.services import agent_register
+from audit.services import Actor
+
+# Development-only logins, printed by `make run`. load_demo refuses to run with DEBUG off.
+DEMO_USERS = [
+    # username, password, superuser, team
+    ("admin", "custody-admin", True, None),
+    ("alice", "custody-alice", False, "payments-platform"),
+    ("bob", "custody-bob", False, "payments-platform"),
+    ("carol", "custody-carol", False, "research-platform"),
+]
+DEMO_AGENTS = [
+    # path, name, sponsor, team
+    ("agents/invoice-bot", "Invoice bot", "alice", "payments-platform"),
+    ("agents/refund-helper", "Refund helper", "alice", "payments-platform"),
+    ("agents/research-agent", "Research agent", "carol", "research-platform"),
+]
+
+
+def demo_spiffe_id(path: str) -> str:
+    return f"spiffe://{settings.CUSTODY_DEV_TRUST_DOMAIN}/{path}"
+
+
+class Command(BaseCommand):
+    help = "Load demo people, teams and agents (idempotent; development only)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--force", action="store_true", help="allow with DEBUG off")
+
+    def handle(self, *args, force, **options):
+        if not settings.DEBUG and not force:
+            raise CommandError(
+                "load_demo creates well-known passwords; it runs only with DEBUG on."
+            )
+        ensure_dev_trust_domain()
+        actor = Actor.system("load_demo")
+        User = get_user_model()
+        with transaction.atomic():
+            for username, password, superuser, team_name in DEMO_USERS:
+                user, created = User.objects.get_or_create(
+                    username=username,
+                    defaults={
+                        "email": f"{username}@example.com",
+                        "is_staff": superuser,
+                        "is_superuser": superuser,
+                    },
+                )
+                if created:
+                    user.set_password(password)
+                    user.save()
+                SponsorProfile.objects.get_or_create(user=user)
+                if team_name:
+                    team, _ = Group.objects.get_or_create(name=team_name)
+                    TeamProfile.objects.get_or_create(group=team)
+                    user.groups.add(team)
+            for path, name, sponsor, team_name in DEMO_AGENTS:
+                spiffe_id = demo_spiffe_id(path)
+                if not Agent.objects.filter(spiffe_id=spiffe_id).exists():
+                    agent_register(
+                        spiffe_id=spiffe_id,
+                        name=name,
+                        actor=actor,
+                        sponsor=User.objects.get(username=sponsor),
+                        team=Group.objects.get(name=team_name),
+                    )
+            self._load_catalog(actor)
+        self.stdout.write("Demo data ready.")
+
+    def _load_catalog(self, actor):
+        """Privileges and policies arrive with the approvals app."""

@@ -1,0 +1,152 @@
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+from agents.spiffe import validate_spiffe_id, validate_trust_domain_name
+
+
+class TrustDomain(models.Model):
+    """A registered issuer of workload identity, whose keys Custody trusts for agent logins."""
+
+    class Kind(models.TextChoices):
+        SPIFFE = "spiffe", "SPIFFE trust domain (JWT-SVID)"
+        OIDC = "oidc", "OIDC issuer"
+
+    name = models.CharField(
+        max_length=255,
+        unique=True,
+        help_text="SPIFFE: the trust domain (example.org). OIDC: a short label.",
+    )
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SPIFFE)
+    issuer = models.CharField(
+        max_length=512,
+        blank=True,
+        help_text="Exact `iss` value. Required for OIDC; for SPIFFE, if set, tokens must carry it.",
+    )
+    audience = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Audience tokens must name; empty means Custody's own (CUSTODY_AUDIENCE).",
+    )
+    jwks = models.JSONField(
+        null=True, blank=True, help_text='The JWKS document ({"keys": [...]}) held inline.'
+    )
+    jwks_url = models.URLField(
+        blank=True, help_text="Fetch the JWKS from here (cached) instead of holding it inline."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["issuer"], condition=~models.Q(issuer=""), name="trust_domain_unique_issuer"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.kind == self.Kind.SPIFFE:
+            validate_trust_domain_name(self.name)
+        if self.kind == self.Kind.OIDC and not self.issuer:
+            raise ValidationError({"issuer": "An OIDC trust domain needs its exact issuer URL."})
+        if not self.jwks and not self.jwks_url:
+            raise ValidationError("Give the JWKS inline or a URL to fetch it from.")
+        if self.jwks is not None and not (
+            isinstance(self.jwks, dict) and isinstance(self.jwks.get("keys"), list)
+        ):
+            raise ValidationError({"jwks": 'A JWKS is an object with a "keys" list.'})
+
+    @property
+    def expected_audience(self) -> str:
+        return self.audience or settings.CUSTODY_AUDIENCE
+
+
+class SponsorProfile(models.Model):
+    """What Custody knows about a person beyond their login: where to reach them."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sponsor_profile"
+    )
+    slack_user_id = models.CharField(max_length=32, blank=True, db_index=True)
+    time_zone = models.CharField(max_length=64, default="UTC")
+
+    def __str__(self) -> str:
+        return f"Profile of {self.user}"
+
+
+class TeamProfile(models.Model):
+    """A platform team (a Group) and where its escalations go."""
+
+    group = models.OneToOneField(Group, on_delete=models.CASCADE, related_name="team_profile")
+    slack_channel_id = models.CharField(max_length=32, blank=True)
+
+    def __str__(self) -> str:
+        return f"Team {self.group}"
+
+
+class Agent(models.Model):
+    """A governed non-human identity with an accountable sponsor and an operating team."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+        RETIRED = "retired", "Retired"
+
+    # Retired is terminal: an identity once retired is never reused for new work.
+    TRANSITIONS = {
+        Status.ACTIVE: {Status.SUSPENDED, Status.RETIRED},
+        Status.SUSPENDED: {Status.ACTIVE, Status.RETIRED},
+        Status.RETIRED: set(),
+    }
+
+    spiffe_id = models.CharField(max_length=2048, unique=True, validators=[validate_spiffe_id])
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    sponsor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sponsored_agents"
+    )
+    team = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="agents")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    review_due = models.DateField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    max_delegation_depth = models.PositiveSmallIntegerField(default=3)
+    # An agent that logs in with an OIDC token instead of a JWT-SVID: which issuer and `sub`.
+    oidc_trust_domain = models.ForeignKey(
+        TrustDomain, null=True, blank=True, on_delete=models.PROTECT, related_name="oidc_agents"
+    )
+    oidc_subject = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        permissions = [
+            ("approve_for_agent", "Can approve requests for this agent"),
+            ("manage_agent", "Can suspend, reactivate and reassign this agent"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["active", "suspended", "retired"]),
+                name="agent_status_valid",
+            ),
+            models.UniqueConstraint(
+                fields=["oidc_trust_domain", "oidc_subject"],
+                condition=~models.Q(oidc_subject=""),
+                name="agent_unique_oidc_subject",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.spiffe_id})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+    def review_overdue(self, today=None) -> bool:
+        today = today or timezone.localdate()
+        return self.review_due is not None and self.review_due < today

@@ -1,0 +1,42 @@
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from audit.exports import iter_csv, iter_jsonl
+from audit.selectors import audit_event_list
+
+
+class Command(BaseCommand):
+    help = "Stream audit events as JSON Lines or CSV."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+        parser.add_argument("--since", help="ISO date or date-time (UTC unless it names a zone)")
+        parser.add_argument("--agent", help="SPIFFE ID or numeric id of the agent")
+
+    def handle(self, *args, **options):
+        from agents.models import Agent
+
+        since = None
+        if options["since"]:
+            since = parse_datetime(options["since"])
+            if since is None and (day := parse_date(options["since"])) is not None:
+                since = timezone.datetime(day.year, day.month, day.day)
+            if since is None:
+                raise CommandError(f"--since {options['since']!r} is not an ISO date or time.")
+            if timezone.is_naive(since):
+                since = timezone.make_aware(since, timezone.UTC)
+        agent_id = None
+        if options["agent"]:
+            agent = (
+                Agent.objects.filter(pk=int(options["agent"])).first()
+                if options["agent"].isdigit()
+                else Agent.objects.filter(spiffe_id=options["agent"]).first()
+            )
+            if agent is None:
+                raise CommandError(f"No agent {options['agent']!r} is registered.")
+            agent_id = agent.pk
+        events = audit_event_list(since=since, agent_id=agent_id).iterator(chunk_size=2000)
+        lines = iter_csv(events) if options["format"] == "csv" else iter_jsonl(events)
+        for line in lines:
+            self.stdout.write(line, ending="")

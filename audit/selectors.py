@@ -1,0 +1,54 @@
+from datetime import datetime
+
+from django.db.models import QuerySet
+
+from audit.models import AuditEvent
+
+
+def audit_event_list(
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    agent_id: int | None = None,
+    actor_id: str | None = None,
+    verb: str | None = None,
+    access_request_id: int | None = None,
+    grant_id: int | None = None,
+) -> QuerySet[AuditEvent]:
+    events = AuditEvent.objects.all()
+    if since is not None:
+        events = events.filter(occurred_at__gte=since)
+    if until is not None:
+        events = events.filter(occurred_at__lt=until)
+    if agent_id is not None:
+        events = events.filter(agent_id=agent_id)
+    if actor_id:
+        events = events.filter(actor_id=actor_id)
+    if verb:
+        events = events.filter(verb=verb)
+    if access_request_id is not None:
+        events = events.filter(access_request_id=access_request_id)
+    if grant_id is not None:
+        events = events.filter(grant_id=grant_id)
+    return events.order_by("sequence")
+
+
+EXPORT_FIELDS = [
+    "sequence",
+    "occurred_at",
+    "actor_type",
+    "actor_id",
+    "verb",
+    "agent_id",
+    "access_request_id",
+    "grant_id",
+    "data",
+    "previous_hash",
+    "hash",
+]
+
+
+def audit_event_as_dict(event: AuditEvent) -> dict:
+    row = {name: getattr(event, name) for name in EXPORT_FIELDS}
+    row["occurred_at"] = event.occurred_at.isoformat(timespec="microseconds")
+    return row

@@ -1,0 +1,81 @@
+import pytest
+from django.contrib.auth.models import Group
+from django.core.cache import cache
+from guardian.shortcuts import assign_perm
+from rest_framework.test import APIClient
+
+from tests.factories import AgentFactory, SponsorProfileFactory, TrustDomainFactory, UserFactory
+from tests.identity import SigningIdentity
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    # JWKS documents and rate-limit counters must not leak between tests (Redis in CI).
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def signer():
+    return SigningIdentity("ES256")
+
+
+@pytest.fixture
+def trust_domain(db, signer):
+    return TrustDomainFactory(name="example.test", jwks=signer.jwks)
+
+
+@pytest.fixture
+def team(db):
+    return Group.objects.create(name="payments-platform")
+
+
+@pytest.fixture
+def sponsor(db, team):
+    user = UserFactory(username="sponsor")
+    SponsorProfileFactory(user=user, slack_user_id="USPONSOR1")
+    user.groups.add(team)
+    return user
+
+
+@pytest.fixture
+def backup_approver(db, agent):
+    user = UserFactory(username="backup")
+    SponsorProfileFactory(user=user, slack_user_id="UBACKUP01")
+    assign_perm("agents.approve_for_agent", user, agent)
+    assign_perm("agents.view_agent", user, agent)
+    return user
+
+
+@pytest.fixture
+def outsider(db):
+    return UserFactory(username="outsider")
+
+
+@pytest.fixture
+def admin_user(db):
+    return UserFactory(username="admin", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def agent(db, trust_domain, sponsor, team):
+    return AgentFactory(
+        spiffe_id="spiffe://example.test/agents/invoice-bot",
+        name="Invoice bot",
+        sponsor=sponsor,
+        team=team,
+    )
+
+
+@pytest.fixture
+def api():
+    return APIClient()
+
+
+@pytest.fixture
+def agent_api(agent, signer):
+    """An API client that presents the agent's JWT-SVID."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {signer.mint(agent.spiffe_id)}")
+    return client
