@@ -123,7 +123,16 @@ def _transition(agent: Agent, target: str, *, actor: Actor, verb: str, reason: s
             agent_id=agent.pk,
             data={"from": previous, "to": target, "reason": reason},
         )
+        if target != Agent.Status.ACTIVE:
+            _end_privileges(agent, actor=actor, reason=reason)
     return agent
+
+
+def _end_privileges(agent: Agent, *, actor: Actor, reason: str) -> None:
+    # Invariant 5: a suspended or retired agent holds no active grant, in the same transaction.
+    from approvals.services import grants_revoke_for_agent
+
+    grants_revoke_for_agent(agent=agent, actor=actor, reason_detail=reason)
 
 
 def agent_suspend(*, agent: Agent, actor: Actor, reason: str = "") -> Agent:

@@ -67,6 +67,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -238,3 +239,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+# Access tokens are short and refreshable while the grant lives (never beyond 15 minutes).
+CUSTODY_ACCESS_TOKEN_SECONDS = env_int("CUSTODY_ACCESS_TOKEN_SECONDS", 300, minimum=30)
+if CUSTODY_ACCESS_TOKEN_SECONDS > 900:
+    raise ImproperlyConfigured("CUSTODY_ACCESS_TOKEN_SECONDS must be at most 900 (15 minutes).")
+CUSTODY_MAX_WAIT_SECONDS = 30

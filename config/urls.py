@@ -2,11 +2,15 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from approvals.apis import JwksApi
+
 api_v1 = [
     path("", include("agents.urls")),
+    path("", include("approvals.urls")),
 ]
 
 urlpatterns = [
+    path(".well-known/jwks.json", JwksApi.as_view(), name="jwks"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path(

@@ -10,8 +10,14 @@ from tests.identity import SigningIdentity
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    # JWKS documents and rate-limit counters must not leak between tests (Redis in CI).
+    # JWKS documents and rate-limit counters must not leak between tests (Redis in CI), nor
+    # may per-process caches of rows that a test's rollback removed (signing keys, policies).
+    from approvals import policy, tokens
+
     cache.clear()
+    tokens._current_cache = None
+    tokens._public_cache.clear()
+    policy._compiled = None
     yield
     cache.clear()
 

@@ -91,3 +91,55 @@ class AuditEventFactory(factory.Factory):
     @classmethod
     def _create(cls, model_class, *args, **kwargs):
         return record(**kwargs)
+
+
+class PrivilegeFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "approvals.Privilege"
+        django_get_or_create = ("resource", "action")
+
+    resource = factory.Sequence(lambda n: f"resource-{n}")
+    action = "read"
+    risk = "low"
+    max_duration_seconds = 3600
+    approvals_required = 1
+
+
+class PolicyFactory(factory.django.DjangoModelFactory):
+    """Saved through the service so it is validated, versioned and audited."""
+
+    class Meta:
+        model = "approvals.Policy"
+
+    name = factory.Sequence(lambda n: f"policy-{n}")
+    text = 'permit (principal, action == Action::"request", resource);'
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        from approvals.services import policy_save
+
+        return policy_save(
+            policy_row=model_class(**kwargs), actor=Actor.system("factory"), created=True
+        )
+
+
+class AccessRequestFactory(factory.Factory):
+    """Submitted through the service, so policy decides as it would for the API."""
+
+    class Meta:
+        model = dict
+
+    agent = factory.SubFactory(AgentFactory)
+    privilege_name = "payments-db:read"
+    task_id = factory.Sequence(lambda n: f"task-{n}")
+    duration_seconds = 600
+    intent = factory.LazyFunction(
+        lambda: {"action": "read", "target": "ledger", "justification": "reconcile"}
+    )
+    context = factory.LazyFunction(dict)
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        from approvals.services import access_request_submit
+
+        return access_request_submit(**kwargs).access_request

@@ -1,6 +1,7 @@
 import json
 import urllib.error
 import urllib.request
+import uuid
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -8,11 +9,13 @@ from agents.dev_identity import ensure_dev_trust_domain, mint_svid
 
 
 class Command(BaseCommand):
-    help = "As a demo agent, authenticate with a fresh JWT-SVID and call the running Custody."
+    help = "As a demo agent, log in with a fresh JWT-SVID and ask Custody for a privilege."
 
     def add_arguments(self, parser):
         parser.add_argument("--url", default="http://127.0.0.1:8000")
         parser.add_argument("--agent", required=True, help="the agent's SPIFFE ID")
+        parser.add_argument("--privilege", default="payments-db:read")
+        parser.add_argument("--duration", type=int, default=600)
 
     def call(self, method: str, url: str, token: str, body: dict | None = None) -> dict:
         request = urllib.request.Request(  # noqa: S310 (the operator's own Custody URL)
@@ -29,8 +32,23 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"Custody is not answering at {url}: {exc}") from exc
 
-    def handle(self, *args, url, agent, **options):
+    def handle(self, *args, url, agent, privilege, duration, **options):
         ensure_dev_trust_domain()
         token = mint_svid(agent, ttl_seconds=120)
-        me = self.call("GET", f"{url}/api/v1/agents/me", token)
-        self.stdout.write(json.dumps(me, indent=2))
+        answer = self.call(
+            "POST",
+            f"{url}/api/v1/requests",
+            token,
+            {
+                "privilege": privilege,
+                "task_id": f"demo-{uuid.uuid4().hex[:8]}",
+                "duration_seconds": duration,
+                "intent": {
+                    "action": "reconcile invoices",
+                    "target": "invoices for last week",
+                    "justification": "Nightly reconciliation found 3 mismatched invoices.",
+                },
+                "context": {"environment": "production", "initiated_by": "alice@example.com"},
+            },
+        )
+        self.stdout.write(json.dumps(answer, indent=2))

@@ -24,6 +24,15 @@ DEMO_AGENTS = [
     ("agents/research-agent", "Research agent", "carol", "research-platform"),
 ]
 
+DEMO_PRIVILEGES = [
+    # resource, action, risk, max duration (s), description
+    ("payments-db", "read", "low", 3600, "Read the payments database"),
+    ("payments-db", "write", "high", 3600, "Write to the payments database"),
+    ("payments-api", "refund", "medium", 1800, "Issue refunds through the payments API"),
+    ("crm", "read", "low", 3600, "Read customer records"),
+    ("prod-cluster", "admin", "critical", 900, "Administer the production cluster"),
+]
+
 
 def demo_spiffe_id(path: str) -> str:
     return f"spiffe://{settings.CUSTODY_DEV_TRUST_DOMAIN}/{path}"
@@ -75,4 +84,22 @@ class Command(BaseCommand):
         self.stdout.write("Demo data ready.")
 
     def _load_catalog(self, actor):
-        """Privileges and policies arrive with the approvals app."""
+        from approvals.models import Privilege
+        from approvals.services import privilege_save
+
+        for resource, action, risk, max_duration, description in DEMO_PRIVILEGES:
+            if not Privilege.objects.filter(resource=resource, action=action).exists():
+                privilege_save(
+                    privilege=Privilege(
+                        resource=resource,
+                        action=action,
+                        risk=risk,
+                        max_duration_seconds=max_duration,
+                        description=description,
+                    ),
+                    actor=actor,
+                    created=True,
+                )
+        write = Privilege.objects.get(resource="payments-db", action="write")
+        refund = Privilege.objects.get(resource="payments-api", action="refund")
+        write.toxic_with.add(refund)

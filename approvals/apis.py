@@ -1,0 +1,323 @@
+"""REST API for agents (workload identity) and people (session): one small view per operation."""
+
+import json
+import time
+
+from django.conf import settings
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents.permissions import IsAgent
+from approvals import selectors, services
+from approvals.models import AccessRequest, Decision, Grant
+from config.errors import InvalidInput
+
+MAX_CONTEXT_BYTES = 4096
+
+
+class IntentSerializer(serializers.Serializer):
+    action = serializers.CharField(max_length=200)
+    target = serializers.CharField(max_length=500)
+    justification = serializers.CharField(max_length=2000)
+
+
+def validate_context(value):
+    if not isinstance(value, dict):
+        raise serializers.ValidationError("context must be a JSON object.")
+    if len(json.dumps(value)) > MAX_CONTEXT_BYTES:
+        raise serializers.ValidationError(f"context must be under {MAX_CONTEXT_BYTES} bytes.")
+    for key in ("environment", "initiated_by"):
+        if key in value and not isinstance(value[key], str):
+            raise serializers.ValidationError(f"context.{key} must be a string.")
+    return value
+
+
+class GrantOutputSerializer(serializers.ModelSerializer):
+    privilege = serializers.CharField(source="scope")
+    active = serializers.SerializerMethodField()
+    ended_reason = serializers.CharField()
+    request_id = serializers.IntegerField(source="access_request_id")
+    parent_id = serializers.IntegerField()
+
+    class Meta:
+        model = Grant
+        fields = [
+            "id",
+            "privilege",
+            "scope",
+            "task_id",
+            "issued_at",
+            "expires_at",
+            "active",
+            "revoked_at",
+            "ended_reason",
+            "request_id",
+            "parent_id",
+            "depth",
+        ]
+
+    def get_active(self, grant) -> bool:
+        return grant.is_active()
+
+
+def request_output(access_request: AccessRequest, *, token=None) -> dict:
+    grant = getattr(access_request, "grant", None) if access_request.status == "approved" else None
+    approvals = sum(
+        1
+        for d in access_request.decisions.all()
+        if d.verdict == Decision.Verdict.APPROVE and d.approver_id is not None
+    )
+    return {
+        "id": access_request.pk,
+        "status": access_request.status,
+        "privilege": access_request.privilege.name,
+        "task_id": access_request.task_id,
+        "intent": access_request.intent,
+        "duration_seconds": access_request.duration_seconds,
+        "decision": {
+            "outcome": access_request.policy_outcome,
+            "policies": access_request.policy_ids,
+            "reason": access_request.policy_reason,
+            "final": access_request.final_reason,
+        },
+        "approvals_required": access_request.approvals_required,
+        "approvals_received": approvals,
+        "expires_at": access_request.decision_deadline.isoformat(),
+        "created_at": access_request.created_at.isoformat(),
+        "grant": None
+        if grant is None
+        else {
+            "id": grant.pk,
+            "token": token.token if token else None,
+            "token_expires_at": token.expires_at if token else None,
+            "expires_at": grant.expires_at.isoformat(),
+            "scope": grant.scope,
+            "active": grant.is_active(),
+        },
+    }
+
+
+class RequestCreateApi(APIView):
+    permission_classes = [IsAgent]
+
+    class InputSerializer(serializers.Serializer):
+        privilege = serializers.CharField(max_length=201)
+        task_id = serializers.RegexField(
+            r"^[\x21-\x7e]{1,200}$",
+            max_length=200,
+            error_messages={"invalid": "task_id is 1-200 printable characters without spaces."},
+        )
+        duration_seconds = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600)
+        intent = IntentSerializer()
+        context = serializers.JSONField(required=False, default=dict, validators=[validate_context])
+
+    @extend_schema(request=InputSerializer, summary="Ask for a privilege, stating intent")
+    def post(self, request):
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        result = services.access_request_submit(
+            agent=request.user.agent,
+            privilege_name=data["privilege"],
+            task_id=data["task_id"],
+            duration_seconds=data["duration_seconds"],
+            intent=dict(data["intent"]),
+            context=data["context"],
+        )
+        return Response(
+            request_output(result.access_request, token=result.token),
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class RequestDetailApi(APIView):
+    permission_classes = [IsAgent]
+
+    def get(self, request, request_id: int):
+        agent = request.user.agent
+        wait = request.query_params.get("wait", "0")
+        if not wait.isdigit() or int(wait) > settings.CUSTODY_MAX_WAIT_SECONDS:
+            raise InvalidInput(
+                f"wait is a whole number of seconds, at most {settings.CUSTODY_MAX_WAIT_SECONDS}.",
+                code="invalid_wait",
+            )
+        access_request = get_object_or_404(selectors.agent_requests(agent), pk=request_id)
+        deadline = time.monotonic() + int(wait)
+        # Long poll: hold the answer until the status moves or the wait runs out.
+        while access_request.is_pending and time.monotonic() < deadline:
+            time.sleep(0.25)
+            current = AccessRequest.objects.filter(pk=request_id).values_list("status", flat=True)
+            if current.first() != AccessRequest.Status.PENDING:
+                access_request = selectors.agent_requests(agent).get(pk=request_id)
+        grant = getattr(access_request, "grant", None)
+        token = services.grant_token_for_response(grant=grant, agent=agent) if grant else None
+        return Response(request_output(access_request, token=token))
+
+
+class RequestCancelApi(APIView):
+    permission_classes = [IsAgent]
+
+    def post(self, request, request_id: int):
+        access_request = services.access_request_cancel(
+            access_request_id=request_id, agent=request.user.agent
+        )
+        return Response(request_output(access_request))
+
+
+class GrantListApi(APIView):
+    permission_classes = [IsAgent]
+
+    def get(self, request):
+        active = request.query_params.get("active")
+        if active not in (None, "true", "false"):
+            raise InvalidInput("active is 'true' or 'false'.", code="invalid_filter")
+        grants = selectors.agent_grants(
+            request.user.agent, active=None if active is None else active == "true"
+        )
+        return Response({"results": GrantOutputSerializer(grants[:200], many=True).data})
+
+
+class GrantDetailApi(APIView):
+    permission_classes = [IsAgent]
+
+    def get(self, request, grant_id: int):
+        grant = get_object_or_404(selectors.agent_grants(request.user.agent), pk=grant_id)
+        return Response(GrantOutputSerializer(grant).data)
+
+
+class GrantTokenApi(APIView):
+    permission_classes = [IsAgent]
+
+    def post(self, request, grant_id: int):
+        grant = get_object_or_404(selectors.agent_grants(request.user.agent), pk=grant_id)
+        issued = services.grant_token_refresh(grant=grant, agent=request.user.agent)
+        return Response(
+            {
+                "access_token": issued.token,
+                "token_type": "Bearer",
+                "expires_at": issued.expires_at,
+                "scope": grant.scope,
+                "grant_id": grant.pk,
+            }
+        )
+
+
+class GrantCompleteApi(APIView):
+    permission_classes = [IsAgent]
+
+    def post(self, request, grant_id: int):
+        grant = get_object_or_404(selectors.agent_grants(request.user.agent), pk=grant_id)
+        grant = services.grant_complete(grant=grant, agent=request.user.agent)
+        return Response(GrantOutputSerializer(grant).data)
+
+
+class GrantToolCallApi(APIView):
+    permission_classes = [IsAgent]
+
+    class InputSerializer(serializers.Serializer):
+        tool = serializers.CharField(max_length=200)
+        target = serializers.CharField(max_length=500, allow_blank=True, default="")
+        outcome = serializers.ChoiceField(choices=["success", "failure", "error", "started"])
+        detail = serializers.JSONField(
+            required=False, default=None, validators=[lambda v: _small(v, "detail")]
+        )
+
+    def post(self, request, grant_id: int):
+        grant = get_object_or_404(selectors.agent_grants(request.user.agent), pk=grant_id)
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        event = services.tool_call_record(
+            grant=grant, agent=request.user.agent, **payload.validated_data
+        )
+        return Response(
+            {"sequence": event.sequence, "recorded_at": event.occurred_at},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+def _small(value, name):
+    if len(json.dumps(value)) > MAX_CONTEXT_BYTES:
+        raise serializers.ValidationError(f"{name} must be under {MAX_CONTEXT_BYTES} bytes.")
+
+
+class IntrospectApi(APIView):
+    """RFC 7662 for resource servers, which authenticate with their own workload identity."""
+
+    permission_classes = [IsAgent]
+
+    def post(self, request):
+        token = request.data.get("token")
+        if not isinstance(token, str) or not token:
+            raise InvalidInput(
+                "Send the token to introspect as 'token'.",
+                code="invalid_request",
+                fields={"token": ["This field is required."]},
+            )
+        return Response(services.token_introspect(token=token))
+
+
+# --- for people (browser session or CLI with a session cookie) -------------------------------
+
+
+class PersonApi(APIView):
+    authentication_classes = [SessionAuthentication]
+    permission_classes = [IsAuthenticated]
+
+
+class PendingApprovalsApi(PersonApi):
+    def get(self, request):
+        pending = selectors.requests_pending_for(request.user).prefetch_related("decisions")[:200]
+        return Response(
+            {
+                "results": [
+                    {
+                        **request_output(access_request),
+                        "agent": access_request.agent.spiffe_id,
+                        "sponsor": access_request.agent.sponsor.get_username(),
+                    }
+                    for access_request in pending
+                ]
+            }
+        )
+
+
+class DecisionCreateApi(PersonApi):
+    class InputSerializer(serializers.Serializer):
+        verdict = serializers.ChoiceField(choices=Decision.Verdict.values)
+        comment = serializers.CharField(
+            max_length=2000, required=False, allow_blank=True, default=""
+        )
+
+    def post(self, request, request_id: int):
+        get_object_or_404(selectors.requests_visible_to(request.user), pk=request_id)
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        result = services.access_request_decide(
+            access_request_id=request_id,
+            approver=request.user,
+            channel=Decision.Channel.API,
+            **payload.validated_data,
+        )
+        access_request = (
+            AccessRequest.objects.select_related("privilege")
+            .prefetch_related("decisions")
+            .get(pk=result.access_request.pk)
+        )
+        return Response(request_output(access_request), status=status.HTTP_201_CREATED)
+
+
+class JwksApi(APIView):
+    authentication_classes = []
+    permission_classes = []
+
+    def get(self, request):
+        from approvals.tokens import public_jwks
+
+        response = Response(public_jwks())
+        response["Cache-Control"] = "public, max-age=300"
+        return response

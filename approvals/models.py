@@ -1,0 +1,342 @@
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from agents.models import Agent
+
+_SLUG = RegexValidator(r"^[a-z0-9][a-z0-9._-]*$", "Use lower-case letters, digits, '.', '-', '_'.")
+
+
+class Risk(models.TextChoices):
+    LOW = "low", "Low"
+    MEDIUM = "medium", "Medium"
+    HIGH = "high", "High"
+    CRITICAL = "critical", "Critical"
+
+
+RISK_LEVEL = {Risk.LOW: 1, Risk.MEDIUM: 2, Risk.HIGH: 3, Risk.CRITICAL: 4}
+
+
+class Privilege(models.Model):
+    """A catalog entry `resource:action` that agents may ask for."""
+
+    resource = models.CharField(max_length=100, validators=[_SLUG])
+    action = models.CharField(max_length=100, validators=[_SLUG])
+    description = models.TextField(blank=True)
+    risk = models.CharField(max_length=10, choices=Risk.choices, default=Risk.MEDIUM)
+    max_duration_seconds = models.PositiveIntegerField(
+        default=3600, validators=[MinValueValidator(1), MaxValueValidator(7 * 24 * 3600)]
+    )
+    approvals_required = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(5)]
+    )
+    approver_group = models.ForeignKey(
+        Group,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Members may approve requests for this privilege, besides the agent's approvers.",
+    )
+    decision_deadline_seconds = models.PositiveIntegerField(
+        default=3600,
+        validators=[MinValueValidator(60)],
+        help_text="How long a pending request waits for people before it expires.",
+    )
+    slack_max_risk = models.CharField(
+        max_length=10,
+        choices=Risk.choices,
+        default=Risk.HIGH,
+        help_text="Requests up to this risk may be approved from Slack; above it, in the browser.",
+    )
+    toxic_with = models.ManyToManyField(
+        "self",
+        blank=True,
+        symmetrical=True,
+        help_text="Held together in one task, these form a toxic pair: never automatic.",
+    )
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["resource", "action"], name="privilege_unique_name")
+        ]
+        ordering = ["resource", "action"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def name(self) -> str:
+        return f"{self.resource}:{self.action}"
+
+    @property
+    def risk_level(self) -> int:
+        return RISK_LEVEL[self.risk]
+
+
+class Policy(models.Model):
+    """Cedar policy text, validated against Custody's schema on save; each save is a new version."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    text = models.TextField()
+    enabled = models.BooleanField(default=True)
+    version = models.PositiveIntegerField(default=1, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.CharField(max_length=150, blank=True, editable=False)
+
+    class Meta:
+        verbose_name_plural = "policies"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+class PolicyRevision(models.Model):
+    policy = models.ForeignKey(Policy, on_delete=models.CASCADE, related_name="revisions")
+    version = models.PositiveIntegerField()
+    text = models.TextField()
+    enabled = models.BooleanField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["policy", "version"], name="policy_revision_unique")
+        ]
+        ordering = ["policy", "-version"]
+
+    def __str__(self) -> str:
+        return f"{self.policy.name} v{self.version}"
+
+
+class PolicySetState(models.Model):
+    """One row whose generation moves whenever any policy changes: processes rebuild on change."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    generation = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"Policy generation {self.generation}"
+
+
+class AccessRequest(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        DENIED = "denied", "Denied"
+        EXPIRED = "expired", "Expired"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # Terminal states stay terminal.
+    TRANSITIONS = {
+        Status.PENDING: {Status.APPROVED, Status.DENIED, Status.EXPIRED, Status.CANCELLED},
+        Status.APPROVED: set(),
+        Status.DENIED: set(),
+        Status.EXPIRED: set(),
+        Status.CANCELLED: set(),
+    }
+
+    class Outcome(models.TextChoices):
+        AUTO_APPROVE = "auto_approve", "Approved by policy"
+        REQUEST = "request", "Routed to people"
+        DENY = "deny", "Denied by policy"
+
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="access_requests")
+    privilege = models.ForeignKey(Privilege, on_delete=models.PROTECT, related_name="+")
+    task_id = models.CharField(max_length=200)
+    intent = models.JSONField()
+    context = models.JSONField(default=dict, blank=True)
+    duration_seconds = models.PositiveIntegerField()
+    parent_grant = models.ForeignKey(
+        "Grant", null=True, blank=True, on_delete=models.PROTECT, related_name="delegations"
+    )
+    extension_of = models.ForeignKey(
+        "Grant", null=True, blank=True, on_delete=models.PROTECT, related_name="extensions"
+    )
+    initiated_by = models.CharField(max_length=254, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    policy_outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    policy_ids = models.JSONField(default=list)
+    policy_reason = models.TextField(blank=True)
+    approvals_required = models.PositiveSmallIntegerField(default=1)
+    decision_deadline = models.DateTimeField()
+    escalation_at = models.DateTimeField(null=True, blank=True)
+    escalated_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    final_reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(
+                    status__in=["pending", "approved", "denied", "expired", "cancelled"]
+                ),
+                name="access_request_status_valid",
+            ),
+        ]
+        indexes = [
+            # The deadline sweep and the inbox read pending requests by deadline.
+            models.Index(
+                fields=["decision_deadline"],
+                name="request_pending_deadline",
+                condition=models.Q(status="pending"),
+            ),
+            models.Index(fields=["agent", "task_id"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Request #{self.pk} {self.privilege} for {self.agent.name}"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status == self.Status.PENDING
+
+    def deadline_passed(self, now=None) -> bool:
+        return (now or timezone.now()) >= self.decision_deadline
+
+
+class Decision(models.Model):
+    class Verdict(models.TextChoices):
+        APPROVE = "approve", "Approve"
+        DENY = "deny", "Deny"
+
+    class Channel(models.TextChoices):
+        WEB = "web", "Web"
+        SLACK = "slack", "Slack"
+        API = "api", "API"
+        POLICY = "policy", "Policy"
+
+    access_request = models.ForeignKey(
+        AccessRequest, on_delete=models.PROTECT, related_name="decisions"
+    )
+    approver = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="custody_decisions",
+    )
+    verdict = models.CharField(max_length=10, choices=Verdict.choices)
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # N approvals come from N distinct people.
+            models.UniqueConstraint(
+                fields=["access_request", "approver"],
+                name="decision_one_per_person",
+                condition=models.Q(approver__isnull=False),
+            ),
+        ]
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        who = self.approver or "policy"
+        return f"{self.verdict} by {who} on request #{self.access_request_id}"
+
+
+class Grant(models.Model):
+    class RevokeReason(models.TextChoices):
+        EXPIRED = "expired", "Expired"
+        COMPLETED = "completed", "Task completed"
+        REVOKED = "revoked", "Revoked"
+        CASCADE = "cascade", "Parent grant ended"
+        AGENT_SUSPENDED = "agent_suspended", "Agent suspended"
+        POLICY = "policy", "Policy no longer allows it"
+
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="grants")
+    privilege = models.ForeignKey(Privilege, on_delete=models.PROTECT, related_name="+")
+    # Exactly one grant per approved request.
+    access_request = models.OneToOneField(
+        AccessRequest, on_delete=models.PROTECT, related_name="grant"
+    )
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    depth = models.PositiveSmallIntegerField(default=0)
+    task_id = models.CharField(max_length=200)
+    scope = models.CharField(max_length=201)
+    issued_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoke_reason = models.CharField(max_length=20, choices=RevokeReason.choices, blank=True)
+    revoked_by = models.CharField(max_length=2048, blank=True)
+    expiry_notice_sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(expires_at__gt=models.F("issued_at")),
+                name="grant_expires_after_issue",
+            ),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(revoked_at__isnull=True, revoke_reason="")
+                    | models.Q(revoked_at__isnull=False) & ~models.Q(revoke_reason="")
+                ),
+                name="grant_revoked_with_reason",
+            ),
+        ]
+        indexes = [
+            # The expiry sweep: live grants by expiry time.
+            models.Index(
+                fields=["expires_at"],
+                name="grant_live_expiry",
+                condition=models.Q(revoked_at__isnull=True),
+            ),
+            models.Index(fields=["agent", "task_id"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Grant #{self.pk} {self.scope} to {self.agent.name}"
+
+    def is_active(self, now=None) -> bool:
+        """Enforcement at every check: past its time a grant is over, whatever the jobs did."""
+        return self.revoked_at is None and (now or timezone.now()) < self.expires_at
+
+    @property
+    def ended_reason(self) -> str:
+        if self.revoked_at is not None:
+            return self.revoke_reason
+        return Grant.RevokeReason.EXPIRED if not self.is_active() else ""
+
+    def time_left(self, now=None) -> timedelta:
+        return max(self.expires_at - (now or timezone.now()), timedelta(0))
+
+
+class SigningKey(models.Model):
+    """Custody's own token-signing keys. The current one signs; previous ones still verify."""
+
+    class State(models.TextChoices):
+        CURRENT = "current", "Current"
+        PREVIOUS = "previous", "Previous (verifies, does not sign)"
+        RETIRED = "retired", "Retired"
+
+    kid = models.CharField(max_length=64, unique=True)
+    algorithm = models.CharField(max_length=10, default="ES256")
+    public_jwk = models.JSONField()
+    encrypted_private_key = models.TextField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.CURRENT)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["state"],
+                condition=models.Q(state="current"),
+                name="signing_key_one_current",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kid} ({self.state})"

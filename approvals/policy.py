@@ -1,0 +1,251 @@
+"""Runtime policy with Cedar: compile the enabled policies once, decide each request with context.
+
+`evaluate(facts)` answers the three questions of DESIGN.md in order (forbidden? automatic?
+people?) from one batched Cedar call, and fails closed: a policy that errors while evaluating
+turns the answer into a denial rather than silently skipping a `forbid`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cedarpy
+
+POLICY_DIR = Path(__file__).resolve().parent / "policies"
+SCHEMA_TEXT = (POLICY_DIR / "schema.cedarschema").read_text()
+DEFAULT_POLICY_TEXT = (POLICY_DIR / "default.cedar").read_text()
+SCHEMA = cedarpy.Schema.from_str(SCHEMA_TEXT)
+
+AUTO_APPROVE = 'Action::"auto_approve"'
+REQUEST = 'Action::"request"'
+
+
+class PolicyTextError(ValueError):
+    """Policy text that does not parse or does not fit the schema; `errors` are Cedar's words."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def validate_policy_text(text: str) -> None:
+    try:
+        result = cedarpy.validate_policies(text, SCHEMA)
+    except Exception as exc:  # cedarpy raises plain exceptions on syntax errors
+        raise PolicyTextError([str(exc)]) from exc
+    if not result.validation_passed:
+        raise PolicyTextError([str(error) for error in result.errors] or ["invalid policy"])
+
+
+@dataclass(frozen=True)
+class PolicyFacts:
+    """Everything a decision may depend on, already read from the database."""
+
+    agent_id: str
+    agent_name: str
+    agent_status: str
+    sponsor: str
+    team: str
+    privilege_name: str
+    resource: str
+    action: str
+    risk: str
+    risk_level: int
+    max_duration_seconds: int
+    approvals_required: int
+    toxic_with: tuple[str, ...]
+    intent: dict
+    duration_seconds: int
+    environment: str
+    hour_utc: int
+    weekday: int
+    initiated_by: str
+    held_privileges: tuple[str, ...]
+    is_extension: bool = False
+    delegation_depth: int = 0
+    root_agent: str = ""
+    root_approver: str = ""
+    chain: tuple[str, ...] = ()
+    crosses_sponsor: bool = False
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    outcome: str  # auto_approve | request | deny
+    policy_ids: list[str]
+    reason: str
+    approvals_required: int
+
+
+@dataclass
+class CompiledPolicies:
+    generation: int
+    policy_set: cedarpy.PolicySet
+    annotations: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def label(self, policy_id: str) -> str:
+        return self.annotations.get(policy_id, {}).get("id", policy_id)
+
+    def reasons(self, policy_ids: list[str]) -> list[str]:
+        return [
+            self.annotations.get(pid, {}).get("reason", f"Policy {self.label(pid)} applied.")
+            for pid in policy_ids
+        ]
+
+
+def compile_policies(named_texts: list[tuple[str, str]], generation: int) -> CompiledPolicies:
+    """Merge several named policy texts into one set with ids that say where each came from."""
+    static = {}
+    annotations = {}
+    for name, text in named_texts:
+        document = json.loads(cedarpy.policies_to_json_str(text))
+        for local_id, policy in document.get("staticPolicies", {}).items():
+            policy_id = f"{name}/{local_id}"
+            static[policy_id] = policy
+            annotations[policy_id] = policy.get("annotations", {}) or {}
+    policy_set = cedarpy.PolicySet.from_json_str(
+        json.dumps({"staticPolicies": static, "templates": {}, "templateLinks": []})
+    )
+    return CompiledPolicies(generation=generation, policy_set=policy_set, annotations=annotations)
+
+
+def _entities_json(facts: PolicyFacts) -> str:
+    return json.dumps(
+        [
+            {"uid": {"type": "Team", "id": facts.team}, "attrs": {}, "parents": []},
+            {"uid": {"type": "Sponsor", "id": facts.sponsor}, "attrs": {}, "parents": []},
+            {
+                "uid": {"type": "Agent", "id": facts.agent_id},
+                "attrs": {
+                    "name": facts.agent_name,
+                    "status": facts.agent_status,
+                    "sponsor": {"__entity": {"type": "Sponsor", "id": facts.sponsor}},
+                    "team": {"__entity": {"type": "Team", "id": facts.team}},
+                },
+                "parents": [{"type": "Team", "id": facts.team}],
+            },
+            {
+                "uid": {"type": "Privilege", "id": facts.privilege_name},
+                "attrs": {
+                    "name": facts.privilege_name,
+                    "resource": facts.resource,
+                    "action": facts.action,
+                    "risk": facts.risk,
+                    "risk_level": facts.risk_level,
+                    "max_duration_seconds": facts.max_duration_seconds,
+                    "approvals_required": facts.approvals_required,
+                    "toxic_with": list(facts.toxic_with),
+                },
+                "parents": [],
+            },
+        ]
+    )
+
+
+def _context(facts: PolicyFacts) -> dict:
+    return {
+        "intent": {
+            "action": facts.intent.get("action", ""),
+            "target": facts.intent.get("target", ""),
+            "justification": facts.intent.get("justification", ""),
+        },
+        "duration_seconds": facts.duration_seconds,
+        "environment": facts.environment,
+        "hour_utc": facts.hour_utc,
+        "weekday": facts.weekday,
+        "initiated_by": facts.initiated_by,
+        "held_privileges": list(facts.held_privileges),
+        "is_extension": facts.is_extension,
+        "delegated": facts.delegation_depth > 0,
+        "delegation_depth": facts.delegation_depth,
+        "root_agent": facts.root_agent or facts.agent_id,
+        "root_approver": facts.root_approver,
+        "chain": list(facts.chain),
+        "crosses_sponsor": facts.crosses_sponsor,
+    }
+
+
+def decide(compiled: CompiledPolicies, facts: PolicyFacts) -> PolicyOutcome:
+    """Custody's policy decision for one request: one batched Cedar call, two questions."""
+    principal = {"type": "Agent", "id": facts.agent_id}
+    resource = {"type": "Privilege", "id": facts.privilege_name}
+    context = _context(facts)
+    entities = cedarpy.Entities.from_json_str(_entities_json(facts))
+    asked, automatic = cedarpy.is_authorized_batch(
+        [
+            {"principal": principal, "action": REQUEST, "resource": resource, "context": context},
+            {
+                "principal": principal,
+                "action": AUTO_APPROVE,
+                "resource": resource,
+                "context": context,
+            },
+        ],
+        compiled.policy_set,
+        entities,
+    )
+    errors = asked.diagnostics.errors + automatic.diagnostics.errors
+    if errors:
+        return PolicyOutcome(
+            "deny",
+            [],
+            "Policy evaluation failed, so Custody denies "
+            "(fail closed): " + "; ".join(map(str, errors))[:500],
+            facts.approvals_required,
+        )
+    if not asked.allowed:
+        ids = asked.diagnostics.reasons
+        reason = " ".join(compiled.reasons(ids)) if ids else "No policy permits this request."
+        return PolicyOutcome(
+            "deny", [compiled.label(pid) for pid in ids], reason, facts.approvals_required
+        )
+    if automatic.allowed:
+        ids = automatic.diagnostics.reasons
+        return PolicyOutcome(
+            "auto_approve",
+            [compiled.label(pid) for pid in ids],
+            " ".join(compiled.reasons(ids)),
+            facts.approvals_required,
+        )
+    ids = asked.diagnostics.reasons
+    # A forbid that blocked the automatic path is part of why people must decide.
+    blockers = automatic.diagnostics.reasons
+    approvals = facts.approvals_required
+    for pid in ids:
+        wanted = compiled.annotations.get(pid, {}).get("approvals")
+        if wanted and wanted.isdigit():
+            approvals = max(approvals, int(wanted))
+    return PolicyOutcome(
+        "request",
+        [compiled.label(pid) for pid in [*blockers, *ids]],
+        " ".join(compiled.reasons([*blockers, *ids])),
+        approvals,
+    )
+
+
+# --- The process-wide cache of the compiled set --------------------------------------------
+
+_lock = threading.Lock()
+_compiled: CompiledPolicies | None = None
+
+
+def current_policies() -> CompiledPolicies:
+    """The compiled enabled policies, rebuilt only when the database generation moved."""
+    global _compiled
+    from approvals.models import Policy, PolicySetState
+
+    generation = (
+        PolicySetState.objects.filter(id=1).values_list("generation", flat=True).first() or 0
+    )
+    compiled = _compiled
+    if compiled is not None and compiled.generation == generation:
+        return compiled
+    with _lock:
+        if _compiled is not None and _compiled.generation == generation:
+            return _compiled
+        rows = Policy.objects.filter(enabled=True).order_by("name").values_list("name", "text")
+        _compiled = compile_policies(list(rows), generation)
+        return _compiled

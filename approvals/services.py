@@ -1,0 +1,958 @@
+"""Writes about privileges: submit, decide, cancel, expire, grant, revoke, tokens, tool calls.
+
+Every rule lives here once; the REST API, the web UI, Slack and Celery call these functions.
+Each state change re-reads its rows under `select_for_update()` inside `transaction.atomic()`,
+writes its audit event in the same transaction, and defers slow work with `on_commit`.
+A refusal that must leave evidence (a late or duplicate decision) commits the audit event and
+then raises, so the caller still gets its 4xx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+from guardian.shortcuts import get_group_perms, get_user_perms
+
+from agents.models import Agent
+from approvals import policy
+from approvals.models import AccessRequest, Decision, Grant, Privilege
+from approvals.tokens import IssuedToken, TokenInvalid, token_sign, token_verify
+from audit.services import Actor, record
+from config.errors import Conflict, Forbidden, InvalidInput, NotFound
+
+Status = AccessRequest.Status
+Reason = Grant.RevokeReason
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def lock_in_pk_order(queryset: QuerySet) -> list:
+    """Lock several rows in one fixed order (primary key) so concurrent lockers never deadlock."""
+    return list(queryset.select_for_update().order_by("pk"))
+
+
+def privilege_by_name(name: str) -> Privilege:
+    resource, sep, action = (name or "").partition(":")
+    found = (
+        Privilege.objects.filter(resource=resource, action=action, enabled=True).first()
+        if sep
+        else None
+    )
+    if found is None:
+        raise InvalidInput(
+            f"There is no privilege {name!r} in the catalog (names look like 'resource:action').",
+            code="unknown_privilege",
+            fields={"privilege": ["Unknown privilege."]},
+        )
+    return found
+
+
+def _held_in_task(agent_id: int, task_id: str, *, exclude_grant_id: int | None = None) -> tuple:
+    now = timezone.now()
+    grants = Grant.objects.filter(
+        agent_id=agent_id, task_id=task_id, revoked_at__isnull=True, expires_at__gt=now
+    )
+    if exclude_grant_id is not None:
+        grants = grants.exclude(pk=exclude_grant_id)
+    return tuple(sorted(set(grants.values_list("scope", flat=True))))
+
+
+def _facts(
+    *,
+    agent: Agent,
+    privilege: Privilege,
+    intent: dict,
+    duration_seconds: int,
+    context: dict,
+    task_id: str,
+    initiated_by: str,
+    is_extension: bool = False,
+    chain: ChainFacts | None = None,
+    exclude_grant_id: int | None = None,
+) -> policy.PolicyFacts:
+    now = timezone.now()
+    chain = chain or _chain_for(parent=None, agent=agent)
+    return policy.PolicyFacts(
+        agent_id=agent.spiffe_id,
+        agent_name=agent.name,
+        agent_status=agent.status,
+        sponsor=agent.sponsor.get_username(),
+        team=agent.team.name,
+        privilege_name=privilege.name,
+        resource=privilege.resource,
+        action=privilege.action,
+        risk=privilege.risk,
+        risk_level=privilege.risk_level,
+        max_duration_seconds=privilege.max_duration_seconds,
+        approvals_required=privilege.approvals_required,
+        toxic_with=tuple(
+            f"{resource}:{action}"
+            for resource, action in privilege.toxic_with.values_list("resource", "action")
+        ),
+        intent=intent,
+        duration_seconds=duration_seconds,
+        environment=str(context.get("environment", "")),
+        hour_utc=now.hour,
+        weekday=now.isoweekday(),
+        initiated_by=initiated_by,
+        held_privileges=_held_in_task(agent.pk, task_id, exclude_grant_id=exclude_grant_id),
+        is_extension=is_extension,
+        delegation_depth=chain.depth,
+        root_agent=chain.root_agent,
+        root_approver=chain.root_approver,
+        chain=chain.agents,
+        crosses_sponsor=chain.crosses_sponsor,
+    )
+
+
+@dataclass(frozen=True)
+class ChainFacts:
+    depth: int
+    root_agent: str
+    root_approver: str
+    agents: tuple[str, ...]
+    crosses_sponsor: bool
+
+
+def _chain_for(*, parent: Grant | None, agent: Agent) -> ChainFacts:
+    """What policy needs to know about a delegation chain ending at `agent`."""
+    if parent is None:
+        return ChainFacts(0, agent.spiffe_id, "", (agent.spiffe_id,), False)
+    ancestors = grant_ancestors(parent)
+    root = ancestors[-1]
+    return ChainFacts(
+        depth=parent.depth + 1,
+        root_agent=root.agent.spiffe_id,
+        root_approver=", ".join(grant_approvers(root)),
+        agents=tuple(g.agent.spiffe_id for g in reversed(ancestors)) + (agent.spiffe_id,),
+        crosses_sponsor=parent.agent.sponsor_id != agent.sponsor_id,
+    )
+
+
+def grant_ancestors(grant: Grant) -> list[Grant]:
+    """The grant and its parents up to the root, nearest first."""
+    chain = [grant]
+    while chain[-1].parent_id is not None:
+        chain.append(
+            Grant.objects.select_related("agent", "agent__sponsor").get(pk=chain[-1].parent_id)
+        )
+    return chain
+
+
+def grant_approvers(grant: Grant) -> list[str]:
+    approvers = (
+        Decision.objects.filter(
+            access_request_id=grant.access_request_id, verdict=Decision.Verdict.APPROVE
+        )
+        .order_by("created_at", "pk")
+        .values_list("approver__username", "channel")
+    )
+    return [username or channel for username, channel in approvers]
+
+
+def _transition(access_request: AccessRequest, target: str, *, reason: str = "") -> None:
+    if target not in AccessRequest.TRANSITIONS[access_request.status]:
+        raise Conflict(
+            f"Request #{access_request.pk} is already {access_request.status}.",
+            code="request_not_pending",
+        )
+    access_request.status = target
+    access_request.decided_at = timezone.now()
+    access_request.final_reason = reason[:255]
+    access_request.save(update_fields=["status", "decided_at", "final_reason"])
+
+
+def _on_commit_request_finished(access_request_id: int) -> None:
+    from approvals import channels
+
+    transaction.on_commit(lambda: channels.request_finished(access_request_id))
+
+
+# --- submit ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SubmitResult:
+    access_request: AccessRequest
+    grant: Grant | None = None
+    token: IssuedToken | None = None
+
+
+def access_request_submit(
+    *,
+    agent: Agent,
+    privilege_name: str,
+    task_id: str,
+    duration_seconds: int,
+    intent: dict,
+    context: dict | None = None,
+    parent_grant: Grant | None = None,
+    extension_of: Grant | None = None,
+) -> SubmitResult:
+    """An agent asks for a privilege; policy decides at once whether it is automatic,
+    needs people, or is denied."""
+    context = context or {}
+    privilege = privilege_by_name(privilege_name)
+    if duration_seconds > privilege.max_duration_seconds:
+        raise InvalidInput(
+            f"{privilege.name} may be held for at most {privilege.max_duration_seconds} seconds; "
+            f"{duration_seconds} were asked for.",
+            code="duration_exceeds_maximum",
+            fields={"duration_seconds": [f"At most {privilege.max_duration_seconds}."]},
+        )
+    initiated_by = str(context.get("initiated_by", ""))[:254]
+    chain = _chain_for(parent=parent_grant, agent=agent)
+    facts = _facts(
+        agent=agent,
+        privilege=privilege,
+        intent=intent,
+        duration_seconds=duration_seconds,
+        context=context,
+        task_id=task_id,
+        initiated_by=initiated_by,
+        is_extension=extension_of is not None,
+        chain=chain,
+    )
+    outcome = policy.decide(policy.current_policies(), facts)
+    now = timezone.now()
+    deadline_seconds = privilege.decision_deadline_seconds
+    actor = Actor.for_agent(agent)
+
+    with transaction.atomic():
+        access_request = AccessRequest.objects.create(
+            agent=agent,
+            privilege=privilege,
+            task_id=task_id,
+            intent=intent,
+            context=context,
+            duration_seconds=duration_seconds,
+            parent_grant=parent_grant,
+            extension_of=extension_of,
+            initiated_by=initiated_by,
+            policy_outcome=outcome.outcome,
+            policy_ids=outcome.policy_ids,
+            policy_reason=outcome.reason,
+            approvals_required=outcome.approvals_required,
+            created_at=now,
+            decision_deadline=now + timedelta(seconds=deadline_seconds),
+            escalation_at=now + timedelta(seconds=deadline_seconds // 2),
+        )
+        ids = {"agent_id": agent.pk, "access_request_id": access_request.pk}
+        record(
+            actor=actor,
+            verb="request.created",
+            **ids,
+            data={
+                "privilege": privilege.name,
+                "task_id": task_id,
+                "intent": intent,
+                "duration_seconds": duration_seconds,
+                "context": context,
+                "parent_grant_id": parent_grant.pk if parent_grant else None,
+                "extension_of": extension_of.pk if extension_of else None,
+            },
+        )
+        record(
+            actor=Actor.system("policy"),
+            verb="policy.evaluated",
+            **ids,
+            data={
+                "outcome": outcome.outcome,
+                "policies": outcome.policy_ids,
+                "reason": outcome.reason,
+                "approvals_required": outcome.approvals_required,
+                "generation": policy.current_policies().generation,
+            },
+        )
+        result = SubmitResult(access_request)
+        if outcome.outcome == "deny":
+            _transition(access_request, Status.DENIED, reason="denied by policy")
+            record(
+                actor=Actor.system("policy"),
+                verb="request.denied",
+                **ids,
+                data={"reason": outcome.reason},
+            )
+        elif outcome.outcome == "auto_approve":
+            Decision.objects.create(
+                access_request=access_request,
+                verdict=Decision.Verdict.APPROVE,
+                channel=Decision.Channel.POLICY,
+                comment=outcome.reason,
+            )
+            record(
+                actor=Actor.system("policy"),
+                verb="decision.recorded",
+                **ids,
+                data={"verdict": "approve", "channel": "policy", "policies": outcome.policy_ids},
+            )
+            _transition(access_request, Status.APPROVED, reason="approved by policy")
+            result.grant = _grant_issue(access_request, actor=Actor.system("policy"))
+            result.token = _token_issue(result.grant, actor=actor)
+        else:
+            from approvals import channels
+
+            transaction.on_commit(lambda: channels.request_pending(access_request.pk))
+    return result
+
+
+# --- deciding ----------------------------------------------------------------------------------
+
+
+def can_approve(user, access_request: AccessRequest) -> bool:
+    """Sponsor, backup approvers (object permission) or the privilege's approver group.
+    Superuser status grants nothing here: approval is a personal, accountable act."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    agent = access_request.agent
+    if "approve_for_agent" in get_user_perms(user, agent):
+        return True
+    if "approve_for_agent" in get_group_perms(user, agent):
+        return True
+    group_id = access_request.privilege.approver_group_id
+    return group_id is not None and user.groups.filter(pk=group_id).exists()
+
+
+def is_initiator(user, access_request: AccessRequest) -> bool:
+    initiated_by = access_request.initiated_by.strip().lower()
+    if not initiated_by:
+        return False
+    return initiated_by in {user.get_username().lower(), (user.email or "").lower()}
+
+
+@dataclass
+class DecideResult:
+    decision: Decision
+    access_request: AccessRequest
+    grant: Grant | None = None
+
+
+def access_request_decide(
+    *, access_request_id: int, approver, verdict: str, channel: str, comment: str = ""
+) -> DecideResult:
+    if verdict not in Decision.Verdict.values:
+        raise InvalidInput(
+            "The verdict is 'approve' or 'deny'.",
+            code="invalid_verdict",
+            fields={"verdict": ["Use approve or deny."]},
+        )
+    refusal: Exception | None = None
+    result: DecideResult | None = None
+    with transaction.atomic():
+        access_request = (
+            AccessRequest.objects.select_for_update(of=("self",))
+            .select_related("agent", "agent__sponsor", "agent__team", "privilege")
+            .filter(pk=access_request_id)
+            .first()
+        )
+        if access_request is None:
+            raise NotFound(f"There is no request #{access_request_id}.")
+        ids = {"agent_id": access_request.agent_id, "access_request_id": access_request.pk}
+        who = Actor.for_user(approver)
+
+        def refuse(error: Exception, why: str) -> None:
+            nonlocal refusal
+            record(
+                actor=who,
+                verb="decision.refused",
+                **ids,
+                data={
+                    "why": why,
+                    "verdict": verdict,
+                    "channel": channel,
+                    "status": access_request.status,
+                },
+            )
+            refusal = error
+
+        if not can_approve(approver, access_request):
+            refuse(
+                Forbidden("You may not decide requests for this agent.", code="not_an_approver"),
+                "not_an_approver",
+            )
+        elif not access_request.is_pending:
+            refuse(
+                Conflict(
+                    f"Request #{access_request.pk} was already {access_request.status}.",
+                    code="request_not_pending",
+                ),
+                "not_pending",
+            )
+        elif access_request.deadline_passed():
+            _expire(access_request)
+            refuse(
+                Conflict(
+                    f"Request #{access_request.pk} passed its deadline and expired.",
+                    code="request_expired",
+                ),
+                "deadline_passed",
+            )
+        elif is_initiator(approver, access_request):
+            refuse(
+                Forbidden(
+                    "You initiated this request, so someone else must decide it.",
+                    code="initiator_cannot_approve",
+                ),
+                "initiator",
+            )
+        elif access_request.decisions.filter(approver=approver).exists():
+            refuse(
+                Conflict("You have already decided this request.", code="already_decided"),
+                "already_decided",
+            )
+        else:
+            result = _record_decision(access_request, approver, verdict, channel, comment)
+            if isinstance(result, Exception):
+                refusal, result = result, None
+    if refusal is not None:
+        raise refusal
+    return result
+
+
+def _record_decision(access_request, approver, verdict, channel, comment):
+    ids = {"agent_id": access_request.agent_id, "access_request_id": access_request.pk}
+    who = Actor.for_user(approver)
+    decision = Decision.objects.create(
+        access_request=access_request,
+        approver=approver,
+        verdict=verdict,
+        channel=channel,
+        comment=comment[:2000],
+    )
+    record(
+        actor=who,
+        verb="decision.recorded",
+        **ids,
+        data={"verdict": verdict, "channel": channel, "comment": comment[:2000]},
+    )
+    if verdict == Decision.Verdict.DENY:
+        _transition(access_request, Status.DENIED, reason=f"denied by {approver.get_username()}")
+        record(actor=who, verb="request.denied", **ids, data={"channel": channel})
+        _on_commit_request_finished(access_request.pk)
+        return DecideResult(decision, access_request)
+    approvals = access_request.decisions.filter(verdict=Decision.Verdict.APPROVE).count()
+    if approvals < access_request.approvals_required:
+        from approvals import channels
+
+        transaction.on_commit(lambda: channels.request_updated(access_request.pk))
+        return DecideResult(decision, access_request)
+    # Final approval: mint in this transaction, re-checking the agent and the policy.
+    agent = Agent.objects.select_for_update().get(pk=access_request.agent_id)
+    if agent.status != Agent.Status.ACTIVE:
+        _transition(access_request, Status.DENIED, reason=f"agent {agent.status} before grant")
+        record(
+            actor=Actor.system(),
+            verb="grant.refused",
+            **ids,
+            data={"why": "agent_not_active", "agent_status": agent.status},
+        )
+        _on_commit_request_finished(access_request.pk)
+        return Conflict(
+            f"The agent is {agent.status}; no grant was issued.", code="agent_not_active"
+        )
+    outcome = policy.decide(policy.current_policies(), _facts_for_request(access_request))
+    if outcome.outcome == "deny":
+        _transition(access_request, Status.DENIED, reason="policy denied at grant time")
+        record(
+            actor=Actor.system("policy"),
+            verb="grant.refused",
+            **ids,
+            data={"why": "policy", "policies": outcome.policy_ids, "reason": outcome.reason},
+        )
+        _on_commit_request_finished(access_request.pk)
+        return Conflict(f"Policy no longer allows this: {outcome.reason}", code="policy_denied")
+    _transition(access_request, Status.APPROVED, reason=f"approved by {approvals} people")
+    grant = _grant_issue(access_request, actor=who)
+    return DecideResult(decision, access_request, grant)
+
+
+def _facts_for_request(access_request: AccessRequest, *, exclude_grant_id=None):
+    return _facts(
+        agent=access_request.agent,
+        privilege=access_request.privilege,
+        intent=access_request.intent,
+        duration_seconds=access_request.duration_seconds,
+        context=access_request.context,
+        task_id=access_request.task_id,
+        initiated_by=access_request.initiated_by,
+        is_extension=access_request.extension_of_id is not None,
+        chain=_chain_for(parent=access_request.parent_grant, agent=access_request.agent),
+        exclude_grant_id=exclude_grant_id,
+    )
+
+
+def access_request_cancel(*, access_request_id: int, agent: Agent) -> AccessRequest:
+    with transaction.atomic():
+        access_request = (
+            AccessRequest.objects.select_for_update()
+            .filter(pk=access_request_id, agent=agent)
+            .first()
+        )
+        if access_request is None:
+            raise NotFound(f"There is no request #{access_request_id} of yours.")
+        _transition(access_request, Status.CANCELLED, reason="cancelled by the agent")
+        record(
+            actor=Actor.for_agent(agent),
+            verb="request.cancelled",
+            agent_id=agent.pk,
+            access_request_id=access_request.pk,
+        )
+        _on_commit_request_finished(access_request.pk)
+    return access_request
+
+
+def _expire(access_request: AccessRequest) -> None:
+    _transition(access_request, Status.EXPIRED, reason="no decision before the deadline")
+    record(
+        actor=Actor.system("deadline"),
+        verb="request.expired",
+        agent_id=access_request.agent_id,
+        access_request_id=access_request.pk,
+        data={"deadline": access_request.decision_deadline.isoformat()},
+    )
+    _on_commit_request_finished(access_request.pk)
+
+
+def access_request_expire(*, access_request_id: int) -> bool:
+    """Expire a pending request whose deadline has passed. Safe to run twice."""
+    with transaction.atomic():
+        access_request = (
+            AccessRequest.objects.select_for_update()
+            .filter(pk=access_request_id, status=Status.PENDING)
+            .first()
+        )
+        if access_request is None or not access_request.deadline_passed():
+            return False
+        _expire(access_request)
+        return True
+
+
+# --- grants ------------------------------------------------------------------------------------
+
+
+def _grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
+    """The grant's clock starts now, at the final approval, never at the request."""
+    now = timezone.now()
+    expires_at = now + timedelta(seconds=access_request.duration_seconds)
+    parent = access_request.parent_grant
+    if parent is not None:
+        expires_at = min(expires_at, parent.expires_at)
+    privilege = access_request.privilege
+    grant = Grant.objects.create(
+        agent_id=access_request.agent_id,
+        privilege=privilege,
+        access_request=access_request,
+        parent=parent,
+        depth=(parent.depth + 1) if parent else 0,
+        task_id=access_request.task_id,
+        scope=privilege.name,
+        issued_at=now,
+        expires_at=expires_at,
+    )
+    record(
+        actor=actor,
+        verb="grant.issued",
+        agent_id=grant.agent_id,
+        access_request_id=access_request.pk,
+        grant_id=grant.pk,
+        data={
+            "privilege": privilege.name,
+            "task_id": grant.task_id,
+            "issued_at": now.isoformat(),
+            "expires_at": expires_at.isoformat(),
+            "approvers": grant_approvers(grant),
+            "parent_grant_id": grant.parent_id,
+        },
+    )
+    from approvals import channels
+
+    transaction.on_commit(lambda: channels.grant_issued(grant.pk))
+    return grant
+
+
+def _descendants(grant_ids: Iterable[int]) -> list[int]:
+    found: list[int] = []
+    frontier = list(grant_ids)
+    while frontier:
+        frontier = list(
+            Grant.objects.filter(parent_id__in=frontier, revoked_at__isnull=True).values_list(
+                "pk", flat=True
+            )
+        )
+        found.extend(frontier)
+    return found
+
+
+def grant_end(*, grant_id: int, reason: str, actor: Actor, detail: str = "") -> bool:
+    """End a grant and, in the same transaction, every grant delegated from it.
+
+    Returns False when it had already ended (a rerun changes nothing)."""
+    with transaction.atomic():
+        grant = Grant.objects.select_for_update().filter(pk=grant_id).first()
+        if grant is None or grant.revoked_at is not None:
+            return False
+        now = timezone.now()
+        if reason != Reason.EXPIRED and now >= grant.expires_at:
+            reason = Reason.EXPIRED  # its time ran out first: say so
+        ended = [(grant, reason)]
+        descendant_ids = _descendants([grant.pk])
+        if descendant_ids:
+            ended += [
+                (child, Reason.CASCADE)
+                for child in lock_in_pk_order(
+                    Grant.objects.filter(pk__in=descendant_ids, revoked_at__isnull=True)
+                )
+            ]
+        for ending, why in ended:
+            ending.revoked_at = now
+            ending.revoke_reason = why
+            ending.revoked_by = actor.id
+            ending.save(update_fields=["revoked_at", "revoke_reason", "revoked_by"])
+            record(
+                actor=actor,
+                verb="grant.expired" if why == Reason.EXPIRED else "grant.revoked",
+                agent_id=ending.agent_id,
+                access_request_id=ending.access_request_id,
+                grant_id=ending.pk,
+                data={
+                    "reason": why,
+                    "detail": detail[:500],
+                    "expires_at": ending.expires_at,
+                    "held_seconds": round((now - ending.issued_at).total_seconds(), 3),
+                    "cascade_from": grant.pk if ending is not grant else None,
+                },
+            )
+        from approvals import channels
+
+        ended_ids = [ending.pk for ending, _ in ended]
+        transaction.on_commit(lambda: channels.grants_ended(ended_ids))
+    return True
+
+
+def grant_revoke(*, grant: Grant, actor: Actor, detail: str = "") -> Grant:
+    if not grant_end(grant_id=grant.pk, reason=Reason.REVOKED, actor=actor, detail=detail):
+        raise Conflict(f"Grant #{grant.pk} has already ended.", code="grant_not_active")
+    grant.refresh_from_db()
+    return grant
+
+
+def grant_complete(*, grant: Grant, agent: Agent) -> Grant:
+    """The task is done: the privilege ends now."""
+    if grant.agent_id != agent.pk:
+        raise NotFound("Not found.")
+    if not grant.is_active():
+        grant_end(grant_id=grant.pk, reason=Reason.EXPIRED, actor=Actor.system("enforcement"))
+        raise Conflict(f"Grant #{grant.pk} has already ended.", code="grant_not_active")
+    if not grant_end(grant_id=grant.pk, reason=Reason.COMPLETED, actor=Actor.for_agent(agent)):
+        raise Conflict(f"Grant #{grant.pk} has already ended.", code="grant_not_active")
+    grant.refresh_from_db()
+    return grant
+
+
+def grant_expire(*, grant_id: int) -> bool:
+    """Called by the expiry task and the sweep: ends a grant whose time has come. Idempotent."""
+    grant = Grant.objects.filter(pk=grant_id, revoked_at__isnull=True).first()
+    if grant is None or timezone.now() < grant.expires_at:
+        return False
+    return grant_end(grant_id=grant_id, reason=Reason.EXPIRED, actor=Actor.system("expiry"))
+
+
+def grants_revoke_for_agent(*, agent: Agent, actor: Actor, reason_detail: str = "") -> int:
+    """Invariant 5: a suspended or retired agent keeps no grant and no pending request."""
+    ended = 0
+    for grant_id in (
+        Grant.objects.filter(agent=agent, revoked_at__isnull=True)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    ):
+        ended += grant_end(
+            grant_id=grant_id, reason=Reason.AGENT_SUSPENDED, actor=actor, detail=reason_detail
+        )
+    for access_request in lock_in_pk_order(
+        AccessRequest.objects.filter(agent=agent, status=Status.PENDING)
+    ):
+        _transition(access_request, Status.CANCELLED, reason=f"agent {agent.status}")
+        record(
+            actor=actor,
+            verb="request.cancelled",
+            agent_id=agent.pk,
+            access_request_id=access_request.pk,
+            data={"why": f"agent {agent.status}"},
+        )
+        _on_commit_request_finished(access_request.pk)
+    return ended
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+def _token_claims(grant: Grant) -> dict:
+    access_request = grant.access_request
+    ancestors = grant_ancestors(grant) if grant.parent_id else [grant]
+    root = ancestors[-1]
+    claims = {
+        "sub": root.agent.spiffe_id,
+        "aud": grant.privilege.resource,
+        "scope": grant.scope,
+        "task_id": grant.task_id,
+        "grant_id": grant.pk,
+        "authorization_details": [
+            {
+                "type": "custody_grant",
+                "privilege": grant.scope,
+                "request_id": access_request.pk,
+                "grant_expires_at": int(grant.expires_at.timestamp()),
+                "approvers": grant_approvers(grant),
+                "policies": access_request.policy_ids,
+            }
+        ],
+    }
+    if grant.parent_id:
+        # RFC 8693 §4.1: the current actor outermost, earlier actors nested inside.
+        act = None
+        for link in reversed(ancestors[:-1]):
+            act = {"sub": link.agent.spiffe_id, **({"act": act} if act else {})}
+        claims["act"] = act
+    return claims
+
+
+def _token_issue(grant: Grant, *, actor: Actor) -> IssuedToken:
+    lifetime = settings.CUSTODY_ACCESS_TOKEN_SECONDS
+    issued = token_sign(
+        _token_claims(grant), lifetime_seconds=lifetime, not_after=int(grant.expires_at.timestamp())
+    )
+    record(
+        actor=actor,
+        verb="token.issued",
+        agent_id=grant.agent_id,
+        access_request_id=grant.access_request_id,
+        grant_id=grant.pk,
+        data={"jti": issued.jti, "exp": issued.expires_at, "scope": grant.scope},
+    )
+    return issued
+
+
+def grant_token_refresh(*, grant: Grant, agent: Agent) -> IssuedToken:
+    """A fresh short token while the grant lives, with policy evaluated again."""
+    refusal = None
+    with transaction.atomic():
+        grant = (
+            Grant.objects.select_for_update(of=("self",))
+            .select_related("access_request", "privilege", "agent")
+            .filter(pk=grant.pk, agent=agent)
+            .first()
+        )
+        if grant is None:
+            raise NotFound("Not found.")
+        if not grant.is_active():
+            refusal = Conflict(
+                f"Grant #{grant.pk} has ended; ask for the privilege again.",
+                code="grant_not_active",
+            )
+        else:
+            access_request = grant.access_request
+            outcome = policy.decide(
+                policy.current_policies(),
+                _facts_for_request(access_request, exclude_grant_id=grant.pk),
+            )
+            if outcome.outcome == "deny":
+                refusal = Conflict(
+                    f"Policy no longer allows this grant: {outcome.reason}", code="policy_denied"
+                )
+            else:
+                return _token_issue(grant, actor=Actor.for_agent(agent))
+    if refusal.code == "policy_denied":
+        grant_end(
+            grant_id=grant.pk,
+            reason=Reason.POLICY,
+            actor=Actor.system("policy"),
+            detail=refusal.message,
+        )
+    elif grant.revoked_at is None:
+        grant_expire(grant_id=grant.pk)
+    raise refusal
+
+
+def grant_token_for_response(*, grant: Grant, agent: Agent) -> IssuedToken | None:
+    """A token to hand back with a request the agent is polling, if its grant is live."""
+    if grant is None or not grant.is_active() or grant.agent_id != agent.pk:
+        return None
+    with transaction.atomic():
+        return _token_issue(grant, actor=Actor.for_agent(agent))
+
+
+INACTIVE = {"active": False}
+
+
+def token_introspect(*, token: str) -> dict:
+    """RFC 7662: `active` only for a valid token whose grant, agent and policy all still hold."""
+    try:
+        claims = token_verify(token)
+    except TokenInvalid:
+        return INACTIVE
+    grant = (
+        Grant.objects.select_related(
+            "agent",
+            "agent__sponsor",
+            "agent__team",
+            "privilege",
+            "access_request",
+            "access_request__parent_grant",
+        )
+        .filter(pk=claims.get("grant_id"))
+        .first()
+    )
+    if grant is None or not grant.is_active() or grant.agent.status != Agent.Status.ACTIVE:
+        return INACTIVE
+    outcome = policy.decide(
+        policy.current_policies(),
+        _facts_for_request(grant.access_request, exclude_grant_id=grant.pk),
+    )
+    if outcome.outcome == "deny":
+        grant_end(
+            grant_id=grant.pk,
+            reason=Reason.POLICY,
+            actor=Actor.system("policy"),
+            detail=outcome.reason,
+        )
+        return INACTIVE
+    answer = {
+        "active": True,
+        "token_type": "access_token",
+        "iss": claims["iss"],
+        "sub": claims["sub"],
+        "aud": claims.get("aud"),
+        "scope": claims.get("scope"),
+        "exp": claims["exp"],
+        "iat": claims["iat"],
+        "jti": claims["jti"],
+        "grant_id": grant.pk,
+        "task_id": grant.task_id,
+        "agent": grant.agent.spiffe_id,
+        "grant_expires_at": int(grant.expires_at.timestamp()),
+    }
+    if "act" in claims:
+        answer["act"] = claims["act"]
+    return answer
+
+
+# --- evidence of work done under a grant -------------------------------------------------------
+
+
+def tool_call_record(
+    *,
+    grant: Grant,
+    agent: Agent,
+    tool: str,
+    target: str,
+    outcome: str,
+    detail: dict | str | None = None,
+):
+    with transaction.atomic():
+        grant = Grant.objects.select_for_update().filter(pk=grant.pk, agent=agent).first()
+        if grant is None:
+            raise NotFound("Not found.")
+        if not grant.is_active():
+            raise Conflict(
+                f"Grant #{grant.pk} has ended; tool calls under it are refused.",
+                code="grant_not_active",
+            )
+        return record(
+            actor=Actor.for_agent(agent),
+            verb="tool.called",
+            agent_id=agent.pk,
+            access_request_id=grant.access_request_id,
+            grant_id=grant.pk,
+            data={
+                "tool": tool,
+                "target": target,
+                "outcome": outcome,
+                "detail": detail,
+                "scope": grant.scope,
+            },
+        )
+
+
+# --- policy administration ---------------------------------------------------------------------
+
+
+def policy_save(*, policy_row, actor: Actor, created: bool):
+    """Validate against the schema, bump the version, keep the revision, move the generation."""
+    from django.db.models import F
+
+    from approvals.models import PolicyRevision, PolicySetState
+
+    try:
+        policy.validate_policy_text(policy_row.text)
+    except policy.PolicyTextError as exc:
+        raise InvalidInput(
+            "The policy does not validate: " + "; ".join(exc.errors),
+            code="invalid_policy",
+            fields={"text": exc.errors},
+        )
+    with transaction.atomic():
+        if not created:
+            policy_row.version = (
+                type(policy_row).objects.select_for_update().get(pk=policy_row.pk).version + 1
+            )
+        policy_row.updated_by = actor.id
+        policy_row.save()
+        PolicyRevision.objects.create(
+            policy=policy_row,
+            version=policy_row.version,
+            text=policy_row.text,
+            enabled=policy_row.enabled,
+            created_by=actor.id,
+        )
+        PolicySetState.objects.get_or_create(id=1)
+        PolicySetState.objects.filter(id=1).update(generation=F("generation") + 1)
+        record(
+            actor=actor,
+            verb="policy.created" if created else "policy.changed",
+            data={
+                "policy": policy_row.name,
+                "version": policy_row.version,
+                "enabled": policy_row.enabled,
+                "text": policy_row.text,
+            },
+        )
+    return policy_row
+
+
+def policy_delete(*, policy_row, actor: Actor) -> None:
+    from django.db.models import F
+
+    from approvals.models import PolicySetState
+
+    with transaction.atomic():
+        name, version = policy_row.name, policy_row.version
+        policy_row.delete()
+        PolicySetState.objects.filter(id=1).update(generation=F("generation") + 1)
+        record(actor=actor, verb="policy.deleted", data={"policy": name, "version": version})
+
+
+def privilege_save(*, privilege, actor: Actor, created: bool):
+    with transaction.atomic():
+        privilege.save()
+        record(
+            actor=actor,
+            verb="privilege.created" if created else "privilege.changed",
+            data={
+                "privilege": privilege.name,
+                "risk": privilege.risk,
+                "max_duration_seconds": privilege.max_duration_seconds,
+                "approvals_required": privilege.approvals_required,
+                "approver_group": privilege.approver_group.name
+                if privilege.approver_group
+                else None,
+                "enabled": privilege.enabled,
+            },
+        )
+    return privilege

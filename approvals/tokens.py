@@ -1,0 +1,177 @@
+"""Custody's access tokens: ES256 JWTs (typ `at+jwt`, RFC 9068) bound to one grant and one task.
+
+Private keys are stored encrypted with a key derived from SECRET_KEY (Fernet), so a database dump
+alone cannot mint tokens. The current key signs; previous keys stay in the JWKS until tokens they
+signed have expired, so rotation never invalidates a live token.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from agents.jwks import jwk_thumbprint
+from approvals.models import SigningKey
+from audit.services import record
+
+TOKEN_TYPE = "at+jwt"
+ALGORITHM = "ES256"
+# Signing keys are looked up at most this often per process; a just-rotated-out key still
+# verifies, so signing with it for a few more seconds is harmless.
+_KEY_CACHE_SECONDS = 30
+_current_cache: tuple[float, str, object] | None = None
+_public_cache: dict[str, tuple[float, object]] = {}
+
+
+def _fernet() -> Fernet:
+    derived = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=b"custody-signing-keys", info=b"v1"
+    ).derive(settings.SECRET_KEY.encode())
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+def signing_key_create(*, state: str = SigningKey.State.CURRENT) -> SigningKey:
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
+    kid = jwk_thumbprint(jwk)
+    return SigningKey.objects.create(
+        kid=kid,
+        algorithm=ALGORITHM,
+        state=state,
+        public_jwk={**jwk, "kid": kid, "alg": ALGORITHM, "use": "sig"},
+        encrypted_private_key=_fernet().encrypt(pem).decode(),
+    )
+
+
+def signing_key_rotate(*, actor) -> SigningKey:
+    """New current key; the old current becomes previous; older previous keys retire."""
+    global _current_cache
+    with transaction.atomic():
+        keys = list(
+            SigningKey.objects.select_for_update()
+            .exclude(state=SigningKey.State.RETIRED)
+            .order_by("pk")
+        )
+        for key in keys:
+            if key.state == SigningKey.State.PREVIOUS:
+                key.state = SigningKey.State.RETIRED
+                key.save(update_fields=["state"])
+        for key in keys:
+            if key.state == SigningKey.State.CURRENT:
+                key.state = SigningKey.State.PREVIOUS
+                key.save(update_fields=["state"])
+        new_key = signing_key_create()
+        record(actor=actor, verb="signing_key.rotated", data={"kid": new_key.kid})
+    _current_cache = None
+    return new_key
+
+
+def _current_signing_key() -> tuple[str, object]:
+    global _current_cache
+    now = time.monotonic()
+    if _current_cache is not None and now - _current_cache[0] < _KEY_CACHE_SECONDS:
+        return _current_cache[1], _current_cache[2]
+    key = SigningKey.objects.filter(state=SigningKey.State.CURRENT).first()
+    if key is None:
+        try:
+            with transaction.atomic():
+                key = signing_key_create()
+        except IntegrityError:  # another process created it first
+            key = SigningKey.objects.get(state=SigningKey.State.CURRENT)
+    try:
+        pem = _fernet().decrypt(key.encrypted_private_key.encode())
+    except InvalidToken as exc:
+        raise RuntimeError(
+            "The current signing key cannot be decrypted: SECRET_KEY changed since it was made. "
+            "Run `manage.py rotate_signing_key`."
+        ) from exc
+    private_key = serialization.load_pem_private_key(pem, password=None)
+    _current_cache = (now, key.kid, private_key)
+    return key.kid, private_key
+
+
+def public_jwks() -> dict:
+    keys = SigningKey.objects.exclude(state=SigningKey.State.RETIRED).order_by("-created_at")
+    return {"keys": [key.public_jwk for key in keys]}
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    jti: str
+    expires_at: int
+    claims: dict
+
+
+def token_sign(claims: dict, *, lifetime_seconds: int, not_after: int) -> IssuedToken:
+    """Sign `claims` with the current key; exp is never later than `not_after` (the grant)."""
+    kid, private_key = _current_signing_key()
+    now = int(time.time())
+    body = {
+        "iss": settings.CUSTODY_ISSUER,
+        "iat": now,
+        "nbf": now,
+        "exp": min(now + lifetime_seconds, not_after),
+        "jti": uuid.uuid4().hex,
+        **claims,
+    }
+    token = jwt.encode(
+        body, private_key, algorithm=ALGORITHM, headers={"kid": kid, "typ": TOKEN_TYPE}
+    )
+    return IssuedToken(token=token, jti=body["jti"], expires_at=body["exp"], claims=body)
+
+
+class TokenInvalid(Exception):
+    pass
+
+
+def _public_key(kid: str):
+    # Cached briefly, so a retired key stops verifying within _KEY_CACHE_SECONDS everywhere.
+    now = time.monotonic()
+    cached = _public_cache.get(kid)
+    if cached is not None and now - cached[0] < _KEY_CACHE_SECONDS:
+        return cached[1]
+    key = SigningKey.objects.filter(kid=kid).exclude(state=SigningKey.State.RETIRED).first()
+    if key is None:
+        _public_cache.pop(kid, None)
+        raise TokenInvalid("unknown key")
+    public = jwt.PyJWK(key.public_jwk, algorithm=ALGORITHM).key
+    _public_cache[kid] = (now, public)
+    return public
+
+
+def token_verify(token: str) -> dict:
+    """Verify a Custody access token's signature, type, issuer and time. Raise TokenInvalid."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise TokenInvalid("not a JWT") from exc
+    if header.get("typ") != TOKEN_TYPE or header.get("alg") != ALGORITHM:
+        raise TokenInvalid("not a Custody access token")
+    kid = header.get("kid")
+    if not isinstance(kid, str):
+        raise TokenInvalid("no kid")
+    public = _public_key(kid)
+    try:
+        return jwt.decode(
+            token,
+            public,
+            algorithms=[ALGORITHM],
+            issuer=settings.CUSTODY_ISSUER,
+            options={"require": ["exp", "iat", "jti", "sub", "grant_id"], "verify_aud": False},
+        )
+    except jwt.PyJWTError as exc:
+        raise TokenInvalid(str(exc)) from exc

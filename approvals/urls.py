@@ -1,0 +1,31 @@
+from django.urls import path
+
+from approvals import apis
+
+urlpatterns = [
+    path("requests", apis.RequestCreateApi.as_view(), name="api-request-create"),
+    path("requests/<int:request_id>", apis.RequestDetailApi.as_view(), name="api-request"),
+    path(
+        "requests/<int:request_id>/cancel",
+        apis.RequestCancelApi.as_view(),
+        name="api-request-cancel",
+    ),
+    path(
+        "requests/<int:request_id>/decisions",
+        apis.DecisionCreateApi.as_view(),
+        name="api-request-decide",
+    ),
+    path("approvals/pending", apis.PendingApprovalsApi.as_view(), name="api-pending"),
+    path("grants", apis.GrantListApi.as_view(), name="api-grants"),
+    path("grants/<int:grant_id>", apis.GrantDetailApi.as_view(), name="api-grant"),
+    path("grants/<int:grant_id>/token", apis.GrantTokenApi.as_view(), name="api-grant-token"),
+    path(
+        "grants/<int:grant_id>/complete", apis.GrantCompleteApi.as_view(), name="api-grant-complete"
+    ),
+    path(
+        "grants/<int:grant_id>/tool-calls",
+        apis.GrantToolCallApi.as_view(),
+        name="api-grant-tool-calls",
+    ),
+    path("introspect", apis.IntrospectApi.as_view(), name="api-introspect"),
+]

@@ -1,0 +1,67 @@
+import pytest
+from rest_framework.test import APIClient
+
+from approvals.models import Privilege
+from tests.factories import AgentFactory, PrivilegeFactory
+
+
+@pytest.fixture
+def privileges(db):
+    read = PrivilegeFactory(resource="payments-db", action="read", risk="low")
+    write = PrivilegeFactory(resource="payments-db", action="write", risk="high")
+    refund = PrivilegeFactory(resource="payments-api", action="refund", risk="medium")
+    admin = PrivilegeFactory(
+        resource="prod-cluster", action="admin", risk="critical", max_duration_seconds=900
+    )
+    return {"read": read, "write": write, "refund": refund, "admin": admin}
+
+
+@pytest.fixture
+def resource_server_api(db, trust_domain, signer, sponsor, team):
+    """The payments database's gateway: a workload that introspects tokens."""
+    server = AgentFactory(
+        spiffe_id="spiffe://example.test/resource-servers/payments-db",
+        name="payments-db gateway",
+        sponsor=sponsor,
+        team=team,
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {signer.mint(server.spiffe_id)}")
+    return client
+
+
+def intent(**overrides):
+    return {
+        "action": "reconcile invoices",
+        "target": "invoices 2026-11",
+        "justification": "3 invoices do not match the ledger.",
+        **overrides,
+    }
+
+
+def submit(client, privilege="payments-db:read", *, duration=600, task_id="task-1", **extra):
+    body = {
+        "privilege": privilege,
+        "task_id": task_id,
+        "duration_seconds": duration,
+        "intent": intent(),
+        **extra,
+    }
+    return client.post("/api/v1/requests", body, format="json")
+
+
+def person_client(user):
+    client = APIClient(enforce_csrf_checks=False)
+    client.force_login(user)
+    return client
+
+
+def decide(user, request_id, verdict="approve", comment=""):
+    return person_client(user).post(
+        f"/api/v1/requests/{request_id}/decisions",
+        {"verdict": verdict, "comment": comment},
+        format="json",
+    )
+
+
+__all__ = ["Privilege", "decide", "intent", "person_client", "submit"]

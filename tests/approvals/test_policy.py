@@ -1,0 +1,119 @@
+import pytest
+
+from approvals.models import Policy, PolicyRevision
+from audit.models import AuditEvent
+from tests.approvals.conftest import submit
+from tests.factories import PolicyFactory
+
+pytestmark = pytest.mark.django_db
+
+FORBID_READS = """
+@id("freeze-payments-reads")
+@reason("Payments are frozen for the quarter close.")
+forbid (principal, action, resource) when { resource.resource == "payments-db" };
+"""
+
+
+def test_a_policy_added_in_admin_changes_the_next_decision(
+    agent_api, privileges, client, admin_user
+):
+    assert submit(agent_api, task_id="before").json()["status"] == "approved"
+    client.force_login(admin_user)
+    response = client.post(
+        "/admin/approvals/policy/add/",
+        {
+            "name": "quarter-close",
+            "description": "",
+            "text": FORBID_READS,
+            "enabled": "on",
+            "revisions-TOTAL_FORMS": "0",
+            "revisions-INITIAL_FORMS": "0",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    body = submit(agent_api, task_id="after").json()
+    assert body["status"] == "denied"
+    assert body["decision"]["policies"] == ["freeze-payments-reads"]
+    assert body["decision"]["reason"] == "Payments are frozen for the quarter close."
+    event = AuditEvent.objects.get(verb="policy.created")
+    assert event.actor_id == "admin"
+
+
+def test_editing_a_policy_versions_it_and_disabling_restores_the_old_answer(
+    agent_api, privileges, client, admin_user
+):
+    freeze = PolicyFactory(name="quarter-close", text=FORBID_READS)
+    assert submit(agent_api, task_id="a").json()["status"] == "denied"
+    client.force_login(admin_user)
+    response = client.post(
+        f"/admin/approvals/policy/{freeze.pk}/change/",
+        {
+            "name": "quarter-close",
+            "description": "",
+            "text": FORBID_READS,
+            "revisions-TOTAL_FORMS": "1",
+            "revisions-INITIAL_FORMS": "1",
+            "revisions-0-id": str(freeze.revisions.get().pk),
+            "revisions-0-policy": str(freeze.pk),
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    freeze.refresh_from_db()
+    assert (freeze.version, freeze.enabled) == (2, False)
+    assert list(PolicyRevision.objects.filter(policy=freeze).values_list("version", flat=True)) == [
+        2,
+        1,
+    ]
+    assert submit(agent_api, task_id="b").json()["status"] == "approved"
+
+
+def test_admin_shows_cedars_error_for_an_invalid_policy(client, admin_user):
+    client.force_login(admin_user)
+    response = client.post(
+        "/admin/approvals/policy/add/",
+        {
+            "name": "broken",
+            "text": 'permit (principal, action, resource) when { resource.colour == "red" };',
+            "enabled": "on",
+            "revisions-TOTAL_FORMS": "0",
+            "revisions-INITIAL_FORMS": "0",
+        },
+    )
+    assert response.status_code == 200
+    assert "Cedar says" in response.content.decode()
+    assert "colour" in response.content.decode()
+    assert not Policy.objects.filter(name="broken").exists()
+    syntax = client.post(
+        "/admin/approvals/policy/add/",
+        {
+            "name": "broken",
+            "text": "permit (",
+            "enabled": "on",
+            "revisions-TOTAL_FORMS": "0",
+            "revisions-INITIAL_FORMS": "0",
+        },
+    )
+    assert "Cedar says" in syntax.content.decode()
+
+
+def test_a_policy_that_errors_at_runtime_fails_closed(agent_api, privileges):
+    # Valid against the schema, but the multiplication overflows at runtime: a forbid that
+    # cannot evaluate must not silently let the request through.
+    PolicyFactory(
+        name="odd",
+        text="""
+        @id("overflowing-check")
+        forbid (principal, action, resource)
+        when { context.duration_seconds * 9223372036854775807 > 0 };
+    """,
+    )
+    body = submit(agent_api).json()
+    assert body["status"] == "denied"
+    assert "fail closed" in body["decision"]["reason"]
+
+
+def test_the_default_policy_set_ships_in_the_repo(db):
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "approvals/policies/default.cedar"
+    assert Policy.objects.get(name="default").text == shipped.read_text()
