@@ -135,6 +135,15 @@ class RequestCreateApi(APIView):
         )
 
 
+def _current_request(agent, request_id: int) -> AccessRequest:
+    """The agent's request as it stands; a deadline that has passed is enforced right here."""
+    access_request = get_object_or_404(selectors.agent_requests(agent), pk=request_id)
+    if access_request.is_pending and access_request.deadline_passed():
+        services.access_request_expire(access_request_id=request_id)
+        access_request = selectors.agent_requests(agent).get(pk=request_id)
+    return access_request
+
+
 class RequestDetailApi(APIView):
     permission_classes = [IsAgent]
 
@@ -146,14 +155,16 @@ class RequestDetailApi(APIView):
                 f"wait is a whole number of seconds, at most {settings.CUSTODY_MAX_WAIT_SECONDS}.",
                 code="invalid_wait",
             )
-        access_request = get_object_or_404(selectors.agent_requests(agent), pk=request_id)
-        deadline = time.monotonic() + int(wait)
-        # Long poll: hold the answer until the status moves or the wait runs out.
-        while access_request.is_pending and time.monotonic() < deadline:
+        access_request = _current_request(agent, request_id)
+        until = time.monotonic() + int(wait)
+        # Long poll: hold the answer until the status moves, the deadline passes or wait ends.
+        while access_request.is_pending and time.monotonic() < until:
             time.sleep(0.25)
-            current = AccessRequest.objects.filter(pk=request_id).values_list("status", flat=True)
-            if current.first() != AccessRequest.Status.PENDING:
-                access_request = selectors.agent_requests(agent).get(pk=request_id)
+            status_now = (
+                AccessRequest.objects.filter(pk=request_id).values_list("status", flat=True).first()
+            )
+            if status_now != AccessRequest.Status.PENDING or access_request.deadline_passed():
+                access_request = _current_request(agent, request_id)
         grant = getattr(access_request, "grant", None)
         token = services.grant_token_for_response(grant=grant, agent=agent) if grant else None
         return Response(request_output(access_request, token=token))
@@ -204,6 +215,36 @@ class GrantTokenApi(APIView):
                 "scope": grant.scope,
                 "grant_id": grant.pk,
             }
+        )
+
+
+class GrantExtendApi(APIView):
+    """More time is a new request linked to the grant, decided like any other."""
+
+    permission_classes = [IsAgent]
+
+    class InputSerializer(serializers.Serializer):
+        duration_seconds = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600)
+        intent = IntentSerializer()
+        context = serializers.JSONField(required=False, default=dict, validators=[validate_context])
+
+    @extend_schema(request=InputSerializer, summary="Ask for more time on a live grant")
+    def post(self, request, grant_id: int):
+        agent = request.user.agent
+        grant = get_object_or_404(selectors.agent_grants(agent), pk=grant_id)
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        result = services.grant_extension_request(
+            grant=grant,
+            agent=agent,
+            duration_seconds=data["duration_seconds"],
+            intent=dict(data["intent"]),
+            context=data["context"],
+        )
+        return Response(
+            request_output(result.access_request, token=result.token),
+            status=status.HTTP_201_CREATED,
         )
 
 

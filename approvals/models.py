@@ -189,6 +189,11 @@ class AccessRequest(models.Model):
                 name="request_pending_deadline",
                 condition=models.Q(status="pending"),
             ),
+            models.Index(
+                fields=["escalation_at"],
+                name="request_pending_escalation",
+                condition=models.Q(status="pending", escalated_at__isnull=True),
+            ),
             models.Index(fields=["agent", "task_id"]),
         ]
 
@@ -272,6 +277,8 @@ class Grant(models.Model):
     revoke_reason = models.CharField(max_length=20, choices=RevokeReason.choices, blank=True)
     revoked_by = models.CharField(max_length=2048, blank=True)
     expiry_notice_sent_at = models.DateTimeField(null=True, blank=True)
+    # Set when the expiry task is handed to the broker; the horizon enqueuer claims with it.
+    expiry_enqueued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -293,6 +300,11 @@ class Grant(models.Model):
                 fields=["expires_at"],
                 name="grant_live_expiry",
                 condition=models.Q(revoked_at__isnull=True),
+            ),
+            models.Index(
+                fields=["expires_at"],
+                name="grant_expiry_not_enqueued",
+                condition=models.Q(revoked_at__isnull=True, expiry_enqueued_at__isnull=True),
             ),
             models.Index(fields=["agent", "task_id"]),
         ]

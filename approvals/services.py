@@ -544,6 +544,17 @@ def _grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
     parent = access_request.parent_grant
     if parent is not None:
         expires_at = min(expires_at, parent.expires_at)
+    if access_request.extension_of_id is not None:
+        first = first_of_extensions(access_request.extension_of)
+        expires_at = min(
+            expires_at,
+            first.issued_at + timedelta(seconds=access_request.privilege.max_duration_seconds),
+        )
+        if expires_at <= now:
+            raise Conflict(
+                "The privilege's maximum, counted from the first grant, has passed.",
+                code="extension_exceeds_maximum",
+            )
     privilege = access_request.privilege
     grant = Grant.objects.create(
         agent_id=access_request.agent_id,
@@ -956,3 +967,115 @@ def privilege_save(*, privilege, actor: Actor, created: bool):
             },
         )
     return privilege
+
+
+# --- time: escalation, expiry notices, extensions ------------------------------------------------
+
+
+def access_request_escalate(*, access_request_id: int) -> bool:
+    """At the escalation point a silent request reaches the team and backup approvers, once."""
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = AccessRequest.objects.filter(
+            pk=access_request_id,
+            status=Status.PENDING,
+            escalated_at__isnull=True,
+            escalation_at__lte=now,
+            decision_deadline__gt=now,
+        ).update(escalated_at=now)
+        if not claimed:
+            return False
+        access_request = AccessRequest.objects.select_related("agent__team").get(
+            pk=access_request_id
+        )
+        record(
+            actor=Actor.system("escalation"),
+            verb="request.escalated",
+            agent_id=access_request.agent_id,
+            access_request_id=access_request.pk,
+            data={
+                "team": access_request.agent.team.name,
+                "approvals_received": access_request.decisions.filter(
+                    verdict=Decision.Verdict.APPROVE
+                ).count(),
+                "approvals_required": access_request.approvals_required,
+                "deadline": access_request.decision_deadline,
+            },
+        )
+        from approvals import channels
+
+        transaction.on_commit(lambda: channels.request_escalated(access_request_id))
+    return True
+
+
+def grant_expiry_notice(*, grant_id: int) -> bool:
+    """Ten minutes before a long grant ends, its sponsor and team hear of it, once."""
+    now = timezone.now()
+    notice = timedelta(seconds=settings.CUSTODY_EXPIRY_NOTICE_SECONDS)
+    with transaction.atomic():
+        grant = Grant.objects.filter(pk=grant_id).first()
+        if grant is None or not grant.is_active(now) or grant.expires_at - notice > now:
+            return False
+        long_enough = timedelta(seconds=settings.CUSTODY_EXPIRY_NOTICE_MIN_GRANT_SECONDS)
+        if grant.expires_at - grant.issued_at < long_enough:
+            return False
+        claimed = Grant.objects.filter(pk=grant_id, expiry_notice_sent_at__isnull=True).update(
+            expiry_notice_sent_at=now
+        )
+        if not claimed:
+            return False
+        record(
+            actor=Actor.system("expiry"),
+            verb="grant.expiry_notice",
+            agent_id=grant.agent_id,
+            access_request_id=grant.access_request_id,
+            grant_id=grant.pk,
+            data={"expires_at": grant.expires_at},
+        )
+        from approvals import channels
+
+        transaction.on_commit(lambda: channels.grant_expiring(grant_id))
+    return True
+
+
+def first_of_extensions(grant: Grant) -> Grant:
+    """The grant an extension chain started from: its issue time bounds every extension."""
+    first = grant
+    while first.access_request.extension_of_id is not None:
+        first = Grant.objects.select_related("access_request").get(
+            pk=first.access_request.extension_of_id
+        )
+    return first
+
+
+def grant_extension_request(
+    *, grant: Grant, agent: Agent, duration_seconds: int, intent: dict, context: dict | None = None
+) -> SubmitResult:
+    """More time is a new request, decided like any other: never a silent renewal, and never
+    beyond the privilege's maximum counted from the first grant."""
+    if grant.agent_id != agent.pk:
+        raise NotFound("Not found.")
+    if not grant.is_active():
+        raise Conflict(
+            f"Grant #{grant.pk} has ended; ask for the privilege again.", code="grant_not_active"
+        )
+    first = first_of_extensions(grant)
+    limit = first.issued_at + timedelta(seconds=grant.privilege.max_duration_seconds)
+    remaining = int((limit - timezone.now()).total_seconds())
+    if duration_seconds > remaining:
+        raise InvalidInput(
+            f"{grant.scope} may be held for at most {grant.privilege.max_duration_seconds} s "
+            f"from the first grant; at most {max(remaining, 0)} s remain.",
+            code="extension_exceeds_maximum",
+            fields={"duration_seconds": [f"At most {max(remaining, 0)}."]},
+        )
+    return access_request_submit(
+        agent=agent,
+        privilege_name=grant.scope,
+        task_id=grant.task_id,
+        duration_seconds=duration_seconds,
+        intent=intent,
+        context=context,
+        parent_grant=grant.parent,
+        extension_of=grant,
+    )

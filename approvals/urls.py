@@ -19,6 +19,7 @@ urlpatterns = [
     path("grants", apis.GrantListApi.as_view(), name="api-grants"),
     path("grants/<int:grant_id>", apis.GrantDetailApi.as_view(), name="api-grant"),
     path("grants/<int:grant_id>/token", apis.GrantTokenApi.as_view(), name="api-grant-token"),
+    path("grants/<int:grant_id>/extend", apis.GrantExtendApi.as_view(), name="api-grant-extend"),
     path(
         "grants/<int:grant_id>/complete", apis.GrantCompleteApi.as_view(), name="api-grant-complete"
     ),

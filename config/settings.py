@@ -189,6 +189,7 @@ SPECTACULAR_SETTINGS = {
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
     for _sub in ("queue", "processed"):
@@ -244,3 +245,48 @@ CUSTODY_ACCESS_TOKEN_SECONDS = env_int("CUSTODY_ACCESS_TOKEN_SECONDS", 300, mini
 if CUSTODY_ACCESS_TOKEN_SECONDS > 900:
     raise ImproperlyConfigured("CUSTODY_ACCESS_TOKEN_SECONDS must be at most 900 (15 minutes).")
 CUSTODY_MAX_WAIT_SECONDS = 30
+
+# --- Time: expiry, deadlines, escalation ---------------------------------------------------------
+# The sweep ends any grant or request whose time has passed, whatever happened to its ETA task.
+CUSTODY_SWEEP_SECONDS = env_int("CUSTODY_SWEEP_SECONDS", 10, minimum=1)
+# Expiry tasks are enqueued with an ETA only when due within this horizon; a periodic task
+# enqueues the later ones as they come into range. Workers hold ETA tasks in memory, and Redis
+# redelivers any unacknowledged message after the visibility timeout: keeping every ETA inside
+# the horizon, and the timeout above it, means no ETA task is ever redelivered early (run twice)
+# and a long grant (up to the privilege maximum, days) is never lost in a worker's memory.
+CUSTODY_ETA_HORIZON_SECONDS = env_int("CUSTODY_ETA_HORIZON_SECONDS", 3600, minimum=60)
+CUSTODY_EXPIRY_NOTICE_SECONDS = 600
+CUSTODY_EXPIRY_NOTICE_MIN_GRANT_SECONDS = 3600
+CELERY_BROKER_TRANSPORT_OPTIONS.update(
+    {
+        "visibility_timeout": CUSTODY_ETA_HORIZON_SECONDS + 3600,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+    }
+)
+# Publishing must never hang a web request when the broker is down: fail fast, the sweep covers.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+CELERY_TASK_DEFAULT_QUEUE = "expiry"
+CELERY_TASK_ROUTES = {
+    "approvals.tasks.notify_*": {"queue": "notifications"},
+    "approvals.tasks.*": {"queue": "expiry"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "sweep-expired-grants": {
+        "task": "approvals.tasks.sweep_expired_grants",
+        "schedule": float(CUSTODY_SWEEP_SECONDS),
+    },
+    "sweep-request-deadlines": {
+        "task": "approvals.tasks.sweep_request_deadlines",
+        "schedule": float(CUSTODY_SWEEP_SECONDS),
+    },
+    "enqueue-upcoming-expiries": {
+        "task": "approvals.tasks.enqueue_upcoming_expiries",
+        "schedule": float(max(CUSTODY_SWEEP_SECONDS, min(300, CUSTODY_ETA_HORIZON_SECONDS // 4))),
+    },
+}

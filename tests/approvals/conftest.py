@@ -7,6 +7,12 @@ from tests.factories import AgentFactory, PrivilegeFactory
 
 @pytest.fixture
 def privileges(db):
+    # A transactional test's flush empties every table, the shipped policy set included.
+    from approvals.models import Policy, PolicySetState
+    from approvals.policy import DEFAULT_POLICY_TEXT
+
+    Policy.objects.get_or_create(name="default", defaults={"text": DEFAULT_POLICY_TEXT})
+    PolicySetState.objects.get_or_create(id=1)
     read = PrivilegeFactory(resource="payments-db", action="read", risk="low")
     write = PrivilegeFactory(resource="payments-db", action="write", risk="high")
     refund = PrivilegeFactory(resource="payments-api", action="refund", risk="medium")

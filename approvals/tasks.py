@@ -1,0 +1,129 @@
+"""Celery tasks: thin, idempotent callers of the services. They take ids and re-check state.
+
+Three layers end every grant on time (DESIGN.md, "Time"): `expire_grant` runs at the grant's
+expiry (ETA), `sweep_expired_grants` catches whatever an ETA task missed, and every check in the
+services treats a grant past its time as ended whatever these jobs did.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import shared_task
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+
+from approvals import services
+from approvals.models import AccessRequest, Grant
+
+logger = logging.getLogger(__name__)
+
+SWEEP_BATCH = 500
+# A sweep stops starting new batches after this share of its interval, so runs never pile up.
+SWEEP_BUDGET_SHARE = 0.8
+
+
+@shared_task(bind=True, max_retries=None, acks_late=True)
+def expire_grant(self, grant_id: int) -> bool:
+    grant = Grant.objects.filter(pk=grant_id).values("revoked_at", "expires_at").first()
+    if grant is None or grant["revoked_at"] is not None:
+        return False
+    early = (grant["expires_at"] - timezone.now()).total_seconds()
+    if early > 0:  # clock skew between hosts, or a message delivered early: try again at time
+        raise self.retry(countdown=early, max_retries=5)
+    return services.grant_expire(grant_id=grant_id)
+
+
+def enqueue_expiry(grant_id: int, expires_at) -> bool:
+    """Claim the grant's expiry task (once) and hand it to the broker with its ETA.
+
+    Never raises: with the broker down the claim is released and the sweep ends the grant."""
+    claimed = Grant.objects.filter(
+        pk=grant_id, expiry_enqueued_at__isnull=True, revoked_at__isnull=True
+    ).update(expiry_enqueued_at=timezone.now())
+    if not claimed:
+        return False
+    try:
+        expire_grant.apply_async(args=[grant_id], eta=expires_at)
+    except Exception:
+        logger.exception(
+            "Could not enqueue the expiry of grant %s; the sweep will end it.", grant_id
+        )
+        Grant.objects.filter(pk=grant_id).update(expiry_enqueued_at=None)
+        return False
+    return True
+
+
+@shared_task(acks_late=True)
+def enqueue_upcoming_expiries() -> int:
+    """Grants that come within the ETA horizon get their expiry task now."""
+    horizon = timezone.now() + timedelta(seconds=settings.CUSTODY_ETA_HORIZON_SECONDS)
+    due = (
+        Grant.objects.filter(
+            revoked_at__isnull=True, expiry_enqueued_at__isnull=True, expires_at__lte=horizon
+        )
+        .order_by("expires_at")
+        .values_list("pk", "expires_at")[:5000]
+    )
+    return sum(enqueue_expiry(grant_id, expires_at) for grant_id, expires_at in due)
+
+
+def _budget_left(started) -> bool:
+    budget = settings.CUSTODY_SWEEP_SECONDS * SWEEP_BUDGET_SHARE
+    return (timezone.now() - started).total_seconds() < budget
+
+
+@shared_task(acks_late=True)
+def sweep_expired_grants() -> int:
+    """One indexed query per batch (partial index grant_live_expiry); the same idempotent service
+    ends each grant, so a rerun or a concurrent ETA task changes nothing twice."""
+    started = timezone.now()
+    ended = 0
+    while _budget_left(started):
+        due = list(
+            Grant.objects.filter(revoked_at__isnull=True, expires_at__lte=timezone.now())
+            .order_by("expires_at", "pk")
+            .values_list("pk", flat=True)[:SWEEP_BATCH]
+        )
+        if not due:
+            break
+        ended += sum(services.grant_expire(grant_id=grant_id) for grant_id in due)
+    if ended:
+        logger.info("sweep ended %s grant(s) past their expiry", ended)
+    return ended
+
+
+@shared_task(acks_late=True)
+def sweep_request_deadlines() -> dict:
+    """Expire requests past their deadline, escalate silent ones, warn of grants ending soon."""
+    now = timezone.now()
+    pending = AccessRequest.objects.filter(status=AccessRequest.Status.PENDING)
+    expired = sum(
+        services.access_request_expire(access_request_id=pk)
+        for pk in pending.filter(decision_deadline__lte=now)
+        .order_by("decision_deadline")
+        .values_list("pk", flat=True)[:SWEEP_BATCH]
+    )
+    escalated = sum(
+        services.access_request_escalate(access_request_id=pk)
+        for pk in pending.filter(
+            escalated_at__isnull=True, escalation_at__lte=now, decision_deadline__gt=now
+        )
+        .order_by("escalation_at")
+        .values_list("pk", flat=True)[:SWEEP_BATCH]
+    )
+    notice = timedelta(seconds=settings.CUSTODY_EXPIRY_NOTICE_SECONDS)
+    long_grant = timedelta(seconds=settings.CUSTODY_EXPIRY_NOTICE_MIN_GRANT_SECONDS)
+    noticed = sum(
+        services.grant_expiry_notice(grant_id=pk)
+        for pk in Grant.objects.filter(
+            revoked_at__isnull=True,
+            expiry_notice_sent_at__isnull=True,
+            expires_at__gt=now,
+            expires_at__lte=now + notice,
+            expires_at__gte=F("issued_at") + long_grant,
+        ).values_list("pk", flat=True)[:SWEEP_BATCH]
+    )
+    return {"expired": expired, "escalated": escalated, "expiry_notices": noticed}

@@ -1,0 +1,156 @@
+"""Grants end on their own: a real Celery worker and beat, on real Redis, with no test code
+calling the tasks."""
+
+import contextlib
+import time
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from approvals.models import Grant
+from audit.models import AuditEvent
+from audit.services import verify_chain
+from tests.approvals.conftest import submit
+from tests.workers import RedisServer, Worker
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+@contextlib.contextmanager
+def publishing_to(url: str):
+    """Point this process's Celery producer at another broker for the duration."""
+    from config.celery import app
+
+    def reset():
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    previous = app.conf.broker_url
+    app.conf.broker_url = url
+    reset()
+    try:
+        yield
+    finally:
+        app.conf.broker_url = previous
+        reset()
+
+
+def introspect(client, token):
+    return client.post("/api/v1/introspect", {"token": token}, format="json").json()
+
+
+def wait_until(predicate, timeout: float, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def sleep_until(moment):
+    remaining = (moment - timezone.now()).total_seconds()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+@pytest.fixture
+def worker():
+    started = Worker(broker_url=settings.CELERY_BROKER_URL)
+    yield started
+    started.stop()
+
+
+def test_a_two_second_grant_is_revoked_within_two_seconds_of_expiry(
+    worker, agent_api, privileges, resource_server_api
+):
+    body = submit(agent_api, duration=2).json()
+    grant = Grant.objects.get(pk=body["grant"]["id"])
+    assert introspect(resource_server_api, body["grant"]["token"])["active"] is True
+
+    sleep_until(grant.expires_at + timedelta(milliseconds=1))
+    assert introspect(resource_server_api, body["grant"]["token"]) == {"active": False}
+    assert wait_until(lambda: Grant.objects.get(pk=grant.pk).revoked_at is not None, 6), (
+        worker.output()[-3000:]
+    )
+    grant.refresh_from_db()
+    assert grant.revoke_reason == "expired"
+    assert timedelta(0) <= grant.revoked_at - grant.expires_at < timedelta(seconds=2)
+    assert AuditEvent.objects.filter(grant_id=grant.pk, verb="grant.expired").count() == 1
+
+
+def test_the_sweep_ends_a_grant_whose_worker_was_killed(agent_api, privileges, resource_server_api):
+    worker = Worker(broker_url=settings.CELERY_BROKER_URL)
+    try:
+        body = submit(agent_api, duration=3).json()
+        grant = Grant.objects.get(pk=body["grant"]["id"])
+        time.sleep(0.5)
+    finally:
+        worker.kill()  # the ETA task dies with it, unacknowledged
+
+    sleep_until(grant.expires_at + timedelta(milliseconds=300))
+    # Between expiry and the worker's return, every check already says the grant is over.
+    assert Grant.objects.get(pk=grant.pk).revoked_at is None
+    assert introspect(resource_server_api, body["grant"]["token"]) == {"active": False}
+    assert agent_api.get(f"/api/v1/grants/{grant.pk}").json()["active"] is False
+    assert agent_api.get("/api/v1/grants?active=true").json()["results"] == []
+
+    returned = Worker(broker_url=settings.CELERY_BROKER_URL, sweep_seconds=1)
+    try:
+        assert wait_until(lambda: Grant.objects.get(pk=grant.pk).revoked_at is not None, 10), (
+            returned.output()[-3000:]
+        )
+        grant.refresh_from_db()
+        assert grant.revoke_reason == "expired"
+        # Within one sweep interval (1 s) of the worker's return, plus scheduling slack.
+        assert grant.revoked_at.timestamp() - returned.ready_at < 1 + 1.5
+    finally:
+        returned.stop()
+    assert AuditEvent.objects.filter(grant_id=grant.pk, verb="grant.expired").count() == 1
+
+
+def test_a_redis_restart_during_a_grants_life_loses_nothing_and_doubles_nothing(
+    agent_api, privileges, resource_server_api
+):
+    redis = RedisServer()
+    worker = None
+    try:
+        worker = Worker(broker_url=redis.url, sweep_seconds=1)
+        with publishing_to(redis.url):
+            bodies = [submit(agent_api, duration=3, task_id=f"t{n}").json() for n in range(3)]
+        grants = list(Grant.objects.filter(pk__in=[b["grant"]["id"] for b in bodies]))
+        redis.stop()  # the broker goes away, and with it every message it held
+        sleep_until(max(g.expires_at for g in grants) + timedelta(milliseconds=200))
+        for body in bodies:
+            assert introspect(resource_server_api, body["grant"]["token"]) == {"active": False}
+        time.sleep(1)
+        redis.start()
+        back = time.time()
+        assert wait_until(
+            lambda: (
+                not Grant.objects.filter(
+                    pk__in=[g.pk for g in grants], revoked_at__isnull=True
+                ).exists()
+            ),
+            15,
+        ), worker.output()[-3000:]
+        for grant in Grant.objects.filter(pk__in=[g.pk for g in grants]):
+            assert grant.revoke_reason == "expired"
+            # Ended at its ETA if the worker still held the task, else by the sweep within one
+            # interval (1 s) of Redis answering again (plus reconnect slack).
+            assert grant.revoked_at.timestamp() <= max(
+                grant.expires_at.timestamp() + 1.5, back + 1 + 3
+            )
+            assert (
+                AuditEvent.objects.filter(grant_id=grant.pk)
+                .filter(verb__in=["grant.expired", "grant.revoked"])
+                .count()
+                == 1
+            )
+        assert verify_chain().ok
+    finally:
+        if worker:
+            worker.stop()
+        redis.stop()
