@@ -5,14 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.cache import cache
-from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from agents.models import Agent
 from agents.services import agent_mark_seen
 from agents.workload_identity import IdentityRejected, token_fingerprint, verify_workload_token
-from audit.services import Actor, record
+from audit.services import Actor, record_throttled
 
 
 @dataclass
@@ -44,17 +42,9 @@ def bearer_token(request) -> str | None:
 
 
 def _audit_rejection(request, token: str, rejected: IdentityRejected) -> None:
-    # A flood of bad tokens must not flood the evidence log: a budget per reason per minute.
-    limit = settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE
-    bucket = f"custody:authfail:{rejected.reason}:{int(timezone.now().timestamp() // 60)}"
-    cache.add(bucket, 0, 120)
-    try:
-        count = cache.incr(bucket)
-    except ValueError:
-        count = 1
-    if count > limit:
-        return
-    record(
+    record_throttled(
+        bucket=f"auth:{rejected.reason}",
+        per_minute=settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE,
         actor=Actor.anonymous(request.META.get("REMOTE_ADDR", "unknown")),
         verb="auth.rejected",
         data={
@@ -63,7 +53,6 @@ def _audit_rejection(request, token: str, rejected: IdentityRejected) -> None:
             "jti": rejected.claims.get("jti"),
             "claimed_sub": rejected.claims.get("sub"),
             "path": request.path,
-            "budget_note": "last audited rejection this minute" if count == limit else "",
         },
     )
 

@@ -5,17 +5,43 @@ or failing delivery can never hold a lock or undo a decision. The web inbox need
 it reads state directly.
 """
 
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def _send(task, *args) -> None:
+    """Hand a notification to the notifications queue; a broker outage never fails the caller
+    (the decision is already committed; the web inbox shows it either way)."""
+    from approvals import slack
+
+    if not slack.enabled():
+        return
+    try:
+        task.delay(*args)
+    except Exception:
+        logger.exception("Could not enqueue %s%s", task.name, args)
+
 
 def request_pending(access_request_id: int) -> None:
-    """A request now waits for people."""
+    """A request now waits for people: each approver with a Slack id hears of it."""
+    from approvals.tasks import notify_request_pending
+
+    _send(notify_request_pending, access_request_id)
 
 
 def request_updated(access_request_id: int) -> None:
-    """An approval arrived but more are needed."""
+    """An approval arrived but more are needed: messages show the new count."""
+    from approvals.tasks import notify_request_changed
+
+    _send(notify_request_changed, access_request_id)
 
 
 def request_finished(access_request_id: int) -> None:
     """Approved, denied, expired or cancelled: every message about it shows its final state."""
+    from approvals.tasks import notify_request_changed
+
+    _send(notify_request_changed, access_request_id)
 
 
 def grant_issued(grant_id: int) -> None:
@@ -35,11 +61,17 @@ def grant_issued(grant_id: int) -> None:
 
 
 def grant_expiring(grant_id: int) -> None:
-    """A long grant ends in ten minutes."""
+    """A long grant ends in ten minutes: its sponsor and team hear of it."""
+    from approvals.tasks import notify_grant_expiring
+
+    _send(notify_grant_expiring, grant_id)
 
 
 def request_escalated(access_request_id: int) -> None:
-    """A request reached its escalation point with approvals missing."""
+    """A request reached its escalation point: the team and backup approvers hear of it."""
+    from approvals.tasks import notify_request_escalated
+
+    _send(notify_request_escalated, access_request_id)
 
 
 def grants_ended(grant_ids: list[int]) -> None:

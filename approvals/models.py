@@ -352,3 +352,46 @@ class SigningKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kid} ({self.state})"
+
+
+class SlackMessage(models.Model):
+    """A Slack message Custody posted about a request or grant; kept so it can be updated."""
+
+    class Kind(models.TextChoices):
+        REQUEST = "request", "Approval request"
+        ESCALATION = "escalation", "Escalation"
+        EXPIRY_NOTICE = "expiry_notice", "Expiry notice"
+
+    access_request = models.ForeignKey(
+        AccessRequest, on_delete=models.CASCADE, related_name="slack_messages"
+    )
+    grant = models.ForeignKey(
+        Grant, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    channel_id = models.CharField(max_length=32)  # a user id (DM) or a channel id
+    ts = models.CharField(max_length=32, blank=True)  # empty until Slack accepted it
+    rendered_status = models.CharField(max_length=20, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            # A retried send never posts the same notice to the same place twice.
+            models.UniqueConstraint(
+                fields=["access_request", "kind", "channel_id"], name="slack_message_once_per_place"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} for request #{self.access_request_id} in {self.channel_id}"
+
+
+class SlackInteraction(models.Model):
+    """Each Slack callback once: Slack's retries and replays change nothing."""
+
+    key = models.CharField(max_length=128, unique=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.key

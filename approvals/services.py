@@ -20,8 +20,9 @@ from django.utils import timezone
 from guardian.shortcuts import get_group_perms, get_user_perms
 
 from agents.models import Agent
+from agents.workload_identity import IdentityRejected, verify_workload_token
 from approvals import policy
-from approvals.models import AccessRequest, Decision, Grant, Privilege
+from approvals.models import RISK_LEVEL, AccessRequest, Decision, Grant, Privilege
 from approvals.tokens import IssuedToken, TokenInvalid, token_sign, token_verify
 from audit.services import Actor, record
 from config.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -327,6 +328,13 @@ def is_initiator(user, access_request: AccessRequest) -> bool:
     return initiated_by in {user.get_username().lower(), (user.email or "").lower()}
 
 
+STEP_UP_WINDOW = timedelta(minutes=10)
+
+
+def _fresh_login(authenticated_at) -> bool:
+    return authenticated_at is not None and timezone.now() - authenticated_at <= STEP_UP_WINDOW
+
+
 @dataclass
 class DecideResult:
     decision: Decision
@@ -335,8 +343,18 @@ class DecideResult:
 
 
 def access_request_decide(
-    *, access_request_id: int, approver, verdict: str, channel: str, comment: str = ""
+    *,
+    access_request_id: int,
+    approver,
+    verdict: str,
+    channel: str,
+    comment: str = "",
+    idempotent: bool = False,
+    authenticated_at=None,
 ) -> DecideResult:
+    """One person's approve or deny. With `idempotent`, repeating one's own earlier verdict
+    (a double click, a retried callback) returns that decision and records nothing new.
+    Approving a critical request needs a login (`authenticated_at`) within STEP_UP_WINDOW."""
     if verdict not in Decision.Verdict.values:
         raise InvalidInput(
             "The verdict is 'approve' or 'deny'.",
@@ -346,6 +364,15 @@ def access_request_decide(
     refusal: Exception | None = None
     result: DecideResult | None = None
     with transaction.atomic():
+        # Lock order is agent, then request — as agent_suspend takes them — so a decision
+        # racing a suspension waits instead of deadlocking.
+        agent_id = (
+            AccessRequest.objects.filter(pk=access_request_id)
+            .values_list("agent_id", flat=True)
+            .first()
+        )
+        if agent_id is not None:
+            list(Agent.objects.select_for_update().filter(pk=agent_id).values_list("pk"))
         access_request = (
             AccessRequest.objects.select_for_update(of=("self",))
             .select_related("agent", "agent__sponsor", "agent__team", "privilege")
@@ -354,6 +381,10 @@ def access_request_decide(
         )
         if access_request is None:
             raise NotFound(f"There is no request #{access_request_id}.")
+        if access_request.parent_grant_id is not None:
+            # Before any audit write, as grant_end orders it: a parent ending concurrently
+            # either ends first (the mint below sees it) or waits until this child exists.
+            Grant.objects.select_for_update().filter(pk=access_request.parent_grant_id).first()
         ids = {"agent_id": access_request.agent_id, "access_request_id": access_request.pk}
         who = Actor.for_user(approver)
 
@@ -376,6 +407,37 @@ def access_request_decide(
             refuse(
                 Forbidden("You may not decide requests for this agent.", code="not_an_approver"),
                 "not_an_approver",
+            )
+        elif idempotent and (
+            earlier := access_request.decisions.filter(approver=approver, verdict=verdict).first()
+        ):
+            result = DecideResult(earlier, access_request, getattr(access_request, "grant", None))
+        elif (
+            channel == Decision.Channel.SLACK
+            and verdict == Decision.Verdict.APPROVE
+            and RISK_LEVEL[access_request.privilege.risk]
+            > RISK_LEVEL[access_request.privilege.slack_max_risk]
+        ):
+            refuse(
+                Forbidden(
+                    f"{access_request.privilege.risk.capitalize()} requests are approved in "
+                    "Custody's web app, which can ask for a fresh login.",
+                    code="approve_in_browser",
+                ),
+                "above_slack_risk",
+            )
+        elif (
+            verdict == Decision.Verdict.APPROVE
+            and access_request.privilege.risk == "critical"
+            and not _fresh_login(authenticated_at)
+        ):
+            refuse(
+                Forbidden(
+                    "Approving a critical request needs a login within the last "
+                    f"{STEP_UP_WINDOW.seconds // 60} minutes; sign in again to confirm.",
+                    code="step_up_required",
+                ),
+                "step_up_required",
             )
         elif not access_request.is_pending:
             refuse(
@@ -457,6 +519,20 @@ def _record_decision(access_request, approver, verdict, channel, comment):
         return Conflict(
             f"The agent is {agent.status}; no grant was issued.", code="agent_not_active"
         )
+    parent = access_request.parent_grant
+    if parent is not None and not parent.is_active():
+        _transition(access_request, Status.DENIED, reason="parent grant ended before grant")
+        record(
+            actor=Actor.system(),
+            verb="grant.refused",
+            **ids,
+            data={"why": "parent_grant_not_active", "parent_grant_id": parent.pk},
+        )
+        _on_commit_request_finished(access_request.pk)
+        return Conflict(
+            f"Grant #{parent.pk}, which this delegates from, has ended; no grant was issued.",
+            code="parent_grant_not_active",
+        )
     outcome = policy.decide(policy.current_policies(), _facts_for_request(access_request))
     if outcome.outcome == "deny":
         _transition(access_request, Status.DENIED, reason="policy denied at grant time")
@@ -470,6 +546,7 @@ def _record_decision(access_request, approver, verdict, channel, comment):
         return Conflict(f"Policy no longer allows this: {outcome.reason}", code="policy_denied")
     _transition(access_request, Status.APPROVED, reason=f"approved by {approvals} people")
     grant = _grant_issue(access_request, actor=who)
+    _on_commit_request_finished(access_request.pk)
     return DecideResult(decision, access_request, grant)
 
 
@@ -543,6 +620,11 @@ def _grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
     expires_at = now + timedelta(seconds=access_request.duration_seconds)
     parent = access_request.parent_grant
     if parent is not None:
+        if not parent.is_active(now):
+            raise Conflict(
+                f"Grant #{parent.pk}, which this delegates from, has ended.",
+                code="parent_grant_not_active",
+            )
         expires_at = min(expires_at, parent.expires_at)
     if access_request.extension_of_id is not None:
         first = first_of_extensions(access_request.extension_of)
@@ -644,6 +726,7 @@ def grant_end(*, grant_id: int, reason: str, actor: Actor, detail: str = "") -> 
 
         ended_ids = [ending.pk for ending, _ in ended]
         transaction.on_commit(lambda: channels.grants_ended(ended_ids))
+        transaction.on_commit(lambda: delegations_cancel_orphaned(grant_ids=ended_ids))
     return True
 
 
@@ -851,6 +934,9 @@ def token_introspect(*, token: str) -> dict:
     }
     if "act" in claims:
         answer["act"] = claims["act"]
+    # The chain of custody, root first: who holds this privilege on whose behalf.
+    answer["chain"] = [link.agent.spiffe_id for link in reversed(grant_ancestors(grant))]
+    answer["delegation_depth"] = grant.depth
     return answer
 
 
@@ -1079,3 +1165,272 @@ def grant_extension_request(
         parent_grant=grant.parent,
         extension_of=grant,
     )
+
+
+def record_refusal(*, person, access_request_id: int, why: str, channel: str) -> None:
+    """Evidence of a decision attempt that never reached a request the person may see."""
+    record(
+        actor=Actor.for_user(person),
+        verb="decision.refused",
+        access_request_id=access_request_id,
+        data={"why": why, "channel": channel},
+    )
+
+
+# --- delegation: RFC 8693 token exchange -------------------------------------------------------
+
+# Rejections of the actor token that are about the sub-agent itself, not about the token.
+_TARGET_REJECTIONS = frozenset({"unknown_agent", "agent_suspended", "agent_retired"})
+# The environment and the initiating person follow a chain down: a sub-agent cannot shed them.
+_INHERITED_CONTEXT = ("environment", "initiated_by")
+
+
+def _exchange_error(code: str, message: str, field: str) -> InvalidInput:
+    return InvalidInput(message, code=code, fields={field: [message]})
+
+
+def delegation_exchange(
+    *,
+    caller: Agent,
+    subject_token: str,
+    actor_token: str,
+    intent: dict,
+    scope: str = "",
+    duration_seconds: int | None = None,
+    task_id: str = "",
+    context: dict | None = None,
+) -> SubmitResult:
+    """RFC 8693 token exchange: the holder of a live grant hands a narrower one to a sub-agent.
+
+    `subject_token` is the parent grant's access token, held by `caller` (its `sub` is the root
+    agent, so the holder is found through the grant); `actor_token` is the sub-agent's JWT-SVID.
+    Attenuation is enforced here, whatever policy says:
+    - scope: every space-separated privilege asked for is among the parent's (a grant holds one
+      privilege today, so in practice the parent's own); omitted means the parent's;
+    - expiry: `duration_seconds` may not exceed the parent's remaining time (refused, never
+      clipped); omitted means all of it;
+    - depth: for every agent already in the chain, the new link lies at most that agent's
+      `max_delegation_depth` levels below it (for the root, that is the absolute depth), so each
+      owner up the chain can only shorten how far its work is handed on;
+    - the sub-agent is registered, active, and nowhere in the chain yet (no cycles).
+    The new request belongs to the sub-agent, carries the parent grant, and is decided like any
+    other (automatic, pending for the sub-agent's approvers, or denied). Refusals use the RFC
+    8693/6749 codes (invalid_request, invalid_scope, invalid_target; access_denied, 403, when
+    policy denies) and each leaves a `delegation.refused` event.
+    """
+    attempt: dict = {"parent_id": None, "sub_agent": None}
+    try:
+        result = _delegation_submit(
+            caller=caller,
+            subject_token=subject_token,
+            actor_token=actor_token,
+            intent=intent,
+            scope=scope,
+            duration_seconds=duration_seconds,
+            task_id=task_id,
+            context=context,
+            attempt=attempt,
+        )
+    except (InvalidInput, Conflict) as error:
+        sub_agent = attempt["sub_agent"]
+        record(
+            actor=Actor.for_agent(caller),
+            verb="delegation.refused",
+            agent_id=caller.pk,
+            grant_id=attempt["parent_id"],
+            data={
+                "code": error.code,
+                "message": error.message,
+                "to_agent": sub_agent.spiffe_id if sub_agent else None,
+                "scope": scope,
+                "duration_seconds": duration_seconds,
+            },
+        )
+        raise
+    access_request = result.access_request
+    if access_request.status == Status.DENIED:
+        raise Forbidden(
+            f"Policy denied delegation request #{access_request.pk}: "
+            f"{access_request.policy_reason}",
+            code="access_denied",
+        )
+    return result
+
+
+def _delegation_submit(
+    *,
+    caller: Agent,
+    subject_token: str,
+    actor_token: str,
+    intent: dict,
+    scope: str,
+    duration_seconds: int | None,
+    task_id: str,
+    context: dict | None,
+    attempt: dict,
+) -> SubmitResult:
+    try:
+        claims = token_verify(subject_token)
+    except TokenInvalid as exc:
+        raise _exchange_error(
+            "invalid_request",
+            f"The subject_token is not a valid Custody access token ({exc}).",
+            "subject_token",
+        )
+    grant_id = claims.get("grant_id")
+    attempt["parent_id"] = grant_id if isinstance(grant_id, int) else None
+    # Outside the transaction: a trust domain's JWKS may have to be fetched over the network.
+    try:
+        sub_agent = verify_workload_token(actor_token).agent
+    except IdentityRejected as rejected:
+        code = "invalid_target" if rejected.reason in _TARGET_REJECTIONS else "invalid_request"
+        raise _exchange_error(
+            code, f"The actor_token was refused: {rejected.message}", "actor_token"
+        )
+    attempt["sub_agent"] = sub_agent
+
+    with transaction.atomic():
+        # Held to the end: the parent cannot end between these checks and the child's mint,
+        # and grant_end, which locks it first, then finds the child to cascade to.
+        parent = (
+            Grant.objects.select_for_update(of=("self",))
+            .select_related("agent", "agent__sponsor", "access_request")
+            .filter(pk=attempt["parent_id"])
+            .first()
+        )
+        now = timezone.now()
+        if parent is None or not parent.is_active(now):
+            raise _exchange_error(
+                "invalid_request",
+                "The subject_token's grant has ended; nothing can be delegated from it.",
+                "subject_token",
+            )
+        if parent.agent_id != caller.pk:
+            raise _exchange_error(
+                "invalid_request",
+                "Only the agent holding the subject_token's grant may delegate it.",
+                "subject_token",
+            )
+        ancestors = grant_ancestors(parent)  # nearest first, the root last
+        chain = [link.agent.spiffe_id for link in reversed(ancestors)]
+        if sub_agent.pk in {link.agent_id for link in ancestors}:
+            raise _exchange_error(
+                "invalid_target",
+                f"{sub_agent.spiffe_id} is already in this chain ({' -> '.join(chain)}); "
+                "an agent cannot appear twice in its own chain.",
+                "actor_token",
+            )
+        sub_agent = Agent.objects.select_for_update().get(pk=sub_agent.pk)
+        if sub_agent.status != Agent.Status.ACTIVE:
+            raise _exchange_error(
+                "invalid_target", f"{sub_agent.spiffe_id} is {sub_agent.status}.", "actor_token"
+            )
+
+        held = parent.scope.split()
+        asked = list(dict.fromkeys((scope or parent.scope).split()))
+        if not set(asked) <= set(held):
+            raise _exchange_error(
+                "invalid_scope",
+                f"A delegation may only narrow: grant #{parent.pk} holds {parent.scope!r}, "
+                f"{scope!r} was asked for.",
+                "scope",
+            )
+        if len(asked) != 1:
+            raise _exchange_error("invalid_scope", "Delegate one privilege at a time.", "scope")
+
+        depth = parent.depth + 1
+        for link in ancestors:
+            below = depth - link.depth
+            if below > link.agent.max_delegation_depth:
+                raise _exchange_error(
+                    "invalid_request",
+                    f"{link.agent.spiffe_id} allows what it holds to be delegated at most "
+                    f"{link.agent.max_delegation_depth} level(s) on; this would be {below}.",
+                    "subject_token",
+                )
+
+        remaining = int((parent.expires_at - now).total_seconds())
+        if duration_seconds is None:
+            duration_seconds = remaining
+        if remaining < 1:
+            raise _exchange_error(
+                "invalid_request", f"Grant #{parent.pk} is about to end.", "subject_token"
+            )
+        if duration_seconds > remaining:
+            raise _exchange_error(
+                "invalid_request",
+                f"A delegation may not outlive its parent: grant #{parent.pk} has {remaining} s "
+                f"left and {duration_seconds} s were asked for.",
+                "duration_seconds",
+            )
+
+        inherited = parent.access_request.context or {}
+        context = {
+            **(context or {}),
+            **{key: inherited[key] for key in _INHERITED_CONTEXT if key in inherited},
+        }
+        result = access_request_submit(
+            agent=sub_agent,
+            privilege_name=asked[0],
+            task_id=task_id or parent.task_id,
+            duration_seconds=duration_seconds,
+            intent=intent,
+            context=context,
+            parent_grant=parent,
+        )
+        access_request = result.access_request
+        record(
+            actor=Actor.for_agent(caller),
+            verb="delegation.created",
+            agent_id=sub_agent.pk,
+            access_request_id=access_request.pk,
+            grant_id=parent.pk,
+            data={
+                "from_agent": caller.spiffe_id,
+                "to_agent": sub_agent.spiffe_id,
+                "chain": [*chain, sub_agent.spiffe_id],
+                "depth": depth,
+                "scope": asked[0],
+                "duration_seconds": duration_seconds,
+                "crosses_sponsor": parent.agent.sponsor_id != sub_agent.sponsor_id,
+                "outcome": access_request.policy_outcome,
+                "status": access_request.status,
+                "child_grant_id": result.grant.pk if result.grant else None,
+            },
+        )
+    return result
+
+
+def delegations_cancel_orphaned(*, grant_ids: Iterable[int]) -> int:
+    """Runs after grants end: delegation requests from them that still wait for people are
+    cancelled, so nobody is asked to hand down a privilege that no longer exists. (Approving
+    one anyway is refused: the mint re-checks the parent under its lock.)"""
+    cancelled = 0
+    waiting = (
+        AccessRequest.objects.filter(parent_grant_id__in=list(grant_ids), status=Status.PENDING)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    for access_request_id in waiting:
+        with transaction.atomic():
+            access_request = (
+                AccessRequest.objects.select_for_update()
+                .filter(pk=access_request_id, status=Status.PENDING)
+                .first()
+            )
+            if access_request is None:
+                continue
+            _transition(access_request, Status.CANCELLED, reason="parent grant ended")
+            record(
+                actor=Actor.system("cascade"),
+                verb="request.cancelled",
+                agent_id=access_request.agent_id,
+                access_request_id=access_request.pk,
+                data={
+                    "why": "parent grant ended",
+                    "parent_grant_id": access_request.parent_grant_id,
+                },
+            )
+            _on_commit_request_finished(access_request.pk)
+        cancelled += 1
+    return cancelled

@@ -127,3 +127,74 @@ def sweep_request_deadlines() -> dict:
         ).values_list("pk", flat=True)[:SWEEP_BATCH]
     )
     return {"expired": expired, "escalated": escalated, "expiry_notices": noticed}
+
+
+# --- notifications (Slack), on their own queue so a backlog never delays an expiry ------------
+
+NOTIFY_MAX_RETRIES = 50  # with backoff capped at 5 minutes: hours of Slack outage are covered
+NOTIFY_MAX_BACKOFF = 300
+
+
+def _retry_later(task, exc: Exception):
+    from slack_sdk.errors import SlackApiError
+
+    response = getattr(exc, "response", None)
+    if isinstance(exc, SlackApiError) and response is not None and response.status_code == 429:
+        countdown = int(response.headers.get("Retry-After", response.headers.get("retry-after", 1)))
+    else:
+        countdown = min(2**task.request.retries, NOTIFY_MAX_BACKOFF)
+    logger.warning("Slack call failed (%s); retrying in %s s", exc, countdown)
+    raise task.retry(exc=exc, countdown=countdown)
+
+
+def _notify(task, send, *args):
+    from slack_sdk.errors import SlackClientError
+
+    from approvals import slack
+
+    if not slack.enabled():
+        return 0
+    try:
+        return send(*args)
+    except (SlackClientError, OSError) as exc:
+        _retry_later(task, exc)
+
+
+@shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
+def notify_request_pending(self, access_request_id: int):
+    from approvals import slack
+
+    return _notify(self, slack.post_request, access_request_id)
+
+
+@shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
+def notify_request_changed(self, access_request_id: int):
+    from approvals import slack
+
+    return _notify(self, slack.update_request, access_request_id)
+
+
+@shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
+def notify_request_escalated(self, access_request_id: int):
+    from approvals import slack
+    from approvals.models import SlackMessage
+
+    return _notify(
+        self,
+        lambda pk: slack.post_request(pk, kind=SlackMessage.Kind.ESCALATION),
+        access_request_id,
+    )
+
+
+@shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
+def notify_grant_expiring(self, grant_id: int):
+    from approvals import slack
+
+    return _notify(self, slack.post_expiry_notice, grant_id)
+
+
+@shared_task(bind=True, max_retries=5, acks_late=True)
+def notify_ephemeral(self, channel: str, user: str, text: str):
+    from approvals import slack
+
+    return _notify(self, slack.post_ephemeral, channel, user, text)

@@ -29,4 +29,5 @@ urlpatterns = [
         name="api-grant-tool-calls",
     ),
     path("introspect", apis.IntrospectApi.as_view(), name="api-introspect"),
+    path("token", apis.TokenExchangeApi.as_view(), name="api-token"),
 ]

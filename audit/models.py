@@ -84,3 +84,22 @@ class AuditChainHead(models.Model):
 
     def __str__(self) -> str:
         return f"Audit chain head at #{self.last_sequence}"
+
+
+class ChainCheck(models.Model):
+    """The result of one walk of the chain (periodic task or on demand), shown on the audit page."""
+
+    checked_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    verified = models.BigIntegerField()
+    first_bad_sequence = models.BigIntegerField(null=True, blank=True)
+    problem = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-checked_at"]
+
+    def __str__(self) -> str:
+        return f"Chain check at {self.checked_at}: {'ok' if self.ok else self.problem}"
+
+    @property
+    def ok(self) -> bool:
+        return self.first_bad_sequence is None

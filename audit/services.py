@@ -119,3 +119,23 @@ def verify_chain(batch_size: int = 2000) -> ChainReport:
     if head is not None and head.last_sequence != last_sequence:
         return ChainReport(verified, last_sequence + 1, "events after this point were removed")
     return ChainReport(verified, None)
+
+
+def record_throttled(*, bucket: str, per_minute: int, **event) -> AuditEvent | None:
+    """Record, unless this bucket already wrote `per_minute` events this minute.
+
+    For evidence that outsiders can trigger at will (rejected logins, forged callbacks): a flood
+    must not be able to fill the log, yet the first of every minute is always kept."""
+    from django.core.cache import cache
+
+    key = f"custody:audit-budget:{bucket}:{int(timezone.now().timestamp() // 60)}"
+    cache.add(key, 0, 120)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # evicted between add and incr
+        count = 1
+    if count > per_minute:
+        return None
+    if count == per_minute:
+        event.setdefault("data", {})["budget_note"] = "last audited event this minute"
+    return record(**event)

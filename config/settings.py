@@ -75,6 +75,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "config.middleware.ContentSecurityPolicyMiddleware",
+    "config.middleware.PersonTimeZoneMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -192,13 +194,14 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     # Producers and consumers must read and write the same folder (see shared/NOTES.md).
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True
@@ -275,8 +278,10 @@ CELERY_TASK_DEFAULT_QUEUE = "expiry"
 CELERY_TASK_ROUTES = {
     "approvals.tasks.notify_*": {"queue": "notifications"},
     "approvals.tasks.*": {"queue": "expiry"},
+    "audit.tasks.*": {"queue": "notifications"},  # a long walk must never delay an expiry
 }
 CELERY_BEAT_SCHEDULE = {
+    "verify-audit-chain": {"task": "audit.tasks.verify_audit_chain", "schedule": 300.0},
     "sweep-expired-grants": {
         "task": "approvals.tasks.sweep_expired_grants",
         "schedule": float(CUSTODY_SWEEP_SECONDS),
@@ -290,3 +295,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(max(CUSTODY_SWEEP_SECONDS, min(300, CUSTODY_ETA_HORIZON_SECONDS // 4))),
     },
 }
+
+# --- Slack approvals ---------------------------------------------------------------------------
+# Slack is on when a bot token and a signing secret are set; callbacks must come from this
+# workspace and app. Requests above a privilege's `slack_max_risk` are approved in the browser.
+SLACK_TEAM_ID = env_str("SLACK_TEAM_ID", "")
+SLACK_APP_ID = env_str("SLACK_APP_ID", "")
+# Where people reach the web UI (links in Slack messages).
+CUSTODY_PUBLIC_URL = env_str("CUSTODY_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from approvals import slack_views
 from approvals.apis import JwksApi
 
 api_v1 = [
@@ -12,6 +13,8 @@ api_v1 = [
 urlpatterns = [
     path(".well-known/jwks.json", JwksApi.as_view(), name="jwks"),
     path("admin/", admin.site.urls),
+    path("slack/interactions", slack_views.interactions, name="slack-interactions"),
+    path("slack/commands", slack_views.commands, name="slack-commands"),
     path("api/v1/", include(api_v1)),
     path(
         "api/schema/",

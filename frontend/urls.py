@@ -5,6 +5,17 @@ from frontend import views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    path("inbox/", views.inbox, name="inbox"),
+    path("requests/<int:request_id>/", views.request_detail, name="request"),
+    path("requests/<int:request_id>/decide/", views.request_decide, name="request-decide"),
+    path("step-up/", views.step_up, name="step-up"),
+    path("grants/", views.grants, name="grants"),
+    path("grants/<int:grant_id>/revoke/", views.grant_revoke, name="grant-revoke"),
+    path("agents/", views.agents, name="agents"),
+    path("agents/<int:agent_id>/suspend/", views.agent_suspend, name="agent-suspend"),
+    path("agents/<int:agent_id>/reactivate/", views.agent_reactivate, name="agent-reactivate"),
+    path("audit/", views.audit, name="audit"),
+    path("audit/verify/", views.audit_verify, name="audit-verify"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

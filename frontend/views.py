@@ -1,10 +1,448 @@
-from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+"""The web UI for sponsors, teams and auditors: thin views over the same services and selectors
+the API and Slack use. Every queryset is restricted to what the person may see first; anything
+outside is 404."""
 
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import messages
+from django.contrib.auth import authenticate
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q
+from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods, require_POST
+from guardian.shortcuts import get_objects_for_user
+
+from agents import services as agent_services
+from agents.models import Agent
 from agents.selectors import agents_visible_to
+from approvals import selectors, services
+from approvals.models import AccessRequest, Decision, Grant
+from audit.exports import iter_csv, iter_jsonl
+from audit.models import AuditEvent, ChainCheck
+from audit.services import Actor
+from config.errors import DomainError
+from frontend import auth
+from frontend.forms import AuditFilterForm, DecisionForm, ReasonForm
+
+PAGE_SIZE = 50
+
+
+def _approvals_count():
+    return Count(
+        "decisions",
+        filter=Q(decisions__verdict=Decision.Verdict.APPROVE, decisions__approver__isnull=False),
+    )
+
+
+def _can_manage(user, agent: Agent) -> bool:
+    return user.is_superuser or user.has_perm("agents.manage_agent", agent)
+
+
+# --- dashboard and inbox -----------------------------------------------------------------------
 
 
 @login_required
 def dashboard(request):
-    agents = agents_visible_to(request.user).select_related("sponsor", "team").order_by("name")
-    return render(request, "frontend/dashboard.html", {"agents": agents})
+    now = timezone.now()
+    pending = selectors.requests_pending_for(request.user)
+    active = (
+        selectors.grants_visible_to(request.user)
+        .filter(revoked_at__isnull=True, expires_at__gt=now)
+        .select_related("agent", "privilege")
+        .order_by("expires_at")
+    )
+    overdue = (
+        agents_visible_to(request.user)
+        .filter(review_due__lt=timezone.localdate(), status=Agent.Status.ACTIVE)
+        .select_related("sponsor")
+        .order_by("review_due")
+    )
+    denials = (
+        selectors.requests_visible_to(request.user)
+        .filter(status=AccessRequest.Status.DENIED, decided_at__gte=now - timedelta(days=7))
+        .select_related("agent", "privilege")
+        .order_by("-decided_at")
+    )
+    return render(
+        request,
+        "frontend/dashboard.html",
+        {
+            "pending": pending[:5],
+            "pending_count": pending.count(),
+            "active": active[:10],
+            "active_count": active.count(),
+            "overdue": overdue[:10],
+            "denials": denials[:10],
+        },
+    )
+
+
+def _with_approvals(requests) -> list[AccessRequest]:
+    """A page of requests with the approvals each has received (one query for the page)."""
+    page = list(requests)
+    counts = selectors.approvals_received(item.pk for item in page)
+    for item in page:
+        item.approvals = counts.get(item.pk, 0)
+    return page
+
+
+INBOX_PAGE = 50
+
+
+@login_required
+def inbox(request):
+    pending = selectors.requests_pending_for(request.user)
+    page = _with_approvals(pending[: INBOX_PAGE + 1])
+    template = "frontend/_inbox_list.html" if request.htmx else "frontend/inbox.html"
+    return render(
+        request,
+        template,
+        {"pending": page[:INBOX_PAGE], "more": len(page) > INBOX_PAGE, "form": DecisionForm()},
+    )
+
+
+def _visible_request(user, request_id: int) -> AccessRequest:
+    return get_object_or_404(
+        selectors.requests_visible_to(user).select_related(
+            "agent__sponsor", "agent__team", "privilege", "parent_grant"
+        ),
+        pk=request_id,
+    )
+
+
+@login_required
+@require_POST
+def request_decide(request, request_id: int):
+    access_request = _visible_request(request.user, request_id)
+    form = DecisionForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose approve or deny; a comment is at most 2000 characters.")
+        return _after_decision(request, access_request)
+    try:
+        services.access_request_decide(
+            access_request_id=access_request.pk,
+            approver=request.user,
+            verdict=form.cleaned_data["verdict"],
+            comment=form.cleaned_data["comment"],
+            channel=Decision.Channel.WEB,
+            authenticated_at=auth.authenticated_at(request),
+        )
+    except DomainError as exc:
+        if exc.code == "step_up_required":
+            target = f"{reverse('step-up')}?next={reverse('request', args=[access_request.pk])}"
+            if request.htmx:
+                response = HttpResponse(status=204)
+                response["HX-Redirect"] = target
+                return response
+            return redirect(target)
+        access_request.refresh_from_db()
+        if exc.code in ("request_not_pending", "request_expired"):
+            messages.warning(
+                request,
+                f"Someone else decided first: request #{access_request.pk} "
+                f"is {access_request.status}.",
+            )
+        else:
+            messages.error(request, exc.message)
+        return _after_decision(
+            request, access_request, status=409 if exc.status_code == 409 else exc.status_code
+        )
+    access_request.refresh_from_db()
+    messages.success(request, f"Recorded. Request #{access_request.pk} is {access_request.status}.")
+    return _after_decision(request, access_request)
+
+
+def _after_decision(request, access_request, status: int = 200):
+    if request.htmx:
+        access_request = _with_approvals(
+            AccessRequest.objects.filter(pk=access_request.pk).select_related("agent", "privilege")
+        )[0]
+        return render(
+            request,
+            "frontend/_inbox_row.html",
+            {"item": access_request, "form": DecisionForm(), "decided": True},
+            status=status,
+        )
+    return redirect("request", request_id=access_request.pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def step_up(request):
+    """Ask for the password again before a critical approval."""
+    next_url = request.POST.get("next") or request.GET.get("next") or reverse("inbox")
+    if not url_has_allowed_host_and_scheme(
+        next_url, {request.get_host()}, require_https=request.is_secure()
+    ):
+        next_url = reverse("inbox")
+    error = ""
+    if request.method == "POST":
+        user = authenticate(
+            request, username=request.user.get_username(), password=request.POST.get("password", "")
+        )
+        if user is not None and user.pk == request.user.pk:
+            auth.mark_fresh_login(request)
+            messages.success(
+                request, "Confirmed. You can approve critical requests for the next ten minutes."
+            )
+            return redirect(next_url)
+        error = "That password is not right."
+    return render(
+        request,
+        "frontend/step_up.html",
+        {"next": next_url, "error": error},
+        status=400 if error else 200,
+    )
+
+
+# --- one request ---------------------------------------------------------------------------------
+
+
+@login_required
+def request_detail(request, request_id: int):
+    access_request = _visible_request(request.user, request_id)
+    decisions = access_request.decisions.select_related("approver").order_by("created_at")
+    grant = (
+        Grant.objects.filter(access_request=access_request)
+        .select_related("agent", "privilege")
+        .first()
+    )
+    chain = (
+        selectors.grant_chain_of_custody(access_request.parent_grant)
+        if access_request.parent_grant_id
+        else None
+    )
+    trail = AuditEvent.objects.filter(
+        Q(access_request_id=access_request.pk) | (Q(grant_id=grant.pk) if grant else Q(pk=None))
+    ).order_by("sequence")[:500]
+    return render(
+        request,
+        "frontend/request.html",
+        {
+            "item": access_request,
+            "decisions": decisions,
+            "grant": grant,
+            "claims": selectors.grant_token_claims(grant) if grant else None,
+            "chain": chain,
+            "trail": trail,
+            "can_decide": access_request.is_pending
+            and services.can_approve(request.user, access_request),
+            "form": DecisionForm(),
+        },
+    )
+
+
+# --- grants ------------------------------------------------------------------------------------
+
+
+@login_required
+def grants(request):
+    now = timezone.now()
+    visible = selectors.grants_visible_to(request.user).select_related(
+        "agent", "privilege", "parent__agent"
+    )
+    active = visible.filter(revoked_at__isnull=True, expires_at__gt=now).order_by("expires_at")
+    ended = visible.filter(
+        Q(revoked_at__gte=now - timedelta(days=1))
+        | Q(revoked_at__isnull=True, expires_at__lte=now, expires_at__gte=now - timedelta(days=1))
+    ).order_by("-expires_at")
+    return render(
+        request, "frontend/grants.html", {"active": active[:200], "ended": ended[:100], "now": now}
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def grant_revoke(request, grant_id: int):
+    grant = get_object_or_404(
+        selectors.grants_visible_to(request.user).select_related("agent", "privilege"), pk=grant_id
+    )
+    if not _can_manage(request.user, grant.agent):
+        raise PermissionDenied("You may not revoke grants of this agent.")
+    form = ReasonForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.grant_revoke(
+                grant=grant, actor=Actor.for_user(request.user), detail=form.cleaned_data["reason"]
+            )
+            messages.success(
+                request, f"Grant #{grant.pk} revoked, with everything delegated from it."
+            )
+        except DomainError as exc:
+            messages.warning(request, exc.message)
+        return redirect("grants")
+    return render(
+        request,
+        "frontend/confirm.html",
+        {
+            "form": form,
+            "title": f"Revoke grant #{grant.pk}",
+            "what": f"{grant.scope} held by {grant.agent.name} for task {grant.task_id}. "
+            "Every grant delegated from it ends too.",
+            "button": "Revoke grant",
+            "cancel": reverse("grants"),
+        },
+        status=400 if request.method == "POST" else 200,
+    )
+
+
+# --- agents ------------------------------------------------------------------------------------
+
+
+@login_required
+def agents(request):
+    now = timezone.now()
+    inventory = (
+        agents_visible_to(request.user)
+        .select_related("sponsor", "team")
+        .annotate(
+            active_grants=Count(
+                "grants", filter=Q(grants__revoked_at__isnull=True, grants__expires_at__gt=now)
+            )
+        )
+        .order_by("name")
+    )
+    # One query for the whole page, not a permission check per row.
+    managed = set(
+        get_objects_for_user(
+            request.user, "agents.manage_agent", klass=Agent, accept_global_perms=True
+        ).values_list("pk", flat=True)
+    )
+    return render(
+        request,
+        "frontend/agents.html",
+        {"agents": inventory[:500], "managed": managed, "today": timezone.localdate()},
+    )
+
+
+def _managed_agent(request, agent_id: int) -> Agent:
+    agent = get_object_or_404(agents_visible_to(request.user), pk=agent_id)
+    if not _can_manage(request.user, agent):
+        raise PermissionDenied("You may not change this agent.")
+    return agent
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def agent_suspend(request, agent_id: int):
+    agent = _managed_agent(request, agent_id)
+    form = ReasonForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            agent_services.agent_suspend(
+                agent=agent, actor=Actor.for_user(request.user), reason=form.cleaned_data["reason"]
+            )
+            messages.success(request, f"{agent.name} is suspended; its grants have ended.")
+        except DomainError as exc:
+            messages.warning(request, exc.message)
+        return redirect("agents")
+    return render(
+        request,
+        "frontend/confirm.html",
+        {
+            "form": form,
+            "title": f"Suspend {agent.name}",
+            "what": "The kill switch: the agent can no longer authenticate, and every grant it "
+            "holds (and everything delegated from them) ends now.",
+            "button": "Suspend agent",
+            "cancel": reverse("agents"),
+        },
+        status=400 if request.method == "POST" else 200,
+    )
+
+
+@login_required
+@require_POST
+def agent_reactivate(request, agent_id: int):
+    agent = _managed_agent(request, agent_id)
+    try:
+        agent_services.agent_reactivate(
+            agent=agent, actor=Actor.for_user(request.user), reason="reactivated in the web UI"
+        )
+        messages.success(request, f"{agent.name} is active again. It holds no grants.")
+    except DomainError as exc:
+        messages.warning(request, exc.message)
+    return redirect("agents")
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+
+def _audit_events(request, form: AuditFilterForm):
+    events = AuditEvent.objects.all()
+    if not (request.user.is_superuser or request.user.has_perm("audit.view_auditevent")):
+        events = events.filter(agent_id__in=agents_visible_to(request.user).values("pk"))
+    data = form.cleaned_data
+    if data.get("agent"):
+        events = events.filter(agent_id=data["agent"].pk)
+    if data.get("person"):
+        events = events.filter(actor_type=AuditEvent.ActorType.USER, actor_id=data["person"])
+    if data.get("verb"):
+        events = events.filter(verb=data["verb"])
+    if data.get("since"):
+        events = events.filter(occurred_at__gte=data["since"])
+    if data.get("until"):
+        events = events.filter(occurred_at__lt=data["until"])
+    return events
+
+
+@login_required
+def audit(request):
+    form = AuditFilterForm(request.GET, user=request.user)
+    if not form.is_valid():
+        return render(
+            request,
+            "frontend/audit.html",
+            {"form": form, "events": [], "check": ChainCheck.objects.first()},
+            status=400,
+        )
+    events = _audit_events(request, form)
+    export = request.GET.get("export")
+    if export in ("csv", "jsonl"):
+        rows = events.order_by("sequence").iterator(chunk_size=2000)
+        stream = iter_csv(rows) if export == "csv" else iter_jsonl(rows)
+        response = StreamingHttpResponse(
+            stream, content_type="text/csv" if export == "csv" else "application/jsonl"
+        )
+        response["Content-Disposition"] = f'attachment; filename="custody-audit.{export}"'
+        return response
+    before = request.GET.get("before")
+    page = events.order_by("-sequence")
+    if before and before.isdigit():
+        page = page.filter(sequence__lt=int(before))
+    rows = list(page[: PAGE_SIZE + 1])
+    query = request.GET.copy()
+    query.pop("before", None)
+    return render(
+        request,
+        "frontend/audit.html",
+        {
+            "form": form,
+            "events": rows[:PAGE_SIZE],
+            "next_before": rows[PAGE_SIZE - 1].sequence if len(rows) > PAGE_SIZE else None,
+            "query": query.urlencode(),
+            "check": ChainCheck.objects.first(),
+        },
+    )
+
+
+@login_required
+@require_POST
+def audit_verify(request):
+    if not (request.user.is_superuser or request.user.has_perm("audit.view_auditevent")):
+        raise Http404
+    from audit.tasks import chain_check_run
+
+    check = chain_check_run()
+    if check.ok:
+        messages.success(request, f"Chain intact: {check.verified} events verified.")
+    else:
+        messages.error(request, f"Chain broken at #{check.first_bad_sequence}: {check.problem}")
+    return redirect("audit")

@@ -39,7 +39,9 @@ def free_port() -> int:
 class Worker:
     """`celery worker -B` in its own process group; `ready_at` is when it said it was ready."""
 
-    def __init__(self, *, broker_url: str, sweep_seconds: int = 1, beat: bool = True):
+    def __init__(self, *, broker_url: str, sweep_seconds: int = 1, beat: bool = True,
+                 queues: str = "expiry,notifications", env: dict | None = None,
+                 app: str = "config"):
         handle, name = tempfile.mkstemp(prefix="celery-", suffix=".log")
         self.log = os.fdopen(handle, "w")
         self.log_path = Path(name)
@@ -50,16 +52,17 @@ class Worker:
             "CELERY_BROKER_URL": broker_url,
             "CUSTODY_SWEEP_SECONDS": str(sweep_seconds),
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         command = [
             sys.executable,
             "-m",
             "celery",
             "-A",
-            "config",
+            app,
             "worker",
             "--pool=solo",
-            "--queues=expiry,notifications",
+            f"--queues={queues}",
             "--loglevel=INFO",
             "--without-gossip",
             "--without-mingle",

@@ -1,9 +1,29 @@
+from datetime import UTC, datetime
+
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from audit.exports import iter_csv, iter_jsonl
 from audit.selectors import audit_event_list
+
+
+def parse_since(value: str) -> datetime:
+    """An ISO date or date-time; UTC unless it names a zone."""
+    try:
+        since = parse_datetime(value)
+        if since is None and (day := parse_date(value)) is not None:
+            since = datetime(day.year, day.month, day.day)
+    except ValueError:  # well formed but not a real date, e.g. 2025-02-30
+        since = None
+    if since is None:
+        raise CommandError(
+            f"--since {value!r} is not an ISO date or date-time (e.g. 2025-01-31 or "
+            "2025-01-31T09:00:00+00:00)."
+        )
+    if timezone.is_naive(since):
+        since = since.replace(tzinfo=UTC)
+    return since
 
 
 class Command(BaseCommand):
@@ -17,20 +37,12 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         from agents.models import Agent
 
-        since = None
-        if options["since"]:
-            since = parse_datetime(options["since"])
-            if since is None and (day := parse_date(options["since"])) is not None:
-                since = timezone.datetime(day.year, day.month, day.day)
-            if since is None:
-                raise CommandError(f"--since {options['since']!r} is not an ISO date or time.")
-            if timezone.is_naive(since):
-                since = timezone.make_aware(since, timezone.UTC)
+        since = parse_since(options["since"]) if options["since"] else None
         agent_id = None
         if options["agent"]:
             agent = (
                 Agent.objects.filter(pk=int(options["agent"])).first()
-                if options["agent"].isdigit()
+                if options["agent"].isdecimal()
                 else Agent.objects.filter(spiffe_id=options["agent"]).first()
             )
             if agent is None:

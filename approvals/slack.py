@@ -1,0 +1,355 @@
+"""Approvals in Slack: Block Kit rendering and the outbound calls, through slack-sdk's WebClient.
+
+Everything here runs in Celery on the notifications queue (approvals/tasks.py), never inside a
+transaction or a web request. Text that agents wrote (intent, justification, task id) only ever
+goes into `plain_text` objects, which Slack never parses for mentions, links or formatting; the
+few mrkdwn strings are built from Custody's own words and escaped.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.utils import timezone
+from slack_sdk import WebClient
+
+from approvals.models import RISK_LEVEL, AccessRequest, Decision, Grant, SlackMessage
+
+APPROVE = "custody_approve"
+DENY = "custody_deny"
+COMMENT = "custody_comment"
+MODAL = "custody_decision"
+STATUS_EMOJI = {
+    "pending": ":hourglass_flowing_sand:",
+    "approved": ":white_check_mark:",
+    "denied": ":no_entry:",
+    "expired": ":alarm_clock:",
+    "cancelled": ":wastebasket:",
+}
+
+
+def enabled() -> bool:
+    return bool(settings.SLACK_BOT_TOKEN and settings.SLACK_SIGNING_SECRET)
+
+
+def client() -> WebClient:
+    # No retry handlers of slack-sdk's own: Celery retries, honoring Retry-After.
+    return WebClient(
+        token=settings.SLACK_BOT_TOKEN,
+        base_url=settings.SLACK_API_URL,
+        timeout=10,
+        retry_handlers=[],
+    )
+
+
+def escape(text: str) -> str:
+    """Slack's three control characters, for the rare mrkdwn that carries outside words."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def plain(text: str, limit: int = 2900) -> dict:
+    return {"type": "plain_text", "text": (str(text) or "-")[:limit], "emoji": False}
+
+
+def slack_approvable(access_request: AccessRequest) -> bool:
+    privilege = access_request.privilege
+    return RISK_LEVEL[privilege.risk] <= RISK_LEVEL[privilege.slack_max_risk]
+
+
+def request_url(access_request: AccessRequest) -> str:
+    return f"{settings.CUSTODY_PUBLIC_URL}/requests/{access_request.pk}/"
+
+
+def _decided_line(access_request: AccessRequest) -> str:
+    decisions = [d for d in access_request.decisions.all() if d.approver_id is not None]
+    if access_request.status == AccessRequest.Status.APPROVED and not decisions:
+        return "Approved automatically by policy"
+    parts = [
+        f"{'approved' if d.verdict == Decision.Verdict.APPROVE else 'denied'} by "
+        f"{d.approver.get_username()} ({d.channel}, "
+        f"{timezone.localtime(d.created_at):%Y-%m-%d %H:%M UTC})"
+        for d in decisions
+    ]
+    return "; ".join(parts)
+
+
+def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Kind.REQUEST):
+    """Blocks and fallback text for one request, in its current state."""
+    agent = access_request.agent
+    privilege = access_request.privilege
+    intent = access_request.intent or {}
+    approvals = sum(
+        1
+        for d in access_request.decisions.all()
+        if d.verdict == Decision.Verdict.APPROVE and d.approver_id is not None
+    )
+    status = access_request.status
+    headline = {
+        SlackMessage.Kind.REQUEST: "Privilege request",
+        SlackMessage.Kind.ESCALATION: "Escalated: approvals still missing",
+    }.get(kind, "Privilege request")
+    blocks: list[dict] = [
+        {"type": "header", "text": plain(f"{headline}: {privilege.name} ({privilege.risk})", 150)},
+        {
+            "type": "section",
+            "fields": [
+                plain(f"Agent: {agent.name}"),
+                plain(f"SPIFFE ID: {agent.spiffe_id}"),
+                plain(f"Sponsor: {agent.sponsor.get_username()}"),
+                plain(f"Duration asked: {access_request.duration_seconds} s"),
+                plain(f"Task: {access_request.task_id}"),
+                plain(f"Approvals: {approvals} of {access_request.approvals_required}"),
+            ],
+        },
+        {
+            "type": "section",
+            "text": plain(
+                f"Intent: {intent.get('action', '')} on {intent.get('target', '')}\n"
+                f"Justification: {intent.get('justification', '')}"
+            ),
+        },
+        {"type": "context", "elements": [plain(f"Policy: {access_request.policy_reason}")]},
+    ]
+    if access_request.parent_grant_id:
+        from approvals.services import grant_ancestors
+
+        chain = " → ".join(
+            g.agent.spiffe_id for g in reversed(grant_ancestors(access_request.parent_grant))
+        )
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [plain(f"Delegated along: {chain} → {agent.spiffe_id}")],
+            }
+        )
+    if status == AccessRequest.Status.PENDING:
+        deadline = timezone.localtime(access_request.decision_deadline)
+        blocks.append(
+            {"type": "context", "elements": [plain(f"Decide by {deadline:%Y-%m-%d %H:%M} UTC")]}
+        )
+        buttons: list[dict] = []
+        if slack_approvable(access_request):
+            buttons.append(
+                {
+                    "type": "button",
+                    "action_id": APPROVE,
+                    "style": "primary",
+                    "text": plain("Approve"),
+                    "value": str(access_request.pk),
+                }
+            )
+        else:
+            blocks.append(
+                {
+                    "type": "section",
+                    "text": plain(
+                        f"{privilege.risk.capitalize()} privileges are approved in Custody: "
+                        "Slack cannot prove a fresh login, so the web page asks for one."
+                    ),
+                }
+            )
+            buttons.append(
+                {
+                    "type": "button",
+                    "action_id": "custody_review",
+                    "text": plain("Review in Custody"),
+                    "url": request_url(access_request),
+                }
+            )
+        buttons += [
+            {
+                "type": "button",
+                "action_id": DENY,
+                "style": "danger",
+                "text": plain("Deny"),
+                "value": str(access_request.pk),
+            },
+            {
+                "type": "button",
+                "action_id": COMMENT,
+                "text": plain("Comment…"),
+                "value": str(access_request.pk),
+            },
+        ]
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": f"custody_request_{access_request.pk}",
+                "elements": buttons,
+            }
+        )
+    else:
+        blocks.append(
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": escape(
+                        f"{STATUS_EMOJI.get(status, '')} {status.capitalize()}: "
+                        f"{_decided_line(access_request) or access_request.final_reason}"
+                    ),
+                },
+            }
+        )
+    text = escape(f"{privilege.name} for {agent.name}: {status}")
+    return blocks, text
+
+
+def _load(access_request_id: int) -> AccessRequest:
+    return (
+        AccessRequest.objects.select_related("agent__sponsor", "privilege", "parent_grant")
+        .prefetch_related("decisions__approver")
+        .get(pk=access_request_id)
+    )
+
+
+def approver_slack_ids(access_request: AccessRequest) -> list[str]:
+    """Everyone who may decide the request and has a Slack user id."""
+    from django.contrib.auth import get_user_model
+    from guardian.shortcuts import get_users_with_perms
+
+    users = set(
+        get_users_with_perms(
+            access_request.agent,
+            only_with_perms_in=["approve_for_agent"],
+            with_group_users=True,
+            with_superusers=False,
+        )
+    )
+    if access_request.privilege.approver_group_id:
+        users |= set(
+            get_user_model().objects.filter(groups=access_request.privilege.approver_group_id)
+        )
+    ids = []
+    for user in sorted(users, key=lambda person: person.pk):
+        profile = getattr(user, "sponsor_profile", None)
+        if user.is_active and profile is not None and profile.slack_user_id:
+            ids.append(profile.slack_user_id)
+    return ids
+
+
+def team_channel(access_request: AccessRequest) -> str:
+    profile = getattr(access_request.agent.team, "team_profile", None)
+    return profile.slack_channel_id if profile else ""
+
+
+def post_request(access_request_id: int, *, kind: str = SlackMessage.Kind.REQUEST) -> int:
+    """Post to each approver (and the team's channel) that has not had this message yet."""
+    access_request = _load(access_request_id)
+    places = approver_slack_ids(access_request)
+    if channel := team_channel(access_request):
+        places.append(channel)
+    blocks, text = render_request(access_request, kind=kind)
+    sent = 0
+    for place in places:
+        message, _ = SlackMessage.objects.get_or_create(
+            access_request=access_request, kind=kind, channel_id=place
+        )
+        if message.ts:
+            continue
+        answer = client().chat_postMessage(
+            channel=place, blocks=blocks, text=text, unfurl_links=False, unfurl_media=False
+        )
+        message.channel_id = place
+        message.ts = answer["ts"]
+        message.rendered_status = access_request.status
+        message.save(update_fields=["ts", "rendered_status", "updated_at"])
+        sent += 1
+    return sent
+
+
+def update_request(access_request_id: int) -> int:
+    """Bring every posted message about the request up to its current state."""
+    access_request = _load(access_request_id)
+    updated = 0
+    for message in SlackMessage.objects.filter(access_request=access_request).exclude(ts=""):
+        blocks, text = render_request(access_request, kind=message.kind)
+        client().chat_update(channel=message.channel_id, ts=message.ts, blocks=blocks, text=text)
+        message.rendered_status = access_request.status
+        message.save(update_fields=["rendered_status", "updated_at"])
+        updated += 1
+    return updated
+
+
+def post_expiry_notice(grant_id: int) -> int:
+    grant = Grant.objects.select_related(
+        "agent__sponsor__sponsor_profile", "agent__team", "access_request"
+    ).get(pk=grant_id)
+    places = []
+    profile = getattr(grant.agent.sponsor, "sponsor_profile", None)
+    if profile and profile.slack_user_id:
+        places.append(profile.slack_user_id)
+    if channel := team_channel(grant.access_request):
+        places.append(channel)
+    text = escape(
+        f"Grant #{grant.pk} ({grant.scope}) for {grant.agent.name} ends at "
+        f"{timezone.localtime(grant.expires_at):%H:%M} UTC. "
+        "The agent must ask again for more time."
+    )
+    sent = 0
+    for place in places:
+        message, _ = SlackMessage.objects.get_or_create(
+            access_request=grant.access_request,
+            kind=SlackMessage.Kind.EXPIRY_NOTICE,
+            channel_id=place,
+            defaults={"grant": grant},
+        )
+        if message.ts:
+            continue
+        answer = client().chat_postMessage(
+            channel=place,
+            text=text,
+            blocks=[
+                {
+                    "type": "section",
+                    "text": plain(
+                        f"Grant #{grant.pk} ({grant.scope}) for {grant.agent.name} "
+                        "ends in 10 minutes."
+                    ),
+                }
+            ],
+        )
+        message.ts = answer["ts"]
+        message.save(update_fields=["ts", "updated_at"])
+        sent += 1
+    return sent
+
+
+def post_ephemeral(channel: str, user: str, text: str) -> None:
+    client().chat_postEphemeral(channel=channel, user=user, text=escape(text))
+
+
+def decision_modal(access_request: AccessRequest) -> dict:
+    options = [{"text": plain("Deny"), "value": "deny"}]
+    if slack_approvable(access_request):
+        options.insert(0, {"text": plain("Approve"), "value": "approve"})
+    return {
+        "type": "modal",
+        "callback_id": MODAL,
+        "private_metadata": str(access_request.pk),
+        "title": plain("Decide request", 24),
+        "submit": plain("Record decision", 24),
+        "blocks": [
+            {
+                "type": "section",
+                "text": plain(f"{access_request.privilege.name} for {access_request.agent.name}"),
+            },
+            {
+                "type": "input",
+                "block_id": "verdict",
+                "label": plain("Decision"),
+                "element": {"type": "radio_buttons", "action_id": "value", "options": options},
+            },
+            {
+                "type": "input",
+                "block_id": "comment",
+                "label": plain("Comment"),
+                "optional": True,
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "value",
+                    "multiline": True,
+                    "max_length": 2000,
+                },
+            },
+        ],
+    }

@@ -1,0 +1,45 @@
+from django import forms
+from django.contrib.auth import get_user_model
+
+from agents.selectors import agents_visible_to
+from approvals.models import Decision
+
+
+class DecisionForm(forms.Form):
+    verdict = forms.ChoiceField(choices=Decision.Verdict.choices)
+    comment = forms.CharField(
+        max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Recorded in the audit log.",
+    )
+
+
+class AuditFilterForm(forms.Form):
+    agent = forms.ModelChoiceField(queryset=None, required=False, empty_label="Any agent")
+    person = forms.CharField(max_length=150, required=False, label="Person (username)")
+    verb = forms.CharField(max_length=64, required=False)
+    since = forms.DateTimeField(
+        required=False, label="From", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    until = forms.DateTimeField(
+        required=False, label="Until", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["agent"].queryset = agents_visible_to(user).order_by("name")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("since") and data.get("until") and data["since"] >= data["until"]:
+            raise forms.ValidationError("'From' must be before 'Until'.")
+        return data
+
+
+__all__ = ["get_user_model"]

@@ -1,0 +1,346 @@
+"""Approvals in Slack, through signed callbacks and a fake Slack Web API that the real
+WebClient talks to; notifications go out through a real Celery worker."""
+
+import hashlib
+import hmac
+import json
+import time
+from urllib.parse import urlencode
+
+import pytest
+from django.test import Client
+
+from agents.models import SponsorProfile, TeamProfile
+from approvals.models import AccessRequest, Decision, Grant
+from audit.models import AuditEvent
+from tests.approvals.conftest import decide, intent, submit
+from tests.factories import SponsorProfileFactory, UserFactory
+from tests.fake_slack import FakeSlack
+from tests.workers import Worker
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+SECRET = "test-signing-secret-0123456789abcdef"
+SLACK_ENV = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": SECRET,
+             "SLACK_TEAM_ID": "T0CUSTODY", "SLACK_APP_ID": "A0CUSTODY"}
+
+
+@pytest.fixture(scope="module")
+def fake_slack():
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def slack_worker(django_db_setup, django_db_blocker, fake_slack):
+    from django.conf import settings
+
+    with django_db_blocker.unblock():
+        worker = Worker(broker_url=settings.CELERY_BROKER_URL, beat=False,
+                        queues="notifications", app="tests.celery_app",
+                        env={**SLACK_ENV, "SLACK_API_URL": fake_slack.url})
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def slack(settings, fake_slack, slack_worker, team):
+    for name, value in SLACK_ENV.items():
+        setattr(settings, name, value)
+    settings.SLACK_API_URL = fake_slack.url
+    TeamProfile.objects.create(group=team, slack_channel_id="CTEAM0001")
+    fake_slack.reset()
+    yield fake_slack
+    fake_slack.reset()
+
+
+def signed(body: str, *, timestamp: int | None = None, secret: str = SECRET) -> dict:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    base = f"v0:{timestamp}:{body}".encode()
+    signature = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    return {"HTTP_X_SLACK_REQUEST_TIMESTAMP": str(timestamp), "HTTP_X_SLACK_SIGNATURE": signature}
+
+
+def action_body(user_id: str, action_id: str, value: str, *, action_ts: str | None = None,
+                team: str = "T0CUSTODY") -> str:
+    payload = {
+        "type": "block_actions", "api_app_id": "A0CUSTODY", "team": {"id": team},
+        "user": {"id": user_id, "team_id": team}, "channel": {"id": "D0DM00001"},
+        "trigger_id": "1337.42", "response_url": "https://hooks.example/1",
+        "actions": [{"action_id": action_id, "value": value, "type": "button",
+                     "action_ts": action_ts or f"{time.time():.6f}"}],
+    }
+    return urlencode({"payload": json.dumps(payload)})
+
+
+def click(user_id, action_id, request_id, **kwargs):
+    body = action_body(user_id, action_id, str(request_id), **kwargs)
+    return Client().post("/slack/interactions", body,
+                         content_type="application/x-www-form-urlencoded", **signed(body))
+
+
+def posted_to(fake, request_id=None):
+    return {c.params["channel"] for c in fake.of("chat.postMessage")}
+
+
+def mrkdwn_texts(blocks) -> list[str]:
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("type") == "mrkdwn":
+                found.append(node["text"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(blocks)
+    return found
+
+
+def test_a_pending_request_reaches_every_approver_and_the_team(slack, agent_api, privileges,
+                                                                backup_approver):
+    body = submit(agent_api, "payments-api:refund").json()
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 3)
+    assert posted_to(slack) == {"USPONSOR1", "UBACKUP01", "CTEAM0001"}
+    message = slack.of("chat.postMessage")[0].params
+    rendered = json.dumps(message["blocks"])
+    assert "Invoice bot" in rendered and "spiffe://example.test/agents/invoice-bot" in rendered
+    assert "payments-api:refund (medium)" in rendered
+    assert "3 invoices do not match the ledger." in rendered
+    assert "Approvals: 0 of 1" in rendered and "task-1" in rendered
+    actions = [b for b in message["blocks"] if b["type"] == "actions"][0]["elements"]
+    assert [a["action_id"] for a in actions] == ["custody_approve", "custody_deny",
+                                                 "custody_comment"]
+    assert all(a.get("value") == str(body["id"]) for a in actions)
+
+
+def test_approving_in_slack_issues_the_grant_and_updates_every_message(slack, agent_api,
+                                                                       privileges,
+                                                                       backup_approver):
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 3)
+    started = time.monotonic()
+    response = click("USPONSOR1", "custody_approve", request_id)
+    assert response.status_code == 200
+    assert time.monotonic() - started < 3
+    assert AccessRequest.objects.get(pk=request_id).status == "approved"
+    assert Grant.objects.filter(access_request_id=request_id).count() == 1
+    assert Decision.objects.get(access_request_id=request_id).channel == "slack"
+    assert slack.wait_for(lambda: len(slack.of("chat.update")) == 3)
+    for update in slack.of("chat.update"):
+        assert not [b for b in update.params["blocks"] if b["type"] == "actions"]
+        assert "Approved: approved by sponsor (slack" in json.dumps(update.params["blocks"])
+
+
+def test_denying_in_slack(slack, agent_api, privileges):
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    assert click("USPONSOR1", "custody_deny", request_id).status_code == 200
+    assert AccessRequest.objects.get(pk=request_id).status == "denied"
+    assert slack.wait_for(lambda: len(slack.of("chat.update")) == 2)
+    assert "Denied" in json.dumps(slack.of("chat.update")[-1].params["blocks"])
+
+
+def test_a_decision_on_the_web_updates_the_slack_messages(slack, agent_api, privileges,
+                                                          sponsor):
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 2)
+    assert decide(sponsor, request_id).json()["status"] == "approved"
+    assert slack.wait_for(lambda: len(slack.of("chat.update")) == 2)
+    assert "approved by sponsor (api" in json.dumps(slack.of("chat.update")[0].params["blocks"])
+
+
+def test_expiry_and_cancel_also_reach_slack(slack, agent_api, privileges):
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 2)
+    agent_api.post(f"/api/v1/requests/{request_id}/cancel")
+    assert slack.wait_for(lambda: len(slack.of("chat.update")) == 2)
+    assert "Cancelled" in json.dumps(slack.of("chat.update")[0].params["blocks"])
+
+
+def test_a_forged_signature_is_refused_and_audited(slack, agent_api, privileges):
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    body = action_body("USPONSOR1", "custody_approve", str(request_id))
+    response = Client().post("/slack/interactions", body,
+                             content_type="application/x-www-form-urlencoded",
+                             **signed(body, secret="not-the-secret"))
+    assert response.status_code == 401
+    assert AccessRequest.objects.get(pk=request_id).status == "pending"
+    assert AuditEvent.objects.filter(verb="slack.rejected", data__why="bad_signature").exists()
+
+
+def test_a_stale_timestamp_is_refused(slack, agent_api, privileges):
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    body = action_body("USPONSOR1", "custody_approve", str(request_id))
+    response = Client().post("/slack/interactions", body,
+                             content_type="application/x-www-form-urlencoded",
+                             **signed(body, timestamp=int(time.time()) - 301))
+    assert response.status_code == 401
+    assert AccessRequest.objects.get(pk=request_id).status == "pending"
+
+
+def test_a_replayed_payload_decides_nothing_twice(slack, agent_api, privileges,
+                                                  backup_approver):
+    request_id = submit(agent_api, "payments-db:write").json()["id"]
+    body = action_body("USPONSOR1", "custody_approve", str(request_id), action_ts="111.222")
+    headers = signed(body)
+    for retry in range(3):
+        response = Client().post("/slack/interactions", body,
+                                 content_type="application/x-www-form-urlencoded",
+                                 HTTP_X_SLACK_RETRY_NUM=str(retry), **headers)
+        assert response.status_code == 200
+    assert Decision.objects.filter(access_request_id=request_id).count() == 1
+    assert AuditEvent.objects.filter(access_request_id=request_id,
+                                     verb__startswith="decision.").count() == 1
+
+
+def test_a_double_click_is_one_decision_and_one_event(slack, agent_api, privileges,
+                                                      backup_approver):
+    request_id = submit(agent_api, "payments-db:write").json()["id"]
+    click("USPONSOR1", "custody_approve", request_id, action_ts="1.1")
+    click("USPONSOR1", "custody_approve", request_id, action_ts="1.2")
+    assert Decision.objects.filter(access_request_id=request_id).count() == 1
+    assert AuditEvent.objects.filter(access_request_id=request_id,
+                                     verb__startswith="decision.").count() == 1
+
+
+def test_an_unknown_slack_user_decides_nothing(slack, agent_api, privileges):
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    assert click("UNOBODY00", "custody_approve", request_id).status_code == 200
+    assert AccessRequest.objects.get(pk=request_id).status == "pending"
+    assert slack.wait_for(lambda: slack.of("chat.postEphemeral"))
+    assert "can't approve" in slack.of("chat.postEphemeral")[0].params["text"]
+    assert AuditEvent.objects.filter(verb="slack.rejected",
+                                     data__why="unknown_slack_user").exists()
+
+
+def test_a_slack_user_without_permission_decides_nothing(slack, agent_api, privileges):
+    outsider = UserFactory(username="outsider")
+    SponsorProfileFactory(user=outsider, slack_user_id="UOUTSIDE1")
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    click("UOUTSIDE1", "custody_approve", request_id)
+    assert AccessRequest.objects.get(pk=request_id).status == "pending"
+    assert slack.wait_for(lambda: slack.of("chat.postEphemeral"))
+    assert AuditEvent.objects.filter(verb="decision.refused", access_request_id=request_id,
+                                     actor_id="outsider").exists()
+
+
+def test_an_edited_button_value_gains_nothing(slack, agent_api, privileges, signer):
+    from rest_framework.test import APIClient
+
+    from tests.factories import AgentFactory
+
+    stranger_sponsor = UserFactory(username="stranger")
+    other = AgentFactory(spiffe_id="spiffe://example.test/agents/other", sponsor=stranger_sponsor)
+    other_api = APIClient()
+    other_api.credentials(HTTP_AUTHORIZATION=f"Bearer {signer.mint(other.spiffe_id)}")
+    theirs = submit(other_api, "payments-api:refund").json()["id"]
+    click("USPONSOR1", "custody_approve", theirs)  # sponsor approves only for invoice-bot
+    assert AccessRequest.objects.get(pk=theirs).status == "pending"
+
+
+def test_rate_limits_are_honoured_with_retry_after(slack, agent_api, privileges):
+    slack.fail_next("chat.postMessage", 429, {"Retry-After": "2"})
+    submit(agent_api, "payments-api:refund")
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 2, timeout=20)
+    limited = slack.of("chat.postMessage", ok_only=False)[0]
+    assert limited.status == 429
+    retried = [c for c in slack.of("chat.postMessage")
+               if c.params["channel"] == limited.params["channel"]][0]
+    assert retried.at - limited.at >= 2
+
+
+def test_a_slack_outage_loses_no_decision_and_messages_follow(slack, agent_api, privileges,
+                                                              sponsor):
+    slack.fail_next("chat.postMessage", 500, times=2)
+    port = slack.port
+    slack.stop()  # Slack is down: connections are refused
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    assert decide(sponsor, request_id).json()["status"] == "approved"
+    time.sleep(1.5)
+    slack.port = port
+    slack.start()
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 2, timeout=30)
+    final = json.dumps(slack.of("chat.postMessage")[-1].params["blocks"])
+    assert "Approved" in final and "custody_approve" not in final
+
+
+def test_mentions_links_and_formatting_in_a_justification_are_neutralised(slack, agent_api,
+                                                                          privileges):
+    hostile = "<!channel> *URGENT* <https://evil.example|click here> & <@U0ADMIN>"
+    body = {"privilege": "payments-api:refund", "task_id": "t-x", "duration_seconds": 60,
+            "intent": intent(justification=hostile, target="<!here>")}
+    agent_api.post("/api/v1/requests", body, format="json")
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 2)
+    message = slack.of("chat.postMessage")[0].params
+    for text in mrkdwn_texts(message["blocks"]) + [message["text"]]:
+        assert "<!" not in text and "<http" not in text and "<@" not in text
+    assert hostile in json.dumps(message["blocks"], ensure_ascii=False).replace('\\"', '"')
+
+
+def test_critical_requests_are_reviewed_in_custody_not_approved_in_slack(slack, agent_api,
+                                                                          privileges,
+                                                                          backup_approver):
+    request_id = submit(agent_api, "prod-cluster:admin", duration=300).json()["id"]
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 3)
+    blocks = slack.of("chat.postMessage")[0].params["blocks"]
+    actions = [b for b in blocks if b["type"] == "actions"][0]["elements"]
+    assert "custody_approve" not in [a["action_id"] for a in actions]
+    review = [a for a in actions if a["action_id"] == "custody_review"][0]
+    assert review["url"].endswith(f"/requests/{request_id}/")
+    assert "fresh login" in json.dumps(blocks)
+    click("USPONSOR1", "custody_approve", request_id)  # a forged approve button
+    assert not Decision.objects.filter(access_request_id=request_id).exists()
+    assert AuditEvent.objects.filter(verb="decision.refused",
+                                     data__why="above_slack_risk").exists()
+
+
+def test_the_comment_modal_records_a_decision_with_its_comment(slack, agent_api, privileges):
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    click("USPONSOR1", "custody_comment", request_id)
+    assert slack.of("views.open")
+    view = slack.of("views.open")[0].params["view"]
+    submission = {
+        "type": "view_submission", "api_app_id": "A0CUSTODY", "team": {"id": "T0CUSTODY"},
+        "user": {"id": "USPONSOR1"},
+        "view": {"id": "V1", "hash": "h1", "callback_id": view["callback_id"],
+                 "private_metadata": view["private_metadata"],
+                 "state": {"values": {"verdict": {"value": {"selected_option": {
+                     "value": "deny"}}}, "comment": {"value": {"value": "Not in the freeze."}}}}},
+    }
+    body = urlencode({"payload": json.dumps(submission)})
+    response = Client().post("/slack/interactions", body,
+                             content_type="application/x-www-form-urlencoded", **signed(body))
+    assert response.status_code == 200
+    decision = Decision.objects.get(access_request_id=request_id)
+    assert (decision.verdict, decision.comment) == ("deny", "Not in the freeze.")
+
+
+def test_the_custody_command_lists_pending_approvals(slack, agent_api, privileges):
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+
+    def command(text, user="USPONSOR1", team="T0CUSTODY"):
+        body = urlencode({"team_id": team, "api_app_id": "A0CUSTODY", "user_id": user,
+                          "command": "/custody", "text": text})
+        return Client().post("/slack/commands", body,
+                             content_type="application/x-www-form-urlencoded", **signed(body))
+
+    assert f"#{request_id} payments-api:refund" in command("pending").json()["text"]
+    assert "/custody pending" in command("help").json()["text"]
+    assert "does not know" in command("pending", user="UNOBODY00").json()["text"]
+    assert command("pending", team="T0EVIL").status_code == 403
+
+
+def test_slack_is_off_and_fails_closed_without_a_signing_secret(settings, agent_api,
+                                                               privileges):
+    settings.SLACK_SIGNING_SECRET = None
+    body = action_body("USPONSOR1", "custody_approve", "1")
+    response = Client().post("/slack/interactions", body,
+                             content_type="application/x-www-form-urlencoded", **signed(body))
+    assert response.status_code == 401
+
+
+__all__ = ["SponsorProfile"]
