@@ -74,5 +74,9 @@ def request_escalated(access_request_id: int) -> None:
     _send(notify_request_escalated, access_request_id)
 
 
-def grants_ended(grant_ids: list[int]) -> None:
-    """Grants ended (expired, completed, revoked, cascaded)."""
+def grants_ended(access_request_ids: list[int]) -> None:
+    """Grants ended (expired, completed, revoked, cascaded): their messages say so."""
+    from approvals.tasks import notify_request_changed
+
+    for access_request_id in access_request_ids:
+        _send(notify_request_changed, access_request_id)

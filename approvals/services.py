@@ -725,7 +725,8 @@ def grant_end(*, grant_id: int, reason: str, actor: Actor, detail: str = "") -> 
         from approvals import channels
 
         ended_ids = [ending.pk for ending, _ in ended]
-        transaction.on_commit(lambda: channels.grants_ended(ended_ids))
+        request_ids = [ending.access_request_id for ending, _ in ended]
+        transaction.on_commit(lambda: channels.grants_ended(request_ids))
         transaction.on_commit(lambda: delegations_cancel_orphaned(grant_ids=ended_ids))
     return True
 

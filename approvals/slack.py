@@ -190,8 +190,22 @@ def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Ki
                 },
             }
         )
+        grant = Grant.objects.filter(access_request=access_request).first()
+        if grant is not None:
+            blocks.append({"type": "context", "elements": [plain(_grant_line(grant))]})
     text = escape(f"{privilege.name} for {agent.name}: {status}")
     return blocks, text
+
+
+def _grant_line(grant: Grant) -> str:
+    if grant.revoked_at is not None:
+        return (
+            f"Grant #{grant.pk} ended {timezone.localtime(grant.revoked_at):%Y-%m-%d %H:%M} "
+            f"UTC ({grant.get_revoke_reason_display().lower()})."
+        )
+    if not grant.is_active():
+        return f"Grant #{grant.pk} expired {timezone.localtime(grant.expires_at):%H:%M} UTC."
+    return f"Grant #{grant.pk} in force until {timezone.localtime(grant.expires_at):%H:%M} UTC."
 
 
 def _load(access_request_id: int) -> AccessRequest:

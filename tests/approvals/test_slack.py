@@ -344,3 +344,15 @@ def test_slack_is_off_and_fails_closed_without_a_signing_secret(settings, agent_
 
 
 __all__ = ["SponsorProfile"]
+
+
+def test_a_grant_ending_is_shown_on_its_request_messages(slack, agent_api, privileges):
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 2)
+    click("USPONSOR1", "custody_approve", request_id)
+    assert slack.wait_for(lambda: len(slack.of("chat.update")) == 2)
+    grant = Grant.objects.get(access_request_id=request_id)
+    assert agent_api.post(f"/api/v1/grants/{grant.pk}/complete").status_code == 200
+    assert slack.wait_for(lambda: len(slack.of("chat.update")) == 4)
+    assert "ended" in json.dumps(slack.of("chat.update")[-1].params["blocks"])
+    assert "task completed" in json.dumps(slack.of("chat.update")[-1].params["blocks"])
