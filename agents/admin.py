@@ -46,8 +46,10 @@ class AgentAdmin(GuardedModelAdmin):
     actions = ["suspend_agents", "reactivate_agents", "reassign_sponsor"]
 
     def get_readonly_fields(self, request, obj=None):
-        # Identity is fixed once registered: a new SPIFFE ID is a new agent.
-        return [*self.readonly_fields, "spiffe_id"] if obj else self.readonly_fields
+        # Identity is fixed once registered: a new SPIFFE ID (or OIDC subject) is a new agent.
+        if obj is None:
+            return self.readonly_fields
+        return [*self.readonly_fields, "spiffe_id", "oidc_trust_domain", "oidc_subject"]
 
     def save_model(self, request, obj, form, change):
         actor = Actor.for_user(request.user)
@@ -59,6 +61,9 @@ class AgentAdmin(GuardedModelAdmin):
                 sponsor=obj.sponsor,
                 team=obj.team,
                 review_due=obj.review_due,
+                max_delegation_depth=obj.max_delegation_depth,
+                oidc_trust_domain=obj.oidc_trust_domain,
+                oidc_subject=obj.oidc_subject,
                 actor=actor,
             )
             obj.pk = agent.pk

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
@@ -32,6 +33,9 @@ def agent_register(
     actor: Actor,
     description: str = "",
     review_due: date | None = None,
+    max_delegation_depth: int = 3,
+    oidc_trust_domain=None,
+    oidc_subject: str = "",
 ) -> Agent:
     agent = Agent(
         spiffe_id=spiffe_id,
@@ -40,10 +44,17 @@ def agent_register(
         sponsor=sponsor,
         team=team,
         review_due=review_due or timezone.localdate() + DEFAULT_REVIEW_INTERVAL,
+        max_delegation_depth=max_delegation_depth,
+        oidc_trust_domain=oidc_trust_domain,
+        oidc_subject=oidc_subject,
     )
     agent.full_clean()
     with transaction.atomic():
-        agent.save()
+        try:
+            with transaction.atomic():
+                agent.save()
+        except IntegrityError:  # registered concurrently since full_clean() looked
+            raise ValidationError({"spiffe_id": "An agent with this SPIFFE ID already exists."})
         for perm in SPONSOR_PERMISSIONS:
             assign_perm(perm, sponsor, agent)
         for perm in TEAM_PERMISSIONS:
@@ -57,6 +68,8 @@ def agent_register(
                 "name": agent.name,
                 "sponsor": sponsor.get_username(),
                 "team": team.name,
+                "max_delegation_depth": agent.max_delegation_depth,
+                "oidc_subject": agent.oidc_subject,
             },
         )
     return agent

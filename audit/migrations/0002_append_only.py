@@ -1,6 +1,7 @@
 from django.db import migrations
 
-TRIGGER_SQL = """
+# PostgreSQL: one row trigger refuses UPDATE and DELETE, whoever the database user is.
+POSTGRESQL_CREATE = """
 CREATE OR REPLACE FUNCTION audit_event_refuse_change() RETURNS trigger AS $$
 BEGIN
     RAISE EXCEPTION USING
@@ -13,20 +14,45 @@ CREATE TRIGGER audit_event_append_only
     FOR EACH ROW EXECUTE FUNCTION audit_event_refuse_change();
 """
 
-DROP_SQL = """
+POSTGRESQL_DROP = """
 DROP TRIGGER IF EXISTS audit_event_append_only ON audit_auditevent;
 DROP FUNCTION IF EXISTS audit_event_refuse_change();
 """
 
+# SQLite (the embedded default): the same refusal, one trigger per statement kind.
+SQLITE_CREATE = [
+    """
+    CREATE TRIGGER audit_event_refuse_update BEFORE UPDATE ON audit_auditevent
+    BEGIN SELECT RAISE(ABORT, 'audit_auditevent is append-only: UPDATE refused'); END
+    """,
+    """
+    CREATE TRIGGER audit_event_refuse_delete BEFORE DELETE ON audit_auditevent
+    BEGIN SELECT RAISE(ABORT, 'audit_auditevent is append-only: DELETE refused'); END
+    """,
+]
+
+SQLITE_DROP = [
+    "DROP TRIGGER IF EXISTS audit_event_refuse_update",
+    "DROP TRIGGER IF EXISTS audit_event_refuse_delete",
+]
+
 
 def create_trigger(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(TRIGGER_SQL)
+    vendor = schema_editor.connection.vendor
+    if vendor == "postgresql":
+        schema_editor.execute(POSTGRESQL_CREATE)
+    elif vendor == "sqlite":
+        for statement in SQLITE_CREATE:
+            schema_editor.execute(statement)
 
 
 def drop_trigger(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DROP_SQL)
+    vendor = schema_editor.connection.vendor
+    if vendor == "postgresql":
+        schema_editor.execute(POSTGRESQL_DROP)
+    elif vendor == "sqlite":
+        for statement in SQLITE_DROP:
+            schema_editor.execute(statement)
 
 
 def create_head(apps, schema_editor):
