@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 DEMO_AGENT ?= spiffe://dev.custody.internal/agents/invoice-bot
 
-.PHONY: run test lint format demo-request clean
+.PHONY: run test lint format demo-request screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+screenshots: $(STAMP)
+	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend/test_browser.py -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

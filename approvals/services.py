@@ -426,19 +426,6 @@ def access_request_decide(
                 ),
                 "above_slack_risk",
             )
-        elif (
-            verdict == Decision.Verdict.APPROVE
-            and access_request.privilege.risk == "critical"
-            and not _fresh_login(authenticated_at)
-        ):
-            refuse(
-                Forbidden(
-                    "Approving a critical request needs a login within the last "
-                    f"{STEP_UP_WINDOW.seconds // 60} minutes; sign in again to confirm.",
-                    code="step_up_required",
-                ),
-                "step_up_required",
-            )
         elif not access_request.is_pending:
             refuse(
                 Conflict(
@@ -455,6 +442,19 @@ def access_request_decide(
                     code="request_expired",
                 ),
                 "deadline_passed",
+            )
+        elif (
+            verdict == Decision.Verdict.APPROVE
+            and access_request.privilege.risk == "critical"
+            and not _fresh_login(authenticated_at)
+        ):
+            refuse(
+                Forbidden(
+                    "Approving a critical request needs a login within the last "
+                    f"{STEP_UP_WINDOW.seconds // 60} minutes; sign in again to confirm.",
+                    code="step_up_required",
+                ),
+                "step_up_required",
             )
         elif is_initiator(approver, access_request):
             refuse(

@@ -20,16 +20,16 @@ class ReasonForm(forms.Form):
     )
 
 
+# A datetime-local input only shows a value written as YYYY-MM-DDTHH:MM.
+LOCAL_DATETIME = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
+
+
 class AuditFilterForm(forms.Form):
     agent = forms.ModelChoiceField(queryset=None, required=False, empty_label="Any agent")
     person = forms.CharField(max_length=150, required=False, label="Person (username)")
     verb = forms.CharField(max_length=64, required=False)
-    since = forms.DateTimeField(
-        required=False, label="From", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
-    )
-    until = forms.DateTimeField(
-        required=False, label="Until", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
-    )
+    since = forms.DateTimeField(required=False, label="From", widget=LOCAL_DATETIME)
+    until = forms.DateTimeField(required=False, label="Until", widget=LOCAL_DATETIME)
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)

@@ -4,19 +4,24 @@ outside is 404."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
+from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth import authenticate
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required as django_login_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
+from django.db.models.functions import Coalesce
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 from guardian.shortcuts import get_objects_for_user
 
 from agents import services as agent_services
@@ -32,6 +37,23 @@ from frontend import auth
 from frontend.forms import AuditFilterForm, DecisionForm, ReasonForm
 
 PAGE_SIZE = 50
+# A critical approval waiting for the step-up password: {"request_id", "verdict", "comment"}.
+PENDING_DECISION_KEY = "custody_pending_decision"
+
+
+def login_required(view):
+    """Django's, but an htmx request from a page whose session ended sends the whole page to
+    the login form, instead of swapping the login form into a table row."""
+    guarded = django_login_required(view)
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if request.htmx and not request.user.is_authenticated:
+            back = request.htmx.current_url_abs_path or request.get_full_path()
+            return HttpResponseClientRedirect(redirect_to_login(back)["Location"])
+        return guarded(request, *args, **kwargs)
+
+    return wrapper
 
 
 def _approvals_count():
@@ -74,7 +96,7 @@ def dashboard(request):
         request,
         "frontend/dashboard.html",
         {
-            "pending": pending[:5],
+            "pending": _with_approvals(pending[:5]),
             "pending_count": pending.count(),
             "active": active[:10],
             "active_count": active.count(),
@@ -124,39 +146,53 @@ def request_decide(request, request_id: int):
     form = DecisionForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose approve or deny; a comment is at most 2000 characters.")
-        return _after_decision(request, access_request)
+        return _after_decision(request, access_request, status=400)
+    verdict, comment = form.cleaned_data["verdict"], form.cleaned_data["comment"]
     try:
-        services.access_request_decide(
-            access_request_id=access_request.pk,
-            approver=request.user,
-            verdict=form.cleaned_data["verdict"],
-            comment=form.cleaned_data["comment"],
-            channel=Decision.Channel.WEB,
-            authenticated_at=auth.authenticated_at(request),
-        )
+        _decide(request, access_request, verdict, comment)
     except DomainError as exc:
         if exc.code == "step_up_required":
+            # Remembered so the decision is recorded as soon as the password is confirmed.
+            request.session[PENDING_DECISION_KEY] = {
+                "request_id": access_request.pk,
+                "verdict": verdict,
+                "comment": comment,
+            }
             target = f"{reverse('step-up')}?next={reverse('request', args=[access_request.pk])}"
             if request.htmx:
                 response = HttpResponse(status=204)
                 response["HX-Redirect"] = target
                 return response
             return redirect(target)
-        access_request.refresh_from_db()
-        if exc.code in ("request_not_pending", "request_expired"):
-            messages.warning(
-                request,
-                f"Someone else decided first: request #{access_request.pk} "
-                f"is {access_request.status}.",
-            )
-        else:
-            messages.error(request, exc.message)
-        return _after_decision(
-            request, access_request, status=409 if exc.status_code == 409 else exc.status_code
+        return _after_decision(request, access_request, status=exc.status_code)
+    return _after_decision(request, access_request)
+
+
+def _decide(request, access_request: AccessRequest, verdict: str, comment: str) -> None:
+    """Record one decision through the service and say what happened (messages)."""
+    try:
+        services.access_request_decide(
+            access_request_id=access_request.pk,
+            approver=request.user,
+            verdict=verdict,
+            comment=comment,
+            channel=Decision.Channel.WEB,
+            authenticated_at=auth.authenticated_at(request),
         )
+    except DomainError as exc:
+        if exc.code != "step_up_required":
+            access_request.refresh_from_db()
+            if exc.code in ("request_not_pending", "request_expired"):
+                messages.warning(
+                    request,
+                    f"Someone else decided first: request #{access_request.pk} "
+                    f"is {access_request.status}.",
+                )
+            else:
+                messages.error(request, exc.message)
+        raise
     access_request.refresh_from_db()
     messages.success(request, f"Recorded. Request #{access_request.pk} is {access_request.status}.")
-    return _after_decision(request, access_request)
 
 
 def _after_decision(request, access_request, status: int = 200):
@@ -176,12 +212,21 @@ def _after_decision(request, access_request, status: int = 200):
 @login_required
 @require_http_methods(["GET", "POST"])
 def step_up(request):
-    """Ask for the password again before a critical approval."""
+    """Ask for the password again before a critical approval, then record that approval."""
     next_url = request.POST.get("next") or request.GET.get("next") or reverse("inbox")
     if not url_has_allowed_host_and_scheme(
         next_url, {request.get_host()}, require_https=request.is_secure()
     ):
         next_url = reverse("inbox")
+    pending = request.session.get(PENDING_DECISION_KEY)
+    waiting = None
+    if pending:
+        waiting = (
+            selectors.requests_visible_to(request.user)
+            .select_related("agent", "privilege")
+            .filter(pk=pending.get("request_id"))
+            .first()
+        )
     error = ""
     if request.method == "POST":
         user = authenticate(
@@ -189,15 +234,22 @@ def step_up(request):
         )
         if user is not None and user.pk == request.user.pk:
             auth.mark_fresh_login(request)
-            messages.success(
-                request, "Confirmed. You can approve critical requests for the next ten minutes."
-            )
-            return redirect(next_url)
+            request.session.pop(PENDING_DECISION_KEY, None)
+            if waiting is None:
+                messages.success(
+                    request,
+                    "Confirmed. You can approve critical requests for the next ten minutes.",
+                )
+                return redirect(next_url)
+            # A refusal is told in the message; the request page shows where it stands.
+            with contextlib.suppress(DomainError):
+                _decide(request, waiting, pending["verdict"], pending.get("comment", ""))
+            return redirect("request", request_id=waiting.pk)
         error = "That password is not right."
     return render(
         request,
         "frontend/step_up.html",
-        {"next": next_url, "error": error},
+        {"next": next_url, "error": error, "waiting": waiting, "pending": pending},
         status=400 if error else 200,
     )
 
@@ -214,11 +266,9 @@ def request_detail(request, request_id: int):
         .select_related("agent", "privilege")
         .first()
     )
-    chain = (
-        selectors.grant_chain_of_custody(access_request.parent_grant)
-        if access_request.parent_grant_id
-        else None
-    )
+    # The chain of custody through this request's grant (or, while it waits, its parent's).
+    anchor = grant or access_request.parent_grant
+    chain = selectors.grant_chain_of_custody(anchor) if anchor else None
     trail = AuditEvent.objects.filter(
         Q(access_request_id=access_request.pk) | (Q(grant_id=grant.pk) if grant else Q(pk=None))
     ).order_by("sequence")[:500]
@@ -252,9 +302,16 @@ def grants(request):
     ended = visible.filter(
         Q(revoked_at__gte=now - timedelta(days=1))
         | Q(revoked_at__isnull=True, expires_at__lte=now, expires_at__gte=now - timedelta(days=1))
-    ).order_by("-expires_at")
+    ).order_by(Coalesce("revoked_at", "expires_at").desc())
     return render(
-        request, "frontend/grants.html", {"active": active[:200], "ended": ended[:100], "now": now}
+        request,
+        "frontend/grants.html",
+        {
+            "active": active[:200],
+            "ended": ended[:100],
+            "now": now,
+            "managed": _managed_agent_ids(request.user),
+        },
     )
 
 
@@ -269,11 +326,13 @@ def grant_revoke(request, grant_id: int):
     form = ReasonForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            services.grant_revoke(
+            grant = services.grant_revoke(
                 grant=grant, actor=Actor.for_user(request.user), detail=form.cleaned_data["reason"]
             )
             messages.success(
-                request, f"Grant #{grant.pk} revoked, with everything delegated from it."
+                request,
+                f"Grant #{grant.pk} ended ({grant.get_revoke_reason_display().lower()}), with "
+                "everything delegated from it.",
             )
         except DomainError as exc:
             messages.warning(request, exc.message)
@@ -309,16 +368,24 @@ def agents(request):
         )
         .order_by("name")
     )
-    # One query for the whole page, not a permission check per row.
-    managed = set(
-        get_objects_for_user(
-            request.user, "agents.manage_agent", klass=Agent, accept_global_perms=True
-        ).values_list("pk", flat=True)
-    )
     return render(
         request,
         "frontend/agents.html",
-        {"agents": inventory[:500], "managed": managed, "today": timezone.localdate()},
+        {
+            "agents": inventory[:500],
+            "managed": _managed_agent_ids(request.user),
+            "today": timezone.localdate(),
+        },
+    )
+
+
+def _managed_agent_ids(user) -> set[int]:
+    """The agents the person may suspend or whose grants they may revoke: one query for the
+    whole page, not a permission check per row."""
+    return set(
+        get_objects_for_user(
+            user, "agents.manage_agent", klass=Agent, accept_global_perms=True
+        ).values_list("pk", flat=True)
     )
 
 

@@ -1,4 +1,5 @@
-// Custody's only script: keeps countdowns current. No inline scripts anywhere (CSP).
+// Custody's only script: keeps countdowns current and the inbox refresh out of the way. No inline
+// scripts anywhere (CSP).
 (function () {
   function tick() {
     var now = Date.now();
@@ -9,6 +10,17 @@
       if (left === 0) { el.classList.add("ended"); }
     });
   }
+  // The inbox refreshes itself, but never under someone's hands: a refresh while focus is in
+  // the list or a comment is half-written would throw away their place and their words.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var list = event.detail.elt;
+    if (!list || list.id !== "inbox") { return; }
+    var busy = list.contains(document.activeElement) ||
+      Array.prototype.some.call(list.querySelectorAll("textarea"), function (area) {
+        return area.value.trim() !== "";
+      });
+    if (busy) { event.preventDefault(); }
+  });
   document.addEventListener("DOMContentLoaded", tick);
   document.addEventListener("htmx:afterSwap", tick);
   setInterval(tick, 1000);
