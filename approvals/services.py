@@ -508,46 +508,54 @@ def _record_decision(access_request, approver, verdict, channel, comment):
     # Final approval: mint in this transaction, re-checking the agent and the policy.
     agent = Agent.objects.select_for_update().get(pk=access_request.agent_id)
     if agent.status != Agent.Status.ACTIVE:
-        _transition(access_request, Status.DENIED, reason=f"agent {agent.status} before grant")
-        record(
-            actor=Actor.system(),
-            verb="grant.refused",
-            **ids,
-            data={"why": "agent_not_active", "agent_status": agent.status},
-        )
-        _on_commit_request_finished(access_request.pk)
-        return Conflict(
-            f"The agent is {agent.status}; no grant was issued.", code="agent_not_active"
+        return _refuse_grant(
+            access_request,
+            code="agent_not_active",
+            reason=f"agent {agent.status} before grant",
+            data={"agent_status": agent.status},
+            message=f"The agent is {agent.status}; no grant was issued.",
         )
     parent = access_request.parent_grant
     if parent is not None and not parent.is_active():
-        _transition(access_request, Status.DENIED, reason="parent grant ended before grant")
-        record(
-            actor=Actor.system(),
-            verb="grant.refused",
-            **ids,
-            data={"why": "parent_grant_not_active", "parent_grant_id": parent.pk},
-        )
-        _on_commit_request_finished(access_request.pk)
-        return Conflict(
-            f"Grant #{parent.pk}, which this delegates from, has ended; no grant was issued.",
+        return _refuse_grant(
+            access_request,
             code="parent_grant_not_active",
+            reason="parent grant ended before grant",
+            data={"parent_grant_id": parent.pk},
+            message=f"Grant #{parent.pk}, which this delegates from, has ended; "
+            "no grant was issued.",
         )
     outcome = policy.decide(policy.current_policies(), _facts_for_request(access_request))
     if outcome.outcome == "deny":
-        _transition(access_request, Status.DENIED, reason="policy denied at grant time")
-        record(
+        return _refuse_grant(
+            access_request,
+            code="policy_denied",
+            reason="policy denied at grant time",
+            data={"policies": outcome.policy_ids, "reason": outcome.reason},
+            message=f"Policy no longer allows this: {outcome.reason}",
             actor=Actor.system("policy"),
-            verb="grant.refused",
-            **ids,
-            data={"why": "policy", "policies": outcome.policy_ids, "reason": outcome.reason},
         )
-        _on_commit_request_finished(access_request.pk)
-        return Conflict(f"Policy no longer allows this: {outcome.reason}", code="policy_denied")
     _transition(access_request, Status.APPROVED, reason=f"approved by {approvals} people")
     grant = _grant_issue(access_request, actor=who)
     _on_commit_request_finished(access_request.pk)
     return DecideResult(decision, access_request, grant)
+
+
+def _refuse_grant(
+    access_request, *, code: str, reason: str, data: dict, message: str, actor: Actor | None = None
+) -> Conflict:
+    """The final approval came, but no grant may be minted: the request ends denied, with
+    evidence, and the approver is told why (409)."""
+    _transition(access_request, Status.DENIED, reason=reason)
+    record(
+        actor=actor or Actor.system(),
+        verb="grant.refused",
+        agent_id=access_request.agent_id,
+        access_request_id=access_request.pk,
+        data={"why": code, **data},
+    )
+    _on_commit_request_finished(access_request.pk)
+    return Conflict(message, code=code)
 
 
 def _facts_for_request(access_request: AccessRequest, *, exclude_grant_id=None):

@@ -20,14 +20,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DB_NAME = "custody_bench_ui"
-os.environ.update({
-    "DJANGO_SETTINGS_MODULE": "config.settings",
-    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
-    "SECRET_KEY": "bench-only-secret-key-0123456789abcdefghijklmnop",
-    "ALLOWED_HOSTS": "testserver,127.0.0.1",
-    "DEBUG": "false",
-    "CUSTODY_VAR_DIR": "/tmp/custody-bench-ui",
-})
+os.environ.update(
+    {
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
+        "SECRET_KEY": "bench-only-secret-key-0123456789abcdefghijklmnop",
+        "ALLOWED_HOSTS": "testserver,127.0.0.1",
+        "DEBUG": "false",
+        "CUSTODY_VAR_DIR": "/tmp/custody-bench-ui",
+    }
+)
 sys.path.insert(0, str(ROOT))
 
 
@@ -50,30 +52,53 @@ def populate(n_requests: int, n_events: int):
     user_model = get_user_model()
     sponsor = user_model.objects.create_user("sponsor", password="bench-password-1")
     team = Group.objects.create(name="bench-team")
-    agents = [agent_register(spiffe_id=f"spiffe://bench.test/agents/a{n}", name=f"Agent {n}",
-                             sponsor=sponsor, team=team, actor=Actor.system("bench"))
-              for n in range(20)]
+    agents = [
+        agent_register(
+            spiffe_id=f"spiffe://bench.test/agents/a{n}",
+            name=f"Agent {n}",
+            sponsor=sponsor,
+            team=team,
+            actor=Actor.system("bench"),
+        )
+        for n in range(20)
+    ]
     privilege = Privilege.objects.create(resource="payments-db", action="write", risk="high")
     now = timezone.now()
-    AccessRequest.objects.bulk_create([
-        AccessRequest(agent=agents[n % len(agents)], privilege=privilege, task_id=f"t{n}",
-                      intent={"action": "write", "target": f"row {n}",
-                              "justification": "bench"},
-                      duration_seconds=600, status="pending", policy_outcome="request",
-                      policy_ids=["high-risk-two-approvals"], policy_reason="bench",
-                      approvals_required=2, created_at=now,
-                      decision_deadline=now + timedelta(seconds=3600 + n))
-        for n in range(n_requests)
-    ], batch_size=2000)
+    AccessRequest.objects.bulk_create(
+        [
+            AccessRequest(
+                agent=agents[n % len(agents)],
+                privilege=privilege,
+                task_id=f"t{n}",
+                intent={"action": "write", "target": f"row {n}", "justification": "bench"},
+                duration_seconds=600,
+                status="pending",
+                policy_outcome="request",
+                policy_ids=["high-risk-two-approvals"],
+                policy_reason="bench",
+                approvals_required=2,
+                created_at=now,
+                decision_deadline=now + timedelta(seconds=3600 + n),
+            )
+            for n in range(n_requests)
+        ],
+        batch_size=2000,
+    )
     head = AuditChainHead.objects.get(id=1)
     previous, sequence = head.last_hash, head.last_sequence
     batch = []
     for n in range(n_events):
         sequence += 1
-        event = AuditEvent(sequence=sequence, occurred_at=now, actor_type="agent",
-                           actor_id=agents[n % len(agents)].spiffe_id, verb="tool.called",
-                           agent_id=agents[n % len(agents)].pk, data={"n": n},
-                           previous_hash=previous)
+        event = AuditEvent(
+            sequence=sequence,
+            occurred_at=now,
+            actor_type="agent",
+            actor_id=agents[n % len(agents)].spiffe_id,
+            verb="tool.called",
+            agent_id=agents[n % len(agents)].pk,
+            data={"n": n},
+            previous_hash=previous,
+        )
         event.hash = event.compute_hash()
         previous = event.hash
         batch.append(event)
@@ -104,8 +129,12 @@ def measure(client, url: str, rounds: int):
     with CaptureQueriesContext(connection) as queries:
         client.get(url)
     timings.sort()
-    return {"p50": statistics.median(timings), "p95": timings[int(len(timings) * 0.95) - 1],
-            "max": timings[-1], "queries": len(queries)}
+    return {
+        "p50": statistics.median(timings),
+        "p95": timings[int(len(timings) * 0.95) - 1],
+        "max": timings[-1],
+        "queries": len(queries),
+    }
 
 
 def main() -> None:
@@ -123,8 +152,10 @@ def main() -> None:
 
     started = time.perf_counter()
     sponsor, agents = populate(args.requests, args.events)
-    print(f"populated {args.requests} pending requests and {args.events} audit events "
-          f"in {time.perf_counter() - started:.1f} s")
+    print(
+        f"populated {args.requests} pending requests and {args.events} audit events "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     client = Client()
     client.force_login(sponsor)
     pages = {
@@ -145,8 +176,10 @@ def main() -> None:
         client.defaults.pop("HTTP_HX_REQUEST", None)
         verdict = "met" if figures["p95"] <= 150 else "MISSED"
         target = f"p95 <= 150 ms: {verdict}" if name.startswith(("inbox", "audit")) else ""
-        print(f"{name:28} {figures['p50']:8.1f} {figures['p95']:8.1f} {figures['max']:8.1f} "
-              f"{figures['queries']:8d}  {target}")
+        print(
+            f"{name:28} {figures['p50']:8.1f} {figures['p95']:8.1f} {figures['max']:8.1f} "
+            f"{figures['queries']:8d}  {target}"
+        )
 
 
 if __name__ == "__main__":

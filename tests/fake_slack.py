@@ -58,8 +58,11 @@ class FakeSlack:
             queued = self.failures.get(method) or []
             if queued:
                 status, headers = queued.pop(0)
-                return status, headers, {"ok": False, "error": "ratelimited" if status == 429
-                                         else "internal_error"}
+                return (
+                    status,
+                    headers,
+                    {"ok": False, "error": "ratelimited" if status == 429 else "internal_error"},
+                )
             self._counter += 1
             ts = f"1700000000.{self._counter:06d}"
         body = {"ok": True}

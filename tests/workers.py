@@ -39,9 +39,16 @@ def free_port() -> int:
 class Worker:
     """`celery worker -B` in its own process group; `ready_at` is when it said it was ready."""
 
-    def __init__(self, *, broker_url: str, sweep_seconds: int = 1, beat: bool = True,
-                 queues: str = "expiry,notifications", env: dict | None = None,
-                 app: str = "config"):
+    def __init__(
+        self,
+        *,
+        broker_url: str,
+        sweep_seconds: int = 1,
+        beat: bool = True,
+        queues: str = "expiry,notifications",
+        env: dict | None = None,
+        app: str = "config",
+    ):
         handle, name = tempfile.mkstemp(prefix="celery-", suffix=".log")
         self.log = os.fdopen(handle, "w")
         self.log_path = Path(name)

@@ -21,8 +21,12 @@ from tests.workers import Worker
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 SECRET = "test-signing-secret-0123456789abcdef"
-SLACK_ENV = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": SECRET,
-             "SLACK_TEAM_ID": "T0CUSTODY", "SLACK_APP_ID": "A0CUSTODY"}
+SLACK_ENV = {
+    "SLACK_BOT_TOKEN": "xoxb-test",
+    "SLACK_SIGNING_SECRET": SECRET,
+    "SLACK_TEAM_ID": "T0CUSTODY",
+    "SLACK_APP_ID": "A0CUSTODY",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +41,13 @@ def slack_worker(django_db_setup, django_db_blocker, fake_slack):
     from django.conf import settings
 
     with django_db_blocker.unblock():
-        worker = Worker(broker_url=settings.CELERY_BROKER_URL, beat=False,
-                        queues="notifications", app="tests.celery_app",
-                        env={**SLACK_ENV, "SLACK_API_URL": fake_slack.url})
+        worker = Worker(
+            broker_url=settings.CELERY_BROKER_URL,
+            beat=False,
+            queues="notifications",
+            app="tests.celery_app",
+            env={**SLACK_ENV, "SLACK_API_URL": fake_slack.url},
+        )
     yield worker
     worker.stop()
 
@@ -62,22 +70,42 @@ def signed(body: str, *, timestamp: int | None = None, secret: str = SECRET) -> 
     return {"HTTP_X_SLACK_REQUEST_TIMESTAMP": str(timestamp), "HTTP_X_SLACK_SIGNATURE": signature}
 
 
-def action_body(user_id: str, action_id: str, value: str, *, action_ts: str | None = None,
-                team: str = "T0CUSTODY") -> str:
+def action_body(
+    user_id: str,
+    action_id: str,
+    value: str,
+    *,
+    action_ts: str | None = None,
+    team: str = "T0CUSTODY",
+) -> str:
     payload = {
-        "type": "block_actions", "api_app_id": "A0CUSTODY", "team": {"id": team},
-        "user": {"id": user_id, "team_id": team}, "channel": {"id": "D0DM00001"},
-        "trigger_id": "1337.42", "response_url": "https://hooks.example/1",
-        "actions": [{"action_id": action_id, "value": value, "type": "button",
-                     "action_ts": action_ts or f"{time.time():.6f}"}],
+        "type": "block_actions",
+        "api_app_id": "A0CUSTODY",
+        "team": {"id": team},
+        "user": {"id": user_id, "team_id": team},
+        "channel": {"id": "D0DM00001"},
+        "trigger_id": "1337.42",
+        "response_url": "https://hooks.example/1",
+        "actions": [
+            {
+                "action_id": action_id,
+                "value": value,
+                "type": "button",
+                "action_ts": action_ts or f"{time.time():.6f}",
+            }
+        ],
     }
     return urlencode({"payload": json.dumps(payload)})
 
 
 def click(user_id, action_id, request_id, **kwargs):
     body = action_body(user_id, action_id, str(request_id), **kwargs)
-    return Client().post("/slack/interactions", body,
-                         content_type="application/x-www-form-urlencoded", **signed(body))
+    return Client().post(
+        "/slack/interactions",
+        body,
+        content_type="application/x-www-form-urlencoded",
+        **signed(body),
+    )
 
 
 def posted_to(fake, request_id=None):
@@ -101,8 +129,9 @@ def mrkdwn_texts(blocks) -> list[str]:
     return found
 
 
-def test_a_pending_request_reaches_every_approver_and_the_team(slack, agent_api, privileges,
-                                                                backup_approver):
+def test_a_pending_request_reaches_every_approver_and_the_team(
+    slack, agent_api, privileges, backup_approver
+):
     body = submit(agent_api, "payments-api:refund").json()
     assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 3)
     assert posted_to(slack) == {"USPONSOR1", "UBACKUP01", "CTEAM0001"}
@@ -113,14 +142,17 @@ def test_a_pending_request_reaches_every_approver_and_the_team(slack, agent_api,
     assert "3 invoices do not match the ledger." in rendered
     assert "Approvals: 0 of 1" in rendered and "task-1" in rendered
     actions = [b for b in message["blocks"] if b["type"] == "actions"][0]["elements"]
-    assert [a["action_id"] for a in actions] == ["custody_approve", "custody_deny",
-                                                 "custody_comment"]
+    assert [a["action_id"] for a in actions] == [
+        "custody_approve",
+        "custody_deny",
+        "custody_comment",
+    ]
     assert all(a.get("value") == str(body["id"]) for a in actions)
 
 
-def test_approving_in_slack_issues_the_grant_and_updates_every_message(slack, agent_api,
-                                                                       privileges,
-                                                                       backup_approver):
+def test_approving_in_slack_issues_the_grant_and_updates_every_message(
+    slack, agent_api, privileges, backup_approver
+):
     request_id = submit(agent_api, "payments-api:refund").json()["id"]
     assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 3)
     started = time.monotonic()
@@ -144,8 +176,7 @@ def test_denying_in_slack(slack, agent_api, privileges):
     assert "Denied" in json.dumps(slack.of("chat.update")[-1].params["blocks"])
 
 
-def test_a_decision_on_the_web_updates_the_slack_messages(slack, agent_api, privileges,
-                                                          sponsor):
+def test_a_decision_on_the_web_updates_the_slack_messages(slack, agent_api, privileges, sponsor):
     request_id = submit(agent_api, "payments-api:refund").json()["id"]
     assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 2)
     assert decide(sponsor, request_id).json()["status"] == "approved"
@@ -164,9 +195,12 @@ def test_expiry_and_cancel_also_reach_slack(slack, agent_api, privileges):
 def test_a_forged_signature_is_refused_and_audited(slack, agent_api, privileges):
     request_id = submit(agent_api, "payments-api:refund").json()["id"]
     body = action_body("USPONSOR1", "custody_approve", str(request_id))
-    response = Client().post("/slack/interactions", body,
-                             content_type="application/x-www-form-urlencoded",
-                             **signed(body, secret="not-the-secret"))
+    response = Client().post(
+        "/slack/interactions",
+        body,
+        content_type="application/x-www-form-urlencoded",
+        **signed(body, secret="not-the-secret"),
+    )
     assert response.status_code == 401
     assert AccessRequest.objects.get(pk=request_id).status == "pending"
     assert AuditEvent.objects.filter(verb="slack.rejected", data__why="bad_signature").exists()
@@ -175,36 +209,51 @@ def test_a_forged_signature_is_refused_and_audited(slack, agent_api, privileges)
 def test_a_stale_timestamp_is_refused(slack, agent_api, privileges):
     request_id = submit(agent_api, "payments-api:refund").json()["id"]
     body = action_body("USPONSOR1", "custody_approve", str(request_id))
-    response = Client().post("/slack/interactions", body,
-                             content_type="application/x-www-form-urlencoded",
-                             **signed(body, timestamp=int(time.time()) - 301))
+    response = Client().post(
+        "/slack/interactions",
+        body,
+        content_type="application/x-www-form-urlencoded",
+        **signed(body, timestamp=int(time.time()) - 301),
+    )
     assert response.status_code == 401
     assert AccessRequest.objects.get(pk=request_id).status == "pending"
 
 
-def test_a_replayed_payload_decides_nothing_twice(slack, agent_api, privileges,
-                                                  backup_approver):
+def test_a_replayed_payload_decides_nothing_twice(slack, agent_api, privileges, backup_approver):
     request_id = submit(agent_api, "payments-db:write").json()["id"]
     body = action_body("USPONSOR1", "custody_approve", str(request_id), action_ts="111.222")
     headers = signed(body)
     for retry in range(3):
-        response = Client().post("/slack/interactions", body,
-                                 content_type="application/x-www-form-urlencoded",
-                                 HTTP_X_SLACK_RETRY_NUM=str(retry), **headers)
+        response = Client().post(
+            "/slack/interactions",
+            body,
+            content_type="application/x-www-form-urlencoded",
+            HTTP_X_SLACK_RETRY_NUM=str(retry),
+            **headers,
+        )
         assert response.status_code == 200
     assert Decision.objects.filter(access_request_id=request_id).count() == 1
-    assert AuditEvent.objects.filter(access_request_id=request_id,
-                                     verb__startswith="decision.").count() == 1
+    assert (
+        AuditEvent.objects.filter(
+            access_request_id=request_id, verb__startswith="decision."
+        ).count()
+        == 1
+    )
 
 
-def test_a_double_click_is_one_decision_and_one_event(slack, agent_api, privileges,
-                                                      backup_approver):
+def test_a_double_click_is_one_decision_and_one_event(
+    slack, agent_api, privileges, backup_approver
+):
     request_id = submit(agent_api, "payments-db:write").json()["id"]
     click("USPONSOR1", "custody_approve", request_id, action_ts="1.1")
     click("USPONSOR1", "custody_approve", request_id, action_ts="1.2")
     assert Decision.objects.filter(access_request_id=request_id).count() == 1
-    assert AuditEvent.objects.filter(access_request_id=request_id,
-                                     verb__startswith="decision.").count() == 1
+    assert (
+        AuditEvent.objects.filter(
+            access_request_id=request_id, verb__startswith="decision."
+        ).count()
+        == 1
+    )
 
 
 def test_an_unknown_slack_user_decides_nothing(slack, agent_api, privileges):
@@ -213,8 +262,7 @@ def test_an_unknown_slack_user_decides_nothing(slack, agent_api, privileges):
     assert AccessRequest.objects.get(pk=request_id).status == "pending"
     assert slack.wait_for(lambda: slack.of("chat.postEphemeral"))
     assert "can't approve" in slack.of("chat.postEphemeral")[0].params["text"]
-    assert AuditEvent.objects.filter(verb="slack.rejected",
-                                     data__why="unknown_slack_user").exists()
+    assert AuditEvent.objects.filter(verb="slack.rejected", data__why="unknown_slack_user").exists()
 
 
 def test_a_slack_user_without_permission_decides_nothing(slack, agent_api, privileges):
@@ -224,8 +272,9 @@ def test_a_slack_user_without_permission_decides_nothing(slack, agent_api, privi
     click("UOUTSIDE1", "custody_approve", request_id)
     assert AccessRequest.objects.get(pk=request_id).status == "pending"
     assert slack.wait_for(lambda: slack.of("chat.postEphemeral"))
-    assert AuditEvent.objects.filter(verb="decision.refused", access_request_id=request_id,
-                                     actor_id="outsider").exists()
+    assert AuditEvent.objects.filter(
+        verb="decision.refused", access_request_id=request_id, actor_id="outsider"
+    ).exists()
 
 
 def test_an_edited_button_value_gains_nothing(slack, agent_api, privileges, signer):
@@ -248,13 +297,15 @@ def test_rate_limits_are_honoured_with_retry_after(slack, agent_api, privileges)
     assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 2, timeout=20)
     limited = slack.of("chat.postMessage", ok_only=False)[0]
     assert limited.status == 429
-    retried = [c for c in slack.of("chat.postMessage")
-               if c.params["channel"] == limited.params["channel"]][0]
+    retried = [
+        c for c in slack.of("chat.postMessage") if c.params["channel"] == limited.params["channel"]
+    ][0]
     assert retried.at - limited.at >= 2
 
 
-def test_a_slack_outage_loses_no_decision_and_messages_follow(slack, agent_api, privileges,
-                                                              sponsor):
+def test_a_slack_outage_loses_no_decision_and_messages_follow(
+    slack, agent_api, privileges, sponsor
+):
     slack.fail_next("chat.postMessage", 500, times=2)
     port = slack.port
     slack.stop()  # Slack is down: connections are refused
@@ -268,11 +319,16 @@ def test_a_slack_outage_loses_no_decision_and_messages_follow(slack, agent_api, 
     assert "Approved" in final and "custody_approve" not in final
 
 
-def test_mentions_links_and_formatting_in_a_justification_are_neutralised(slack, agent_api,
-                                                                          privileges):
+def test_mentions_links_and_formatting_in_a_justification_are_neutralised(
+    slack, agent_api, privileges
+):
     hostile = "<!channel> *URGENT* <https://evil.example|click here> & <@U0ADMIN>"
-    body = {"privilege": "payments-api:refund", "task_id": "t-x", "duration_seconds": 60,
-            "intent": intent(justification=hostile, target="<!here>")}
+    body = {
+        "privilege": "payments-api:refund",
+        "task_id": "t-x",
+        "duration_seconds": 60,
+        "intent": intent(justification=hostile, target="<!here>"),
+    }
     agent_api.post("/api/v1/requests", body, format="json")
     assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 2)
     message = slack.of("chat.postMessage")[0].params
@@ -281,9 +337,9 @@ def test_mentions_links_and_formatting_in_a_justification_are_neutralised(slack,
     assert hostile in json.dumps(message["blocks"], ensure_ascii=False).replace('\\"', '"')
 
 
-def test_critical_requests_are_reviewed_in_custody_not_approved_in_slack(slack, agent_api,
-                                                                          privileges,
-                                                                          backup_approver):
+def test_critical_requests_are_reviewed_in_custody_not_approved_in_slack(
+    slack, agent_api, privileges, backup_approver
+):
     request_id = submit(agent_api, "prod-cluster:admin", duration=300).json()["id"]
     assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 3)
     blocks = slack.of("chat.postMessage")[0].params["blocks"]
@@ -294,8 +350,7 @@ def test_critical_requests_are_reviewed_in_custody_not_approved_in_slack(slack, 
     assert "fresh login" in json.dumps(blocks)
     click("USPONSOR1", "custody_approve", request_id)  # a forged approve button
     assert not Decision.objects.filter(access_request_id=request_id).exists()
-    assert AuditEvent.objects.filter(verb="decision.refused",
-                                     data__why="above_slack_risk").exists()
+    assert AuditEvent.objects.filter(verb="decision.refused", data__why="above_slack_risk").exists()
 
 
 def test_the_comment_modal_records_a_decision_with_its_comment(slack, agent_api, privileges):
@@ -304,16 +359,30 @@ def test_the_comment_modal_records_a_decision_with_its_comment(slack, agent_api,
     assert slack.of("views.open")
     view = slack.of("views.open")[0].params["view"]
     submission = {
-        "type": "view_submission", "api_app_id": "A0CUSTODY", "team": {"id": "T0CUSTODY"},
+        "type": "view_submission",
+        "api_app_id": "A0CUSTODY",
+        "team": {"id": "T0CUSTODY"},
         "user": {"id": "USPONSOR1"},
-        "view": {"id": "V1", "hash": "h1", "callback_id": view["callback_id"],
-                 "private_metadata": view["private_metadata"],
-                 "state": {"values": {"verdict": {"value": {"selected_option": {
-                     "value": "deny"}}}, "comment": {"value": {"value": "Not in the freeze."}}}}},
+        "view": {
+            "id": "V1",
+            "hash": "h1",
+            "callback_id": view["callback_id"],
+            "private_metadata": view["private_metadata"],
+            "state": {
+                "values": {
+                    "verdict": {"value": {"selected_option": {"value": "deny"}}},
+                    "comment": {"value": {"value": "Not in the freeze."}},
+                }
+            },
+        },
     }
     body = urlencode({"payload": json.dumps(submission)})
-    response = Client().post("/slack/interactions", body,
-                             content_type="application/x-www-form-urlencoded", **signed(body))
+    response = Client().post(
+        "/slack/interactions",
+        body,
+        content_type="application/x-www-form-urlencoded",
+        **signed(body),
+    )
     assert response.status_code == 200
     decision = Decision.objects.get(access_request_id=request_id)
     assert (decision.verdict, decision.comment) == ("deny", "Not in the freeze.")
@@ -323,10 +392,21 @@ def test_the_custody_command_lists_pending_approvals(slack, agent_api, privilege
     request_id = submit(agent_api, "payments-api:refund").json()["id"]
 
     def command(text, user="USPONSOR1", team="T0CUSTODY"):
-        body = urlencode({"team_id": team, "api_app_id": "A0CUSTODY", "user_id": user,
-                          "command": "/custody", "text": text})
-        return Client().post("/slack/commands", body,
-                             content_type="application/x-www-form-urlencoded", **signed(body))
+        body = urlencode(
+            {
+                "team_id": team,
+                "api_app_id": "A0CUSTODY",
+                "user_id": user,
+                "command": "/custody",
+                "text": text,
+            }
+        )
+        return Client().post(
+            "/slack/commands",
+            body,
+            content_type="application/x-www-form-urlencoded",
+            **signed(body),
+        )
 
     assert f"#{request_id} payments-api:refund" in command("pending").json()["text"]
     assert "/custody pending" in command("help").json()["text"]
@@ -334,12 +414,15 @@ def test_the_custody_command_lists_pending_approvals(slack, agent_api, privilege
     assert command("pending", team="T0EVIL").status_code == 403
 
 
-def test_slack_is_off_and_fails_closed_without_a_signing_secret(settings, agent_api,
-                                                               privileges):
+def test_slack_is_off_and_fails_closed_without_a_signing_secret(settings, agent_api, privileges):
     settings.SLACK_SIGNING_SECRET = None
     body = action_body("USPONSOR1", "custody_approve", "1")
-    response = Client().post("/slack/interactions", body,
-                             content_type="application/x-www-form-urlencoded", **signed(body))
+    response = Client().post(
+        "/slack/interactions",
+        body,
+        content_type="application/x-www-form-urlencoded",
+        **signed(body),
+    )
     assert response.status_code == 401
 
 
