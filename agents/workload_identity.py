@@ -130,9 +130,15 @@ def verify_workload_token(token: str) -> VerifiedIdentity:
         raise IdentityRejected("malformed_token", f"The token is not valid: {exc}.")
 
     if domain.kind == TrustDomain.Kind.OIDC:
-        agent = Agent.objects.filter(oidc_trust_domain=domain, oidc_subject=claims["sub"]).first()
+        agent = (
+            Agent.objects.select_related("sponsor", "team")
+            .filter(oidc_trust_domain=domain, oidc_subject=claims["sub"])
+            .first()
+        )
     else:
-        agent = Agent.objects.filter(spiffe_id=claims["sub"]).first()
+        agent = (
+            Agent.objects.select_related("sponsor", "team").filter(spiffe_id=claims["sub"]).first()
+        )
     if agent is None:
         raise IdentityRejected(
             "unknown_agent", "No agent is registered for this identity.", claims=claims

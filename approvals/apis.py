@@ -68,13 +68,20 @@ class GrantOutputSerializer(serializers.ModelSerializer):
         return grant.is_active()
 
 
-def request_output(access_request: AccessRequest, *, token=None) -> dict:
-    grant = getattr(access_request, "grant", None) if access_request.status == "approved" else None
-    approvals = sum(
-        1
-        for d in access_request.decisions.all()
-        if d.verdict == Decision.Verdict.APPROVE and d.approver_id is not None
-    )
+def request_output(access_request: AccessRequest, *, token=None, submitted=None) -> dict:
+    """The request as agents see it. `submitted` (a SubmitResult) answers a fresh submission
+    from what the service already holds: no person has decided it yet."""
+    if submitted is not None:
+        grant, approvals = submitted.grant, 0
+    else:
+        grant = (
+            getattr(access_request, "grant", None) if access_request.status == "approved" else None
+        )
+        approvals = sum(
+            1
+            for d in access_request.decisions.all()
+            if d.verdict == Decision.Verdict.APPROVE and d.approver_id is not None
+        )
     return {
         "id": access_request.pk,
         "status": access_request.status,
@@ -133,7 +140,7 @@ class RequestCreateApi(APIView):
             context=data["context"],
         )
         return Response(
-            request_output(result.access_request, token=result.token),
+            request_output(result.access_request, token=result.token, submitted=result),
             status=status.HTTP_201_CREATED,
         )
 
@@ -246,7 +253,7 @@ class GrantExtendApi(APIView):
             context=data["context"],
         )
         return Response(
-            request_output(result.access_request, token=result.token),
+            request_output(result.access_request, token=result.token, submitted=result),
             status=status.HTTP_201_CREATED,
         )
 

@@ -44,19 +44,17 @@ def request_finished(access_request_id: int) -> None:
     _send(notify_request_changed, access_request_id)
 
 
-def grant_issued(grant_id: int) -> None:
+def grant_issued(grant_id: int, expires_at) -> None:
     """A grant is in force: its expiry task goes to the broker if due within the horizon."""
     from datetime import timedelta
 
     from django.conf import settings
     from django.utils import timezone
 
-    from approvals.models import Grant
     from approvals.tasks import enqueue_expiry
 
-    expires_at = Grant.objects.filter(pk=grant_id).values_list("expires_at", flat=True).first()
     horizon = timezone.now() + timedelta(seconds=settings.CUSTODY_ETA_HORIZON_SECONDS)
-    if expires_at is not None and expires_at <= horizon:
+    if expires_at <= horizon:
         enqueue_expiry(grant_id, expires_at)
 
 

@@ -7,6 +7,7 @@ turns the answer into a denial rather than silently skipping a `forbid`.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from dataclasses import dataclass, field
@@ -168,12 +169,18 @@ def _context(facts: PolicyFacts) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=1024)
+def _parsed_entities(entities_json: str) -> cedarpy.Entities:
+    # The same agent asking about the same privilege builds the same entities: parse them once.
+    return cedarpy.Entities.from_json_str(entities_json)
+
+
 def decide(compiled: CompiledPolicies, facts: PolicyFacts) -> PolicyOutcome:
     """Custody's policy decision for one request: one batched Cedar call, two questions."""
     principal = {"type": "Agent", "id": facts.agent_id}
     resource = {"type": "Privilege", "id": facts.privilege_name}
     context = _context(facts)
-    entities = cedarpy.Entities.from_json_str(_entities_json(facts))
+    entities = _parsed_entities(_entities_json(facts))
     asked, automatic = cedarpy.is_authorized_batch(
         [
             {"principal": principal, "action": REQUEST, "resource": resource, "context": context},

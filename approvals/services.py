@@ -148,6 +148,11 @@ def grant_ancestors(grant: Grant) -> list[Grant]:
 
 
 def grant_approvers(grant: Grant) -> list[str]:
+    """Who approved the grant's request, in order ("policy" for an automatic approval).
+    Remembered on the instance: minting and its audit event both ask."""
+    cached = getattr(grant, "_custody_approvers", None)
+    if cached is not None:
+        return cached
     approvers = (
         Decision.objects.filter(
             access_request_id=grant.access_request_id, verdict=Decision.Verdict.APPROVE
@@ -155,7 +160,8 @@ def grant_approvers(grant: Grant) -> list[str]:
         .order_by("created_at", "pk")
         .values_list("approver__username", "channel")
     )
-    return [username or channel for username, channel in approvers]
+    grant._custody_approvers = [username or channel for username, channel in approvers]
+    return grant._custody_approvers
 
 
 def _transition(access_request: AccessRequest, target: str, *, reason: str = "") -> None:
@@ -221,7 +227,8 @@ def access_request_submit(
         is_extension=extension_of is not None,
         chain=chain,
     )
-    outcome = policy.decide(policy.current_policies(), facts)
+    compiled = policy.current_policies()
+    outcome = policy.decide(compiled, facts)
     now = timezone.now()
     deadline_seconds = privilege.decision_deadline_seconds
     actor = Actor.for_agent(agent)
@@ -269,7 +276,7 @@ def access_request_submit(
                 "policies": outcome.policy_ids,
                 "reason": outcome.reason,
                 "approvals_required": outcome.approvals_required,
-                "generation": policy.current_policies().generation,
+                "generation": compiled.generation,
             },
         )
         result = SubmitResult(access_request)
@@ -647,7 +654,7 @@ def _grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
             )
     privilege = access_request.privilege
     grant = Grant.objects.create(
-        agent_id=access_request.agent_id,
+        agent=access_request.agent,
         privilege=privilege,
         access_request=access_request,
         parent=parent,
@@ -674,7 +681,7 @@ def _grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
     )
     from approvals import channels
 
-    transaction.on_commit(lambda: channels.grant_issued(grant.pk))
+    transaction.on_commit(lambda: channels.grant_issued(grant.pk, expires_at))
     return grant
 
 
@@ -912,6 +919,10 @@ def token_introspect(*, token: str) -> dict:
         .filter(pk=claims.get("grant_id"))
         .first()
     )
+    if grant is not None:
+        # The request's agent and privilege are the grant's: reuse the rows just read.
+        grant.access_request.agent = grant.agent
+        grant.access_request.privilege = grant.privilege
     if grant is None or not grant.is_active() or grant.agent.status != Agent.Status.ACTIVE:
         return INACTIVE
     outcome = policy.decide(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.models import GENESIS_HASH, AuditChainHead, AuditEvent
@@ -49,6 +49,23 @@ def _plain(data: dict[str, Any] | None) -> dict[str, Any]:
     return json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder))
 
 
+def _advance_head() -> tuple[int, str]:
+    """Lock the chain head, move it one on, and return (new sequence, previous hash).
+
+    One statement both takes the row lock that orders writers and reads the last link."""
+    table = AuditChainHead._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET last_sequence = last_sequence + 1 WHERE id = 1 "  # noqa: S608
+            "RETURNING last_sequence, last_hash"
+        )
+        row = cursor.fetchone()
+    if row is None:  # a database emptied wholesale (a test flush): start the chain again
+        AuditChainHead.objects.get_or_create(id=1)
+        return _advance_head()
+    return row[0], row[1]
+
+
 def record(
     *,
     actor: Actor,
@@ -58,11 +75,14 @@ def record(
     grant_id: int | None = None,
     data: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Append one event to the chain inside the caller's transaction (or a new one)."""
-    with transaction.atomic():
-        head, _ = AuditChainHead.objects.select_for_update().get_or_create(id=1)
+    """Append one event to the chain inside the caller's transaction (or a new one).
+
+    No savepoint of its own: if the append fails, the caller's whole change rolls back with it
+    (fail closed). The head lock is held until the caller commits."""
+    with transaction.atomic(savepoint=False):
+        sequence, previous_hash = _advance_head()
         event = AuditEvent(
-            sequence=head.last_sequence + 1,
+            sequence=sequence,
             occurred_at=timezone.now(),
             actor_type=actor.type,
             actor_id=actor.id,
@@ -71,13 +91,11 @@ def record(
             access_request_id=access_request_id,
             grant_id=grant_id,
             data=_plain(data),
-            previous_hash=head.last_hash,
+            previous_hash=previous_hash,
         )
         event.hash = event.compute_hash()
         event.save(force_insert=True)
-        AuditChainHead.objects.filter(id=1).update(
-            last_sequence=event.sequence, last_hash=event.hash
-        )
+        AuditChainHead.objects.filter(id=1).update(last_hash=event.hash)
     return event
 
 
