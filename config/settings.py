@@ -202,6 +202,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "control_folder": str(_broker_dir / "control"),
+        # Poll the folder often: tasks start sooner and workers stop promptly on Ctrl-C.
+        "polling_interval": 0.25,
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True
