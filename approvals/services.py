@@ -24,7 +24,7 @@ from agents.workload_identity import IdentityRejected, verify_workload_token
 from approvals import policy
 from approvals.models import RISK_LEVEL, AccessRequest, Decision, Grant, Privilege
 from approvals.tokens import IssuedToken, TokenInvalid, token_sign, token_verify
-from audit.services import Actor, record
+from audit.services import Actor, deferred_evidence, record
 from config.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 Status = AccessRequest.Status
@@ -233,7 +233,7 @@ def access_request_submit(
     deadline_seconds = privilege.decision_deadline_seconds
     actor = Actor.for_agent(agent)
 
-    with transaction.atomic():
+    with transaction.atomic(), deferred_evidence():
         access_request = AccessRequest.objects.create(
             agent=agent,
             privilege=privilege,
@@ -370,7 +370,7 @@ def access_request_decide(
         )
     refusal: Exception | None = None
     result: DecideResult | None = None
-    with transaction.atomic():
+    with transaction.atomic(), deferred_evidence():
         # Lock order is agent, then request — as agent_suspend takes them — so a decision
         # racing a suspension waits instead of deadlocking.
         agent_id = (

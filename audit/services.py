@@ -8,6 +8,8 @@ transaction commits, which is what makes an event and the state change it descri
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,21 +51,63 @@ def _plain(data: dict[str, Any] | None) -> dict[str, Any]:
     return json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder))
 
 
-def _advance_head() -> tuple[int, str]:
-    """Lock the chain head, move it one on, and return (new sequence, previous hash).
+def _advance_head(count: int) -> tuple[int, str]:
+    """Lock the chain head, move it `count` on, and return (new last sequence, previous hash).
 
     One statement both takes the row lock that orders writers and reads the last link."""
     table = AuditChainHead._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET last_sequence = last_sequence + 1 WHERE id = 1 "  # noqa: S608
-            "RETURNING last_sequence, last_hash"
+            f"UPDATE {table} SET last_sequence = last_sequence + %s WHERE id = 1 "  # noqa: S608
+            "RETURNING last_sequence, last_hash",
+            [count],
         )
         row = cursor.fetchone()
     if row is None:  # a database emptied wholesale (a test flush): start the chain again
         AuditChainHead.objects.get_or_create(id=1)
-        return _advance_head()
+        return _advance_head(count)
     return row[0], row[1]
+
+
+def _append(events: list[AuditEvent]) -> None:
+    """Chain and insert `events` in order: one head lock, one multi-row insert, one head update.
+
+    No savepoint of its own: if the append fails, the caller's whole change rolls back with it
+    (fail closed). The head lock is held until the caller commits."""
+    if not events:
+        return
+    with transaction.atomic(savepoint=False):
+        last_sequence, previous_hash = _advance_head(len(events))
+        occurred_at = timezone.now()
+        for sequence, event in enumerate(events, start=last_sequence - len(events) + 1):
+            event.sequence = sequence
+            event.occurred_at = occurred_at
+            event.previous_hash = previous_hash
+            event.hash = event.compute_hash()
+            previous_hash = event.hash
+        AuditEvent.objects.bulk_create(events)
+        AuditChainHead.objects.filter(id=1).update(last_hash=previous_hash)
+
+
+_deferred = threading.local()
+
+
+@contextmanager
+def deferred_evidence():
+    """Inside this block `record()` queues its events; they are appended together when the block
+    ends without error. Use it inside the transaction it describes (`with transaction.atomic(),
+    deferred_evidence():`), so the events still commit or roll back with the change, while the
+    chain-head lock is taken once, at the end, instead of at the first event."""
+    if getattr(_deferred, "events", None) is not None:  # nested: the outermost block appends
+        yield
+        return
+    _deferred.events = []
+    try:
+        yield
+        events, _deferred.events = _deferred.events, None
+        _append(events)
+    finally:
+        _deferred.events = None
 
 
 def record(
@@ -75,27 +119,22 @@ def record(
     grant_id: int | None = None,
     data: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Append one event to the chain inside the caller's transaction (or a new one).
-
-    No savepoint of its own: if the append fails, the caller's whole change rolls back with it
-    (fail closed). The head lock is held until the caller commits."""
-    with transaction.atomic(savepoint=False):
-        sequence, previous_hash = _advance_head()
-        event = AuditEvent(
-            sequence=sequence,
-            occurred_at=timezone.now(),
-            actor_type=actor.type,
-            actor_id=actor.id,
-            verb=verb,
-            agent_id=agent_id,
-            access_request_id=access_request_id,
-            grant_id=grant_id,
-            data=_plain(data),
-            previous_hash=previous_hash,
-        )
-        event.hash = event.compute_hash()
-        event.save(force_insert=True)
-        AuditChainHead.objects.filter(id=1).update(last_hash=event.hash)
+    """Append one event to the chain inside the caller's transaction (or a new one); within
+    `deferred_evidence()` it is queued and gets its sequence when the block ends."""
+    event = AuditEvent(
+        actor_type=actor.type,
+        actor_id=actor.id,
+        verb=verb,
+        agent_id=agent_id,
+        access_request_id=access_request_id,
+        grant_id=grant_id,
+        data=_plain(data),
+    )
+    queue = getattr(_deferred, "events", None)
+    if queue is not None:
+        queue.append(event)
+    else:
+        _append([event])
     return event
 
 
