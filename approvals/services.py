@@ -698,52 +698,89 @@ def _descendants(grant_ids: Iterable[int]) -> list[int]:
     return found
 
 
+def _record_endings(
+    ended: list[tuple[Grant, str, int | None]], *, now, actor: Actor, detail: str = ""
+) -> None:
+    """Mark locked grants ended (one UPDATE per reason), record each, tell the channels after
+    commit. `ended` holds (grant, reason, the grant it cascaded from)."""
+    by_reason: dict[str, list[int]] = {}
+    for ending, why, _ in ended:
+        by_reason.setdefault(why, []).append(ending.pk)
+        ending.revoked_at, ending.revoke_reason, ending.revoked_by = now, why, actor.id
+    for why, pks in by_reason.items():
+        Grant.objects.filter(pk__in=pks).update(
+            revoked_at=now, revoke_reason=why, revoked_by=actor.id
+        )
+    for ending, why, cascade_from in ended:
+        record(
+            actor=actor,
+            verb="grant.expired" if why == Reason.EXPIRED else "grant.revoked",
+            agent_id=ending.agent_id,
+            access_request_id=ending.access_request_id,
+            grant_id=ending.pk,
+            data={
+                "reason": why,
+                "detail": detail[:500],
+                "expires_at": ending.expires_at,
+                "held_seconds": round((now - ending.issued_at).total_seconds(), 3),
+                "cascade_from": cascade_from,
+            },
+        )
+    from approvals import channels
+
+    ended_ids = [ending.pk for ending, _, _ in ended]
+    request_ids = [ending.access_request_id for ending, _, _ in ended]
+    transaction.on_commit(lambda: channels.grants_ended(request_ids))
+    transaction.on_commit(lambda: delegations_cancel_orphaned(grant_ids=ended_ids))
+
+
+def _lock_live_descendants(grant_ids: list[int]) -> list[Grant]:
+    descendant_ids = _descendants(grant_ids)
+    if not descendant_ids:
+        return []
+    return lock_in_pk_order(Grant.objects.filter(pk__in=descendant_ids, revoked_at__isnull=True))
+
+
 def grant_end(*, grant_id: int, reason: str, actor: Actor, detail: str = "") -> bool:
     """End a grant and, in the same transaction, every grant delegated from it.
 
     Returns False when it had already ended (a rerun changes nothing)."""
-    with transaction.atomic():
+    with transaction.atomic(), deferred_evidence():
         grant = Grant.objects.select_for_update().filter(pk=grant_id).first()
         if grant is None or grant.revoked_at is not None:
             return False
         now = timezone.now()
         if reason != Reason.EXPIRED and now >= grant.expires_at:
             reason = Reason.EXPIRED  # its time ran out first: say so
-        ended = [(grant, reason)]
-        descendant_ids = _descendants([grant.pk])
-        if descendant_ids:
-            ended += [
-                (child, Reason.CASCADE)
-                for child in lock_in_pk_order(
-                    Grant.objects.filter(pk__in=descendant_ids, revoked_at__isnull=True)
-                )
-            ]
-        for ending, why in ended:
-            ending.revoked_at = now
-            ending.revoke_reason = why
-            ending.revoked_by = actor.id
-            ending.save(update_fields=["revoked_at", "revoke_reason", "revoked_by"])
-            record(
-                actor=actor,
-                verb="grant.expired" if why == Reason.EXPIRED else "grant.revoked",
-                agent_id=ending.agent_id,
-                access_request_id=ending.access_request_id,
-                grant_id=ending.pk,
-                data={
-                    "reason": why,
-                    "detail": detail[:500],
-                    "expires_at": ending.expires_at,
-                    "held_seconds": round((now - ending.issued_at).total_seconds(), 3),
-                    "cascade_from": grant.pk if ending is not grant else None,
-                },
-            )
-        from approvals import channels
-
-        ended_ids = [ending.pk for ending, _ in ended]
-        request_ids = [ending.access_request_id for ending, _ in ended]
-        transaction.on_commit(lambda: channels.grants_ended(request_ids))
-        transaction.on_commit(lambda: delegations_cancel_orphaned(grant_ids=ended_ids))
+        ended = [(grant, reason, None)]
+        ended += [(child, Reason.CASCADE, grant.pk) for child in _lock_live_descendants([grant.pk])]
+        _record_endings(ended, now=now, actor=actor, detail=detail)
     return True
+
+
+def grants_expire_due(*, limit: int = 500, grant_id: int | None = None) -> int:
+    """End, in one transaction, up to `limit` grants whose time has come (or just `grant_id`
+    if it has), with everything delegated from them. Grants another transaction is ending
+    right now are skipped, not waited for. Returns how many grants expired (cascades aside).
+    Idempotent: a rerun finds nothing due."""
+    now = timezone.now()
+    with transaction.atomic(), deferred_evidence():
+        due = Grant.objects.filter(revoked_at__isnull=True, expires_at__lte=now)
+        if grant_id is not None:
+            due = due.filter(pk=grant_id)
+        selected = list(
+            due.select_for_update(skip_locked=True).order_by("expires_at", "pk")[:limit]
+        )
+        if not selected:
+            return 0
+        children = _lock_live_descendants([grant.pk for grant in selected])
+        cascading = {child.pk for child in children}
+        # A due grant whose ancestor expires in this batch ends as a cascade from it.
+        roots = [grant for grant in selected if grant.pk not in cascading]
+        ended = [(grant, Reason.EXPIRED, None) for grant in roots]
+        ended += [(child, Reason.CASCADE, child.parent_id) for child in children]
+        _record_endings(ended, now=now, actor=Actor.system("expiry"))
+    return len(roots)
 
 
 def grant_revoke(*, grant: Grant, actor: Actor, detail: str = "") -> Grant:
@@ -767,11 +804,8 @@ def grant_complete(*, grant: Grant, agent: Agent) -> Grant:
 
 
 def grant_expire(*, grant_id: int) -> bool:
-    """Called by the expiry task and the sweep: ends a grant whose time has come. Idempotent."""
-    grant = Grant.objects.filter(pk=grant_id, revoked_at__isnull=True).first()
-    if grant is None or timezone.now() < grant.expires_at:
-        return False
-    return grant_end(grant_id=grant_id, reason=Reason.EXPIRED, actor=Actor.system("expiry"))
+    """Ends one grant whose time has come (with its descendants). Idempotent."""
+    return grants_expire_due(grant_id=grant_id) > 0
 
 
 def grants_revoke_for_agent(*, agent: Agent, actor: Actor, reason_detail: str = "") -> int:

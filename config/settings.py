@@ -113,6 +113,7 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     _database["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+_database["CONN_HEALTH_CHECKS"] = True
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -215,6 +216,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Keep a worker's database connection across tasks (Celery otherwise opens one per task, which
+# alone caps expiry at a few dozen grants a second); config/celery.py recycles stale ones.
+CELERY_DB_REUSE_MAX = 1000
 
 # --- Slack ----------------------------------------------------------------------------------
 SLACK_BOT_TOKEN = env_str("SLACK_BOT_TOKEN")
