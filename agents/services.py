@@ -11,7 +11,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from agents.models import Agent
-from audit.services import Actor, record
+from audit.services import Actor, deferred_evidence, record
 from config.errors import Conflict
 
 SPONSOR_PERMISSIONS = ("agents.view_agent", "agents.approve_for_agent", "agents.manage_agent")
@@ -117,7 +117,7 @@ def agent_change_team(*, agent: Agent, team: Group, actor: Actor) -> Agent:
 
 
 def _transition(agent: Agent, target: str, *, actor: Actor, verb: str, reason: str) -> Agent:
-    with transaction.atomic():
+    with transaction.atomic(), deferred_evidence():
         agent = _lock(agent)
         if agent.status == target:
             return agent  # idempotent: a second kill-switch press changes nothing
