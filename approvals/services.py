@@ -15,14 +15,22 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
 from guardian.shortcuts import get_group_perms, get_user_perms
 
 from agents.models import Agent
 from agents.workload_identity import IdentityRejected, verify_workload_token
 from approvals import policy
-from approvals.models import RISK_LEVEL, AccessRequest, Decision, Grant, Privilege
+from approvals.models import (
+    RISK_LEVEL,
+    AccessRequest,
+    Decision,
+    Grant,
+    PolicyRevision,
+    PolicySetState,
+    Privilege,
+)
 from approvals.tokens import IssuedToken, TokenInvalid, token_sign, token_verify
 from audit.services import Actor, deferred_evidence, record
 from config.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -1036,10 +1044,6 @@ def tool_call_record(
 
 def policy_save(*, policy_row, actor: Actor, created: bool):
     """Validate against the schema, bump the version, keep the revision, move the generation."""
-    from django.db.models import F
-
-    from approvals.models import PolicyRevision, PolicySetState
-
     try:
         policy.validate_policy_text(policy_row.text)
     except policy.PolicyTextError as exc:
@@ -1062,8 +1066,7 @@ def policy_save(*, policy_row, actor: Actor, created: bool):
             enabled=policy_row.enabled,
             created_by=actor.id,
         )
-        PolicySetState.objects.get_or_create(id=1)
-        PolicySetState.objects.filter(id=1).update(generation=F("generation") + 1)
+        _policy_generation_bump()
         record(
             actor=actor,
             verb="policy.created" if created else "policy.changed",
@@ -1077,15 +1080,17 @@ def policy_save(*, policy_row, actor: Actor, created: bool):
     return policy_row
 
 
+def _policy_generation_bump() -> None:
+    """Every process rebuilds its compiled policy set at its next decision."""
+    PolicySetState.objects.get_or_create(id=1)
+    PolicySetState.objects.filter(id=1).update(generation=F("generation") + 1)
+
+
 def policy_delete(*, policy_row, actor: Actor) -> None:
-    from django.db.models import F
-
-    from approvals.models import PolicySetState
-
     with transaction.atomic():
         name, version = policy_row.name, policy_row.version
         policy_row.delete()
-        PolicySetState.objects.filter(id=1).update(generation=F("generation") + 1)
+        _policy_generation_bump()
         record(actor=actor, verb="policy.deleted", data={"policy": name, "version": version})
 
 
