@@ -10,6 +10,7 @@ def audit_event_list(
     since: datetime | None = None,
     until: datetime | None = None,
     agent_id: int | None = None,
+    actor_type: str | None = None,
     actor_id: str | None = None,
     verb: str | None = None,
     access_request_id: int | None = None,
@@ -22,6 +23,8 @@ def audit_event_list(
         events = events.filter(occurred_at__lt=until)
     if agent_id is not None:
         events = events.filter(agent_id=agent_id)
+    if actor_type:
+        events = events.filter(actor_type=actor_type)
     if actor_id:
         events = events.filter(actor_id=actor_id)
     if verb:

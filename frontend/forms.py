@@ -1,5 +1,4 @@
 from django import forms
-from django.contrib.auth import get_user_model
 
 from agents.selectors import agents_visible_to
 from approvals.models import Decision
@@ -40,6 +39,3 @@ class AuditFilterForm(forms.Form):
         if data.get("since") and data.get("until") and data["since"] >= data["until"]:
             raise forms.ValidationError("'From' must be before 'Until'.")
         return data
-
-
-__all__ = ["get_user_model"]

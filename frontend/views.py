@@ -31,6 +31,7 @@ from approvals import selectors, services
 from approvals.models import AccessRequest, Decision, Grant
 from audit.exports import iter_csv, iter_jsonl
 from audit.models import AuditEvent, ChainCheck
+from audit.selectors import audit_event_list
 from audit.services import Actor
 from config.errors import DomainError
 from frontend import auth
@@ -54,13 +55,6 @@ def login_required(view):
         return guarded(request, *args, **kwargs)
 
     return wrapper
-
-
-def _approvals_count():
-    return Count(
-        "decisions",
-        filter=Q(decisions__verdict=Decision.Verdict.APPROVE, decisions__approver__isnull=False),
-    )
 
 
 def _can_manage(user, agent: Agent) -> bool:
@@ -443,20 +437,17 @@ def agent_reactivate(request, agent_id: int):
 
 
 def _audit_events(request, form: AuditFilterForm):
-    events = AuditEvent.objects.all()
+    data = form.cleaned_data
+    events = audit_event_list(
+        since=data.get("since"),
+        until=data.get("until"),
+        agent_id=data["agent"].pk if data.get("agent") else None,
+        actor_type=AuditEvent.ActorType.USER if data.get("person") else None,
+        actor_id=data.get("person") or None,
+        verb=data.get("verb") or None,
+    )
     if not (request.user.is_superuser or request.user.has_perm("audit.view_auditevent")):
         events = events.filter(agent_id__in=agents_visible_to(request.user).values("pk"))
-    data = form.cleaned_data
-    if data.get("agent"):
-        events = events.filter(agent_id=data["agent"].pk)
-    if data.get("person"):
-        events = events.filter(actor_type=AuditEvent.ActorType.USER, actor_id=data["person"])
-    if data.get("verb"):
-        events = events.filter(verb=data["verb"])
-    if data.get("since"):
-        events = events.filter(occurred_at__gte=data["since"])
-    if data.get("until"):
-        events = events.filter(occurred_at__lt=data["until"])
     return events
 
 

@@ -1,7 +1,6 @@
 import pytest
 from rest_framework.test import APIClient
 
-from approvals.models import Privilege
 from tests.factories import AgentFactory, PrivilegeFactory
 
 
@@ -68,6 +67,3 @@ def decide(user, request_id, verdict="approve", comment=""):
         {"verdict": verdict, "comment": comment},
         format="json",
     )
-
-
-__all__ = ["Privilege", "decide", "intent", "person_client", "submit"]

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 import pytest
 from django.test import Client
 
-from agents.models import SponsorProfile, TeamProfile
+from agents.models import TeamProfile
 from approvals.models import AccessRequest, Decision, Grant
 from audit.models import AuditEvent
 from tests.approvals.conftest import decide, intent, submit
@@ -424,9 +424,6 @@ def test_slack_is_off_and_fails_closed_without_a_signing_secret(settings, agent_
         **signed(body),
     )
     assert response.status_code == 401
-
-
-__all__ = ["SponsorProfile"]
 
 
 def test_a_grant_ending_is_shown_on_its_request_messages(slack, agent_api, privileges):
