@@ -231,6 +231,26 @@ if not SLACK_API_URL.endswith("/"):
 # The `iss` of every token Custody signs, and the audience agents' SVIDs must name.
 CUSTODY_ISSUER = env_str("CUSTODY_ISSUER", "http://127.0.0.1:8000")
 CUSTODY_AUDIENCE = env_str("CUSTODY_AUDIENCE", "custody")
+# A delegation actor token names this audience and never CUSTODY_AUDIENCE: it cannot log in, and
+# a login SVID is never accepted as an actor token (DESIGN invariant 10).
+CUSTODY_DELEGATION_AUDIENCE = env_str(
+    "CUSTODY_DELEGATION_AUDIENCE", f"{CUSTODY_AUDIENCE}-delegation"
+)
+if CUSTODY_DELEGATION_AUDIENCE == CUSTODY_AUDIENCE:
+    raise ImproperlyConfigured(
+        "CUSTODY_DELEGATION_AUDIENCE must differ from CUSTODY_AUDIENCE: an actor token must never "
+        "be a login."
+    )
+# The longest lifetime (exp - iat) Custody accepts of a login SVID, and of an actor token (which
+# is also accepted only once).
+CUSTODY_LOGIN_TOKEN_MAX_SECONDS = env_int("CUSTODY_LOGIN_TOKEN_MAX_SECONDS", 3600, minimum=60)
+CUSTODY_DELEGATION_TOKEN_MAX_SECONDS = env_int(
+    "CUSTODY_DELEGATION_TOKEN_MAX_SECONDS", 300, minimum=10
+)
+if CUSTODY_DELEGATION_TOKEN_MAX_SECONDS > 900:
+    raise ImproperlyConfigured(
+        "CUSTODY_DELEGATION_TOKEN_MAX_SECONDS must be at most 900 (an actor token is short-lived)."
+    )
 # The local development trust domain whose key `mint_svid` signs with (never for production).
 CUSTODY_DEV_TRUST_DOMAIN = env_str("CUSTODY_DEV_TRUST_DOMAIN", "dev.custody.internal")
 CUSTODY_DEV_KEY_FILE = VAR_DIR / "dev_trust_domain_key.pem"
