@@ -55,15 +55,13 @@ def test_load_demo_forced_with_debug_off_registers_no_dev_trust_domain(settings,
     assert not TrustDomain.objects.filter(name=settings.CUSTODY_DEV_TRUST_DOMAIN).exists()
 
 
-def test_mint_svid_mints_a_login_by_default(dev_settings, dev_agent, api):
+def test_mint_svid_mints_a_login_or_an_actor_token_for_delegation(dev_settings, dev_agent, api):
     token = mint(DEV_AGENT)
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["aud"] == [dev_settings.CUSTODY_AUDIENCE]
     response = api.get("/api/v1/agents/me", HTTP_AUTHORIZATION=f"Bearer {token}")
     assert response.status_code == 200, response.content
 
-
-def test_mint_svid_mints_an_actor_token_for_delegation(dev_settings, dev_agent, api):
     token = mint(DEV_AGENT, "--for-delegation")
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["aud"] == [dev_settings.CUSTODY_DELEGATION_AUDIENCE]
