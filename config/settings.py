@@ -6,11 +6,13 @@ SECRET_KEY and ALLOWED_HOSTS; see the README's configuration table.
 """
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from config.client_ip import parse_trusted_proxies
 from config.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -59,6 +61,7 @@ INSTALLED_APPS = [
     "guardian",
     "django_celery_beat",
     "django_htmx",
+    "axes",
     "audit",
     "agents",
     "approvals",
@@ -77,6 +80,8 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "config.middleware.ContentSecurityPolicyMiddleware",
     "config.middleware.PersonTimeZoneMiddleware",
+    # Last, so its lockout page replaces whatever a locked-out sign-in view answered.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -130,6 +135,8 @@ else:
 
 # --- Auth -----------------------------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [
+    # First: refuses every password check (login, admin login, step-up) while locked out.
+    "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -143,6 +150,23 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- Throttling password guesses (django-axes) --------------------------------------------------
+# The proxies whose X-Forwarded-For is believed (IPs or CIDR networks); none means REMOTE_ADDR is
+# the client. gunicorn.conf.py gives gunicorn's forwarded_allow_ips the same list.
+TRUSTED_PROXIES = [str(net) for net in parse_trusted_proxies(env_list("TRUSTED_PROXIES", []))]
+# After this many failed passwords for one account, or from one client address, within the
+# cool-off, every password check for it is refused (429) until the cool-off has passed.
+AXES_FAILURE_LIMIT = env_int("CUSTODY_PASSWORD_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("CUSTODY_PASSWORD_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
+AXES_CLIENT_IP_CALLABLE = "config.client_ip.client_ip"
+AXES_LOCKOUT_CALLABLE = "frontend.auth.lockout_response"
+# A success clears only that account's failures (frontend.auth), never its address's: logging in
+# to one's own account must not wipe the count of guesses at someone else's.
+AXES_RESET_ON_SUCCESS = False
+AXES_DISABLE_ACCESS_LOG = True  # axes keeps the counters; evidence goes to the audit log
+AXES_VERBOSE = False
 
 # --- Security defaults ----------------------------------------------------------------------
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
