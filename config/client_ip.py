@@ -40,11 +40,11 @@ def _address(value: str) -> Address | None:
     return address
 
 
-def client_ip(request) -> str:
-    remote_addr = request.META.get("REMOTE_ADDR", "")
-    peer = _address(remote_addr)
+def client_ip(request) -> str | None:
+    """The client's address, or None when the peer has none (a Unix socket, a test request)."""
+    peer = _address(request.META.get("REMOTE_ADDR", ""))
     if peer is None:
-        return remote_addr or "unknown"
+        return None
     trusted = parse_trusted_proxies(settings.TRUSTED_PROXIES)
     client = peer
     if not any(client in network for network in trusted):

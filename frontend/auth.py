@@ -51,7 +51,7 @@ def _sign_in_form(request) -> str:
 @receiver(user_login_failed)
 def audit_failed_sign_in(sender, credentials, request=None, **kwargs):
     # Django hands over the credentials with the password already masked; only the name is kept.
-    address = client_ip(request) if request is not None else "unknown"
+    address = (client_ip(request) if request is not None else None) or "unknown"
     record_throttled(
         bucket="login:failed",
         per_minute=settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE,

@@ -187,13 +187,15 @@ def test_x_forwarded_for_from_a_trusted_proxy_names_the_client(sponsor, settings
         ("::ffff:10.0.0.2", "203.0.113.5", "203.0.113.5"),
         # An untrusted peer is the client, whatever it sends.
         ("203.0.113.8", "10.0.0.3", "203.0.113.8"),
+        # A peer without an address (a Unix socket) is counted, not a server error.
+        ("", "203.0.113.5", "unknown"),
     ],
 )
 def test_the_client_address_is_read_through_trusted_proxies_only(
     db, settings, peer, forwarded, client
 ):
     settings.TRUSTED_PROXIES = ["10.0.0.0/24"]
-    sign_in("someone", "wrong", ip=peer, HTTP_X_FORWARDED_FOR=forwarded)
+    assert sign_in("someone", "wrong", ip=peer, HTTP_X_FORWARDED_FOR=forwarded).status_code == 200
     assert AuditEvent.objects.get(verb="login.failed").data["client_ip"] == client
 
 
