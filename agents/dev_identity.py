@@ -41,7 +41,20 @@ def public_jwk(private_key, *, alg: str = "ES256") -> dict:
     return {**jwk, "kid": jwk_thumbprint(jwk), "alg": alg, "use": "sig"}
 
 
+class DevIdentityRefused(Exception):
+    """The development trust domain is never registered or used with DEBUG off."""
+
+
+def require_debug() -> None:
+    if not settings.DEBUG:
+        raise DevIdentityRefused(
+            "The development trust domain is for development only: it would let anyone holding "
+            "var/'s key log in as any of its agents. Run with DEBUG=true (never in production)."
+        )
+
+
 def ensure_dev_trust_domain() -> TrustDomain:
+    require_debug()
     key = load_or_create_dev_key()
     jwks = {"keys": [public_jwk(key)]}
     with transaction.atomic():
@@ -61,6 +74,9 @@ def ensure_dev_trust_domain() -> TrustDomain:
 
 
 def mint_svid(spiffe_id: str, *, ttl_seconds: int = 300, audience: str | None = None) -> str:
+    """A login SVID by default; `audience=settings.CUSTODY_DELEGATION_AUDIENCE` makes the
+    sub-agent's actor token for one delegation."""
+    require_debug()
     parsed = parse_spiffe_id(spiffe_id)
     if parsed.trust_domain != settings.CUSTODY_DEV_TRUST_DOMAIN:
         raise ValueError(

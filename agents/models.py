@@ -60,6 +60,10 @@ class TrustDomain(models.Model):
             isinstance(self.jwks, dict) and isinstance(self.jwks.get("keys"), list)
         ):
             raise ValidationError({"jwks": 'A JWKS is an object with a "keys" list.'})
+        if self.audience and self.audience == settings.CUSTODY_DELEGATION_AUDIENCE:
+            raise ValidationError(
+                {"audience": "This is the delegation audience; a login audience must differ."}
+            )
 
     @property
     def expected_audience(self) -> str:
@@ -150,3 +154,24 @@ class Agent(models.Model):
     def review_overdue(self, today=None) -> bool:
         today = today or timezone.localdate()
         return self.review_due is not None and self.review_due < today
+
+
+class SpentActorToken(models.Model):
+    """A delegation actor token already presented: its `jti` is accepted once, then refused until
+    the token has expired (when the row may be pruned)."""
+
+    trust_domain = models.ForeignKey(TrustDomain, on_delete=models.CASCADE, related_name="+")
+    jti = models.CharField(max_length=255)
+    expires_at = models.DateTimeField(db_index=True)
+    spent_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # A replay loses this race in the database, whatever the cache is doing.
+            models.UniqueConstraint(
+                fields=["trust_domain", "jti"], name="spent_actor_token_unique_jti"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.trust_domain} jti {self.jti}"

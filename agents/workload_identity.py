@@ -2,19 +2,29 @@
 
 Each failure raises `IdentityRejected` with a stable reason code; the caller turns it into a 401.
 Tokens never reach logs or the audit log: only their `jti` and a short SHA-256 fingerprint do.
+
+Two kinds of workload token, never one in the other's place (DESIGN invariant 10):
+- a login names the domain's audience (CUSTODY_AUDIENCE unless the domain sets its own) and lives
+  at most CUSTODY_LOGIN_TOKEN_MAX_SECONDS; like any bearer SVID it is reused for many calls within
+  its short life, so its `jti` is not replay-checked;
+- a delegation actor token names CUSTODY_DELEGATION_AUDIENCE, lives at most
+  CUSTODY_DELEGATION_TOKEN_MAX_SECONDS and is accepted once: its `jti` is spent in the database.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import jwt
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from agents.jwks import JwksUnavailable, find_key
-from agents.models import Agent, TrustDomain
+from agents.models import Agent, SpentActorToken, TrustDomain
 from agents.spiffe import parse_spiffe_id
 
 ALLOWED_ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA"})
@@ -67,7 +77,44 @@ def _trust_domain_for(iss: str | None, sub: str | None) -> TrustDomain:
     return domain
 
 
+def _audiences(claims: dict) -> list:
+    audience = claims.get("aud")
+    return audience if isinstance(audience, list) else [audience]
+
+
 def verify_workload_token(token: str) -> VerifiedIdentity:
+    """An agent's login: a workload token for the domain's audience, never an actor token."""
+    return _verify(token, delegation=False)
+
+
+def verify_delegation_actor_token(token: str) -> VerifiedIdentity:
+    """A sub-agent's consent to one delegation: verified, then spent (a second use is refused)."""
+    identity = _verify(token, delegation=True)
+    _spend(identity)
+    return identity
+
+
+def _spend(identity: VerifiedIdentity) -> None:
+    claims = identity.claims
+    # Remembered as long as the token could still verify (its expiry plus the clock leeway).
+    expires_at = datetime.fromtimestamp(
+        float(claims["exp"]) + settings.CUSTODY_JWT_LEEWAY_SECONDS, tz=UTC
+    )
+    SpentActorToken.objects.filter(expires_at__lt=timezone.now()).delete()
+    try:
+        with transaction.atomic():
+            SpentActorToken.objects.create(
+                trust_domain=identity.trust_domain, jti=claims["jti"], expires_at=expires_at
+            )
+    except IntegrityError:
+        raise IdentityRejected(
+            "token_replayed",
+            "This actor token was already used; an actor token is accepted once (mint a new one).",
+            claims=claims,
+        )
+
+
+def _verify(token: str, *, delegation: bool) -> VerifiedIdentity:
     if not token or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
         raise IdentityRejected("malformed_token", "The bearer token is not a compact JWT.")
     try:
@@ -101,25 +148,43 @@ def verify_workload_token(token: str) -> VerifiedIdentity:
         raise IdentityRejected("unknown_key", "The token's key id is not in the domain's JWKS.")
     if jwk.get("alg") not in (None, alg):
         raise IdentityRejected("bad_signature", "The key is registered for another algorithm.")
+    login_audience = domain.expected_audience
+    delegation_audience = settings.CUSTODY_DELEGATION_AUDIENCE
+    audience, other_audience = (
+        (delegation_audience, login_audience)
+        if delegation
+        else (login_audience, delegation_audience)
+    )
+    required = ["exp", "iat", "sub", "aud", *(["jti"] if delegation else [])]
     try:
         key = jwt.PyJWK(jwk, algorithm=alg).key
         claims = jwt.decode(
             token,
             key,
             algorithms=[alg],
-            audience=domain.expected_audience,
+            audience=audience,
             issuer=domain.issuer or None,
             leeway=settings.CUSTODY_JWT_LEEWAY_SECONDS,
-            options={"require": ["exp", "sub", "aud"]},
+            options={"require": required},
         )
     except jwt.ExpiredSignatureError:
         raise IdentityRejected("token_expired", "The token has expired.", claims=unverified)
     except jwt.ImmatureSignatureError:
         raise IdentityRejected("token_not_yet_valid", "The token is not valid yet.")
     except jwt.InvalidAudienceError:
-        raise IdentityRejected(
-            "wrong_audience", f"The token's audience must include {domain.expected_audience!r}."
-        )
+        if delegation:
+            message = (
+                f"An actor token must name the delegation audience {delegation_audience!r} "
+                "(mint one for delegation); a login SVID is never accepted as an actor token."
+            )
+        elif delegation_audience in _audiences(unverified):
+            message = (
+                f"This is a delegation actor token; it cannot log in (a login names "
+                f"{login_audience!r})."
+            )
+        else:
+            message = f"The token's audience must include {login_audience!r}."
+        raise IdentityRejected("wrong_audience", message, claims=unverified)
     except jwt.MissingRequiredClaimError as exc:
         raise IdentityRejected("missing_claim", f"The token has no {exc.claim!r} claim.")
     except jwt.InvalidIssuerError:
@@ -128,6 +193,33 @@ def verify_workload_token(token: str) -> VerifiedIdentity:
         raise IdentityRejected("bad_signature", "The token's signature does not verify.")
     except jwt.PyJWTError as exc:
         raise IdentityRejected("malformed_token", f"The token is not valid: {exc}.")
+
+    if other_audience in _audiences(claims):
+        # One token naming both audiences would be a login and an actor token at once.
+        raise IdentityRejected(
+            "wrong_audience",
+            f"The token names both {login_audience!r} and {delegation_audience!r}; a login and "
+            "a delegation actor token are never the same token.",
+            claims=claims,
+        )
+    lifetime = float(claims["exp"]) - float(claims["iat"])
+    maximum = (
+        settings.CUSTODY_DELEGATION_TOKEN_MAX_SECONDS
+        if delegation
+        else settings.CUSTODY_LOGIN_TOKEN_MAX_SECONDS
+    )
+    if lifetime > maximum:
+        kind = "an actor token" if delegation else "a login token"
+        raise IdentityRejected(
+            "token_lifetime_too_long",
+            f"The token lives {int(lifetime)} s (exp - iat); Custody accepts at most {maximum} s "
+            f"for {kind}.",
+            claims=claims,
+        )
+    if delegation and not (isinstance(claims["jti"], str) and 0 < len(claims["jti"]) <= 255):
+        raise IdentityRejected(
+            "malformed_token", "An actor token's jti is a string of 1-255 characters."
+        )
 
     if domain.kind == TrustDomain.Kind.OIDC:
         agent = (

@@ -415,10 +415,12 @@ class TokenExchangeApi(APIView):
     """RFC 8693 token exchange: the agent holding a grant hands a narrower one to a sub-agent.
 
     The caller authenticates with its own workload identity and must hold the grant behind
-    `subject_token`; `actor_token` is the sub-agent's JWT-SVID. Granted at once (200), the answer
-    is RFC 8693's, with the token for the sub-agent. Waiting for people (202), the request
-    belongs to the sub-agent: it polls `GET /api/v1/requests/{request_id}` with its own SVID and
-    finds the token there once approved (the caller cannot see the sub-agent's requests).
+    `subject_token`; `actor_token` is the sub-agent's JWT-SVID minted for the delegation audience
+    (CUSTODY_DELEGATION_AUDIENCE, never its login SVID), short-lived and accepted once. Granted at
+    once (200), the answer is RFC 8693's, with the token for the sub-agent. Waiting for people
+    (202), the request belongs to the sub-agent: it polls `GET /api/v1/requests/{request_id}`
+    with its own SVID and finds the token there once approved (the caller cannot see the
+    sub-agent's requests).
     """
 
     permission_classes = [IsAgent]

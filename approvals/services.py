@@ -20,7 +20,7 @@ from django.utils import timezone
 from guardian.shortcuts import get_group_perms, get_user_perms
 
 from agents.models import Agent
-from agents.workload_identity import IdentityRejected, verify_workload_token
+from agents.workload_identity import IdentityRejected, verify_delegation_actor_token
 from approvals import policy
 from approvals.models import (
     RISK_LEVEL,
@@ -1339,8 +1339,9 @@ def _delegation_submit(
     grant_id = claims.get("grant_id")
     attempt["parent_id"] = grant_id if isinstance(grant_id, int) else None
     # Outside the transaction: a trust domain's JWKS may have to be fetched over the network.
+    # A delegation-audience token only, spent here: presented once, never again.
     try:
-        sub_agent = verify_workload_token(actor_token).agent
+        sub_agent = verify_delegation_actor_token(actor_token).agent
     except IdentityRejected as rejected:
         code = "invalid_target" if rejected.reason in _TARGET_REJECTIONS else "invalid_request"
         raise _exchange_error(

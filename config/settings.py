@@ -6,11 +6,13 @@ SECRET_KEY and ALLOWED_HOSTS; see the README's configuration table.
 """
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from config.client_ip import parse_trusted_proxies
 from config.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -59,6 +61,7 @@ INSTALLED_APPS = [
     "guardian",
     "django_celery_beat",
     "django_htmx",
+    "axes",
     "audit",
     "agents",
     "approvals",
@@ -77,6 +80,8 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "config.middleware.ContentSecurityPolicyMiddleware",
     "config.middleware.PersonTimeZoneMiddleware",
+    # Last, so its lockout page replaces whatever a locked-out sign-in view answered.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -130,6 +135,8 @@ else:
 
 # --- Auth -----------------------------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [
+    # First: refuses every password check (login, admin login, step-up) while locked out.
+    "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -143,6 +150,23 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- Throttling password guesses (django-axes) --------------------------------------------------
+# The proxies whose X-Forwarded-For is believed (IPs or CIDR networks); none means REMOTE_ADDR is
+# the client. gunicorn.conf.py gives gunicorn's forwarded_allow_ips the same list.
+TRUSTED_PROXIES = [str(net) for net in parse_trusted_proxies(env_list("TRUSTED_PROXIES", []))]
+# After this many failed passwords for one account, or from one client address, within the
+# cool-off, every password check for it is refused (429) until the cool-off has passed.
+AXES_FAILURE_LIMIT = env_int("CUSTODY_PASSWORD_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("CUSTODY_PASSWORD_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
+AXES_CLIENT_IP_CALLABLE = "config.client_ip.client_ip"
+AXES_LOCKOUT_CALLABLE = "frontend.auth.lockout_response"
+# A success clears only that account's failures (frontend.auth), never its address's: logging in
+# to one's own account must not wipe the count of guesses at someone else's.
+AXES_RESET_ON_SUCCESS = False
+AXES_DISABLE_ACCESS_LOG = True  # axes keeps the counters; evidence goes to the audit log
+AXES_VERBOSE = False
 
 # --- Security defaults ----------------------------------------------------------------------
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
@@ -231,6 +255,26 @@ if not SLACK_API_URL.endswith("/"):
 # The `iss` of every token Custody signs, and the audience agents' SVIDs must name.
 CUSTODY_ISSUER = env_str("CUSTODY_ISSUER", "http://127.0.0.1:8000")
 CUSTODY_AUDIENCE = env_str("CUSTODY_AUDIENCE", "custody")
+# A delegation actor token names this audience and never CUSTODY_AUDIENCE: it cannot log in, and
+# a login SVID is never accepted as an actor token (DESIGN invariant 10).
+CUSTODY_DELEGATION_AUDIENCE = env_str(
+    "CUSTODY_DELEGATION_AUDIENCE", f"{CUSTODY_AUDIENCE}-delegation"
+)
+if CUSTODY_DELEGATION_AUDIENCE == CUSTODY_AUDIENCE:
+    raise ImproperlyConfigured(
+        "CUSTODY_DELEGATION_AUDIENCE must differ from CUSTODY_AUDIENCE: an actor token must never "
+        "be a login."
+    )
+# The longest lifetime (exp - iat) Custody accepts of a login SVID, and of an actor token (which
+# is also accepted only once).
+CUSTODY_LOGIN_TOKEN_MAX_SECONDS = env_int("CUSTODY_LOGIN_TOKEN_MAX_SECONDS", 3600, minimum=60)
+CUSTODY_DELEGATION_TOKEN_MAX_SECONDS = env_int(
+    "CUSTODY_DELEGATION_TOKEN_MAX_SECONDS", 300, minimum=10
+)
+if CUSTODY_DELEGATION_TOKEN_MAX_SECONDS > 900:
+    raise ImproperlyConfigured(
+        "CUSTODY_DELEGATION_TOKEN_MAX_SECONDS must be at most 900 (an actor token is short-lived)."
+    )
 # The local development trust domain whose key `mint_svid` signs with (never for production).
 CUSTODY_DEV_TRUST_DOMAIN = env_str("CUSTODY_DEV_TRUST_DOMAIN", "dev.custody.internal")
 CUSTODY_DEV_KEY_FILE = VAR_DIR / "dev_trust_domain_key.pem"
@@ -247,7 +291,7 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }
 # Access tokens are short and refreshable while the grant lives (never beyond 15 minutes).
 CUSTODY_ACCESS_TOKEN_SECONDS = env_int("CUSTODY_ACCESS_TOKEN_SECONDS", 300, minimum=30)

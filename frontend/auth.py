@@ -1,10 +1,18 @@
-"""When a person last proved who they are (a password login), for step-up decisions."""
+"""People's sign-ins: when a person last proved who they are (for step-up decisions), and the
+evidence and lockout page of password guessing, which django-axes throttles (see settings)."""
 
 from datetime import datetime
 
-from django.contrib.auth.signals import user_logged_in
+from axes.models import AccessAttempt
+from axes.signals import user_locked_out
+from django.conf import settings
+from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.dispatch import receiver
+from django.shortcuts import render
 from django.utils import timezone
+
+from audit.services import Actor, record_throttled
+from config.client_ip import client_ip
 
 SESSION_KEY = "custody_authenticated_at"
 
@@ -13,6 +21,7 @@ SESSION_KEY = "custody_authenticated_at"
 def remember_login_time(sender, request, user, **kwargs):
     if request is not None and hasattr(request, "session"):
         request.session[SESSION_KEY] = timezone.now().isoformat()
+    forget_failures(user.get_username())
 
 
 def mark_fresh_login(request) -> None:
@@ -25,3 +34,56 @@ def authenticated_at(request) -> datetime | None:
         return datetime.fromisoformat(value) if value else None
     except ValueError:
         return None
+
+
+def forget_failures(username: str) -> None:
+    """The right password clears that account's failed attempts; its address's count stays."""
+    AccessAttempt.objects.filter(username=username).delete()
+
+
+def _sign_in_form(request) -> str:
+    path = request.path
+    if path.startswith("/admin/"):
+        return "admin"
+    return "step-up" if path.rstrip("/").endswith("step-up") else "login"
+
+
+@receiver(user_login_failed)
+def audit_failed_sign_in(sender, credentials, request=None, **kwargs):
+    # Django hands over the credentials with the password already masked; only the name is kept.
+    address = (client_ip(request) if request is not None else None) or "unknown"
+    record_throttled(
+        bucket="login:failed",
+        per_minute=settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE,
+        actor=Actor.anonymous(address),
+        verb="login.failed",
+        data={
+            "username": str(credentials.get("username", ""))[:150],
+            "client_ip": address,
+            "form": _sign_in_form(request) if request is not None else None,
+            "locked_out": bool(getattr(request, "axes_locked_out", False)),
+        },
+    )
+
+
+@receiver(user_locked_out)
+def audit_lockout(sender, request, username, ip_address, **kwargs):
+    record_throttled(
+        bucket="login:locked_out",
+        per_minute=settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE,
+        actor=Actor.anonymous(ip_address or "unknown"),
+        verb="login.locked_out",
+        data={
+            "username": str(username or "")[:150],
+            "client_ip": ip_address,
+            "form": _sign_in_form(request),
+            "failure_limit": settings.AXES_FAILURE_LIMIT,
+            "cool_off_minutes": int(settings.AXES_COOLOFF_TIME.total_seconds() // 60),
+        },
+    )
+
+
+def lockout_response(request, original_response=None, credentials=None):
+    """One answer whether or not the account exists, and whichever limit was reached."""
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    return render(request, "registration/locked_out.html", {"minutes": minutes}, status=429)

@@ -228,6 +228,7 @@ def step_up(request):
         )
         if user is not None and user.pk == request.user.pk:
             auth.mark_fresh_login(request)
+            auth.forget_failures(user.get_username())
             request.session.pop(PENDING_DECISION_KEY, None)
             if waiting is None:
                 messages.success(

@@ -70,3 +70,9 @@ class SigningIdentity:
             algorithm=self.alg,
             headers={"kid": self.kid, "typ": "JWT", **(headers or {})},
         )
+
+    def act(self, sub: str, *, ttl: int = 60, **claims) -> str:
+        """An RFC 8693 `actor_token` for one delegation: the delegation audience, short-lived."""
+        from django.conf import settings
+
+        return self.mint(sub, audience=settings.CUSTODY_DELEGATION_AUDIENCE, ttl=ttl, **claims)

@@ -121,11 +121,11 @@ def introspect(client, token):
 def chain(agent, agent_api, helper_b, helper_c, signer, privileges):
     """A -> B -> C within one sponsor's agents, each link narrower in time."""
     token_a, grant_a = root_token(agent_api)
-    response_b = exchange(agent_api, token_a, signer.mint(helper_b.spiffe_id), duration_seconds=300)
+    response_b = exchange(agent_api, token_a, signer.act(helper_b.spiffe_id), duration_seconds=300)
     assert response_b.status_code == 200, response_b.content
     b_api = client_for(signer, helper_b)
     token_b = response_b.json()["access_token"]
-    response_c = exchange(b_api, token_b, signer.mint(helper_c.spiffe_id), as_json=True)
+    response_c = exchange(b_api, token_b, signer.act(helper_c.spiffe_id), as_json=True)
     assert response_c.status_code == 200, response_c.content
     return {
         "a": (agent, agent_api, token_a, grant_a),
@@ -226,7 +226,7 @@ def test_the_sub_agent_uses_its_delegated_grant_with_its_own_identity(chain, pri
 def test_widening_the_scope_is_refused(agent_api, helper_b, signer, privileges):
     token_a, grant_a = root_token(agent_api)
     for scope in ("payments-db:write", "payments-db:read payments-db:write", "prod-cluster:admin"):
-        error = error_of(exchange(agent_api, token_a, signer.mint(helper_b.spiffe_id), scope=scope))
+        error = error_of(exchange(agent_api, token_a, signer.act(helper_b.spiffe_id), scope=scope))
         assert error["code"] == "invalid_scope", scope
         assert "scope" in error["fields"]
     assert not AccessRequest.objects.filter(agent=helper_b).exists()
@@ -238,7 +238,7 @@ def test_outliving_the_parent_is_refused_not_clipped(agent_api, helper_b, signer
     token_a, grant_a = root_token(agent_api, duration=600)
     for duration in (601, 3600):
         error = error_of(
-            exchange(agent_api, token_a, signer.mint(helper_b.spiffe_id), duration_seconds=duration)
+            exchange(agent_api, token_a, signer.act(helper_b.spiffe_id), duration_seconds=duration)
         )
         assert error["code"] == "invalid_request"
         assert "outlive" in error["message"]
@@ -252,11 +252,11 @@ def test_going_deeper_than_the_roots_limit_is_refused(
     agent.max_delegation_depth = 1
     agent.save(update_fields=["max_delegation_depth"])
     token_a, _ = root_token(agent_api)
-    response = exchange(agent_api, token_a, signer.mint(helper_b.spiffe_id))
+    response = exchange(agent_api, token_a, signer.act(helper_b.spiffe_id))
     assert response.status_code == 200, response.content
     b_api = client_for(signer, helper_b)
     error = error_of(
-        exchange(b_api, response.json()["access_token"], signer.mint(helper_c.spiffe_id))
+        exchange(b_api, response.json()["access_token"], signer.act(helper_c.spiffe_id))
     )
     assert error["code"] == "invalid_request"
     assert "at most 1 level" in error["message"]
@@ -267,9 +267,9 @@ def test_an_intermediate_agents_limit_also_binds(agent_api, helper_b, helper_c, 
     helper_b.max_delegation_depth = 0  # B may use what it gets but hand nothing on
     helper_b.save(update_fields=["max_delegation_depth"])
     token_a, _ = root_token(agent_api)
-    token_b = exchange(agent_api, token_a, signer.mint(helper_b.spiffe_id)).json()["access_token"]
+    token_b = exchange(agent_api, token_a, signer.act(helper_b.spiffe_id)).json()["access_token"]
     b_api = client_for(signer, helper_b)
-    error = error_of(exchange(b_api, token_b, signer.mint(helper_c.spiffe_id)))
+    error = error_of(exchange(b_api, token_b, signer.act(helper_c.spiffe_id)))
     assert error["code"] == "invalid_request"
     assert helper_b.spiffe_id in error["message"]
 
@@ -277,11 +277,11 @@ def test_an_intermediate_agents_limit_also_binds(agent_api, helper_b, helper_c, 
 def test_a_suspended_or_unknown_target_is_refused(agent_api, helper_b, signer, privileges):
     token_a, _ = root_token(agent_api)
     agent_suspend(agent=helper_b, actor=Actor.system("test"))
-    error = error_of(exchange(agent_api, token_a, signer.mint(helper_b.spiffe_id)))
+    error = error_of(exchange(agent_api, token_a, signer.act(helper_b.spiffe_id)))
     assert error["code"] == "invalid_target"
     assert "suspended" in error["message"]
     error = error_of(
-        exchange(agent_api, token_a, signer.mint("spiffe://example.test/agents/nobody"))
+        exchange(agent_api, token_a, signer.act("spiffe://example.test/agents/nobody"))
     )
     assert error["code"] == "invalid_target"
     assert not AccessRequest.objects.filter(agent=helper_b).exists()
@@ -289,11 +289,11 @@ def test_a_suspended_or_unknown_target_is_refused(agent_api, helper_b, signer, p
 
 def test_a_cycle_is_refused(agent, agent_api, helper_b, signer, privileges):
     token_a, _ = root_token(agent_api)
-    error = error_of(exchange(agent_api, token_a, signer.mint(agent.spiffe_id)))
+    error = error_of(exchange(agent_api, token_a, signer.act(agent.spiffe_id)))
     assert error["code"] == "invalid_target"  # A -> A
-    token_b = exchange(agent_api, token_a, signer.mint(helper_b.spiffe_id)).json()["access_token"]
+    token_b = exchange(agent_api, token_a, signer.act(helper_b.spiffe_id)).json()["access_token"]
     b_api = client_for(signer, helper_b)
-    error = error_of(exchange(b_api, token_b, signer.mint(agent.spiffe_id)))
+    error = error_of(exchange(b_api, token_b, signer.act(agent.spiffe_id)))
     assert error["code"] == "invalid_target"  # A -> B -> A
     assert "twice" in error["message"]
     assert AccessRequest.objects.filter(agent=agent).count() == 1
@@ -304,18 +304,18 @@ def test_only_the_holder_of_a_live_parent_may_delegate(
 ):
     token_a, grant_a = root_token(agent_api)
     b_api = client_for(signer, helper_b)
-    error = error_of(exchange(b_api, token_a, signer.mint(helper_c.spiffe_id)))
+    error = error_of(exchange(b_api, token_a, signer.act(helper_c.spiffe_id)))
     assert error["code"] == "invalid_request"
     assert error["fields"] == {"subject_token": [error["message"]]}
 
-    error = error_of(exchange(agent_api, "not-a-token", signer.mint(helper_c.spiffe_id)))
+    error = error_of(exchange(agent_api, "not-a-token", signer.act(helper_c.spiffe_id)))
     assert error["code"] == "invalid_request"
     # A workload identity token is not a Custody access token, and vice versa.
     error = error_of(exchange(agent_api, signer.mint(helper_b.spiffe_id), token_a))
     assert error["code"] == "invalid_request"
 
     assert agent_api.post(f"/api/v1/grants/{grant_a.pk}/complete").status_code == 200
-    error = error_of(exchange(agent_api, token_a, signer.mint(helper_b.spiffe_id)))
+    error = error_of(exchange(agent_api, token_a, signer.act(helper_b.spiffe_id)))
     assert error["code"] == "invalid_request"
     assert "ended" in error["message"]
 
@@ -326,16 +326,15 @@ def test_a_parent_past_its_time_cannot_be_delegated_whatever_the_sweep_did(
     token_a, grant_a = root_token(agent_api, duration=600)
     caller = APIClient()
     caller.credentials(HTTP_AUTHORIZATION=f"Bearer {signer.mint(agent.spiffe_id, ttl=3600)}")
-    actor_token = signer.mint(helper_b.spiffe_id, ttl=3600)
     with time_machine.travel(grant_a.expires_at + timedelta(seconds=1), tick=False):
-        error = error_of(exchange(caller, token_a, actor_token))
+        error = error_of(exchange(caller, token_a, signer.act(helper_b.spiffe_id)))
     assert error["code"] == "invalid_request"
     assert not AccessRequest.objects.filter(agent=helper_b).exists()
 
 
 def test_malformed_exchanges_get_oauth_errors(agent_api, helper_b, signer, privileges):
     token_a, _ = root_token(agent_api)
-    actor = signer.mint(helper_b.spiffe_id)
+    actor = signer.act(helper_b.spiffe_id)
     error = error_of(exchange(agent_api, token_a, actor, grant_type="client_credentials"))
     assert error["code"] == "unsupported_grant_type"
     error = error_of(exchange(agent_api, token_a, None))
@@ -358,7 +357,7 @@ def test_a_cross_sponsor_delegation_waits_for_the_other_sponsor(
     agent, agent_api, foreign_d, sponsor, other_sponsor, signer, api, privileges
 ):
     token_a, grant_a = root_token(agent_api)
-    response = exchange(agent_api, token_a, signer.mint(foreign_d.spiffe_id), as_json=True)
+    response = exchange(agent_api, token_a, signer.act(foreign_d.spiffe_id), as_json=True)
     assert response.status_code == 202, response.content
     body = response.json()
     assert body["status"] == "pending"
@@ -394,7 +393,7 @@ def test_a_pending_delegation_dies_with_its_parent(
     agent_api, foreign_d, other_sponsor, signer, privileges, django_capture_on_commit_callbacks
 ):
     token_a, grant_a = root_token(agent_api)
-    request_id = exchange(agent_api, token_a, signer.mint(foreign_d.spiffe_id)).json()["request_id"]
+    request_id = exchange(agent_api, token_a, signer.act(foreign_d.spiffe_id)).json()["request_id"]
     with django_capture_on_commit_callbacks(execute=True):
         assert agent_api.post(f"/api/v1/grants/{grant_a.pk}/complete").status_code == 200
     access_request = AccessRequest.objects.get(pk=request_id)
@@ -408,7 +407,7 @@ def test_approving_a_delegation_whose_parent_ended_issues_nothing(
     agent_api, foreign_d, other_sponsor, signer, privileges
 ):
     token_a, grant_a = root_token(agent_api)
-    request_id = exchange(agent_api, token_a, signer.mint(foreign_d.spiffe_id)).json()["request_id"]
+    request_id = exchange(agent_api, token_a, signer.act(foreign_d.spiffe_id)).json()["request_id"]
     # The parent ends; the clean-up of waiting requests has not run (it runs after commit).
     assert agent_api.post(f"/api/v1/grants/{grant_a.pk}/complete").status_code == 200
     error = error_of(decide(other_sponsor, request_id), status=409)
@@ -481,13 +480,11 @@ def test_explain_grant_names_every_agent_approver_and_tool_call(
     assert decide(sponsor, request_id, comment="refunds for the Acme dispute").status_code == 201
     token_a = agent_api.get(f"/api/v1/requests/{request_id}").json()["grant"]["token"]
     response_b = exchange(
-        agent_api, token_a, signer.mint(helper_b.spiffe_id), scope="payments-api:refund"
+        agent_api, token_a, signer.act(helper_b.spiffe_id), scope="payments-api:refund"
     )
     assert response_b.status_code == 200, response_b.content
     b_api = client_for(signer, helper_b)
-    response_d = exchange(
-        b_api, response_b.json()["access_token"], signer.mint(foreign_d.spiffe_id)
-    )
+    response_d = exchange(b_api, response_b.json()["access_token"], signer.act(foreign_d.spiffe_id))
     assert response_d.status_code == 202, response_d.content
     assert decide(other_sponsor, response_d.json()["request_id"]).status_code == 201
     grant_a = Grant.objects.get(access_request_id=request_id)
@@ -571,7 +568,7 @@ def test_intent_can_come_as_a_json_object(agent_api, helper_b, signer, privilege
     response = exchange(
         agent_api,
         token_a,
-        signer.mint(helper_b.spiffe_id),
+        signer.act(helper_b.spiffe_id),
         as_json=True,
         intent_action=None,
         intent_target=None,

@@ -5,7 +5,7 @@ import uuid
 
 from django.core.management.base import BaseCommand, CommandError
 
-from agents.dev_identity import ensure_dev_trust_domain, mint_svid
+from agents.dev_identity import DevIdentityRefused, ensure_dev_trust_domain, mint_svid
 
 
 class Command(BaseCommand):
@@ -33,8 +33,11 @@ class Command(BaseCommand):
             raise CommandError(f"Custody is not answering at {url}: {exc}") from exc
 
     def handle(self, *args, url, agent, privilege, duration, **options):
-        ensure_dev_trust_domain()
-        token = mint_svid(agent, ttl_seconds=120)
+        try:
+            ensure_dev_trust_domain()
+            token = mint_svid(agent, ttl_seconds=120)
+        except DevIdentityRefused as exc:
+            raise CommandError(str(exc)) from exc
         answer = self.call(
             "POST",
             f"{url}/api/v1/requests",

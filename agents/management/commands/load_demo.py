@@ -49,7 +49,8 @@ class Command(BaseCommand):
             raise CommandError(
                 "load_demo creates well-known passwords; it runs only with DEBUG on."
             )
-        ensure_dev_trust_domain()
+        if settings.DEBUG:  # never registered with DEBUG off, even with --force
+            ensure_dev_trust_domain()
         actor = Actor.system("load_demo")
         User = get_user_model()
         with transaction.atomic():
