@@ -134,7 +134,7 @@ class AgentAdmin(admin.ModelAdmin):
         if not self.has_view_or_change_permission(request, agent):
             raise Http404
         form = BackupApproverForm(request.POST if "add" in request.POST else None)
-        status = 200
+        status, refusal = 200, ""
         if request.method == "POST":
             try:
                 if "add" in request.POST:
@@ -153,8 +153,7 @@ class AgentAdmin(admin.ModelAdmin):
                     self.message_user(request, f"{person} no longer approves for {agent.name}.")
                     return redirect(request.path)
             except DomainError as exc:
-                form.add_error(None, exc.message)
-                status = exc.status_code
+                refusal, status = exc.message, exc.status_code
         return render(
             request,
             "admin/agents/backup_approvers.html",
@@ -166,6 +165,7 @@ class AgentAdmin(admin.ModelAdmin):
                     "user__username"
                 ),
                 "form": form,
+                "refusal": refusal,
                 "can_manage": services.may_manage_approvers(request.user, agent),
                 "opts": self.model._meta,
             },
