@@ -6,6 +6,10 @@ request; the receivers that audit changes of who may approve read the acting per
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
+
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
 
 _request: contextvars.ContextVar = contextvars.ContextVar("custody_acting_request", default=None)
 
@@ -22,6 +26,21 @@ class ActingPersonMiddleware:
             return self.get_response(request)
         finally:
             _request.reset(token)
+
+    def process_exception(self, request, exception):
+        if isinstance(exception, ApprovalRightRefused):
+            with transaction.atomic():  # the refused change itself was rolled back
+                exception.record()
+        return None  # Django answers 403 with the message
+
+
+class ApprovalRightRefused(PermissionDenied):
+    """Raised by a receiver to refuse a change of who may approve. The change's transaction
+    rolls back, so the refusal's evidence is written after it, by the middleware."""
+
+    def __init__(self, message: str, *, record: Callable[[], None]):
+        super().__init__(message)
+        self.record = record
 
 
 def acting_person():

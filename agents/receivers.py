@@ -4,16 +4,17 @@ transaction that makes the change (m2m_changed and post_save run inside the admi
 
 from __future__ import annotations
 
+from functools import partial
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
-from django.core.exceptions import PermissionDenied
-from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
 from agents import services
-from agents.acting import acting_person
+from agents.acting import ApprovalRightRefused, acting_person
 from agents.models import Agent
 from audit.services import Actor
 
@@ -55,9 +56,20 @@ def refuse_if_self_granted(pairs, conferring_group_ids) -> None:
     for user_id, group_id in pairs:
         if group_id not in conferring_group_ids:
             continue
-        refusal = services.approval_rights_refusal(by=person, user=User.objects.get(pk=user_id))
+        member = User.objects.get(pk=user_id)
+        refusal = services.approval_rights_refusal(by=person, user=member)
         if refusal is not None:
-            raise PermissionDenied(refusal.message)
+            raise ApprovalRightRefused(
+                refusal.message,
+                record=partial(
+                    services.approvers_change_refused,
+                    by=person,
+                    user=member,
+                    action="group_member_add",
+                    error=refusal,
+                    group=Group.objects.get(pk=group_id).name,
+                ),
+            )
 
 
 def _agent_content_type() -> ContentType:
@@ -114,25 +126,6 @@ def _holder(permission_row) -> str:
     if isinstance(permission_row, UserObjectPermission):
         return f"user:{permission_row.user.get_username()}"
     return f"group:{permission_row.group.name}"
-
-
-@receiver(pre_save, sender=UserObjectPermission)
-@receiver(pre_save, sender=GroupObjectPermission)
-def refuse_approval_right_self_grant(sender, instance, **kwargs):
-    if services.permission_writes_audited_by_service() or not _is_approval_right(instance):
-        return
-    person = acting_person()
-    if person is None:
-        return
-    if isinstance(instance, UserObjectPermission):
-        grantee = instance.user
-    elif person.groups.filter(pk=instance.group_id).exists():
-        grantee = person  # a right given to one's own group is given to oneself
-    else:
-        grantee = None
-    refusal = services.approval_rights_refusal(by=person, user=grantee)
-    if refusal is not None:
-        raise PermissionDenied(refusal.message)
 
 
 @receiver(post_save, sender=UserObjectPermission)

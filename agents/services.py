@@ -207,12 +207,14 @@ def approval_rights_refusal(*, by, user=None, agent: Agent | None = None) -> For
 def approvers_change_refused(
     *, by, user, action: str, error: Forbidden, agent: Agent | None = None, **data
 ) -> None:
-    """Evidence of an attempt to change who may approve that was refused."""
+    """Evidence of an attempt to change who may approve that was refused. `user` is the
+    person (or a label such as `group:dba`) who would have gained the right."""
+    who = user.get_username() if hasattr(user, "get_username") else str(user)
     record(
         actor=Actor.for_user(by),
         verb="approvers.change_refused",
         agent_id=agent.pk if agent is not None else None,
-        data={"action": action, "user": user.get_username(), "why": error.code, **data},
+        data={"action": action, "user": who, "why": error.code, **data},
     )
 
 

@@ -261,7 +261,16 @@ def test_nobody_puts_themselves_in_an_approver_group(approver_groups):
         response = user_change(signed_in(insider), insider, [group])
         assert response.status_code == 403
         assert insider.groups.count() == 0
+        refusal = events("approvers.change_refused")[-1]
+        assert refusal.actor_id == insider.username
+        assert refusal.data == {
+            "action": "group_member_add",
+            "user": insider.username,
+            "why": "self_grant",
+            "group": group.name,
+        }
     assert not AuditEvent.objects.filter(verb__startswith="approvers.group_member").exists()
+    assert verify_chain().ok
 
 
 def test_user_pages_alone_do_not_confer_approval(approver_groups):
@@ -270,6 +279,8 @@ def test_user_pages_alone_do_not_confer_approval(approver_groups):
     friend = UserFactory(username="friend")
     assert user_change(signed_in(clerk), friend, [deputies]).status_code == 403
     assert friend.groups.count() == 0
+    (refusal,) = events("approvers.change_refused")
+    assert (refusal.actor_id, refusal.data["why"]) == ("clerk", "not_an_approver_manager")
     ordinary = Group.objects.create(name="readers")
     assert user_change(signed_in(clerk), friend, [ordinary]).status_code == 302
     assert list(friend.groups.all()) == [ordinary]
