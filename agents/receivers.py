@@ -156,3 +156,32 @@ def audit_approval_right_removed(sender, instance, **kwargs):
             added=False,
             actor=acting_actor(),
         )
+
+
+def _manage_approvers_permission_ids() -> set[int]:
+    from django.contrib.auth.models import Permission
+
+    return set(
+        Permission.objects.filter(
+            content_type=_agent_content_type(), codename="manage_approvers"
+        ).values_list("pk", flat=True)
+    )
+
+
+@receiver(m2m_changed, sender=get_user_model().user_permissions.through)
+@receiver(m2m_changed, sender=Group.permissions.through)
+def audit_approver_managers(sender, instance, action, reverse, pk_set, **kwargs):
+    """Who may manage approvers decides who may approve: giving or taking the model-wide
+    'manage approvers' permission (a person's or a group's) is evidence too."""
+    if action not in {"post_add", "post_remove"} or reverse:
+        return  # the admin edits these from the person's or the group's page
+    if not _manage_approvers_permission_ids() & set(pk_set or ()):
+        return
+    holder = (
+        f"group:{instance.name}"
+        if isinstance(instance, Group)
+        else f"user:{instance.get_username()}"
+    )
+    services.approver_managers_changed_record(
+        holder=holder, added=action == "post_add", actor=acting_actor()
+    )

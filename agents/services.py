@@ -325,6 +325,14 @@ def approver_permission_changed_record(
     )
 
 
+def approver_managers_changed_record(*, holder: str, added: bool, actor: Actor) -> None:
+    record(
+        actor=actor,
+        verb="approvers.manager_added" if added else "approvers.manager_removed",
+        data={"holder": holder, "permission": "manage_approvers"},
+    )
+
+
 def _transition(agent: Agent, target: str, *, actor: Actor, verb: str, reason: str) -> Agent:
     with transaction.atomic(), deferred_evidence():
         agent = _lock(agent)

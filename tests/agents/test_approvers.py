@@ -4,7 +4,7 @@ approve for an agent is evidence — through the admin, the user pages and the s
 import pytest
 from django.contrib.auth.models import Group, Permission
 from django.test import Client
-from guardian.shortcuts import assign_perm, get_user_perms
+from guardian.shortcuts import assign_perm, get_user_perms, remove_perm
 
 from agents.models import Agent, BackupApprover
 from approvals.models import AccessRequest
@@ -292,6 +292,36 @@ def test_an_approval_right_written_outside_the_services_is_still_evidence(agent)
     (event,) = events("approvers.permission_assigned", agent_id=agent.pk)
     assert (event.actor_type, event.actor_id) == ("system", "unattributed")
     assert event.data == {"holder": "user:elsewhere", "permission": "approve_for_agent"}
+    deputies = Group.objects.create(name="deputies")
+    assign_perm("agents.approve_for_agent", deputies, agent)
+    remove_perm("agents.approve_for_agent", elsewhere, agent)
+    assigned, removed = (
+        events("approvers.permission_assigned")[-1],
+        events("approvers.permission_removed")[-1],
+    )
+    assert assigned.data["holder"] == "group:deputies"
+    assert removed.data["holder"] == "user:elsewhere"
+    assert not elsewhere.has_perm("agents.approve_for_agent", agent)
+
+
+def test_giving_the_manage_approvers_permission_in_admin_is_evidence(admin_user):
+    lead = UserFactory(username="lead")
+    client = signed_in(admin_user)
+    manage = Permission.objects.get(codename="manage_approvers")
+    response = client.post(
+        f"/admin/auth/user/{lead.pk}/change/",
+        {
+            "username": "lead",
+            "email": lead.email,
+            "is_active": "on",
+            "user_permissions": [manage.pk],
+            "date_joined_0": lead.date_joined.strftime("%Y-%m-%d"),
+            "date_joined_1": lead.date_joined.strftime("%H:%M:%S"),
+        },
+    )
+    assert response.status_code == 302
+    (event,) = events("approvers.manager_added")
+    assert (event.actor_id, event.data["holder"]) == ("admin", "user:lead")
 
 
 def test_a_sponsor_reassignment_says_approval_rights_moved(agent, keeper, sponsor, admin_user):
