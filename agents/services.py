@@ -83,7 +83,11 @@ def agent_reassign_sponsor(*, agent: Agent, sponsor, actor: Actor) -> Agent:
     """The new sponsor becomes accountable and gains the sponsor's object permissions, the right
     to approve among them; the event says whose approval rights moved. Nobody makes themselves
     the sponsor (callers check the 'manage approvers' permission of the person acting)."""
-    if actor.type == "user" and actor.id == sponsor.get_username():
+    if (
+        actor.type == "user"
+        and actor.id == sponsor.get_username()
+        and agent.sponsor_id != sponsor.pk
+    ):
         refused = Forbidden(
             "Nobody can make themselves an agent's sponsor: the sponsor approves its requests.",
             code="self_grant",
