@@ -347,3 +347,17 @@ def test_a_sponsor_reassignment_says_approval_rights_moved(agent, keeper, sponso
     assert not sponsor.has_perm("agents.approve_for_agent", agent)
     assert Agent.objects.get(pk=agent.pk).sponsor == deputy
     del successor
+
+
+def test_a_group_cleared_outside_a_request_is_evidence_too(agent, approver_groups):
+    deputies, dba = approver_groups
+    oncall = UserFactory(username="oncall")
+    deputies.user_set.add(oncall)  # from the group's side
+    oncall.groups.add(dba)
+    oncall.groups.clear()
+    added = events("approvers.group_member_added")
+    removed = events("approvers.group_member_removed")
+    assert [event.data["group"] for event in added] == ["invoice-deputies", "dba"]
+    assert sorted(event.data["group"] for event in removed) == ["dba", "invoice-deputies"]
+    assert {event.actor_id for event in added + removed} == {"unattributed"}
+    assert removed[0].agent_id == agent.pk or removed[1].agent_id == agent.pk
