@@ -1,9 +1,12 @@
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.shortcuts import render
+from django.core.exceptions import ValidationError
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, re_path, reverse
 from django.utils import timezone
-from guardian.admin import GuardedModelAdmin
+from django.utils.html import format_html
 
 from agents import services
 from agents.models import Agent, SponsorProfile, TeamProfile, TrustDomain
@@ -35,13 +38,28 @@ class ReassignSponsorForm(forms.Form):
     )
 
 
+class BackupApproverForm(forms.Form):
+    user = forms.ModelChoiceField(
+        queryset=get_user_model().objects.filter(is_active=True).order_by("username"),
+        label="New backup approver",
+    )
+
+
+def _no_object_permission_pages(request, *args, **kwargs):
+    # guardian's object-permission pages were a back door to approve_for_agent (issue 10).
+    raise Http404("Approval rights are managed on the agent's approvers page.")
+
+
 @admin.register(Agent)
-class AgentAdmin(GuardedModelAdmin):
+class AgentAdmin(admin.ModelAdmin):
+    """Not guardian's GuardedModelAdmin: its object-permission pages let anyone with
+    change_agent give themselves approve_for_agent. Approvers have their own page."""
+
     list_display = ["name", "spiffe_id", "sponsor", "team", "status", "review_due", "last_seen_at"]
     list_filter = ["status", "team", ReviewOverdueFilter]
     search_fields = ["name", "spiffe_id", "sponsor__username", "sponsor__email"]
     list_select_related = ["sponsor", "team"]
-    readonly_fields = ["status", "status_changed_at", "last_seen_at", "created_at"]
+    readonly_fields = ["status", "status_changed_at", "last_seen_at", "created_at", "approvers"]
     autocomplete_fields = []
     actions = ["suspend_agents", "reactivate_agents", "reassign_sponsor"]
 
@@ -49,7 +67,110 @@ class AgentAdmin(GuardedModelAdmin):
         # Identity is fixed once registered: a new SPIFFE ID (or OIDC subject) is a new agent.
         if obj is None:
             return self.readonly_fields
-        return [*self.readonly_fields, "spiffe_id", "oidc_trust_domain", "oidc_subject"]
+        fixed = [*self.readonly_fields, "spiffe_id", "oidc_trust_domain", "oidc_subject"]
+        # The sponsor approves: changing it is changing who may approve.
+        if not services.may_manage_approvers(request.user, obj):
+            fixed.append("sponsor")
+        return fixed
+
+    def has_manage_approvers_permission(self, request, obj=None) -> bool:
+        return services.may_manage_approvers(request.user, obj)
+
+    @admin.display(description="Approvers")
+    def approvers(self, agent: Agent) -> str:
+        if agent.pk is None:
+            return "The sponsor, once registered."
+        url = reverse("admin:agents_agent_approvers", args=[agent.pk])
+        names = ", ".join(
+            backup.user.get_username()
+            for backup in agent.backup_approvers.select_related("user").order_by("user__username")
+        )
+        return format_html(
+            '{} (sponsor); backup: {} · <a href="{}">manage approvers</a>',
+            agent.sponsor.get_username(),
+            names or "none",
+            url,
+        )
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if "sponsor" not in form.base_fields:
+            return form
+
+        class NoSelfSponsorForm(form):
+            def clean_sponsor(self):
+                sponsor = self.cleaned_data["sponsor"]
+                if obj is not None and sponsor.pk == obj.sponsor_id:
+                    return sponsor
+                refusal = services.approval_rights_refusal(by=request.user, user=sponsor)
+                if refusal is not None and refusal.code == "self_grant":
+                    services.approvers_change_refused(
+                        by=request.user,
+                        user=sponsor,
+                        action="sponsor_set",
+                        error=refusal,
+                        agent=obj,
+                    )
+                    raise ValidationError(refusal.message)
+                return sponsor
+
+        return NoSelfSponsorForm
+
+    def get_urls(self):
+        own = [
+            path(
+                "<int:agent_id>/approvers/",
+                self.admin_site.admin_view(self.approvers_view),
+                name="agents_agent_approvers",
+            ),
+            re_path(r"^(?P<object_id>[^/]+)/permissions/", _no_object_permission_pages),
+        ]
+        return own + super().get_urls()
+
+    def approvers_view(self, request, agent_id: int):
+        """The sponsor and backup approvers of one agent; adding and removing call the service
+        (which refuses self-grants and people without 'manage approvers', and audits)."""
+        agent = get_object_or_404(Agent.objects.select_related("sponsor"), pk=agent_id)
+        if not self.has_view_or_change_permission(request, agent):
+            raise Http404
+        form = BackupApproverForm(request.POST if "add" in request.POST else None)
+        status, refusal = 200, ""
+        if request.method == "POST":
+            try:
+                if "add" in request.POST:
+                    if form.is_valid():
+                        person = form.cleaned_data["user"]
+                        services.backup_approver_add(agent=agent, user=person, by=request.user)
+                        self.message_user(request, f"{person} may now approve for {agent.name}.")
+                        return redirect(request.path)
+                    status = 400
+                elif "remove" in request.POST:
+                    remove = request.POST["remove"]
+                    if not remove.isdigit():
+                        raise Http404
+                    person = get_object_or_404(get_user_model(), pk=int(remove))
+                    services.backup_approver_remove(agent=agent, user=person, by=request.user)
+                    self.message_user(request, f"{person} no longer approves for {agent.name}.")
+                    return redirect(request.path)
+            except DomainError as exc:
+                refusal, status = exc.message, exc.status_code
+        return render(
+            request,
+            "admin/agents/backup_approvers.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": f"Approvers of {agent.name}",
+                "agent": agent,
+                "backups": agent.backup_approvers.select_related("user", "added_by").order_by(
+                    "user__username"
+                ),
+                "form": form,
+                "refusal": refusal,
+                "can_manage": services.may_manage_approvers(request.user, agent),
+                "opts": self.model._meta,
+            },
+            status=status,
+        )
 
     def save_model(self, request, obj, form, change):
         actor = Actor.for_user(request.user)
@@ -106,17 +227,24 @@ class AgentAdmin(GuardedModelAdmin):
     def reactivate_agents(self, request, queryset):
         self._each(request, queryset, services.agent_reactivate, "reactivated")
 
-    @admin.action(description="Reassign sponsor of selected agents", permissions=["change"])
+    @admin.action(
+        description="Reassign sponsor of selected agents", permissions=["manage_approvers"]
+    )
     def reassign_sponsor(self, request, queryset):
         form = ReassignSponsorForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
+            count = 0
             for agent in queryset.order_by("pk"):
-                services.agent_reassign_sponsor(
-                    agent=agent,
-                    sponsor=form.cleaned_data["sponsor"],
-                    actor=Actor.for_user(request.user),
-                )
-            self.message_user(request, f"Sponsor reassigned for {queryset.count()} agent(s).")
+                try:
+                    services.agent_reassign_sponsor(
+                        agent=agent,
+                        sponsor=form.cleaned_data["sponsor"],
+                        actor=Actor.for_user(request.user),
+                    )
+                    count += 1
+                except DomainError as exc:
+                    self.message_user(request, exc.message, messages.ERROR)
+            self.message_user(request, f"Sponsor reassigned for {count} agent(s).")
             return None
         return render(
             request,

@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class AgentsConfig(AppConfig):
     name = "agents"
     verbose_name = "Agents and workload identity"
+
+    def ready(self) -> None:
+        from agents import receivers  # noqa: F401  (connects the approval-rights receivers)

@@ -131,6 +131,8 @@ class Agent(models.Model):
         permissions = [
             ("approve_for_agent", "Can approve requests for this agent"),
             ("manage_agent", "Can suspend, reactivate and reassign this agent"),
+            # Who may approve is its own right, never implied by change_agent (invariant 11).
+            ("manage_approvers", "Can add and remove who may approve for agents"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -175,3 +177,32 @@ class SpentActorToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.trust_domain} jti {self.jti}"
+
+
+class BackupApprover(models.Model):
+    """A person besides the sponsor who may approve an agent's requests.
+
+    Written only by `backup_approver_add` / `backup_approver_remove`, which keep guardian's
+    `approve_for_agent` object permission (what `can_approve` reads) in step and audit it."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="backup_approvers")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="backup_approver_for"
+    )
+    added_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Empty for approvers carried over from object permissions.",
+    )
+    added_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "user"], name="backup_approver_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} approves for {self.agent.name}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from datetime import date, timedelta
 
 from django.contrib.auth.models import Group
@@ -10,12 +12,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
-from agents.models import Agent
+from agents.models import Agent, BackupApprover
 from audit.services import Actor, deferred_evidence, record
-from config.errors import Conflict
+from config.errors import Conflict, Forbidden, NotFound
 
 SPONSOR_PERMISSIONS = ("agents.view_agent", "agents.approve_for_agent", "agents.manage_agent")
 TEAM_PERMISSIONS = ("agents.view_agent",)
+BACKUP_APPROVER_PERMISSIONS = ("agents.view_agent", "agents.approve_for_agent")
 DEFAULT_REVIEW_INTERVAL = timedelta(days=90)
 LAST_SEEN_GRANULARITY = timedelta(seconds=60)
 
@@ -55,10 +58,11 @@ def agent_register(
                 agent.save()
         except IntegrityError:  # registered concurrently since full_clean() looked
             raise ValidationError({"spiffe_id": "An agent with this SPIFFE ID already exists."})
-        for perm in SPONSOR_PERMISSIONS:
-            assign_perm(perm, sponsor, agent)
-        for perm in TEAM_PERMISSIONS:
-            assign_perm(perm, team, agent)
+        with _audited_here():  # the registration event names the sponsor
+            for perm in SPONSOR_PERMISSIONS:
+                assign_perm(perm, sponsor, agent)
+            for perm in TEAM_PERMISSIONS:
+                assign_perm(perm, team, agent)
         record(
             actor=actor,
             verb="agent.registered",
@@ -76,22 +80,58 @@ def agent_register(
 
 
 def agent_reassign_sponsor(*, agent: Agent, sponsor, actor: Actor) -> Agent:
-    """The new sponsor becomes accountable and gains the sponsor's object permissions."""
+    """The new sponsor becomes accountable and gains the sponsor's object permissions, the right
+    to approve among them; the event says whose approval rights moved. Nobody makes themselves
+    the sponsor (callers check the 'manage approvers' permission of the person acting)."""
+    if (
+        actor.type == "user"
+        and actor.id == sponsor.get_username()
+        and agent.sponsor_id != sponsor.pk
+    ):
+        refused = Forbidden(
+            "Nobody can make themselves an agent's sponsor: the sponsor approves its requests.",
+            code="self_grant",
+        )
+        with transaction.atomic():
+            record(
+                actor=actor,
+                verb="approvers.change_refused",
+                agent_id=agent.pk,
+                data={
+                    "action": "sponsor_reassign",
+                    "user": sponsor.get_username(),
+                    "why": refused.code,
+                },
+            )
+        raise refused
     with transaction.atomic():
         agent = _lock(agent)
         previous = agent.sponsor
         if previous.pk == sponsor.pk:
             return agent
-        for perm in SPONSOR_PERMISSIONS:
-            remove_perm(perm, previous, agent)
-            assign_perm(perm, sponsor, agent)
+        # A previous sponsor who is also a backup approver keeps approving as one.
+        previous_is_backup = BackupApprover.objects.filter(agent=agent, user=previous).exists()
+        sponsor_was_backup = BackupApprover.objects.filter(agent=agent, user=sponsor).exists()
+        with _audited_here():
+            for perm in SPONSOR_PERMISSIONS:
+                if not (previous_is_backup and perm in BACKUP_APPROVER_PERMISSIONS):
+                    remove_perm(perm, previous, agent)
+                assign_perm(perm, sponsor, agent)
         agent.sponsor = sponsor
         agent.save(update_fields=["sponsor"])
         record(
             actor=actor,
             verb="agent.sponsor_reassigned",
             agent_id=agent.pk,
-            data={"from": previous.get_username(), "to": sponsor.get_username()},
+            data={
+                "from": previous.get_username(),
+                "to": sponsor.get_username(),
+                # Who may approve changed with the sponsor: evidence says so in so many words.
+                "approve_for_agent": {
+                    "granted_to": [] if sponsor_was_backup else [sponsor.get_username()],
+                    "revoked_from": [] if previous_is_backup else [previous.get_username()],
+                },
+            },
         )
     return agent
 
@@ -102,9 +142,10 @@ def agent_change_team(*, agent: Agent, team: Group, actor: Actor) -> Agent:
         previous = agent.team
         if previous.pk == team.pk:
             return agent
-        for perm in TEAM_PERMISSIONS:
-            remove_perm(perm, previous, agent)
-            assign_perm(perm, team, agent)
+        with _audited_here():
+            for perm in TEAM_PERMISSIONS:
+                remove_perm(perm, previous, agent)
+                assign_perm(perm, team, agent)
         agent.team = team
         agent.save(update_fields=["team"])
         record(
@@ -114,6 +155,186 @@ def agent_change_team(*, agent: Agent, team: Group, actor: Actor) -> Agent:
             data={"from": previous.name, "to": team.name},
         )
     return agent
+
+
+# --- who may approve ---------------------------------------------------------------------------
+# Invariant 11: nobody gives themselves the right to approve, and every change of who may approve
+# for an agent is evidence. The rights are guardian object permissions (what can_approve reads);
+# they are written here and nowhere else. agents/receivers.py audits any change made elsewhere.
+
+_permission_writes = threading.local()
+
+
+@contextmanager
+def _audited_here():
+    """Object-permission writes inside this block are described by this module's own events;
+    the catch-all receivers stand aside."""
+    depth = getattr(_permission_writes, "depth", 0)
+    _permission_writes.depth = depth + 1
+    try:
+        yield
+    finally:
+        _permission_writes.depth = depth
+
+
+def permission_writes_audited_by_service() -> bool:
+    return getattr(_permission_writes, "depth", 0) > 0
+
+
+def may_manage_approvers(user, agent: Agent | None = None) -> bool:
+    """Superusers, or the 'manage approvers' permission (model-wide, or on this agent).
+    change_agent alone never suffices."""
+    if not (user.is_authenticated and user.is_active):
+        return False
+    if user.is_superuser or user.has_perm("agents.manage_approvers"):
+        return True
+    return agent is not None and user.has_perm("agents.manage_approvers", agent)
+
+
+def approval_rights_refusal(*, by, user=None, agent: Agent | None = None) -> Forbidden | None:
+    """Why `by` may not make `user` (a person, or None for a group `by` is not in) an approver
+    (for `agent`), or None if they may."""
+    if user is not None and by.pk == user.pk:
+        return Forbidden(
+            "Nobody can give themselves the right to approve; ask another person who manages "
+            "approvers.",
+            code="self_grant",
+        )
+    if not may_manage_approvers(by, agent):
+        return Forbidden(
+            "Changing who may approve needs the 'manage approvers' permission.",
+            code="not_an_approver_manager",
+        )
+    return None
+
+
+def approvers_change_refused(
+    *, by, user, action: str, error: Forbidden, agent: Agent | None = None, **data
+) -> None:
+    """Evidence of an attempt to change who may approve that was refused. `user` is the
+    person (or a label such as `group:dba`) who would have gained the right."""
+    who = user.get_username() if hasattr(user, "get_username") else str(user)
+    record(
+        actor=Actor.for_user(by),
+        verb="approvers.change_refused",
+        agent_id=agent.pk if agent is not None else None,
+        data={"action": action, "user": who, "why": error.code, **data},
+    )
+
+
+def backup_approver_add(*, agent: Agent, user, by) -> BackupApprover:
+    """`by` makes `user` a backup approver of `agent`: the row, guardian's approve_for_agent
+    (and view_agent) object permissions and the event, together. A refusal is evidence too."""
+    refusal: Forbidden | None = None
+    with transaction.atomic():
+        # Lock order: the agent first (no key lock: its key is not changing).
+        agent = Agent.objects.select_for_update(no_key=True).get(pk=agent.pk)
+        refusal = approval_rights_refusal(by=by, user=user, agent=agent)
+        if refusal is not None:
+            approvers_change_refused(
+                by=by, user=user, action="backup_approver_add", error=refusal, agent=agent
+            )
+        else:
+            if not user.is_active:
+                raise Conflict(f"{user.get_username()} cannot sign in.", code="inactive_user")
+            if user.pk == agent.sponsor_id:
+                raise Conflict(
+                    f"{user.get_username()} sponsors {agent.name} and approves already.",
+                    code="already_sponsor",
+                )
+            if BackupApprover.objects.filter(agent=agent, user=user).exists():
+                raise Conflict(
+                    f"{user.get_username()} is already a backup approver of {agent.name}.",
+                    code="already_backup_approver",
+                )
+            backup = BackupApprover.objects.create(agent=agent, user=user, added_by=by)
+            with _audited_here():
+                for perm in BACKUP_APPROVER_PERMISSIONS:
+                    assign_perm(perm, user, agent)
+            record(
+                actor=Actor.for_user(by),
+                verb="approvers.backup_added",
+                agent_id=agent.pk,
+                data={"user": user.get_username(), "grants": ["approve_for_agent", "view_agent"]},
+            )
+    if refusal is not None:
+        raise refusal
+    return backup
+
+
+def backup_approver_remove(*, agent: Agent, user, by) -> None:
+    """`by` removes `user` from `agent`'s backup approvers; from then on they cannot approve
+    for it (unless they are its sponsor)."""
+    refusal: Forbidden | None = None
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update(no_key=True).get(pk=agent.pk)
+        if not may_manage_approvers(by, agent):
+            refusal = Forbidden(
+                "Changing who may approve needs the 'manage approvers' permission.",
+                code="not_an_approver_manager",
+            )
+            approvers_change_refused(
+                by=by, user=user, action="backup_approver_remove", error=refusal, agent=agent
+            )
+        else:
+            deleted, _ = BackupApprover.objects.filter(agent=agent, user=user).delete()
+            if not deleted:
+                raise NotFound(f"{user.get_username()} is not a backup approver of {agent.name}.")
+            if user.pk != agent.sponsor_id:  # a sponsor keeps the sponsor's permissions
+                with _audited_here():
+                    for perm in BACKUP_APPROVER_PERMISSIONS:
+                        remove_perm(perm, user, agent)
+            record(
+                actor=Actor.for_user(by),
+                verb="approvers.backup_removed",
+                agent_id=agent.pk,
+                data={"user": user.get_username(), "revokes": ["approve_for_agent", "view_agent"]},
+            )
+    if refusal is not None:
+        raise refusal
+
+
+def approver_group_membership_record(
+    *,
+    user,
+    group: Group,
+    added: bool,
+    actor: Actor,
+    agent_ids=(),
+    privileges=(),
+) -> None:
+    """A person joined or left a group that confers the right to approve: for each agent on
+    which the group holds approve_for_agent, and once for the privileges it approves."""
+    verb = "approvers.group_member_added" if added else "approvers.group_member_removed"
+    base = {"user": user.get_username(), "group": group.name}
+    for agent_id in sorted(agent_ids):
+        record(actor=actor, verb=verb, agent_id=agent_id, data={**base, "via": "agent_permission"})
+    if privileges:
+        record(
+            actor=actor,
+            verb=verb,
+            data={**base, "via": "privilege_approver_group", "privileges": sorted(privileges)},
+        )
+
+
+def approver_permission_changed_record(
+    *, agent_id: int, holder: str, permission: str, added: bool, actor: Actor
+) -> None:
+    """An approval right written outside this module (a shell, a bulk tool): never silent."""
+    record(
+        actor=actor,
+        verb="approvers.permission_assigned" if added else "approvers.permission_removed",
+        agent_id=agent_id,
+        data={"holder": holder, "permission": permission},
+    )
+
+
+def approver_managers_changed_record(*, holder: str, added: bool, actor: Actor) -> None:
+    record(
+        actor=actor,
+        verb="approvers.manager_added" if added else "approvers.manager_removed",
+        data={"holder": holder, "permission": "manage_approvers"},
+    )
 
 
 def _transition(agent: Agent, target: str, *, actor: Actor, verb: str, reason: str) -> Agent:

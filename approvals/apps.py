@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class ApprovalsConfig(AppConfig):
     name = "approvals"
     verbose_name = "Privileges, requests and grants"
+
+    def ready(self) -> None:
+        from approvals import receivers  # noqa: F401  (audits approver-group membership)

@@ -1,4 +1,5 @@
 from django import forms
+from django.contrib.auth import get_user_model
 
 from agents.selectors import agents_visible_to
 from approvals.models import Decision
@@ -39,3 +40,15 @@ class AuditFilterForm(forms.Form):
         if data.get("since") and data.get("until") and data["since"] >= data["until"]:
             raise forms.ValidationError("'From' must be before 'Until'.")
         return data
+
+
+class BackupApproverForm(forms.Form):
+    # A username, not a list of everyone: the page does not enumerate the people in Custody.
+    username = forms.CharField(max_length=150, label="Username of the new backup approver")
+
+    def clean_username(self):
+        username = self.cleaned_data["username"].strip()
+        self.person = get_user_model().objects.filter(username=username, is_active=True).first()
+        if self.person is None:
+            raise forms.ValidationError("There is no active person with that username.")
+        return username

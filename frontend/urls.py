@@ -12,6 +12,17 @@ urlpatterns = [
     path("grants/", views.grants, name="grants"),
     path("grants/<int:grant_id>/revoke/", views.grant_revoke, name="grant-revoke"),
     path("agents/", views.agents, name="agents"),
+    path("agents/<int:agent_id>/", views.agent_detail, name="agent"),
+    path(
+        "agents/<int:agent_id>/approvers/add/",
+        views.agent_approver_add,
+        name="agent-approver-add",
+    ),
+    path(
+        "agents/<int:agent_id>/approvers/<int:user_id>/remove/",
+        views.agent_approver_remove,
+        name="agent-approver-remove",
+    ),
     path("agents/<int:agent_id>/suspend/", views.agent_suspend, name="agent-suspend"),
     path("agents/<int:agent_id>/reactivate/", views.agent_reactivate, name="agent-reactivate"),
     path("audit/", views.audit, name="audit"),

@@ -35,7 +35,7 @@ from audit.selectors import audit_event_list
 from audit.services import Actor
 from config.errors import DomainError
 from frontend import auth
-from frontend.forms import AuditFilterForm, DecisionForm, ReasonForm
+from frontend.forms import AuditFilterForm, BackupApproverForm, DecisionForm, ReasonForm
 
 PAGE_SIZE = 50
 # A critical approval waiting for the step-up password: {"request_id", "verdict", "comment"}.
@@ -432,6 +432,72 @@ def agent_reactivate(request, agent_id: int):
     except DomainError as exc:
         messages.warning(request, exc.message)
     return redirect("agents")
+
+
+@login_required
+def agent_detail(request, agent_id: int):
+    """One agent: ownership and who may approve for it; backup approvers are added and removed
+    here by people holding the 'manage approvers' permission."""
+    agent = get_object_or_404(
+        agents_visible_to(request.user).select_related("sponsor", "team"), pk=agent_id
+    )
+    return _agent_page(request, agent, BackupApproverForm())
+
+
+def _agent_page(
+    request, agent: Agent, form: BackupApproverForm, status: int = 200, refusal: str = ""
+):
+    return render(
+        request,
+        "frontend/agent.html",
+        {
+            "agent": agent,
+            "backups": agent.backup_approvers.select_related("user", "added_by").order_by(
+                "user__username"
+            ),
+            "can_manage_approvers": agent_services.may_manage_approvers(request.user, agent),
+            "form": form,
+            "refusal": refusal,
+        },
+        status=status,
+    )
+
+
+def _visible_agent(request, agent_id: int) -> Agent:
+    return get_object_or_404(
+        agents_visible_to(request.user).select_related("sponsor", "team"), pk=agent_id
+    )
+
+
+@login_required
+@require_POST
+def agent_approver_add(request, agent_id: int):
+    agent = _visible_agent(request, agent_id)
+    form = BackupApproverForm(request.POST)
+    if not form.is_valid():
+        return _agent_page(request, agent, form, status=400)
+    try:
+        agent_services.backup_approver_add(agent=agent, user=form.person, by=request.user)
+    except DomainError as exc:
+        # The service audited a refusal (self-grant, no right); it is committed: no rollback.
+        return _agent_page(request, agent, form, status=exc.status_code, refusal=exc.message)
+    messages.success(request, f"{form.person.get_username()} may now approve for {agent.name}.")
+    return redirect("agent", agent_id=agent.pk)
+
+
+@login_required
+@require_POST
+def agent_approver_remove(request, agent_id: int, user_id: int):
+    agent = _visible_agent(request, agent_id)
+    person = get_object_or_404(agent.backup_approvers.select_related("user"), user_id=user_id).user
+    try:
+        agent_services.backup_approver_remove(agent=agent, user=person, by=request.user)
+    except DomainError as exc:
+        return _agent_page(
+            request, agent, BackupApproverForm(), status=exc.status_code, refusal=exc.message
+        )
+    messages.success(request, f"{person.get_username()} no longer approves for {agent.name}.")
+    return redirect("agent", agent_id=agent.pk)
 
 
 # --- audit ---------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 import pytest
 from django.contrib.auth.models import Group
 from django.core.cache import cache
-from guardian.shortcuts import assign_perm
 from rest_framework.test import APIClient
 
 from tests.factories import AgentFactory, SponsorProfileFactory, TrustDomainFactory, UserFactory
@@ -47,10 +46,13 @@ def sponsor(db, team):
 
 @pytest.fixture
 def backup_approver(db, agent):
+    """Added the one way there is: by a person who manages approvers, through the service."""
+    from agents.services import backup_approver_add
+
     user = UserFactory(username="backup")
     SponsorProfileFactory(user=user, slack_user_id="UBACKUP01")
-    assign_perm("agents.approve_for_agent", user, agent)
-    assign_perm("agents.view_agent", user, agent)
+    keeper = UserFactory(username="approvers-keeper", is_superuser=True)
+    backup_approver_add(agent=agent, user=user, by=keeper)
     return user
 
 

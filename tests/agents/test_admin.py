@@ -236,7 +236,14 @@ def test_it_reassigns_the_sponsor_through_an_intermediate_form(admin_client, fle
         assert list(get_user_perms(sponsor, agent)) == []
         event = AuditEvent.objects.filter(agent_id=agent.pk).latest("sequence")
         assert event.verb == "agent.sponsor_reassigned"
-        assert (event.actor_id, event.data) == ("admin", {"from": "sponsor", "to": "successor"})
+        assert (event.actor_id, event.data) == (
+            "admin",
+            {
+                "from": "sponsor",
+                "to": "successor",
+                "approve_for_agent": {"granted_to": ["successor"], "revoked_from": ["sponsor"]},
+            },
+        )
     assert fleet["research"].sponsor.username == "carol"
 
 

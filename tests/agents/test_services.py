@@ -104,7 +104,11 @@ def test_it_moves_the_sponsor_permissions_on_reassignment(registered, sponsor, a
     assert fresh(successor).has_perm("agents.approve_for_agent", agent)
     event = AuditEvent.objects.filter(agent_id=agent.pk).latest("sequence")
     assert event.verb == "agent.sponsor_reassigned"
-    assert event.data == {"from": "sponsor", "to": "successor"}
+    assert event.data == {
+        "from": "sponsor",
+        "to": "successor",
+        "approve_for_agent": {"granted_to": ["successor"], "revoked_from": ["sponsor"]},
+    }
 
 
 def test_it_leaves_a_former_sponsor_outside_the_team_with_nothing(team, admin_actor, outsider):
