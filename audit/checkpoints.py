@@ -13,7 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -118,11 +118,32 @@ def sign(*, sequence: int, chain_hash: str, signed_at: str) -> dict[str, Any]:
 class Checkpoint:
     sequence: int
     hash: str
-    source: str  # where it was read: "file:line", "database", an --against file
+    source: str  # where it was read: "file:line", "database copy"
+    document: dict[str, Any] = field(repr=False, compare=False)
+
+    def check_signature(self) -> None:
+        """ValueError, naming the source, unless a trusted key signed exactly this document."""
+        key = verification_keys().get(self.document.get("kid"))
+        if key is None:
+            raise ValueError(
+                f"{self.source}: checkpoint at sequence {self.sequence} is signed by an unknown "
+                f"key {self.document.get('kid')!r}"
+            )
+        try:
+            key.verify(
+                _unb64(str(self.document.get("signature", ""))), _signed_bytes(self.document)
+            )
+        except (InvalidSignature, ValueError):
+            raise ValueError(
+                f"{self.source}: checkpoint at sequence {self.sequence} has a signature that "
+                "does not verify"
+            )
 
 
-def verify_document(document: Any, source: str) -> Checkpoint:
-    """The checkpoint a document vouches for; ValueError naming the source if it does not."""
+def parse_document(document: Any, source: str) -> Checkpoint:
+    """The checkpoint a document claims, its signature not yet checked; ValueError if it is not
+    one. (Signatures are checked where a checkpoint decides something: Ed25519 verification of a
+    year of minutely checkpoints on every walk would cost minutes.)"""
     if not isinstance(document, dict) or document.get("type") != DOCUMENT_TYPE:
         raise ValueError(f"{source}: not a Custody audit checkpoint")
     sequence, chain_hash = document.get("sequence"), document.get("hash")
@@ -130,25 +151,20 @@ def verify_document(document: Any, source: str) -> Checkpoint:
         raise ValueError(f"{source}: checkpoint has no valid sequence")
     if not isinstance(chain_hash, str) or len(chain_hash) != 64:
         raise ValueError(f"{source}: checkpoint at sequence {sequence} has no valid hash")
-    key = verification_keys().get(document.get("kid"))
-    if key is None:
-        raise ValueError(
-            f"{source}: checkpoint at sequence {sequence} is signed by an unknown key "
-            f"{document.get('kid')!r}"
-        )
-    try:
-        key.verify(_unb64(str(document.get("signature", ""))), _signed_bytes(document))
-    except (InvalidSignature, ValueError):
-        raise ValueError(
-            f"{source}: checkpoint at sequence {sequence} has a signature that does not verify"
-        )
-    return Checkpoint(sequence, chain_hash, source)
+    return Checkpoint(sequence, chain_hash, source, document)
+
+
+def verify_document(document: Any, source: str) -> Checkpoint:
+    """The checkpoint a document vouches for, signature checked; ValueError if it does not."""
+    checkpoint = parse_document(document, source)
+    checkpoint.check_signature()
+    return checkpoint
 
 
 def read_file(path: Path) -> list[Checkpoint]:
-    """Every checkpoint in a JSON Lines file, signatures verified; ValueError on the first bad
-    line. A missing file holds no checkpoints (OSError for any other read failure)."""
-    checkpoints = []
+    """Every checkpoint in a JSON Lines file (signatures not yet checked); ValueError on the first
+    line that is not one. A missing file holds no checkpoints (OSError on other read failures)."""
+    found = []
     try:
         handle = path.open(encoding="utf-8")
     except FileNotFoundError:
@@ -162,8 +178,8 @@ def read_file(path: Path) -> list[Checkpoint]:
                 document = json.loads(line)
             except json.JSONDecodeError:
                 raise ValueError(f"{source}: not JSON")
-            checkpoints.append(verify_document(document, source))
-    return checkpoints
+            found.append(parse_document(document, source))
+    return found
 
 
 def last_in_file(path: Path, chunk: int = 8192) -> dict[str, Any] | None:

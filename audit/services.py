@@ -168,10 +168,11 @@ def _consistent_snapshot():
         yield
 
 
-def _signed_checkpoints(against: Iterable[Path]) -> dict[int, list[checkpoints.Checkpoint]]:
-    """Every checkpoint whose signature verifies with the key outside the database: the published
-    file, each externally kept copy, and the database's copies (which alone prove nothing, but
-    cannot be forged either). ValueError names the first one that does not verify."""
+def _published_checkpoints(against: Iterable[Path]) -> dict[int, list[checkpoints.Checkpoint]]:
+    """Every checkpoint claimed: the published file, each externally kept copy, and the
+    database's copies (which prove nothing by being there: like any other, a checkpoint counts
+    only once its signature verifies with the key outside the database). ValueError names the
+    first that is not a checkpoint at all."""
     found: list[checkpoints.Checkpoint] = []
     for path in [Path(settings.CUSTODY_CHECKPOINT_FILE), *against]:
         try:
@@ -179,7 +180,7 @@ def _signed_checkpoints(against: Iterable[Path]) -> dict[int, list[checkpoints.C
         except OSError as exc:
             raise ValueError(f"{path}: cannot be read ({exc.strerror})")
     for copy in AuditCheckpoint.objects.order_by("sequence").iterator():
-        found.append(checkpoints.verify_document(copy.document, "database copy"))
+        found.append(checkpoints.parse_document(copy.document, "database copy"))
     by_sequence: dict[int, list[checkpoints.Checkpoint]] = {}
     for checkpoint in found:
         by_sequence.setdefault(checkpoint.sequence, []).append(checkpoint)
@@ -193,19 +194,24 @@ def verify_chain(*, against: Iterable[Path] = (), batch_size: int = 2000) -> Cha
     hash): someone who rewrote events and recomputed every later hash and the head, or cut the
     tail and moved the head back, holds the database but not the checkpoint key."""
     try:
-        signed = _signed_checkpoints(against)
+        published = _published_checkpoints(against)
     except ValueError as exc:
         return ChainReport(0, 0, f"checkpoint refused: {exc}")
     with _consistent_snapshot():
-        return _walk(signed, batch_size)
+        return _walk(published, batch_size)
 
 
-def _walk(signed: dict[int, list[checkpoints.Checkpoint]], batch_size: int) -> ChainReport:
+def _refused(verified: int, checkpoint: checkpoints.Checkpoint, exc: ValueError) -> ChainReport:
+    verified = min(verified, checkpoint.sequence - 1)  # the events it was to vouch for
+    return ChainReport(verified, checkpoint.sequence, f"checkpoint refused: {exc}")
+
+
+def _walk(published: dict[int, list[checkpoints.Checkpoint]], batch_size: int) -> ChainReport:
     expected_previous = GENESIS_HASH
     expected_sequence = 1
     verified = 0
     last_sequence = 0
-    matched: int | None = None
+    matched: list[checkpoints.Checkpoint] = []  # the checkpoints at the latest sequence that held
     held = 0
     while True:
         batch = list(
@@ -220,29 +226,42 @@ def _walk(signed: dict[int, list[checkpoints.Checkpoint]], batch_size: int) -> C
                 return ChainReport(verified, event.sequence, "previous hash does not match")
             if event.compute_hash() != event.hash:
                 return ChainReport(verified, event.sequence, "content does not match its hash")
-            for checkpoint in signed.get(event.sequence, ()):
-                if checkpoint.hash != event.hash:
-                    since = f"after {matched}" if matched else "anywhere from the first event"
-                    return ChainReport(
-                        verified,
-                        event.sequence,
-                        f"content rewritten at or before sequence {event.sequence} ({since}): "
-                        f"checkpoint hash mismatch ({checkpoint.source})",
-                    )
-            if event.sequence in signed:
-                matched = event.sequence
+            claimed = published.get(event.sequence, ())
+            for checkpoint in claimed:
+                if checkpoint.hash == event.hash:
+                    continue
+                try:
+                    checkpoint.check_signature()
+                except ValueError as exc:
+                    return _refused(verified, checkpoint, exc)
+                since = (
+                    f"after {matched[0].sequence}" if matched else "anywhere from the first event"
+                )
+                return ChainReport(
+                    verified,
+                    event.sequence,
+                    f"content rewritten at or before sequence {event.sequence} ({since}): "
+                    f"checkpoint hash mismatch ({checkpoint.source})",
+                )
+            if claimed:
+                matched = list(claimed)
                 held += 1
             expected_previous = event.hash
             expected_sequence += 1
             verified += 1
         last_sequence = batch[-1].sequence
-    beyond = max(signed, default=0)
+    beyond = max(published, default=0)
     if beyond > last_sequence:
+        checkpoint = published[beyond][0]
+        try:
+            checkpoint.check_signature()
+        except ValueError as exc:
+            return _refused(verified, checkpoint, exc)
         return ChainReport(
             verified,
             last_sequence + 1,
             f"events after {last_sequence} removed: checkpoint at {beyond} exists "
-            f"({signed[beyond][0].source})",
+            f"({checkpoint.source})",
         )
     head = AuditChainHead.objects.filter(id=1).first()
     if head is not None and head.last_sequence > last_sequence:
@@ -257,7 +276,15 @@ def _walk(signed: dict[int, list[checkpoints.Checkpoint]], batch_size: int) -> C
         return ChainReport(
             verified, last_sequence, f"chain head hash does not match event {last_sequence}"
         )
-    return ChainReport(verified, None, checkpoints=held, latest_checkpoint=matched)
+    # The latest checkpoint that held vouches for every event up to it (each hash covers the
+    # one before), so its signature is the one that must verify.
+    for checkpoint in matched:
+        try:
+            checkpoint.check_signature()
+        except ValueError as exc:
+            return _refused(verified, checkpoint, exc)
+    latest = matched[0].sequence if matched else None
+    return ChainReport(verified, None, checkpoints=held, latest_checkpoint=latest)
 
 
 checkpoint_log = logging.getLogger("custody.audit.checkpoint")

@@ -127,7 +127,8 @@ def test_an_intact_chain_holds_every_checkpoint(history, _checkpoint_file):
     events, monitor = history
     assert verify() == (
         f"Audit chain intact: {AuditEvent.objects.count()} events verified.\n"
-        f"It holds all 2 signed checkpoints, the latest at sequence {events[5].sequence}.\n"
+        f"It matches all 2 checkpoints; the latest, at sequence {events[5].sequence}, is signed "
+        "with the checkpoint key.\n"
     )
     assert verify(monitor).startswith("Audit chain intact")
     assert len(_checkpoint_file.read_text().splitlines()) == 2
@@ -241,7 +242,7 @@ def test_it_detects_a_head_reset_behind_the_last_event():
     )
 
 
-def test_a_forged_database_copy_is_refused_not_trusted(history):
+def test_a_forged_database_copy_is_refused_not_trusted(history, settings, tmp_path):
     events, _ = history
     with as_the_owner() as cursor:
         rewrite_and_rehash(cursor, events[4].sequence, "grant.revoked")
@@ -251,11 +252,15 @@ def test_a_forged_database_copy_is_refused_not_trusted(history):
             "UPDATE audit_auditcheckpoint SET document = %s, hash = %s WHERE sequence = %s",
             [json.dumps(forged), forged["hash"], forged["sequence"]],
         )
+    # With the published file, its checkpoint names the rewrite; without it, the database's
+    # copies alone are all there is, and the forged one matches the forged chain: refused.
+    assert "checkpoint hash mismatch" in broken()
+    settings.CUSTODY_CHECKPOINT_FILE = tmp_path / "gone.jsonl"
 
     assert broken() == (
-        f"Audit chain broken at sequence 0: checkpoint refused: database copy: checkpoint at "
-        f"sequence {events[5].sequence} has a signature that does not verify "
-        "(0 events verified before it)."
+        f"Audit chain broken at sequence {events[5].sequence}: checkpoint refused: database "
+        f"copy: checkpoint at sequence {events[5].sequence} has a signature that does not "
+        f"verify ({events[5].sequence - 1} events verified before it)."
     )
 
 
@@ -312,22 +317,24 @@ def test_a_configured_key_signs_and_a_retired_key_still_verifies(settings, _chec
     append(2)
     publish()  # with the key derived from SECRET_KEY
     old_kid = json.loads(_checkpoint_file.read_text())["kid"]
+    old_x = APIClient().get("/.well-known/custody-audit-key").json()["keys"][0]["x"]
     new_key = Ed25519PrivateKey.generate()
     settings.CUSTODY_CHECKPOINT_KEY = new_key.private_bytes(
         Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
     ).decode()
+
+    # Rotated: the old checkpoints no longer verify, until their key is listed as retired.
+    assert f"is signed by an unknown key '{old_kid}'" in broken()
+    settings.CUSTODY_CHECKPOINT_PREVIOUS_PUBLIC_KEYS = [old_x]
+    assert verify().startswith("Audit chain intact")
+
     append(1)
     publish()
-    assert json.loads(_checkpoint_file.read_text().splitlines()[1])["kid"] != old_kid
-
-    assert f"unknown key '{old_kid}'" in broken()
-
-    old_public = APIClient().get("/.well-known/custody-audit-key").json()
-    assert [key["kid"] for key in old_public["keys"]] != [old_kid]
-    settings.CUSTODY_CHECKPOINT_KEY = None
-    old_x = APIClient().get("/.well-known/custody-audit-key").json()["keys"][0]["x"]
-    settings.CUSTODY_CHECKPOINT_KEY = new_key.private_bytes(
-        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
-    ).decode()
-    settings.CUSTODY_CHECKPOINT_PREVIOUS_PUBLIC_KEYS = [old_x]
+    new_kid = json.loads(_checkpoint_file.read_text().splitlines()[1])["kid"]
+    assert new_kid != old_kid
+    keys = APIClient().get("/.well-known/custody-audit-key").json()["keys"]
+    assert [(key["kid"], key["status"]) for key in keys] == [
+        (new_kid, "current"),
+        (old_kid, "retired"),
+    ]
     assert verify().startswith("Audit chain intact")

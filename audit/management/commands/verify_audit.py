@@ -37,8 +37,8 @@ class Command(BaseCommand):
         self.stdout.write(f"Audit chain intact: {report.verified} events verified.")
         if report.checkpoints:
             self.stdout.write(
-                f"It holds all {report.checkpoints} signed checkpoints, the latest at sequence "
-                f"{report.latest_checkpoint}."
+                f"It matches all {report.checkpoints} checkpoints; the latest, at sequence "
+                f"{report.latest_checkpoint}, is signed with the checkpoint key."
             )
         else:
             self.stderr.write(
