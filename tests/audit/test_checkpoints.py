@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import logging
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from rest_framework.test import APIClient
 from audit.models import GENESIS_HASH, AuditCheckpoint, AuditEvent, ChainCheck
 from audit.tasks import publish_audit_checkpoint, verify_audit_chain
 from tests.factories import AuditEventFactory, UserFactory
+from tests.workers import Worker
 
 pytestmark = pytest.mark.django_db
 
@@ -338,3 +340,42 @@ def test_a_configured_key_signs_and_a_retired_key_still_verifies(settings, _chec
         (old_kid, "retired"),
     ]
     assert verify().startswith("Audit chain intact")
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def last_published_sequence(path: Path) -> int | None:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1])["sequence"] if lines else None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_beat_publishes_checkpoints_with_no_test_code_calling_the_task(settings, tmp_path):
+    published = tmp_path / "published-by-beat.jsonl"
+    events = append(3)
+    worker = Worker(
+        broker_url=settings.CELERY_BROKER_URL,
+        env={"CUSTODY_CHECKPOINT_FILE": str(published), "CUSTODY_CHECKPOINT_SECONDS": "1"},
+    )
+    try:
+        assert wait_until(lambda: last_published_sequence(published) == events[-1].sequence, 30), (
+            worker.output()[-3000:]
+        )
+        events += append(2)
+        assert wait_until(lambda: last_published_sequence(published) == events[-1].sequence, 30), (
+            worker.output()[-3000:]
+        )
+    finally:
+        worker.stop()
+
+    settings.CUSTODY_CHECKPOINT_FILE = published
+    assert verify().startswith(f"Audit chain intact: {events[-1].sequence} events verified.")
+    assert AuditCheckpoint.objects.count() == len(published.read_text().splitlines()) >= 2
