@@ -370,10 +370,11 @@ def checkpoint_publish() -> CheckpointResult:
         report = _walk_between(start_sequence, start_hash, head)
         if not report.ok:
             return _refuse(report)
+        signed_at = timezone.now().replace(microsecond=0)
         document = checkpoints.sign(
             sequence=head.last_sequence,
             chain_hash=head.last_hash,
-            signed_at=timezone.now().isoformat(timespec="seconds"),
+            signed_at=signed_at.isoformat(),
         )
         checkpoints.append_to_file(Path(settings.CUSTODY_CHECKPOINT_FILE), document)
         AuditCheckpoint.objects.bulk_create(
@@ -381,7 +382,7 @@ def checkpoint_publish() -> CheckpointResult:
                 AuditCheckpoint(
                     sequence=document["sequence"],
                     hash=document["hash"],
-                    signed_at=timezone.now(),
+                    signed_at=signed_at,
                     document=document,
                 )
             ],
