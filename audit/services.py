@@ -235,13 +235,15 @@ def _walk(published: dict[int, list[checkpoints.Checkpoint]], batch_size: int) -
                 except ValueError as exc:
                     return _refused(verified, checkpoint, exc)
                 since = (
-                    f"after {matched[0].sequence}" if matched else "anywhere from the first event"
+                    f"the last checkpoint that holds is at {matched[0].sequence}"
+                    if matched
+                    else "no earlier checkpoint holds"
                 )
                 return ChainReport(
                     verified,
                     event.sequence,
-                    f"content rewritten at or before sequence {event.sequence} ({since}): "
-                    f"checkpoint hash mismatch ({checkpoint.source})",
+                    f"content rewritten at or before sequence {event.sequence}: checkpoint hash "
+                    f"mismatch ({checkpoint.source}); {since}",
                 )
             if claimed:
                 matched = list(claimed)

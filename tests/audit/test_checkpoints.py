@@ -147,13 +147,15 @@ def test_it_detects_an_edited_event_with_every_later_hash_and_the_head_recompute
 
     expected = (
         f"Audit chain broken at sequence {first_checkpoint}: content rewritten at or before "
-        f"sequence {first_checkpoint} (anywhere from the first event): checkpoint hash mismatch"
+        f"sequence {first_checkpoint}: checkpoint hash mismatch"
     )
-    assert broken().startswith(expected)
+    assert broken() == (
+        f"{expected} ({settings.CUSTODY_CHECKPOINT_FILE}:1); no earlier checkpoint holds "
+        f"({first_checkpoint - 1} events verified before it)."
+    )
     # The monitor's pinned copy alone is enough, even without the published file.
     settings.CUSTODY_CHECKPOINT_FILE = tmp_path / "gone.jsonl"
-    assert broken(monitor).startswith(expected)
-    assert f"({monitor}:1)" in broken(monitor)
+    assert broken(monitor).startswith(f"{expected} ({monitor}:1)")
 
 
 def test_it_detects_a_rewrite_between_two_checkpoints_naming_the_range(history):
@@ -164,8 +166,9 @@ def test_it_detects_a_rewrite_between_two_checkpoints_naming_the_range(history):
 
     assert broken().startswith(
         f"Audit chain broken at sequence {events[5].sequence}: content rewritten at or before "
-        f"sequence {events[5].sequence} (after {events[2].sequence}): checkpoint hash mismatch"
+        f"sequence {events[5].sequence}: checkpoint hash mismatch"
     )
+    assert f"; the last checkpoint that holds is at {events[2].sequence} " in broken()
     assert "checkpoint hash mismatch" in broken(monitor)
 
 
