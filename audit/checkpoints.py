@@ -151,6 +151,8 @@ def parse_document(document: Any, source: str) -> Checkpoint:
         raise ValueError(f"{source}: checkpoint has no valid sequence")
     if not isinstance(chain_hash, str) or len(chain_hash) != 64:
         raise ValueError(f"{source}: checkpoint at sequence {sequence} has no valid hash")
+    if not isinstance(document.get("kid"), str) or not isinstance(document.get("signature"), str):
+        raise ValueError(f"{source}: checkpoint at sequence {sequence} has no key id or signature")
     return Checkpoint(sequence, chain_hash, source, document)
 
 

@@ -269,6 +269,20 @@ def test_a_forged_database_copy_is_refused_not_trusted(history, settings, tmp_pa
     )
 
 
+def test_a_malformed_checkpoint_is_refused_not_a_crash(history):
+    AuditCheckpoint.objects.create(
+        sequence=99,
+        hash="0" * 64,
+        signed_at="2026-01-01T00:00:00Z",
+        document={"type": "custody.audit.checkpoint", "sequence": 99, "hash": "0" * 64, "kid": []},
+    )
+
+    assert broken() == (
+        "Audit chain broken at sequence 0: checkpoint refused: database copy: checkpoint at "
+        "sequence 99 has no key id or signature (0 events verified before it)."
+    )
+
+
 def test_the_web_check_and_the_periodic_check_use_the_checkpoints(history):
     events, _ = history
     admin = UserFactory(username="auditor", is_staff=True, is_superuser=True)
