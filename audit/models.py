@@ -103,3 +103,21 @@ class ChainCheck(models.Model):
     @property
     def ok(self) -> bool:
         return self.first_bad_sequence is None
+
+
+class AuditCheckpoint(models.Model):
+    """A copy of one published checkpoint, for the HTTP endpoint and the publisher's next step.
+
+    A convenience only: verification trusts a copy here only if its signature verifies with the
+    key the database does not hold, and always reads the published file as well."""
+
+    sequence = models.BigIntegerField(unique=True)
+    hash = models.CharField(max_length=64)
+    signed_at = models.DateTimeField()
+    document = models.JSONField()
+
+    class Meta:
+        ordering = ["-sequence"]
+
+    def __str__(self) -> str:
+        return f"Audit checkpoint at #{self.sequence}"

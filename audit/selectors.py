@@ -2,7 +2,7 @@ from datetime import datetime
 
 from django.db.models import QuerySet
 
-from audit.models import AuditEvent
+from audit.models import AuditCheckpoint, AuditEvent
 
 
 def audit_event_list(
@@ -55,3 +55,9 @@ def audit_event_as_dict(event: AuditEvent) -> dict:
     row = {name: getattr(event, name) for name in EXPORT_FIELDS}
     row["occurred_at"] = event.occurred_at.isoformat(timespec="microseconds")
     return row
+
+
+def audit_checkpoint_latest() -> dict | None:
+    """The database's copy of the newest checkpoint (its signature is what a reader trusts)."""
+    copy = AuditCheckpoint.objects.order_by("-sequence").first()
+    return copy.document if copy else None

@@ -8,16 +8,21 @@ transaction commits, which is what makes an event and the state change it descri
 from __future__ import annotations
 
 import json
+import logging
 import threading
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.models import GENESIS_HASH, AuditChainHead, AuditEvent
+from audit import checkpoints
+from audit.models import GENESIS_HASH, AuditChainHead, AuditCheckpoint, AuditEvent
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -143,18 +148,71 @@ class ChainReport:
     verified: int
     first_bad_sequence: int | None
     problem: str = ""
+    checkpoints: int = 0  # signed checkpoints the chain was held against
+    latest_checkpoint: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.first_bad_sequence is None
 
 
-def verify_chain(batch_size: int = 2000) -> ChainReport:
-    """Walk the whole chain in sequence order; report the first link that does not hold."""
+@contextmanager
+def _consistent_snapshot():
+    """On PostgreSQL, read the head and every event from one snapshot, so appends committed
+    during a long walk are not mistaken for a moved head (SQLite: writers would wait, so not)."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
+def _published_checkpoints(against: Iterable[Path]) -> dict[int, list[checkpoints.Checkpoint]]:
+    """Every checkpoint claimed: the published file, each externally kept copy, and the
+    database's copies (which prove nothing by being there: like any other, a checkpoint counts
+    only once its signature verifies with the key outside the database). ValueError names the
+    first that is not a checkpoint at all."""
+    found: list[checkpoints.Checkpoint] = []
+    for path in [Path(settings.CUSTODY_CHECKPOINT_FILE), *against]:
+        try:
+            found += checkpoints.read_file(path)
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot be read ({exc.strerror})")
+    for copy in AuditCheckpoint.objects.order_by("sequence").iterator():
+        found.append(checkpoints.parse_document(copy.document, "database copy"))
+    by_sequence: dict[int, list[checkpoints.Checkpoint]] = {}
+    for checkpoint in found:
+        by_sequence.setdefault(checkpoint.sequence, []).append(checkpoint)
+    return by_sequence
+
+
+def verify_chain(*, against: Iterable[Path] = (), batch_size: int = 2000) -> ChainReport:
+    """Walk the whole chain in sequence order; report the first link that does not hold.
+
+    Beyond the links themselves, the chain must contain every signed checkpoint (sequence and
+    hash): someone who rewrote events and recomputed every later hash and the head, or cut the
+    tail and moved the head back, holds the database but not the checkpoint key."""
+    try:
+        published = _published_checkpoints(against)
+    except ValueError as exc:
+        return ChainReport(0, 0, f"checkpoint refused: {exc}")
+    with _consistent_snapshot():
+        return _walk(published, batch_size)
+
+
+def _refused(verified: int, checkpoint: checkpoints.Checkpoint, exc: ValueError) -> ChainReport:
+    verified = min(verified, checkpoint.sequence - 1)  # the events it was to vouch for
+    return ChainReport(verified, checkpoint.sequence, f"checkpoint refused: {exc}")
+
+
+def _walk(published: dict[int, list[checkpoints.Checkpoint]], batch_size: int) -> ChainReport:
     expected_previous = GENESIS_HASH
     expected_sequence = 1
     verified = 0
     last_sequence = 0
+    matched: list[checkpoints.Checkpoint] = []  # the checkpoints at the latest sequence that held
+    held = 0
     while True:
         batch = list(
             AuditEvent.objects.filter(sequence__gt=last_sequence).order_by("sequence")[:batch_size]
@@ -168,13 +226,206 @@ def verify_chain(batch_size: int = 2000) -> ChainReport:
                 return ChainReport(verified, event.sequence, "previous hash does not match")
             if event.compute_hash() != event.hash:
                 return ChainReport(verified, event.sequence, "content does not match its hash")
+            claimed = published.get(event.sequence, ())
+            for checkpoint in claimed:
+                if checkpoint.hash == event.hash:
+                    continue
+                try:
+                    checkpoint.check_signature()
+                except ValueError as exc:
+                    return _refused(verified, checkpoint, exc)
+                since = (
+                    f"the last checkpoint that holds is at {matched[0].sequence}"
+                    if matched
+                    else "no earlier checkpoint holds"
+                )
+                return ChainReport(
+                    verified,
+                    event.sequence,
+                    f"content rewritten at or before sequence {event.sequence}: checkpoint hash "
+                    f"mismatch ({checkpoint.source}); {since}",
+                )
+            if claimed:
+                matched = list(claimed)
+                held += 1
             expected_previous = event.hash
             expected_sequence += 1
             verified += 1
         last_sequence = batch[-1].sequence
+    beyond = max(published, default=0)
+    if beyond > last_sequence:
+        checkpoint = published[beyond][0]
+        try:
+            checkpoint.check_signature()
+        except ValueError as exc:
+            return _refused(verified, checkpoint, exc)
+        return ChainReport(
+            verified,
+            last_sequence + 1,
+            f"events after {last_sequence} removed: checkpoint at {beyond} exists "
+            f"({checkpoint.source})",
+        )
     head = AuditChainHead.objects.filter(id=1).first()
-    if head is not None and head.last_sequence != last_sequence:
+    if head is not None and head.last_sequence > last_sequence:
         return ChainReport(verified, last_sequence + 1, "events after this point were removed")
+    if head is not None and head.last_sequence < last_sequence:
+        return ChainReport(
+            verified,
+            head.last_sequence + 1,
+            f"chain head reset to {head.last_sequence} while events run to {last_sequence}",
+        )
+    if head is not None and head.last_hash != expected_previous:
+        return ChainReport(
+            verified, last_sequence, f"chain head hash does not match event {last_sequence}"
+        )
+    # The latest checkpoint that held vouches for every event up to it (each hash covers the
+    # one before), so its signature is the one that must verify.
+    for checkpoint in matched:
+        try:
+            checkpoint.check_signature()
+        except ValueError as exc:
+            return _refused(verified, checkpoint, exc)
+    latest = matched[0].sequence if matched else None
+    return ChainReport(verified, None, checkpoints=held, latest_checkpoint=latest)
+
+
+checkpoint_log = logging.getLogger("custody.audit.checkpoint")
+# Any number: concurrent publishers (several workers) take turns through this advisory lock.
+_PUBLISH_LOCK = 0x43555354  # "CUST"
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    document: dict[str, Any] | None  # the checkpoint published, if any
+    report: ChainReport  # the walk from the last checkpoint to the head that it vouches for
+
+
+@contextmanager
+def _publisher_turn():
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_PUBLISH_LOCK])
+        acquired = cursor.fetchone()[0]
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_PUBLISH_LOCK])
+
+
+def _last_published() -> list[checkpoints.Checkpoint]:
+    """The latest checkpoint in the published file and in the database, if their signatures
+    verify (a copy that does not verify is no starting point: the walk then starts earlier)."""
+    found = []
+    last_line = checkpoints.last_in_file(Path(settings.CUSTODY_CHECKPOINT_FILE))
+    copy = AuditCheckpoint.objects.order_by("-sequence").first()
+    for document, source in ((last_line, "file"), (copy and copy.document, "database copy")):
+        if document is None:
+            continue
+        try:
+            found.append(checkpoints.verify_document(document, source))
+        except ValueError as exc:
+            checkpoint_log.warning("Ignoring the last checkpoint in the %s: %s", source, exc)
+    return found
+
+
+def checkpoint_publish() -> CheckpointResult:
+    """Sign (sequence, hash) of the chain head and publish it: append to the JSON Lines file, log
+    it, keep a copy in the database for the HTTP endpoint. Only a chain that verifies from the
+    previous checkpoint to the head is signed; nothing is published when the head has not moved.
+
+    Runs from beat (never in a request): reads in autocommit, no lock on the chain head, so
+    appends go on meanwhile; the walk stops at the head it read, whose events had committed."""
+    with _publisher_turn() as my_turn:
+        if not my_turn:
+            return CheckpointResult(None, ChainReport(0, None, "another publisher is running"))
+        head = AuditChainHead.objects.filter(id=1).first()
+        head_sequence = head.last_sequence if head else 0
+        start_sequence, start_hash = 0, GENESIS_HASH
+        for previous in _last_published():
+            if previous.sequence > head_sequence:
+                return _refuse(
+                    ChainReport(
+                        0,
+                        head_sequence + 1,
+                        f"events after {head_sequence} removed: checkpoint at "
+                        f"{previous.sequence} exists ({previous.source})",
+                    )
+                )
+            event = AuditEvent.objects.filter(sequence=previous.sequence).first()
+            if event is None or event.hash != previous.hash:
+                return _refuse(
+                    ChainReport(
+                        0,
+                        previous.sequence,
+                        f"content rewritten at or before sequence {previous.sequence}: "
+                        f"checkpoint hash mismatch ({previous.source})",
+                    )
+                )
+            if previous.sequence > start_sequence:
+                start_sequence, start_hash = previous.sequence, previous.hash
+        if head is None or head_sequence == start_sequence:
+            return CheckpointResult(None, ChainReport(0, None, "the chain has not moved"))
+        report = _walk_between(start_sequence, start_hash, head)
+        if not report.ok:
+            return _refuse(report)
+        signed_at = timezone.now().replace(microsecond=0)
+        document = checkpoints.sign(
+            sequence=head.last_sequence,
+            chain_hash=head.last_hash,
+            signed_at=signed_at.isoformat(),
+        )
+        checkpoints.append_to_file(Path(settings.CUSTODY_CHECKPOINT_FILE), document)
+        AuditCheckpoint.objects.bulk_create(
+            [
+                AuditCheckpoint(
+                    sequence=document["sequence"],
+                    hash=document["hash"],
+                    signed_at=signed_at,
+                    document=document,
+                )
+            ],
+            ignore_conflicts=True,
+        )
+    checkpoint_log.info(json.dumps(document, sort_keys=True, separators=(",", ":")))
+    return CheckpointResult(document, report)
+
+
+def _refuse(report: ChainReport) -> CheckpointResult:
+    checkpoint_log.error(
+        "Audit checkpoint NOT published: chain broken at sequence %s: %s",
+        report.first_bad_sequence,
+        report.problem,
+    )
+    return CheckpointResult(None, report)
+
+
+def _walk_between(start_sequence: int, start_hash: str, head: AuditChainHead) -> ChainReport:
+    """Check the links from a checkpoint to the head (inclusive), and the head's hash."""
+    expected_previous, expected_sequence, verified = start_hash, start_sequence + 1, 0
+    events = AuditEvent.objects.filter(
+        sequence__gt=start_sequence, sequence__lte=head.last_sequence
+    ).order_by("sequence")
+    for event in events.iterator(chunk_size=2000):
+        if event.sequence != expected_sequence:
+            return ChainReport(verified, expected_sequence, "missing event (gap in sequence)")
+        if event.previous_hash != expected_previous:
+            return ChainReport(verified, event.sequence, "previous hash does not match")
+        if event.compute_hash() != event.hash:
+            return ChainReport(verified, event.sequence, "content does not match its hash")
+        expected_previous, expected_sequence = event.hash, expected_sequence + 1
+        verified += 1
+    if expected_sequence != head.last_sequence + 1:
+        return ChainReport(verified, expected_sequence, "events after this point were removed")
+    if expected_previous != head.last_hash:
+        return ChainReport(
+            verified,
+            head.last_sequence,
+            f"chain head hash does not match event {head.last_sequence}",
+        )
     return ChainReport(verified, None)
 
 

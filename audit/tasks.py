@@ -1,7 +1,7 @@
 from celery import shared_task
 
 from audit.models import ChainCheck
-from audit.services import verify_chain
+from audit.services import checkpoint_publish, verify_chain
 
 
 def chain_check_run() -> ChainCheck:
@@ -9,7 +9,7 @@ def chain_check_run() -> ChainCheck:
     return ChainCheck.objects.create(
         verified=report.verified,
         first_bad_sequence=report.first_bad_sequence,
-        problem=report.problem,
+        problem=report.problem[:200],
     )
 
 
@@ -17,3 +17,10 @@ def chain_check_run() -> ChainCheck:
 def verify_audit_chain() -> bool:
     """Walk the whole chain on a schedule; the audit page shows the latest result."""
     return chain_check_run().ok
+
+
+@shared_task(acks_late=True)
+def publish_audit_checkpoint() -> int | None:
+    """Sign and publish the chain head on beat's cadence (CUSTODY_CHECKPOINT_SECONDS)."""
+    result = checkpoint_publish()
+    return result.document["sequence"] if result.document else None

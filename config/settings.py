@@ -292,13 +292,45 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+        # Each published audit checkpoint, as its JSON line, for log shippers to keep.
+        "custody.audit.checkpoint": {"level": "INFO"},
+    },
 }
 # Access tokens are short and refreshable while the grant lives (never beyond 15 minutes).
 CUSTODY_ACCESS_TOKEN_SECONDS = env_int("CUSTODY_ACCESS_TOKEN_SECONDS", 300, minimum=30)
 if CUSTODY_ACCESS_TOKEN_SECONDS > 900:
     raise ImproperlyConfigured("CUSTODY_ACCESS_TOKEN_SECONDS must be at most 900 (15 minutes).")
 CUSTODY_MAX_WAIT_SECONDS = 30
+
+# --- Audit checkpoints (README: "Audit checkpoints") ----------------------------------------------
+# Every CUSTODY_CHECKPOINT_SECONDS a worker signs (sequence, hash) of the chain head with an
+# Ed25519 key the database never holds, and publishes it to a JSON Lines file, the log and
+# /api/v1/audit/checkpoints/latest; verify_audit checks the chain against those signatures.
+# The key: CUSTODY_CHECKPOINT_KEY (or _FILE), a PEM Ed25519 private key; without one it is
+# derived from SECRET_KEY with HKDF, which is equally outside the database and always present.
+CUSTODY_CHECKPOINT_KEY = env_str("CUSTODY_CHECKPOINT_KEY")
+if CUSTODY_CHECKPOINT_KEY:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        _checkpoint_key = load_pem_private_key(CUSTODY_CHECKPOINT_KEY.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(
+            "CUSTODY_CHECKPOINT_KEY must be an unencrypted PEM Ed25519 private key "
+            "(openssl genpkey -algorithm ed25519)."
+        ) from exc
+    if not isinstance(_checkpoint_key, Ed25519PrivateKey):
+        raise ImproperlyConfigured("CUSTODY_CHECKPOINT_KEY must be an Ed25519 private key.")
+CUSTODY_CHECKPOINT_FILE = Path(
+    env_str("CUSTODY_CHECKPOINT_FILE", str(VAR_DIR / "audit-checkpoints.jsonl"))
+)
+CUSTODY_CHECKPOINT_SECONDS = env_int("CUSTODY_CHECKPOINT_SECONDS", 60, minimum=1)
+# Public keys (base64url, raw 32 bytes) of retired checkpoint keys: old checkpoints still verify.
+CUSTODY_CHECKPOINT_PREVIOUS_PUBLIC_KEYS = env_list("CUSTODY_CHECKPOINT_PREVIOUS_PUBLIC_KEYS", [])
 
 # --- Time: expiry, deadlines, escalation ---------------------------------------------------------
 # The sweep ends any grant or request whose time has passed, whatever happened to its ETA task.
@@ -333,6 +365,10 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_BEAT_SCHEDULE = {
     "verify-audit-chain": {"task": "audit.tasks.verify_audit_chain", "schedule": 300.0},
+    "publish-audit-checkpoint": {
+        "task": "audit.tasks.publish_audit_checkpoint",
+        "schedule": float(CUSTODY_CHECKPOINT_SECONDS),
+    },
     "sweep-expired-grants": {
         "task": "approvals.tasks.sweep_expired_grants",
         "schedule": float(CUSTODY_SWEEP_SECONDS),

@@ -4,14 +4,17 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from approvals import slack_views
 from approvals.apis import JwksApi
+from audit.apis import CheckpointKeyApi
 
 api_v1 = [
     path("", include("agents.urls")),
     path("", include("approvals.urls")),
+    path("", include("audit.urls")),
 ]
 
 urlpatterns = [
     path(".well-known/jwks.json", JwksApi.as_view(), name="jwks"),
+    path(".well-known/custody-audit-key", CheckpointKeyApi.as_view(), name="audit-checkpoint-key"),
     path("admin/", admin.site.urls),
     path("slack/interactions", slack_views.interactions, name="slack-interactions"),
     path("slack/commands", slack_views.commands, name="slack-commands"),

@@ -21,6 +21,13 @@ def _fresh_cache():
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _checkpoint_file(settings, tmp_path):
+    # Published audit checkpoints go to a file per test, never to the project's var/.
+    settings.CUSTODY_CHECKPOINT_FILE = tmp_path / "audit-checkpoints.jsonl"
+    return settings.CUSTODY_CHECKPOINT_FILE
+
+
 @pytest.fixture
 def signer():
     return SigningIdentity("ES256")
