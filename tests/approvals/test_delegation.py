@@ -574,9 +574,9 @@ def test_intent_can_come_as_a_json_object(agent_api, helper_b, signer, privilege
         intent_target=None,
         intent_justification=None,
         intent=intent(action="summarise"),
-        task_id="task-1.sub",
+        task_id="task-1/sub",
     )
     assert response.status_code == 200, response.content
     access_request = AccessRequest.objects.get(agent=helper_b)
     assert access_request.intent["action"] == "summarise"
-    assert access_request.task_id == "task-1.sub"
+    assert access_request.task_id == "task-1/sub"
