@@ -935,28 +935,34 @@ def grant_expire(*, grant_id: int) -> bool:
 
 
 def grants_revoke_for_agent(*, agent: Agent, actor: Actor, reason_detail: str = "") -> int:
-    """Invariant 5: a suspended or retired agent keeps no grant and no pending request."""
+    """Invariant 5: a suspended or retired agent keeps no grant and no pending request.
+
+    Called with the agent row already locked (agents.services), then in the lock order: its
+    pending requests, then its live grants (pk order) with what was delegated from them; the
+    evidence is appended last. Ends whatever is live, even when the agent was already
+    suspended: nothing may outlive the kill switch."""
     ended = 0
-    for grant_id in (
-        Grant.objects.filter(agent=agent, revoked_at__isnull=True)
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    ):
-        ended += grant_end(
-            grant_id=grant_id, reason=Reason.AGENT_SUSPENDED, actor=actor, detail=reason_detail
-        )
-    for access_request in lock_in_pk_order(
-        AccessRequest.objects.filter(agent=agent, status=Status.PENDING)
-    ):
-        _transition(access_request, Status.CANCELLED, reason=f"agent {agent.status}")
-        record(
-            actor=actor,
-            verb="request.cancelled",
-            agent_id=agent.pk,
-            access_request_id=access_request.pk,
-            data={"why": f"agent {agent.status}"},
-        )
-        _on_commit_request_finished(access_request.pk)
+    with transaction.atomic(), deferred_evidence():
+        for access_request in lock_in_pk_order(
+            AccessRequest.objects.filter(agent=agent, status=Status.PENDING)
+        ):
+            _transition(access_request, Status.CANCELLED, reason=f"agent {agent.status}")
+            record(
+                actor=actor,
+                verb="request.cancelled",
+                agent_id=agent.pk,
+                access_request_id=access_request.pk,
+                data={"why": f"agent {agent.status}"},
+            )
+            _on_commit_request_finished(access_request.pk)
+        for grant_id in (
+            Grant.objects.filter(agent=agent, revoked_at__isnull=True)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        ):
+            ended += grant_end(
+                grant_id=grant_id, reason=Reason.AGENT_SUSPENDED, actor=actor, detail=reason_detail
+            )
     return ended
 
 
