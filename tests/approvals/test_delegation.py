@@ -250,7 +250,7 @@ def test_a_delegated_task_is_the_parents_or_nests_under_it(agent_api, helper_b, 
     token_a, grant_a = root_token(agent_api)  # task-1
     for task_id in ("another-task", "task-10", "task-1-b", "x/task-1"):
         error = error_of(
-            exchange(agent_api, token_a, signer.mint(helper_b.spiffe_id), task_id=task_id)
+            exchange(agent_api, token_a, signer.act(helper_b.spiffe_id), task_id=task_id)
         )
         assert error["code"] == "invalid_request", task_id
         assert list(error["fields"]) == ["task_id"]
@@ -259,7 +259,7 @@ def test_a_delegated_task_is_the_parents_or_nests_under_it(agent_api, helper_b, 
     refused = AuditEvent.objects.filter(verb="delegation.refused", grant_id=grant_a.pk)
     assert [event.data["code"] for event in refused] == ["invalid_request"] * 4
 
-    nested = exchange(agent_api, token_a, signer.mint(helper_b.spiffe_id), task_id="task-1/rows")
+    nested = exchange(agent_api, token_a, signer.act(helper_b.spiffe_id), task_id="task-1/rows")
     assert nested.status_code == 200, nested.content
     assert Grant.objects.get(pk=nested.json()["grant_id"]).task_id == "task-1/rows"
 
@@ -272,7 +272,7 @@ def test_a_delegation_sees_the_toxic_pair_its_chain_holds_in_another_task(
     refund = submit(agent_api, "payments-api:refund", task_id="refunds").json()
     assert decide(sponsor, refund["id"]).status_code == 201  # the root now holds both halves
 
-    response = exchange(agent_api, token_a, signer.mint(helper_b.spiffe_id))
+    response = exchange(agent_api, token_a, signer.act(helper_b.spiffe_id))
 
     assert response.status_code == 202, response.content
     body = response.json()
@@ -346,7 +346,7 @@ def test_only_the_holder_of_a_live_parent_may_delegate(
     error = error_of(exchange(agent_api, "not-a-token", signer.act(helper_c.spiffe_id)))
     assert error["code"] == "invalid_request"
     # A workload identity token is not a Custody access token, and vice versa.
-    error = error_of(exchange(agent_api, signer.mint(helper_b.spiffe_id), token_a))
+    error = error_of(exchange(agent_api, signer.act(helper_b.spiffe_id), token_a))
     assert error["code"] == "invalid_request"
 
     assert agent_api.post(f"/api/v1/grants/{grant_a.pk}/complete").status_code == 200
