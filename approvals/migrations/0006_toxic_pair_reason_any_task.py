@@ -59,5 +59,8 @@ def ship_toxic_pair_reason(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("approvals", "0005_delegation_policies")]
+    dependencies = [
+        ("approvals", "0005_delegation_policies"),
+        ("audit", "0005_refuse_truncate"),  # the live record() writes to the current chain
+    ]
     operations = [migrations.RunPython(ship_toxic_pair_reason, migrations.RunPython.noop)]
