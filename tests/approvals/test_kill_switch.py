@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test import Client
 from django.utils import timezone
@@ -19,6 +20,7 @@ from rest_framework.test import APIClient
 from agents.models import Agent
 from approvals.models import AccessRequest, Grant
 from audit.services import verify_chain
+from config.celery import app as celery_app
 from tests.approvals.conftest import intent
 from tests.factories import AgentFactory, PrivilegeFactory, UserFactory
 
@@ -26,6 +28,18 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 REPETITIONS = 20
 SUBMITTERS = 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_backlog_left_for_a_later_worker():
+    """The drills issue hundreds of grants, each enqueueing its expiry and notices on commit,
+    and no worker runs here: drop those messages afterwards, so a worker started by a later
+    test (or run) does not begin with a stale backlog."""
+    yield
+    queues = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()} | {"celery"}
+    with celery_app.connection_for_write() as broker:
+        for queue in sorted(queues):
+            broker.default_channel.queue_purge(queue)
 
 
 def agent_client(signer, agent) -> APIClient:
