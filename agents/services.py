@@ -1,4 +1,12 @@
-"""Writes about agents: registration, ownership and lifecycle. Every one is audited."""
+"""Writes about agents: registration, ownership and lifecycle. Every one is audited.
+
+Lock order: the one documented in approvals/services.py's docstring (and README, "Security" →
+"Lock order"): agent row(s) first, then access requests, then grants, the audit chain head last.
+Here the agent row is taken `FOR NO KEY UPDATE` first thing in every transaction that changes it:
+it conflicts with the `FOR SHARE` that a submission or a decision takes first thing, so the
+kill switch and agent traffic serialize, yet not with the `KEY SHARE` of a foreign-key check at
+another transaction's COMMIT (taken after that transaction holds the chain head).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ LAST_SEEN_GRANULARITY = timedelta(seconds=60)
 
 
 def _lock(agent: Agent) -> Agent:
-    return Agent.objects.select_for_update().get(pk=agent.pk)
+    return Agent.objects.select_for_update(no_key=True).get(pk=agent.pk)
 
 
 def agent_register(
@@ -341,7 +349,11 @@ def _transition(agent: Agent, target: str, *, actor: Actor, verb: str, reason: s
     with transaction.atomic(), deferred_evidence():
         agent = _lock(agent)
         if agent.status == target:
-            return agent  # idempotent: a second kill-switch press changes nothing
+            # A second press records no second transition, yet still ends anything live: the
+            # kill switch never leaves a grant standing, whatever came before it.
+            if target != Agent.Status.ACTIVE:
+                _end_privileges(agent, actor=actor, reason=reason)
+            return agent
         if target not in Agent.TRANSITIONS[agent.status]:
             raise Conflict(
                 f"Agent {agent.name} is {agent.status}; it cannot become {target}.",
@@ -393,9 +405,17 @@ def agent_mark_seen(*, agent: Agent) -> None:
     now = timezone.now()
     if agent.last_seen_at and now - agent.last_seen_at < LAST_SEEN_GRANULARITY:
         return
-    Agent.objects.filter(pk=agent.pk).exclude(last_seen_at__gt=now - LAST_SEEN_GRANULARITY).update(
-        last_seen_at=now
-    )
+    # Its own short transaction, and it skips a row another transaction holds (a suspension, a
+    # submission): telemetry never waits in the lock order, and never holds a lock in it.
+    with transaction.atomic():
+        free = (
+            Agent.objects.select_for_update(no_key=True, skip_locked=True)
+            .filter(pk=agent.pk)
+            .exclude(last_seen_at__gt=now - LAST_SEEN_GRANULARITY)
+            .values_list("pk", flat=True)
+        )
+        if free:
+            Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)
     agent.last_seen_at = now
 
 

@@ -5,6 +5,21 @@ Each state change re-reads its rows under `select_for_update()` inside `transact
 writes its audit event in the same transaction, and defers slow work with `on_commit`.
 A refusal that must leave evidence (a late or duplicate decision) commits the audit event and
 then raises, so the caller still gets its 4xx.
+
+Lock order — the one order for every transaction in Custody (README, "Security" → "Lock
+order", is the reference; agents/services.py follows the same):
+1. agent row(s), in primary-key order, through `lock_agents`: `FOR SHARE` to read-guard an
+   agent's status (submit, decide, delegation), `FOR NO KEY UPDATE` to change it (suspend,
+   retire, reactivate, ownership) or to serialize one agent's submits of a privilege that is
+   part of a toxic pair;
+2. access request(s);
+3. grant(s), in primary-key order (`lock_in_pk_order`), parents before the children found
+   under them;
+4. any other row;
+5. the audit chain head, last: `record()` appends at the end of `deferred_evidence()`.
+Row locks are `FOR NO KEY UPDATE`, never plain `FOR UPDATE`: no transaction here changes a key,
+and PostgreSQL's deferred foreign-key checks take `KEY SHARE` on the referenced agent, request
+or grant at COMMIT — after the chain head — which a `FOR UPDATE` would block into a deadlock.
 """
 
 from __future__ import annotations
@@ -14,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 from guardian.shortcuts import get_group_perms, get_user_perms
@@ -43,8 +58,28 @@ Reason = Grant.RevokeReason
 
 
 def lock_in_pk_order(queryset: QuerySet) -> list:
-    """Lock several rows in one fixed order (primary key) so concurrent lockers never deadlock."""
-    return list(queryset.select_for_update().order_by("pk"))
+    """Lock several rows in one fixed order (primary key) so concurrent lockers never deadlock.
+    `FOR NO KEY UPDATE`: a foreign-key check at another transaction's COMMIT still passes."""
+    return list(queryset.select_for_update(no_key=True).order_by("pk"))
+
+
+def lock_agents(agent_ids: Iterable[int], *, exclusive: bool = False) -> dict[int, Agent]:
+    """Step 1 of the lock order: the agents, in primary-key order, re-read under the lock.
+
+    Shared (`FOR SHARE`) guards a status read against a concurrent suspension; `exclusive`
+    (`FOR NO KEY UPDATE`) also serializes with every other locker of the agent."""
+    ids = sorted(set(agent_ids))
+    queryset = Agent.objects.filter(pk__in=ids).order_by("pk").select_related("sponsor", "team")
+    if exclusive:
+        return {agent.pk: agent for agent in queryset.select_for_update(no_key=True, of=("self",))}
+    if connection.vendor == "postgresql":  # Django's ORM has no FOR SHARE; SQLite needs none
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id FROM {Agent._meta.db_table} WHERE id = ANY(%s) "  # noqa: S608
+                "ORDER BY id FOR SHARE",
+                [ids],
+            )
+    return {agent.pk: agent for agent in queryset}
 
 
 def privilege_by_name(name: str) -> Privilege:
@@ -63,10 +98,12 @@ def privilege_by_name(name: str) -> Privilege:
     return found
 
 
-def _held_in_task(agent_id: int, task_id: str, *, exclude_grant_id: int | None = None) -> tuple:
+def _held_live(agent_ids: Iterable[int], *, exclude_grant_id: int | None = None) -> tuple:
+    """Every privilege the agents hold live, in any task: toxic pairs are judged on all of it
+    (the agent and its delegation chain), not only on the task the agent chose to name."""
     now = timezone.now()
     grants = Grant.objects.filter(
-        agent_id=agent_id, task_id=task_id, revoked_at__isnull=True, expires_at__gt=now
+        agent_id__in=list(agent_ids), revoked_at__isnull=True, expires_at__gt=now
     )
     if exclude_grant_id is not None:
         grants = grants.exclude(pk=exclude_grant_id)
@@ -111,7 +148,7 @@ def _facts(
         hour_utc=now.hour,
         weekday=now.isoweekday(),
         initiated_by=initiated_by,
-        held_privileges=_held_in_task(agent.pk, task_id, exclude_grant_id=exclude_grant_id),
+        held_privileges=_held_live(chain.agent_pks, exclude_grant_id=exclude_grant_id),
         is_extension=is_extension,
         delegation_depth=chain.depth,
         root_agent=chain.root_agent,
@@ -128,12 +165,13 @@ class ChainFacts:
     root_approver: str
     agents: tuple[str, ...]
     crosses_sponsor: bool
+    agent_pks: tuple[int, ...] = ()
 
 
 def _chain_for(*, parent: Grant | None, agent: Agent) -> ChainFacts:
     """What policy needs to know about a delegation chain ending at `agent`."""
     if parent is None:
-        return ChainFacts(0, agent.spiffe_id, "", (agent.spiffe_id,), False)
+        return ChainFacts(0, agent.spiffe_id, "", (agent.spiffe_id,), False, (agent.pk,))
     ancestors = grant_ancestors(parent)
     root = ancestors[-1]
     return ChainFacts(
@@ -142,6 +180,62 @@ def _chain_for(*, parent: Grant | None, agent: Agent) -> ChainFacts:
         root_approver=", ".join(grant_approvers(root)),
         agents=tuple(g.agent.spiffe_id for g in reversed(ancestors)) + (agent.spiffe_id,),
         crosses_sponsor=parent.agent.sponsor_id != agent.sponsor_id,
+        agent_pks=tuple(g.agent_id for g in reversed(ancestors)) + (agent.pk,),
+    )
+
+
+def _chain_agent_ids(parent: Grant | None, agent_id: int) -> list[int]:
+    """The agents of a delegation chain ending at `agent_id` (a grant's agent never changes,
+    so this is read before any lock, to know which agents to lock)."""
+    ids = [agent_id]
+    grant_id = parent.pk if parent is not None else None
+    while grant_id is not None:
+        agent_of, grant_id = Grant.objects.filter(pk=grant_id).values_list("agent_id", "parent_id")[
+            0
+        ]
+        ids.append(agent_of)
+    return ids
+
+
+def _is_toxic(privilege: Privilege) -> bool:
+    return privilege.toxic_with.exists()
+
+
+def _cumulative_seconds(agent_id: int, privilege: Privilege, now) -> int:
+    """Seconds the agent has held (or still may hold, for a live grant) the privilege within
+    the cumulative window: back-to-back fresh requests add up here."""
+    window_start = now - timedelta(seconds=settings.CUSTODY_CUMULATIVE_WINDOW_SECONDS)
+    total = 0.0
+    for issued_at, expires_at, revoked_at in Grant.objects.filter(
+        agent_id=agent_id, privilege=privilege, expires_at__gt=window_start
+    ).values_list("issued_at", "expires_at", "revoked_at"):
+        end = min(expires_at, revoked_at) if revoked_at else expires_at
+        total += max((end - max(issued_at, window_start)).total_seconds(), 0)
+    return int(total)
+
+
+def _cumulative_limit(
+    outcome: policy.PolicyOutcome, *, agent_id: int, privilege: Privilege, duration_seconds: int
+) -> policy.PolicyOutcome:
+    """An automatic approval that would take the agent's cumulative time with the privilege
+    past CUSTODY_CUMULATIVE_FACTOR × its maximum within the window goes to people instead."""
+    factor = settings.CUSTODY_CUMULATIVE_FACTOR
+    if outcome.outcome != "auto_approve" or factor <= 0:
+        return outcome
+    limit = int(factor * privilege.max_duration_seconds)
+    held = _cumulative_seconds(agent_id, privilege, timezone.now())
+    if held + duration_seconds <= limit:
+        return outcome
+    window = settings.CUSTODY_CUMULATIVE_WINDOW_SECONDS
+    return policy.PolicyOutcome(
+        "request",
+        ["cumulative-limit-needs-people"],
+        f"The agent has held {privilege.name} for {held} s in the last {window} s; with the "
+        f"{duration_seconds} s asked for that is {held + duration_seconds} s, over the "
+        f"{limit} s that may be granted automatically in that window "
+        f"({factor:g} × the privilege's maximum of {privilege.max_duration_seconds} s), "
+        "so people decide.",
+        outcome.approvals_required,
     )
 
 
@@ -223,25 +317,43 @@ def access_request_submit(
             fields={"duration_seconds": [f"At most {privilege.max_duration_seconds}."]},
         )
     initiated_by = str(context.get("initiated_by", ""))[:254]
-    chain = _chain_for(parent=parent_grant, agent=agent)
-    facts = _facts(
-        agent=agent,
-        privilege=privilege,
-        intent=intent,
-        duration_seconds=duration_seconds,
-        context=context,
-        task_id=task_id,
-        initiated_by=initiated_by,
-        is_extension=extension_of is not None,
-        chain=chain,
-    )
-    compiled = policy.current_policies()
-    outcome = policy.decide(compiled, facts)
-    now = timezone.now()
-    deadline_seconds = privilege.decision_deadline_seconds
     actor = Actor.for_agent(agent)
 
     with transaction.atomic(), deferred_evidence():
+        # Lock order step 1, first thing: the agent (and its delegation chain). A suspension
+        # either committed before (its status is read again here) or waits for this request and
+        # then ends its grant. A privilege in a toxic pair takes the agent exclusively, so two
+        # halves of a pair are decided one after the other, each seeing what the other got.
+        locked = lock_agents(
+            _chain_agent_ids(parent_grant, agent.pk), exclusive=_is_toxic(privilege)
+        )
+        agent = locked[agent.pk]
+        if agent.status != Agent.Status.ACTIVE:
+            raise Conflict(
+                f"Agent {agent.name} is {agent.status}; it gets no new privilege.",
+                code="agent_not_active",
+            )
+        chain = _chain_for(parent=parent_grant, agent=agent)
+        facts = _facts(
+            agent=agent,
+            privilege=privilege,
+            intent=intent,
+            duration_seconds=duration_seconds,
+            context=context,
+            task_id=task_id,
+            initiated_by=initiated_by,
+            is_extension=extension_of is not None,
+            chain=chain,
+        )
+        compiled = policy.current_policies()
+        outcome = _cumulative_limit(
+            policy.decide(compiled, facts),
+            agent_id=agent.pk,
+            privilege=privilege,
+            duration_seconds=duration_seconds,
+        )
+        now = timezone.now()
+        deadline_seconds = privilege.decision_deadline_seconds
         access_request = AccessRequest.objects.create(
             agent=agent,
             privilege=privilege,
@@ -379,17 +491,18 @@ def access_request_decide(
     refusal: Exception | None = None
     result: DecideResult | None = None
     with transaction.atomic(), deferred_evidence():
-        # Lock order is agent, then request — as agent_suspend takes them — so a decision
-        # racing a suspension waits instead of deadlocking.
+        # Lock order: the agent (shared: its status is only read), then the request, then the
+        # parent grant, the chain head last — so a decision racing a suspension waits for it,
+        # and one racing the agent's own submissions never waits on them.
         agent_id = (
             AccessRequest.objects.filter(pk=access_request_id)
             .values_list("agent_id", flat=True)
             .first()
         )
         if agent_id is not None:
-            list(Agent.objects.select_for_update().filter(pk=agent_id).values_list("pk"))
+            lock_agents([agent_id])
         access_request = (
-            AccessRequest.objects.select_for_update(of=("self",))
+            AccessRequest.objects.select_for_update(no_key=True, of=("self",))
             .select_related("agent", "agent__sponsor", "agent__team", "privilege")
             .filter(pk=access_request_id)
             .first()
@@ -399,7 +512,9 @@ def access_request_decide(
         if access_request.parent_grant_id is not None:
             # Before any audit write, as grant_end orders it: a parent ending concurrently
             # either ends first (the mint below sees it) or waits until this child exists.
-            Grant.objects.select_for_update().filter(pk=access_request.parent_grant_id).first()
+            Grant.objects.select_for_update(no_key=True).filter(
+                pk=access_request.parent_grant_id
+            ).first()
         ids = {"agent_id": access_request.agent_id, "access_request_id": access_request.pk}
         who = Actor.for_user(approver)
 
@@ -520,8 +635,9 @@ def _record_decision(access_request, approver, verdict, channel, comment):
 
         transaction.on_commit(lambda: channels.request_updated(access_request.pk))
         return DecideResult(decision, access_request)
-    # Final approval: mint in this transaction, re-checking the agent and the policy.
-    agent = Agent.objects.select_for_update().get(pk=access_request.agent_id)
+    # Final approval: mint in this transaction, re-checking the agent and the policy. The agent
+    # row is already locked (shared) by access_request_decide: its status cannot move under us.
+    agent = Agent.objects.get(pk=access_request.agent_id)
     if agent.status != Agent.Status.ACTIVE:
         return _refuse_grant(
             access_request,
@@ -591,7 +707,7 @@ def _facts_for_request(access_request: AccessRequest, *, exclude_grant_id=None):
 def access_request_cancel(*, access_request_id: int, agent: Agent) -> AccessRequest:
     with transaction.atomic():
         access_request = (
-            AccessRequest.objects.select_for_update()
+            AccessRequest.objects.select_for_update(no_key=True)
             .filter(pk=access_request_id, agent=agent)
             .first()
         )
@@ -624,7 +740,7 @@ def access_request_expire(*, access_request_id: int) -> bool:
     """Expire a pending request whose deadline has passed. Safe to run twice."""
     with transaction.atomic():
         access_request = (
-            AccessRequest.objects.select_for_update()
+            AccessRequest.objects.select_for_update(no_key=True)
             .filter(pk=access_request_id, status=Status.PENDING)
             .first()
         )
@@ -754,7 +870,7 @@ def grant_end(*, grant_id: int, reason: str, actor: Actor, detail: str = "") -> 
 
     Returns False when it had already ended (a rerun changes nothing)."""
     with transaction.atomic(), deferred_evidence():
-        grant = Grant.objects.select_for_update().filter(pk=grant_id).first()
+        grant = Grant.objects.select_for_update(no_key=True).filter(pk=grant_id).first()
         if grant is None or grant.revoked_at is not None:
             return False
         now = timezone.now()
@@ -777,7 +893,9 @@ def grants_expire_due(*, limit: int = 500, grant_id: int | None = None) -> int:
         if grant_id is not None:
             due = due.filter(pk=grant_id)
         selected = list(
-            due.select_for_update(skip_locked=True).order_by("expires_at", "pk")[:limit]
+            due.select_for_update(no_key=True, skip_locked=True).order_by("expires_at", "pk")[
+                :limit
+            ]
         )
         if not selected:
             return 0
@@ -817,28 +935,34 @@ def grant_expire(*, grant_id: int) -> bool:
 
 
 def grants_revoke_for_agent(*, agent: Agent, actor: Actor, reason_detail: str = "") -> int:
-    """Invariant 5: a suspended or retired agent keeps no grant and no pending request."""
+    """Invariant 5: a suspended or retired agent keeps no grant and no pending request.
+
+    Called with the agent row already locked (agents.services), then in the lock order: its
+    pending requests, then its live grants (pk order) with what was delegated from them; the
+    evidence is appended last. Ends whatever is live, even when the agent was already
+    suspended: nothing may outlive the kill switch."""
     ended = 0
-    for grant_id in (
-        Grant.objects.filter(agent=agent, revoked_at__isnull=True)
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    ):
-        ended += grant_end(
-            grant_id=grant_id, reason=Reason.AGENT_SUSPENDED, actor=actor, detail=reason_detail
-        )
-    for access_request in lock_in_pk_order(
-        AccessRequest.objects.filter(agent=agent, status=Status.PENDING)
-    ):
-        _transition(access_request, Status.CANCELLED, reason=f"agent {agent.status}")
-        record(
-            actor=actor,
-            verb="request.cancelled",
-            agent_id=agent.pk,
-            access_request_id=access_request.pk,
-            data={"why": f"agent {agent.status}"},
-        )
-        _on_commit_request_finished(access_request.pk)
+    with transaction.atomic(), deferred_evidence():
+        for access_request in lock_in_pk_order(
+            AccessRequest.objects.filter(agent=agent, status=Status.PENDING)
+        ):
+            _transition(access_request, Status.CANCELLED, reason=f"agent {agent.status}")
+            record(
+                actor=actor,
+                verb="request.cancelled",
+                agent_id=agent.pk,
+                access_request_id=access_request.pk,
+                data={"why": f"agent {agent.status}"},
+            )
+            _on_commit_request_finished(access_request.pk)
+        for grant_id in (
+            Grant.objects.filter(agent=agent, revoked_at__isnull=True)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        ):
+            ended += grant_end(
+                grant_id=grant_id, reason=Reason.AGENT_SUSPENDED, actor=actor, detail=reason_detail
+            )
     return ended
 
 
@@ -896,7 +1020,7 @@ def grant_token_refresh(*, grant: Grant, agent: Agent) -> IssuedToken:
     refusal = None
     with transaction.atomic():
         grant = (
-            Grant.objects.select_for_update(of=("self",))
+            Grant.objects.select_for_update(no_key=True, of=("self",))
             .select_related("access_request", "privilege", "agent")
             .filter(pk=grant.pk, agent=agent)
             .first()
@@ -1015,7 +1139,9 @@ def tool_call_record(
     detail: dict | str | None = None,
 ):
     with transaction.atomic():
-        grant = Grant.objects.select_for_update().filter(pk=grant.pk, agent=agent).first()
+        grant = (
+            Grant.objects.select_for_update(no_key=True).filter(pk=grant.pk, agent=agent).first()
+        )
         if grant is None:
             raise NotFound("Not found.")
         if not grant.is_active():
@@ -1055,7 +1181,11 @@ def policy_save(*, policy_row, actor: Actor, created: bool):
     with transaction.atomic():
         if not created:
             policy_row.version = (
-                type(policy_row).objects.select_for_update().get(pk=policy_row.pk).version + 1
+                type(policy_row)
+                .objects.select_for_update(no_key=True)
+                .get(pk=policy_row.pk)
+                .version
+                + 1
             )
         policy_row.updated_by = actor.id
         policy_row.save()
@@ -1350,10 +1480,20 @@ def _delegation_submit(
     attempt["sub_agent"] = sub_agent
 
     with transaction.atomic():
+        # Lock order: the agents first (the chain and the sub-agent, in the mode
+        # access_request_submit takes them again below), then the parent grant.
+        unlocked_parent = (
+            Grant.objects.select_related("privilege").filter(pk=attempt["parent_id"]).first()
+        )
+        if unlocked_parent is not None:
+            lock_agents(
+                _chain_agent_ids(unlocked_parent, sub_agent.pk),
+                exclusive=_is_toxic(unlocked_parent.privilege),
+            )
         # Held to the end: the parent cannot end between these checks and the child's mint,
         # and grant_end, which locks it first, then finds the child to cascade to.
         parent = (
-            Grant.objects.select_for_update(of=("self",))
+            Grant.objects.select_for_update(no_key=True, of=("self",))
             .select_related("agent", "agent__sponsor", "access_request")
             .filter(pk=attempt["parent_id"])
             .first()
@@ -1380,7 +1520,7 @@ def _delegation_submit(
                 "an agent cannot appear twice in its own chain.",
                 "actor_token",
             )
-        sub_agent = Agent.objects.select_for_update().get(pk=sub_agent.pk)
+        sub_agent = Agent.objects.get(pk=sub_agent.pk)  # locked above, with the chain
         if sub_agent.status != Agent.Status.ACTIVE:
             raise _exchange_error(
                 "invalid_target", f"{sub_agent.spiffe_id} is {sub_agent.status}.", "actor_token"
@@ -1397,6 +1537,17 @@ def _delegation_submit(
             )
         if len(asked) != 1:
             raise _exchange_error("invalid_scope", "Delegate one privilege at a time.", "scope")
+        # A delegated grant works on its parent's task: the same task id, or one nested under
+        # it ("<parent task>/<sub-task>"), so a chain's work stays attributable to one task.
+        task_id = task_id or parent.task_id
+        if task_id != parent.task_id and not task_id.startswith(parent.task_id + "/"):
+            raise _exchange_error(
+                "invalid_request",
+                f"A delegated grant works on its parent's task: task_id must be "
+                f"{parent.task_id!r} or nest under it ('{parent.task_id}/...'); "
+                f"{task_id!r} was asked for.",
+                "task_id",
+            )
 
         depth = parent.depth + 1
         for link in ancestors:
@@ -1432,7 +1583,7 @@ def _delegation_submit(
         result = access_request_submit(
             agent=sub_agent,
             privilege_name=asked[0],
-            task_id=task_id or parent.task_id,
+            task_id=task_id,
             duration_seconds=duration_seconds,
             intent=intent,
             context=context,
@@ -1474,7 +1625,7 @@ def delegations_cancel_orphaned(*, grant_ids: Iterable[int]) -> int:
     for access_request_id in waiting:
         with transaction.atomic():
             access_request = (
-                AccessRequest.objects.select_for_update()
+                AccessRequest.objects.select_for_update(no_key=True)
                 .filter(pk=access_request_id, status=Status.PENDING)
                 .first()
             )

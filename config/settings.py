@@ -304,6 +304,11 @@ CUSTODY_ACCESS_TOKEN_SECONDS = env_int("CUSTODY_ACCESS_TOKEN_SECONDS", 300, mini
 if CUSTODY_ACCESS_TOKEN_SECONDS > 900:
     raise ImproperlyConfigured("CUSTODY_ACCESS_TOKEN_SECONDS must be at most 900 (15 minutes).")
 CUSTODY_MAX_WAIT_SECONDS = 30
+# Back-to-back requests cannot renew a privilege forever: within any window of this many
+# seconds, an agent gets a privilege automatically for at most FACTOR × its maximum duration
+# (counting what it held and still holds); beyond that people decide. FACTOR 0 turns it off.
+CUSTODY_CUMULATIVE_WINDOW_SECONDS = env_int("CUSTODY_CUMULATIVE_WINDOW_SECONDS", 86400, minimum=60)
+CUSTODY_CUMULATIVE_FACTOR = env_int("CUSTODY_CUMULATIVE_FACTOR", 4, minimum=0)
 
 # --- Audit checkpoints (README: "Audit checkpoints") ----------------------------------------------
 # Every CUSTODY_CHECKPOINT_SECONDS a worker signs (sequence, hash) of the chain head with an

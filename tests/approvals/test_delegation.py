@@ -246,6 +246,41 @@ def test_outliving_the_parent_is_refused_not_clipped(agent_api, helper_b, signer
     assert not Grant.objects.filter(agent=helper_b).exists()
 
 
+def test_a_delegated_task_is_the_parents_or_nests_under_it(agent_api, helper_b, signer, privileges):
+    token_a, grant_a = root_token(agent_api)  # task-1
+    for task_id in ("another-task", "task-10", "task-1-b", "x/task-1"):
+        error = error_of(
+            exchange(agent_api, token_a, signer.act(helper_b.spiffe_id), task_id=task_id)
+        )
+        assert error["code"] == "invalid_request", task_id
+        assert list(error["fields"]) == ["task_id"]
+        assert "'task-1' or nest under it ('task-1/...')" in error["message"]
+    assert not AccessRequest.objects.filter(agent=helper_b).exists()
+    refused = AuditEvent.objects.filter(verb="delegation.refused", grant_id=grant_a.pk)
+    assert [event.data["code"] for event in refused] == ["invalid_request"] * 4
+
+    nested = exchange(agent_api, token_a, signer.act(helper_b.spiffe_id), task_id="task-1/rows")
+    assert nested.status_code == 200, nested.content
+    assert Grant.objects.get(pk=nested.json()["grant_id"]).task_id == "task-1/rows"
+
+
+def test_a_delegation_sees_the_toxic_pair_its_chain_holds_in_another_task(
+    agent_api, helper_b, signer, sponsor, privileges
+):
+    privileges["read"].toxic_with.add(privileges["refund"])
+    token_a, _ = root_token(agent_api)  # payments-db:read in task-1
+    refund = submit(agent_api, "payments-api:refund", task_id="refunds").json()
+    assert decide(sponsor, refund["id"]).status_code == 201  # the root now holds both halves
+
+    response = exchange(agent_api, token_a, signer.act(helper_b.spiffe_id))
+
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["status"] == "pending"
+    assert body["decision"]["policies"][0] == "toxic-pair-needs-people"
+    assert not Grant.objects.filter(agent=helper_b).exists()
+
+
 def test_going_deeper_than_the_roots_limit_is_refused(
     agent, agent_api, helper_b, helper_c, signer, privileges
 ):
@@ -311,7 +346,7 @@ def test_only_the_holder_of_a_live_parent_may_delegate(
     error = error_of(exchange(agent_api, "not-a-token", signer.act(helper_c.spiffe_id)))
     assert error["code"] == "invalid_request"
     # A workload identity token is not a Custody access token, and vice versa.
-    error = error_of(exchange(agent_api, signer.mint(helper_b.spiffe_id), token_a))
+    error = error_of(exchange(agent_api, signer.act(helper_b.spiffe_id), token_a))
     assert error["code"] == "invalid_request"
 
     assert agent_api.post(f"/api/v1/grants/{grant_a.pk}/complete").status_code == 200
@@ -574,9 +609,9 @@ def test_intent_can_come_as_a_json_object(agent_api, helper_b, signer, privilege
         intent_target=None,
         intent_justification=None,
         intent=intent(action="summarise"),
-        task_id="task-1.sub",
+        task_id="task-1/sub",
     )
     assert response.status_code == 200, response.content
     access_request = AccessRequest.objects.get(agent=helper_b)
     assert access_request.intent["action"] == "summarise"
-    assert access_request.task_id == "task-1.sub"
+    assert access_request.task_id == "task-1/sub"

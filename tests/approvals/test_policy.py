@@ -1,6 +1,10 @@
+import importlib
+
 import pytest
+from django.apps import apps as django_apps
 
 from approvals.models import Policy, PolicyRevision
+from approvals.policy import DEFAULT_POLICY_TEXT
 from audit.models import AuditEvent
 from tests.approvals.conftest import submit
 from tests.factories import PolicyFactory
@@ -117,3 +121,23 @@ def test_the_default_policy_set_ships_in_the_repo(db):
 
     shipped = Path(__file__).resolve().parents[2] / "approvals/policies/default.cedar"
     assert Policy.objects.get(name="default").text == shipped.read_text()
+
+
+def test_the_toxic_pair_reason_moves_to_any_task_on_an_untouched_default_policy(privileges):
+    migration = importlib.import_module("approvals.migrations.0006_toxic_pair_reason_any_task")
+    policy = Policy.objects.get(name="default")
+    shipped_before = DEFAULT_POLICY_TEXT.replace(migration.REASON, migration.PREVIOUS_REASON)
+    assert shipped_before != DEFAULT_POLICY_TEXT
+    Policy.objects.filter(pk=policy.pk).update(text=shipped_before)
+
+    migration.ship_toxic_pair_reason(django_apps, None)
+    policy.refresh_from_db()
+    assert policy.text == DEFAULT_POLICY_TEXT
+    assert "in any task" in policy.text
+    assert PolicyRevision.objects.filter(policy=policy, version=policy.version).exists()
+    assert AuditEvent.objects.filter(verb="policy.changed", actor_id="migration").exists()
+
+    edited = "// edited by an admin\n" + shipped_before
+    Policy.objects.filter(pk=policy.pk).update(text=edited)
+    migration.ship_toxic_pair_reason(django_apps, None)
+    assert Policy.objects.get(pk=policy.pk).text == edited

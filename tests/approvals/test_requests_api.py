@@ -274,16 +274,20 @@ def test_an_agent_sees_only_its_own_requests_and_grants(
     assert len(agent_api.get("/api/v1/grants").json()["results"]) == 1
 
 
-def test_a_toxic_pair_in_one_task_needs_people(agent_api, privileges, sponsor):
+def test_a_toxic_pair_needs_people_whatever_task_the_agent_names(agent_api, privileges, sponsor):
     privileges["read"].toxic_with.add(privileges["refund"])
     refund = submit(agent_api, "payments-api:refund", task_id="t-9").json()
-    decide(sponsor, refund["id"])
+    refund_grant = decide(sponsor, refund["id"]).json()["grant"]
     body = submit(agent_api, "payments-db:read", task_id="t-9").json()
     assert body["status"] == "pending"
     assert body["decision"]["policies"][0] == "toxic-pair-needs-people"
-    assert (
-        submit(agent_api, "payments-db:read", task_id="other-task").json()["status"] == "approved"
-    )
+    # Naming another task does not split the pair: the agent holds both halves all the same.
+    elsewhere = submit(agent_api, "payments-db:read", task_id="other-task").json()
+    assert elsewhere["status"] == "pending"
+    assert elsewhere["decision"]["policies"][0] == "toxic-pair-needs-people"
+    # Once the refund grant has ended, reading is automatic again.
+    assert agent_api.post(f"/api/v1/grants/{refund_grant['id']}/complete").status_code == 200
+    assert submit(agent_api, "payments-db:read", task_id="later").json()["status"] == "approved"
 
 
 def test_critical_is_never_automatic_and_needs_two(agent_api, privileges):

@@ -10,7 +10,7 @@ from approvals.models import AccessRequest, Grant
 from approvals.services import access_request_submit
 from approvals.tasks import sweep_expired_grants, sweep_request_deadlines
 from audit.models import AuditEvent
-from tests.approvals.conftest import decide, intent, submit
+from tests.approvals.conftest import decide, intent, person_client, submit
 from tests.factories import AgentFactory
 
 pytestmark = pytest.mark.django_db
@@ -177,3 +177,33 @@ def test_expiry_and_notifications_run_on_separate_queues():
     assert queue("approvals.tasks.expire_grant") == "expiry"
     assert queue("approvals.tasks.sweep_expired_grants") == "expiry"
     assert queue("approvals.tasks.notify_request") == "notifications"
+
+
+def test_back_to_back_fresh_requests_stop_being_automatic_past_the_cumulative_limit(
+    privileges, sponsor, agent, signer, settings
+):
+    """A privilege's maximum means something: fresh task ids do not renew it forever."""
+    settings.CUSTODY_CUMULATIVE_FACTOR = 1  # payments-db:read: 3600 s automatic per window
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        client = now_as(agent, signer)
+        for n in range(6):  # 6 × 600 s = 3600 s: still within the limit
+            assert submit(client, duration=600, task_id=f"fresh-{n}").json()["status"] == "approved"
+        body = submit(client, duration=600, task_id="fresh-6").json()
+    assert body["status"] == "pending"
+    assert body["decision"]["policies"] == ["cumulative-limit-needs-people"]
+    reason = body["decision"]["reason"]
+    assert "held payments-db:read for 3600 s in the last 86400 s" in reason
+    assert "over the 3600 s" in reason
+    # The approver sees why it came to them.
+    page = person_client(sponsor).get(f"/requests/{body['id']}/")
+    assert "held payments-db:read for 3600 s" in page.content.decode()
+
+    # Completing a task early counts only the time it was held.
+    with time_machine.travel(start + timedelta(days=1, seconds=601), tick=False):
+        client = now_as(agent, signer)
+        for n in range(7):
+            body = submit(client, duration=600, task_id=f"next-day-{n}").json()
+            assert body["status"] == "approved", (n, body["decision"])
+            completed = client.post(f"/api/v1/grants/{body['grant']['id']}/complete")
+            assert completed.status_code == 200

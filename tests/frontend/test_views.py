@@ -737,6 +737,24 @@ def test_an_outsider_sees_no_agents(web, outsider, agent):
     assert "Invoice bot" not in html
 
 
+def test_suspending_an_already_suspended_agent_still_ends_its_live_grants(
+    web, sponsor, agent, granted
+):
+    """A grant that outlived an earlier suspension (as a request in flight once could leave
+    one) ends at the next press of the kill switch, with its evidence."""
+    grant = granted(task_id="left-behind")
+    Agent.objects.filter(pk=agent.pk).update(status=Agent.Status.SUSPENDED)
+
+    response = web(sponsor).post(f"/agents/{agent.pk}/suspend/", {"reason": "again"})
+
+    assert response.status_code == 302
+    grant.refresh_from_db()
+    assert grant.revoked_at is not None
+    assert grant.revoke_reason == Grant.RevokeReason.AGENT_SUSPENDED
+    assert AuditEvent.objects.filter(verb="grant.revoked", grant_id=grant.pk).exists()
+    assert not AuditEvent.objects.filter(verb="agent.suspended", agent_id=agent.pk).exists()
+
+
 def test_suspending_asks_for_confirmation_first(web, sponsor, agent):
     response = web(sponsor).get(f"/agents/{agent.pk}/suspend/")
 
