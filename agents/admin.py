@@ -55,8 +55,17 @@ class AgentAdmin(admin.ModelAdmin):
     """Not guardian's GuardedModelAdmin: its object-permission pages let anyone with
     change_agent give themselves approve_for_agent. Approvers have their own page."""
 
-    list_display = ["name", "spiffe_id", "sponsor", "team", "status", "review_due", "last_seen_at"]
-    list_filter = ["status", "team", ReviewOverdueFilter]
+    list_display = [
+        "name",
+        "spiffe_id",
+        "kind",
+        "sponsor",
+        "team",
+        "status",
+        "review_due",
+        "last_seen_at",
+    ]
+    list_filter = ["status", "kind", "team", ReviewOverdueFilter]
     search_fields = ["name", "spiffe_id", "sponsor__username", "sponsor__email"]
     list_select_related = ["sponsor", "team"]
     readonly_fields = ["status", "status_changed_at", "last_seen_at", "created_at", "approvers"]
@@ -185,6 +194,8 @@ class AgentAdmin(admin.ModelAdmin):
                 max_delegation_depth=obj.max_delegation_depth,
                 oidc_trust_domain=obj.oidc_trust_domain,
                 oidc_subject=obj.oidc_subject,
+                kind=obj.kind,
+                introspection_audiences=obj.introspection_audiences,
                 actor=actor,
             )
             obj.pk = agent.pk

@@ -309,7 +309,7 @@ class IntrospectApi(APIView):
                 code="invalid_request",
                 fields={"token": ["This field is required."]},
             )
-        return Response(services.token_introspect(token=token))
+        return Response(services.token_introspect(token=token, caller=request.user.agent))
 
 
 # --- for people (browser session or CLI with a session cookie) -------------------------------

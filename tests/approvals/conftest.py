@@ -1,6 +1,7 @@
 import pytest
 from rest_framework.test import APIClient
 
+from agents.models import Agent
 from tests.factories import AgentFactory, PrivilegeFactory
 
 
@@ -29,6 +30,8 @@ def resource_server_api(db, trust_domain, signer, sponsor, team):
         name="payments-db gateway",
         sponsor=sponsor,
         team=team,
+        kind=Agent.Kind.RESOURCE_SERVER,
+        introspection_audiences=["payments-db"],
     )
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {signer.mint(server.spiffe_id)}")

@@ -67,7 +67,14 @@ def test_it_runs_an_automatic_request_end_to_end(
     )
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "grant_not_active"
-    assert verbs(grant_id=grant.pk) == ["grant.issued", "token.issued", "grant.revoked"]
+    # The refusals after the end are evidence too.
+    assert verbs(grant_id=grant.pk) == [
+        "grant.issued",
+        "token.issued",
+        "grant.revoked",
+        "introspection.refused",
+        "tool.refused",
+    ]
     assert verify_chain().ok
 
 
@@ -167,6 +174,7 @@ def test_a_decision_after_cancel_is_a_conflict(agent_api, privileges, sponsor):
         "request.created",
         "policy.evaluated",
         "request.cancelled",
+        "request.cancel_refused",
         "decision.refused",
     ]
 
