@@ -134,7 +134,7 @@ class Agent(models.Model):
     introspection_audiences = models.JSONField(
         default=list,
         blank=True,
-        help_text='Resource servers only: the token audiences (privilege resources, e.g. '
+        help_text="Resource servers only: the token audiences (privilege resources, e.g. "
         '["payments-db"]) whose tokens it may introspect.',
     )
     created_at = models.DateTimeField(auto_now_add=True)

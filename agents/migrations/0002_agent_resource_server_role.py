@@ -5,26 +5,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('agents', '0001_initial'),
-        ('auth', '0012_alter_user_first_name_max_length'),
+        ("agents", "0001_initial"),
+        ("auth", "0012_alter_user_first_name_max_length"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='agent',
-            name='introspection_audiences',
-            field=models.JSONField(blank=True, default=list, help_text='Resource servers only: the token audiences (privilege resources, e.g. ["payments-db"]) whose tokens it may introspect.'),
+            model_name="agent",
+            name="introspection_audiences",
+            field=models.JSONField(
+                blank=True,
+                default=list,
+                help_text='Resource servers only: the token audiences (privilege resources, e.g. ["payments-db"]) whose tokens it may introspect.',
+            ),
         ),
         migrations.AddField(
-            model_name='agent',
-            name='kind',
-            field=models.CharField(choices=[('agent', 'Agent'), ('resource_server', 'Resource server (may introspect tokens)')], default='agent', max_length=20),
+            model_name="agent",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("agent", "Agent"),
+                    ("resource_server", "Resource server (may introspect tokens)"),
+                ],
+                default="agent",
+                max_length=20,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='agent',
-            constraint=models.CheckConstraint(condition=models.Q(('kind__in', ['agent', 'resource_server'])), name='agent_kind_valid'),
+            model_name="agent",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("kind__in", ["agent", "resource_server"])),
+                name="agent_kind_valid",
+            ),
         ),
     ]

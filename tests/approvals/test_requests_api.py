@@ -264,6 +264,7 @@ def test_tool_calls_are_evidence_under_the_grant(agent_api, privileges):
     event = AuditEvent.objects.get(verb="tool.called")
     assert event.grant_id == grant_id
     assert event.data["detail"] == {"rows": 3}
+    assert "act" not in event.data  # no delegation, no chain to name
 
 
 def test_an_agent_sees_only_its_own_requests_and_grants(
