@@ -1,6 +1,7 @@
 """REST API for agents (workload identity) and people (session): one small view per operation."""
 
 import json
+import re
 import time
 
 from django.conf import settings
@@ -21,6 +22,7 @@ from config.errors import InvalidInput
 from frontend.auth import authenticated_at
 
 MAX_CONTEXT_BYTES = 4096
+WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 class IntentSerializer(serializers.Serializer):
@@ -160,7 +162,8 @@ class RequestDetailApi(APIView):
     def get(self, request, request_id: int):
         agent = request.user.agent
         wait = request.query_params.get("wait", "0")
-        if not wait.isdigit() or int(wait) > settings.CUSTODY_MAX_WAIT_SECONDS:
+        # ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() then refuses.
+        if not WHOLE_NUMBER.fullmatch(wait) or int(wait) > settings.CUSTODY_MAX_WAIT_SECONDS:
             raise InvalidInput(
                 f"wait is a whole number of seconds, at most {settings.CUSTODY_MAX_WAIT_SECONDS}.",
                 code="invalid_wait",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from urllib.parse import parse_qs
 
 from django.conf import settings
@@ -31,6 +32,7 @@ from config.errors import DomainError
 
 logger = logging.getLogger(__name__)
 CANNOT_APPROVE = "You can't approve this request in Custody."
+REQUEST_ID = re.compile(r"[0-9]{1,18}")
 
 
 def _reject(request, status: int, why: str) -> HttpResponse:
@@ -142,7 +144,11 @@ def interactions(request):
 
 
 def _request_id(value) -> int | None:
-    return int(value) if isinstance(value, str) and value.isdigit() else None
+    """A request id from a Slack value: ASCII digits within bigint, or None ("²" passes
+    str.isdigit() but not int(); a number past bigint passes int() but not PostgreSQL)."""
+    if isinstance(value, str) and REQUEST_ID.fullmatch(value):
+        return int(value)
+    return None
 
 
 def _on_action(payload: dict, person, action: dict) -> HttpResponse:

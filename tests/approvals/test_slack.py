@@ -436,3 +436,69 @@ def test_a_grant_ending_is_shown_on_its_request_messages(slack, agent_api, privi
     assert slack.wait_for(lambda: len(slack.of("chat.update")) == 4)
     assert "ended" in json.dumps(slack.of("chat.update")[-1].params["blocks"])
     assert "task completed" in json.dumps(slack.of("chat.update")[-1].params["blocks"])
+
+
+def test_a_button_or_modal_value_that_is_not_a_request_id_is_answered_never_a_500(
+    slack, agent_api, privileges
+):
+    """Slack values are text: "²" passes str.isdigit() but not int(), and a number past bigint
+    passes int() but not PostgreSQL. Each is "no such request", told to the person."""
+    from hypothesis import example, given
+
+    from tests.fuzz import bad_input, integer_like_text
+
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    sequence = iter(range(10**6))
+
+    def post(payload):
+        body = urlencode({"payload": json.dumps(payload)})
+        return Client().post(
+            "/slack/interactions",
+            body,
+            content_type="application/x-www-form-urlencoded",
+            **signed(body),
+        )
+
+    @bad_input
+    @given(value=integer_like_text)
+    @example(value="²")
+    @example(value="99999999999999999999")
+    @example(value="9223372036854775808")
+    @example(value="-1")
+    def check(value):
+        if value == str(request_id):
+            return
+        for user_id in ("USPONSOR1", "UNOBODY00"):
+            for action_id in ("custody_approve", "custody_deny", "custody_comment"):
+                body = action_body(user_id, action_id, value, action_ts=f"{next(sequence)}.0")
+                response = Client().post(
+                    "/slack/interactions",
+                    body,
+                    content_type="application/x-www-form-urlencoded",
+                    **signed(body),
+                )
+                assert response.status_code == 200, (value, action_id, response.status_code)
+        n = next(sequence)
+        response = post(
+            {
+                "type": "view_submission",
+                "api_app_id": "A0CUSTODY",
+                "team": {"id": "T0CUSTODY"},
+                "user": {"id": "USPONSOR1"},
+                "view": {
+                    "id": f"V{n}",
+                    "hash": f"h{n}",
+                    "callback_id": "custody_decision",
+                    "private_metadata": value,
+                    "state": {
+                        "values": {"verdict": {"value": {"selected_option": {"value": "deny"}}}}
+                    },
+                },
+            }
+        )
+        assert response.status_code == 200, (value, response.status_code)
+        assert response.json()["response_action"] == "errors"
+
+    check()
+    assert AccessRequest.objects.get(pk=request_id).status == "pending"
+    assert not Decision.objects.exists()
