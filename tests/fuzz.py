@@ -1,5 +1,5 @@
 """Hypothesis strategies for integer-like input: what a careless or hostile client sends where
-Custody expects a whole number (query strings, path segments, JSON and form fields, Slack values)."""
+Custody expects a whole number (query strings, path segments, JSON and form fields, Slack)."""
 
 from urllib.parse import quote
 
