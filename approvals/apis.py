@@ -6,7 +6,8 @@ import time
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import IsAuthenticated
@@ -117,6 +118,8 @@ def request_output(access_request: AccessRequest, *, token=None, submitted=None)
 class RequestCreateApi(APIView):
     permission_classes = [IsAgent]
 
+    # One component name per input: every view names its serializer "InputSerializer".
+    @extend_schema_serializer(component_name="RequestInput")
     class InputSerializer(serializers.Serializer):
         privilege = serializers.CharField(max_length=201)
         task_id = serializers.RegexField(
@@ -159,6 +162,16 @@ def _current_request(agent, request_id: int) -> AccessRequest:
 class RequestDetailApi(APIView):
     permission_classes = [IsAgent]
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "wait",
+                OpenApiTypes.INT,
+                description="Hold the answer up to this many seconds (at most "
+                "CUSTODY_MAX_WAIT_SECONDS) until the request's status moves.",
+            )
+        ]
+    )
     def get(self, request, request_id: int):
         agent = request.user.agent
         wait = request.query_params.get("wait", "0")
@@ -196,6 +209,9 @@ class RequestCancelApi(APIView):
 class GrantListApi(APIView):
     permission_classes = [IsAgent]
 
+    @extend_schema(
+        parameters=[OpenApiParameter("active", OpenApiTypes.STR, enum=["true", "false"])]
+    )
     def get(self, request):
         active = request.query_params.get("active")
         if active not in (None, "true", "false"):
@@ -236,6 +252,7 @@ class GrantExtendApi(APIView):
 
     permission_classes = [IsAgent]
 
+    @extend_schema_serializer(component_name="GrantExtensionInput")
     class InputSerializer(serializers.Serializer):
         duration_seconds = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600)
         intent = IntentSerializer()
@@ -273,6 +290,7 @@ class GrantCompleteApi(APIView):
 class GrantToolCallApi(APIView):
     permission_classes = [IsAgent]
 
+    @extend_schema_serializer(component_name="ToolCallInput")
     class InputSerializer(serializers.Serializer):
         tool = serializers.CharField(max_length=200)
         target = serializers.CharField(max_length=500, allow_blank=True, default="")
@@ -281,6 +299,7 @@ class GrantToolCallApi(APIView):
             required=False, default=None, validators=[lambda v: _small(v, "detail")]
         )
 
+    @extend_schema(request=InputSerializer, summary="Evidence of a tool call under the grant")
     def post(self, request, grant_id: int):
         grant = get_object_or_404(selectors.agent_grants(request.user.agent), pk=grant_id)
         payload = self.InputSerializer(data=request.data)
@@ -304,8 +323,14 @@ class IntrospectApi(APIView):
 
     permission_classes = [IsAgent]
 
+    @extend_schema_serializer(component_name="IntrospectionInput")
+    class InputSerializer(serializers.Serializer):
+        token = serializers.CharField()
+        token_type_hint = serializers.CharField(required=False)
+
+    @extend_schema(request=InputSerializer, summary="RFC 7662: is this token active?")
     def post(self, request):
-        token = request.data.get("token")
+        token = request.data.get("token") if isinstance(request.data, dict) else None
         if not isinstance(token, str) or not token:
             raise InvalidInput(
                 "Send the token to introspect as 'token'.",
@@ -341,12 +366,14 @@ class PendingApprovalsApi(PersonApi):
 
 
 class DecisionCreateApi(PersonApi):
+    @extend_schema_serializer(component_name="DecisionInput")
     class InputSerializer(serializers.Serializer):
         verdict = serializers.ChoiceField(choices=Decision.Verdict.values)
         comment = serializers.CharField(
             max_length=2000, required=False, allow_blank=True, default=""
         )
 
+    @extend_schema(request=InputSerializer, summary="A person's approve or deny")
     def post(self, request, request_id: int):
         get_object_or_404(selectors.requests_visible_to(request.user), pk=request_id)
         payload = self.InputSerializer(data=request.data)
@@ -428,6 +455,7 @@ class TokenExchangeApi(APIView):
 
     permission_classes = [IsAgent]
 
+    @extend_schema_serializer(component_name="TokenExchangeInput")
     class InputSerializer(serializers.Serializer):
         subject_token = serializers.CharField(max_length=8192)
         subject_token_type = serializers.ChoiceField(choices=[JWT_TOKEN_TYPE, ACCESS_TOKEN_TYPE])

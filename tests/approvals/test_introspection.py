@@ -108,3 +108,10 @@ def test_a_resource_server_must_name_its_audiences_and_an_agent_names_none(spons
             kind=Agent.Kind.RESOURCE_SERVER,
             introspection_audiences="payments-db",
         )
+
+
+@pytest.mark.parametrize("body", ["4315", "[]", '"token"', "null"])
+def test_a_body_that_is_not_an_object_is_a_400(resource_server_api, body):
+    response = resource_server_api.post("/api/v1/introspect", body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
