@@ -115,3 +115,27 @@ def test_a_body_that_is_not_an_object_is_a_400(resource_server_api, body):
     response = resource_server_api.post("/api/v1/introspect", body, content_type="application/json")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_an_agent_that_is_not_active_holds_nothing_whatever_the_policy_says(
+    agent_api, agent, privileges, resource_server_api
+):
+    """The status check is Custody's own, not the policy's: with a policy set that would allow
+    anything, a live grant of an agent that is no longer active is still inactive."""
+    from approvals.models import Policy
+    from approvals.services import policy_save
+    from audit.services import Actor
+    from tests.factories import PolicyFactory
+
+    token, grant_id = live_token(agent_api)
+    default = Policy.objects.get(name="default")
+    default.enabled = False
+    policy_save(policy_row=default, actor=Actor.system("test"), created=False)
+    PolicyFactory(name="allow-everything", text="permit (principal, action, resource);")
+    assert introspect(resource_server_api, token).json()["active"] is True
+    # The agent's row changes without its grants being ended (as a suspension committing
+    # between the grant check and the answer would look): only the status check stands.
+    Agent.objects.filter(pk=agent.pk).update(status=Agent.Status.SUSPENDED)
+    assert introspect(resource_server_api, token).json() == {"active": False}
+    refused = AuditEvent.objects.get(verb="introspection.refused", grant_id=grant_id)
+    assert refused.data == {"why": "agent_not_active", "agent_status": "suspended"}

@@ -1,6 +1,6 @@
 import pytest
 
-from approvals.models import Policy, PolicyRevision
+from approvals.models import Grant, Policy, PolicyRevision
 from audit.models import AuditEvent
 from tests.approvals.conftest import submit
 from tests.factories import PolicyFactory
@@ -117,3 +117,18 @@ def test_the_default_policy_set_ships_in_the_repo(db):
 
     shipped = Path(__file__).resolve().parents[2] / "approvals/policies/default.cedar"
     assert Policy.objects.get(name="default").text == shipped.read_text()
+
+
+def test_a_token_refresh_evaluates_policy_again_and_ends_a_grant_it_no_longer_allows(
+    agent_api, privileges
+):
+    grant_id = submit(agent_api, task_id="close").json()["grant"]["id"]
+    assert agent_api.post(f"/api/v1/grants/{grant_id}/token").status_code == 200
+    PolicyFactory(name="quarter-close", text=FORBID_READS)
+    refused = agent_api.post(f"/api/v1/grants/{grant_id}/token")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "policy_denied"
+    assert "frozen for the quarter close" in refused.json()["error"]["message"]
+    grant = Grant.objects.get(pk=grant_id)
+    assert grant.revoke_reason == "policy"
+    assert AuditEvent.objects.filter(verb="grant.revoked", grant_id=grant_id).exists()

@@ -113,7 +113,15 @@ def test_it_ends_a_request_on_any_deny(agent_api, privileges, sponsor, backup_ap
     assert late.status_code == 409
     assert late.json()["error"]["code"] == "request_not_pending"
     assert not Grant.objects.filter(access_request_id=request_id).exists()
-    assert verbs(access_request_id=request_id)[-1] == "decision.refused"
+    assert verbs(access_request_id=request_id) == [
+        "request.created",
+        "policy.evaluated",
+        "decision.recorded",
+        "request.denied",
+        "decision.refused",
+    ]
+    denied = AuditEvent.objects.get(verb="request.denied", access_request_id=request_id)
+    assert (denied.actor_type, denied.actor_id) == ("user", sponsor.username)
 
 
 def test_the_initiator_never_approves(agent_api, privileges, sponsor):
