@@ -5,6 +5,7 @@ import re
 
 import pytest
 from hypothesis import example, given
+from hypothesis import strategies as st
 
 from audit.models import AuditEvent
 from tests.factories import AuditEventFactory
@@ -89,5 +90,35 @@ def test_an_id_in_a_page_path_that_names_nothing_is_a_4xx_or_a_redirect(
         )
         # Admin answers a missing object with a redirect and a message; the UI with a 404.
         assert response.status_code in (302, 404), (value, response.status_code)
+
+    check()
+
+
+CHANGELISTS = [
+    "/admin/agents/agent/",
+    "/admin/approvals/accessrequest/",
+    "/admin/approvals/grant/",
+    "/admin/audit/auditevent/",
+]
+
+
+@pytest.mark.parametrize("changelist", CHANGELISTS)
+def test_an_integer_like_changelist_parameter_never_makes_admin_fail(web, admin_user, changelist):
+    client = web(admin_user)
+
+    @bad_input
+    @given(
+        parameter=st.sampled_from(["p", "o", "id__exact", "agent__id__exact", "team__id__exact"]),
+        value=integer_like_text,
+    )
+    @example(parameter="p", value="99999999999999999999")
+    @example(parameter="id__exact", value="²")
+    def check(parameter, value):
+        response = client.get(changelist, {parameter: value})
+        assert response.status_code in (200, 302, 400, 404), (
+            parameter,
+            value,
+            response.status_code,
+        )
 
     check()
