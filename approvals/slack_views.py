@@ -33,6 +33,8 @@ from config.errors import DomainError
 logger = logging.getLogger(__name__)
 CANNOT_APPROVE = "You can't approve this request in Custody."
 REQUEST_ID = re.compile(r"[0-9]{1,18}")
+# Slack member ids are short and alphanumeric; anything else (a NUL byte, say) is no person.
+SLACK_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _reject(request, status: int, why: str) -> HttpResponse:
@@ -62,6 +64,8 @@ def _ours(team_id: str | None, app_id: str | None) -> bool:
 
 
 def _person(slack_user_id: str):
+    if not isinstance(slack_user_id, str) or not SLACK_USER_ID.fullmatch(slack_user_id):
+        return None
     profile = (
         SponsorProfile.objects.select_related("user")
         .filter(slack_user_id=slack_user_id, user__is_active=True)
@@ -122,6 +126,8 @@ def interactions(request):
         kind = payload["type"]
         slack_user = payload["user"]["id"]
     except (KeyError, IndexError, ValueError, TypeError, UnicodeDecodeError):
+        return _reject(request, 400, "malformed_payload")
+    if not isinstance(slack_user, str) or not SLACK_USER_ID.fullmatch(slack_user):
         return _reject(request, 400, "malformed_payload")
     team_id = (payload.get("team") or {}).get("id") or payload["user"].get("team_id")
     if not _ours(team_id, payload.get("api_app_id")):
@@ -208,7 +214,8 @@ def _on_modal(payload: dict, person, view: dict) -> HttpResponse:
         return JsonResponse(
             {"response_action": "errors", "errors": {"verdict": "Choose approve or deny."}}
         )
-    if problem := _decide(person, request_id, verdict, comment[:2000]):
+    comment = str(comment).replace("\x00", "")[:2000]  # PostgreSQL text holds no NUL
+    if problem := _decide(person, request_id, verdict, comment):
         return JsonResponse({"response_action": "errors", "errors": {"verdict": problem}})
     return HttpResponse(status=200)
 
