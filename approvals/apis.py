@@ -32,11 +32,24 @@ class IntentSerializer(serializers.Serializer):
     justification = serializers.CharField(max_length=2000)
 
 
+def _has_nul(value) -> bool:
+    """PostgreSQL's text and jsonb cannot hold U+0000: refused as input, never a 500."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
 def validate_context(value):
     if not isinstance(value, dict):
         raise serializers.ValidationError("context must be a JSON object.")
     if len(json.dumps(value)) > MAX_CONTEXT_BYTES:
         raise serializers.ValidationError(f"context must be under {MAX_CONTEXT_BYTES} bytes.")
+    if _has_nul(value):
+        raise serializers.ValidationError("context must not contain NUL characters (U+0000).")
     for key in ("environment", "initiated_by"):
         if key in value and not isinstance(value[key], str):
             raise serializers.ValidationError(f"context.{key} must be a string.")
@@ -316,6 +329,8 @@ class GrantToolCallApi(APIView):
 def _small(value, name):
     if len(json.dumps(value)) > MAX_CONTEXT_BYTES:
         raise serializers.ValidationError(f"{name} must be under {MAX_CONTEXT_BYTES} bytes.")
+    if _has_nul(value):
+        raise serializers.ValidationError(f"{name} must not contain NUL characters (U+0000).")
 
 
 class IntrospectApi(APIView):

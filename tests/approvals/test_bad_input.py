@@ -153,3 +153,22 @@ def test_a_delegation_duration_that_is_not_a_whole_number_is_a_400(agent_api, se
         assert 400 <= response.status_code < 500, (duration, response.status_code)
 
     check()
+
+
+NUL_BEARING = [{"note": "a\x00b"}, {"a\x00": 1}, {"nested": [{"deep": "\x00"}]}]
+
+
+@pytest.mark.parametrize("value", NUL_BEARING)
+def test_json_carrying_a_nul_character_is_a_400(agent_api, settled, value):
+    """PostgreSQL's jsonb cannot hold U+0000: the request says so instead of failing."""
+    _, grant_id = settled
+    before = AccessRequest.objects.count()
+    response = submit(agent_api, task_id="nul", context=value)
+    assert "context" in error_of(response)["fields"]
+    assert AccessRequest.objects.count() == before
+    response = agent_api.post(
+        f"/api/v1/grants/{grant_id}/tool-calls",
+        {"tool": "sql", "outcome": "success", "detail": value},
+        format="json",
+    )
+    assert "detail" in error_of(response)["fields"]
