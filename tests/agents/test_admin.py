@@ -170,8 +170,6 @@ def test_it_changes_an_agent_through_the_audited_services(admin_client, fleet, s
             "team": team.pk,
             "review_due": invoice.review_due.isoformat(),
             "max_delegation_depth": 1,
-            "kind": "agent",
-            "introspection_audiences": "[]",
         },
     )
     assert response.status_code == 302
@@ -330,3 +328,8 @@ def test_registering_a_resource_server_in_admin_is_audited(admin_client, fleet, 
         "kind": {"from": "agent", "to": "resource_server"},
         "introspection_audiences": {"from": [], "to": ["payments-db"]},
     }
+    # A post of the form without the role fields (an older script) keeps the role.
+    assert admin_client.post(change_url, {**fields, "name": "Gateway"}).status_code == 302
+    invoice.refresh_from_db()
+    assert (invoice.name, invoice.kind) == ("Gateway", "resource_server")
+    assert invoice.introspection_audiences == ["payments-db"]
