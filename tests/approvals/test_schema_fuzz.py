@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from agents.models import Agent
 from tests.approvals.conftest import intent, submit
-from tests.factories import AgentFactory
+from tests.factories import ResourceServerFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -34,12 +33,8 @@ def workloads(agent, agent_api, privileges, signer, sponsor, team, settings):
     granted = submit(agent_api, "payments-db:read", task_id="fuzz-granted").json()
     pending = submit(agent_api, "payments-api:refund", task_id="fuzz-pending").json()
     assert (granted["status"], pending["status"]) == ("approved", "pending")
-    server = AgentFactory(
-        spiffe_id="spiffe://example.test/resource-servers/payments-db",
-        sponsor=sponsor,
-        team=team,
-        kind=Agent.Kind.RESOURCE_SERVER,
-        introspection_audiences=["payments-db"],
+    server = ResourceServerFactory(
+        sponsor=sponsor, team=team, introspection_audiences=["payments-db"]
     )
     person = Client()
     person.force_login(sponsor)
@@ -73,8 +68,9 @@ def schema_operations() -> list[tuple[str, str]]:
     ]
 
 
-@pytest.fixture
-def api_schema(live_server, workloads):
+@pytest.fixture(scope="module")
+def api_schema(live_server):
+    """The schema as the live server serves it, loaded once for every operation's test."""
     return schemathesis.openapi.from_url(f"{live_server.url}/api/schema/")
 
 
