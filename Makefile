@@ -6,7 +6,10 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 DEMO_AGENT ?= spiffe://dev.custody.internal/agents/invoice-bot
 
-.PHONY: run test lint format demo-request screenshots clean
+# The browser tests drive Debian's Chromium (never a browser download): `make test` installs it.
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run test lint format demo-request screenshots clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +29,30 @@ run: $(STAMP)
 	echo "  Stop everything with Ctrl-C." && echo "" && \
 	PATH="$(BIN):$$PATH" PORT=$(PORT) exec $(BIN)/honcho start -f Procfile
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/pytest
 
-screenshots: $(STAMP)
+# Debian's chromium when it is missing: with apt-get as root, or through passwordless sudo;
+# otherwise a sentence saying what to run.
+chromium:
+	@if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make: the browser tests need Chromium at $(CHROMIUM), and there is no apt-get" \
+			"to install Debian's: install it there and run make again." >&2; exit 1; \
+	fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else \
+		echo "make: the browser tests need Debian's chromium ($(CHROMIUM) is missing) and" \
+			"installing it needs root: run 'sudo apt-get install chromium', then make again." >&2; \
+		exit 1; \
+	fi; \
+	echo "make: installing Debian's chromium for the browser tests ($(CHROMIUM) is missing)"; \
+	$$sudo apt-get update -qq && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium && \
+	[ -x "$(CHROMIUM)" ] || { echo "make: apt-get ran, but $(CHROMIUM) is still missing." >&2; exit 1; }
+
+screenshots: $(STAMP) chromium
 	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend/test_browser.py -q
 
 lint: $(STAMP)

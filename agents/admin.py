@@ -50,13 +50,48 @@ def _no_object_permission_pages(request, *args, **kwargs):
     raise Http404("Approval rights are managed on the agent's approvers page.")
 
 
+class AgentForm(forms.ModelForm):
+    """A form that leaves out the workload's role keeps it: scripted posts of the older form
+    neither fail nor turn a resource server back into an agent."""
+
+    ROLE_FIELDS = ("kind", "introspection_audiences")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in self.ROLE_FIELDS:
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def _kept(self, name):
+        value = self.cleaned_data.get(name)
+        if value in (None, "") and name not in self.data:
+            return getattr(self.instance, name)  # the agent's own, or the model's default
+        return [] if value is None else value
+
+    def clean_kind(self):
+        return self._kept("kind")
+
+    def clean_introspection_audiences(self):
+        return self._kept("introspection_audiences")
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
     """Not guardian's GuardedModelAdmin: its object-permission pages let anyone with
     change_agent give themselves approve_for_agent. Approvers have their own page."""
 
-    list_display = ["name", "spiffe_id", "sponsor", "team", "status", "review_due", "last_seen_at"]
-    list_filter = ["status", "team", ReviewOverdueFilter]
+    form = AgentForm
+    list_display = [
+        "name",
+        "spiffe_id",
+        "kind",
+        "sponsor",
+        "team",
+        "status",
+        "review_due",
+        "last_seen_at",
+    ]
+    list_filter = ["status", "kind", "team", ReviewOverdueFilter]
     search_fields = ["name", "spiffe_id", "sponsor__username", "sponsor__email"]
     list_select_related = ["sponsor", "team"]
     readonly_fields = ["status", "status_changed_at", "last_seen_at", "created_at", "approvers"]
@@ -185,6 +220,8 @@ class AgentAdmin(admin.ModelAdmin):
                 max_delegation_depth=obj.max_delegation_depth,
                 oidc_trust_domain=obj.oidc_trust_domain,
                 oidc_subject=obj.oidc_subject,
+                kind=obj.kind,
+                introspection_audiences=obj.introspection_audiences,
                 actor=actor,
             )
             obj.pk = agent.pk

@@ -101,6 +101,10 @@ class Agent(models.Model):
         SUSPENDED = "suspended", "Suspended"
         RETIRED = "retired", "Retired"
 
+    class Kind(models.TextChoices):
+        AGENT = "agent", "Agent"
+        RESOURCE_SERVER = "resource_server", "Resource server (may introspect tokens)"
+
     # Retired is terminal: an identity once retired is never reused for new work.
     TRANSITIONS = {
         Status.ACTIVE: {Status.SUSPENDED, Status.RETIRED},
@@ -124,6 +128,15 @@ class Agent(models.Model):
         TrustDomain, null=True, blank=True, on_delete=models.PROTECT, related_name="oidc_agents"
     )
     oidc_subject = models.CharField(max_length=255, blank=True)
+    # RFC 7662 requires the introspection endpoint to authorize its callers: only a workload
+    # registered as a resource server may introspect, and only tokens whose `aud` it serves.
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.AGENT)
+    introspection_audiences = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Resource servers only: the token audiences (privilege resources, e.g. "
+        '["payments-db"]) whose tokens it may introspect.',
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     status_changed_at = models.DateTimeField(default=timezone.now)
 
@@ -139,6 +152,10 @@ class Agent(models.Model):
                 condition=models.Q(status__in=["active", "suspended", "retired"]),
                 name="agent_status_valid",
             ),
+            models.CheckConstraint(
+                condition=models.Q(kind__in=["agent", "resource_server"]),
+                name="agent_kind_valid",
+            ),
             models.UniqueConstraint(
                 fields=["oidc_trust_domain", "oidc_subject"],
                 condition=~models.Q(oidc_subject=""),
@@ -152,6 +169,34 @@ class Agent(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+    @property
+    def is_resource_server(self) -> bool:
+        return self.kind == self.Kind.RESOURCE_SERVER
+
+    def may_introspect(self, audience) -> bool:
+        """Whether this resource server may learn about a token addressed to `audience`."""
+        audiences = audience if isinstance(audience, list) else [audience]
+        return self.is_resource_server and any(
+            isinstance(name, str) and name in self.introspection_audiences for name in audiences
+        )
+
+    def clean(self) -> None:
+        audiences = self.introspection_audiences
+        if not isinstance(audiences, list) or not all(
+            isinstance(name, str) and name for name in audiences
+        ):
+            raise ValidationError(
+                {"introspection_audiences": "A list of audiences (privilege resources)."}
+            )
+        if self.is_resource_server and not audiences:
+            raise ValidationError(
+                {"introspection_audiences": "A resource server names the audiences it serves."}
+            )
+        if not self.is_resource_server and audiences:
+            raise ValidationError(
+                {"introspection_audiences": "Only a resource server introspects tokens."}
+            )
 
     def review_overdue(self, today=None) -> bool:
         today = today or timezone.localdate()

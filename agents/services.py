@@ -47,6 +47,8 @@ def agent_register(
     max_delegation_depth: int = 3,
     oidc_trust_domain=None,
     oidc_subject: str = "",
+    kind: str = Agent.Kind.AGENT,
+    introspection_audiences: list[str] | None = None,
 ) -> Agent:
     agent = Agent(
         spiffe_id=spiffe_id,
@@ -58,6 +60,8 @@ def agent_register(
         max_delegation_depth=max_delegation_depth,
         oidc_trust_domain=oidc_trust_domain,
         oidc_subject=oidc_subject,
+        kind=kind,
+        introspection_audiences=introspection_audiences or [],
     )
     agent.full_clean()
     with transaction.atomic():
@@ -82,6 +86,8 @@ def agent_register(
                 "team": team.name,
                 "max_delegation_depth": agent.max_delegation_depth,
                 "oidc_subject": agent.oidc_subject,
+                "kind": agent.kind,
+                "introspection_audiences": agent.introspection_audiences,
             },
         )
     return agent
@@ -419,7 +425,14 @@ def agent_mark_seen(*, agent: Agent) -> None:
     agent.last_seen_at = now
 
 
-EDITABLE_FIELDS = ("name", "description", "review_due", "max_delegation_depth")
+EDITABLE_FIELDS = (
+    "name",
+    "description",
+    "review_due",
+    "max_delegation_depth",
+    "kind",
+    "introspection_audiences",
+)
 
 
 def agent_update(*, agent: Agent, actor: Actor, **changes) -> Agent:

@@ -1,11 +1,13 @@
 """REST API for agents (workload identity) and people (session): one small view per operation."""
 
 import json
+import re
 import time
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import IsAuthenticated
@@ -21,6 +23,7 @@ from config.errors import InvalidInput
 from frontend.auth import authenticated_at
 
 MAX_CONTEXT_BYTES = 4096
+WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 class IntentSerializer(serializers.Serializer):
@@ -29,11 +32,24 @@ class IntentSerializer(serializers.Serializer):
     justification = serializers.CharField(max_length=2000)
 
 
+def _has_nul(value) -> bool:
+    """PostgreSQL's text and jsonb cannot hold U+0000: refused as input, never a 500."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
 def validate_context(value):
     if not isinstance(value, dict):
         raise serializers.ValidationError("context must be a JSON object.")
     if len(json.dumps(value)) > MAX_CONTEXT_BYTES:
         raise serializers.ValidationError(f"context must be under {MAX_CONTEXT_BYTES} bytes.")
+    if _has_nul(value):
+        raise serializers.ValidationError("context must not contain NUL characters (U+0000).")
     for key in ("environment", "initiated_by"):
         if key in value and not isinstance(value[key], str):
             raise serializers.ValidationError(f"context.{key} must be a string.")
@@ -115,6 +131,8 @@ def request_output(access_request: AccessRequest, *, token=None, submitted=None)
 class RequestCreateApi(APIView):
     permission_classes = [IsAgent]
 
+    # One component name per input: every view names its serializer "InputSerializer".
+    @extend_schema_serializer(component_name="RequestInput")
     class InputSerializer(serializers.Serializer):
         privilege = serializers.CharField(max_length=201)
         task_id = serializers.RegexField(
@@ -157,10 +175,21 @@ def _current_request(agent, request_id: int) -> AccessRequest:
 class RequestDetailApi(APIView):
     permission_classes = [IsAgent]
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "wait",
+                OpenApiTypes.INT,
+                description="Hold the answer up to this many seconds (at most "
+                "CUSTODY_MAX_WAIT_SECONDS) until the request's status moves.",
+            )
+        ]
+    )
     def get(self, request, request_id: int):
         agent = request.user.agent
         wait = request.query_params.get("wait", "0")
-        if not wait.isdigit() or int(wait) > settings.CUSTODY_MAX_WAIT_SECONDS:
+        # ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() then refuses.
+        if not WHOLE_NUMBER.fullmatch(wait) or int(wait) > settings.CUSTODY_MAX_WAIT_SECONDS:
             raise InvalidInput(
                 f"wait is a whole number of seconds, at most {settings.CUSTODY_MAX_WAIT_SECONDS}.",
                 code="invalid_wait",
@@ -193,6 +222,9 @@ class RequestCancelApi(APIView):
 class GrantListApi(APIView):
     permission_classes = [IsAgent]
 
+    @extend_schema(
+        parameters=[OpenApiParameter("active", OpenApiTypes.STR, enum=["true", "false"])]
+    )
     def get(self, request):
         active = request.query_params.get("active")
         if active not in (None, "true", "false"):
@@ -233,6 +265,7 @@ class GrantExtendApi(APIView):
 
     permission_classes = [IsAgent]
 
+    @extend_schema_serializer(component_name="GrantExtensionInput")
     class InputSerializer(serializers.Serializer):
         duration_seconds = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600)
         intent = IntentSerializer()
@@ -270,6 +303,7 @@ class GrantCompleteApi(APIView):
 class GrantToolCallApi(APIView):
     permission_classes = [IsAgent]
 
+    @extend_schema_serializer(component_name="ToolCallInput")
     class InputSerializer(serializers.Serializer):
         tool = serializers.CharField(max_length=200)
         target = serializers.CharField(max_length=500, allow_blank=True, default="")
@@ -278,6 +312,7 @@ class GrantToolCallApi(APIView):
             required=False, default=None, validators=[lambda v: _small(v, "detail")]
         )
 
+    @extend_schema(request=InputSerializer, summary="Evidence of a tool call under the grant")
     def post(self, request, grant_id: int):
         grant = get_object_or_404(selectors.agent_grants(request.user.agent), pk=grant_id)
         payload = self.InputSerializer(data=request.data)
@@ -294,6 +329,8 @@ class GrantToolCallApi(APIView):
 def _small(value, name):
     if len(json.dumps(value)) > MAX_CONTEXT_BYTES:
         raise serializers.ValidationError(f"{name} must be under {MAX_CONTEXT_BYTES} bytes.")
+    if _has_nul(value):
+        raise serializers.ValidationError(f"{name} must not contain NUL characters (U+0000).")
 
 
 class IntrospectApi(APIView):
@@ -301,15 +338,21 @@ class IntrospectApi(APIView):
 
     permission_classes = [IsAgent]
 
+    @extend_schema_serializer(component_name="IntrospectionInput")
+    class InputSerializer(serializers.Serializer):
+        token = serializers.CharField()
+        token_type_hint = serializers.CharField(required=False)
+
+    @extend_schema(request=InputSerializer, summary="RFC 7662: is this token active?")
     def post(self, request):
-        token = request.data.get("token")
+        token = request.data.get("token") if isinstance(request.data, dict) else None
         if not isinstance(token, str) or not token:
             raise InvalidInput(
                 "Send the token to introspect as 'token'.",
                 code="invalid_request",
                 fields={"token": ["This field is required."]},
             )
-        return Response(services.token_introspect(token=token))
+        return Response(services.token_introspect(token=token, caller=request.user.agent))
 
 
 # --- for people (browser session or CLI with a session cookie) -------------------------------
@@ -338,12 +381,14 @@ class PendingApprovalsApi(PersonApi):
 
 
 class DecisionCreateApi(PersonApi):
+    @extend_schema_serializer(component_name="DecisionInput")
     class InputSerializer(serializers.Serializer):
         verdict = serializers.ChoiceField(choices=Decision.Verdict.values)
         comment = serializers.CharField(
             max_length=2000, required=False, allow_blank=True, default=""
         )
 
+    @extend_schema(request=InputSerializer, summary="A person's approve or deny")
     def post(self, request, request_id: int):
         get_object_or_404(selectors.requests_visible_to(request.user), pk=request_id)
         payload = self.InputSerializer(data=request.data)
@@ -425,6 +470,7 @@ class TokenExchangeApi(APIView):
 
     permission_classes = [IsAgent]
 
+    @extend_schema_serializer(component_name="TokenExchangeInput")
     class InputSerializer(serializers.Serializer):
         subject_token = serializers.CharField(max_length=8192)
         subject_token_type = serializers.ChoiceField(choices=[JWT_TOKEN_TYPE, ACCESS_TOKEN_TYPE])

@@ -47,7 +47,7 @@ from approvals.models import (
     Privilege,
 )
 from approvals.tokens import IssuedToken, TokenInvalid, token_sign, token_verify
-from audit.services import Actor, deferred_evidence, record
+from audit.services import Actor, deferred_evidence, record, record_throttled
 from config.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 Status = AccessRequest.Status
@@ -705,22 +705,34 @@ def _facts_for_request(access_request: AccessRequest, *, exclude_grant_id=None):
 
 
 def access_request_cancel(*, access_request_id: int, agent: Agent) -> AccessRequest:
-    with transaction.atomic():
-        access_request = (
-            AccessRequest.objects.select_for_update(no_key=True)
-            .filter(pk=access_request_id, agent=agent)
-            .first()
+    status_before = None
+    try:
+        with transaction.atomic():
+            access_request = (
+                AccessRequest.objects.select_for_update(no_key=True)
+                .filter(pk=access_request_id, agent=agent)
+                .first()
+            )
+            if access_request is None:
+                raise NotFound(f"There is no request #{access_request_id} of yours.")
+            status_before = access_request.status
+            _transition(access_request, Status.CANCELLED, reason="cancelled by the agent")
+            record(
+                actor=Actor.for_agent(agent),
+                verb="request.cancelled",
+                agent_id=agent.pk,
+                access_request_id=access_request.pk,
+            )
+            _on_commit_request_finished(access_request.pk)
+    except Conflict as refusal:
+        # The refusal's evidence commits on its own, after the rolled-back attempt.
+        _agent_refusal_evidence(
+            agent=agent,
+            verb="request.cancel_refused",
+            access_request_id=access_request_id,
+            data={"why": refusal.code, "status": status_before},
         )
-        if access_request is None:
-            raise NotFound(f"There is no request #{access_request_id} of yours.")
-        _transition(access_request, Status.CANCELLED, reason="cancelled by the agent")
-        record(
-            actor=Actor.for_agent(agent),
-            verb="request.cancelled",
-            agent_id=agent.pk,
-            access_request_id=access_request.pk,
-        )
-        _on_commit_request_finished(access_request.pk)
+        raise
     return access_request
 
 
@@ -1053,6 +1065,12 @@ def grant_token_refresh(*, grant: Grant, agent: Agent) -> IssuedToken:
         )
     elif grant.revoked_at is None:
         grant_expire(grant_id=grant.pk)
+    _agent_refusal_evidence(
+        agent=agent,
+        verb="token.refused",
+        grant=grant,
+        data={"why": refusal.code, "ended_reason": grant.ended_reason},
+    )
     raise refusal
 
 
@@ -1067,12 +1085,52 @@ def grant_token_for_response(*, grant: Grant, agent: Agent) -> IssuedToken | Non
 INACTIVE = {"active": False}
 
 
-def token_introspect(*, token: str) -> dict:
-    """RFC 7662: `active` only for a valid token whose grant, agent and policy all still hold."""
+def _agent_refusal_evidence(
+    *, agent: Agent, verb: str, grant: Grant | None = None, data: dict, **ids
+) -> None:
+    """Evidence that an agent was refused, committed on its own. An agent can repeat a refused
+    call at will, so each agent has its own per-minute budget per verb (the first are kept)."""
+    if grant is not None:
+        ids = {"access_request_id": grant.access_request_id, "grant_id": grant.pk, **ids}
+    record_throttled(
+        bucket=f"refused:{verb}:{agent.pk}",
+        per_minute=settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE,
+        actor=Actor.for_agent(agent),
+        verb=verb,
+        agent_id=agent.pk,
+        data=data,
+        **ids,
+    )
+
+
+def token_introspect(*, token: str, caller: Agent) -> dict:
+    """RFC 7662: `active` only for a valid token whose grant, agent and policy all still hold.
+
+    Only a registered resource server may introspect (403 otherwise), and it learns only about
+    tokens addressed to an audience it serves: any other token is `active: false` to it, so one
+    resource server cannot learn about another's tokens."""
+    if not caller.is_resource_server:
+        _agent_refusal_evidence(
+            agent=caller, verb="introspection.forbidden", data={"why": "not_a_resource_server"}
+        )
+        raise Forbidden(
+            "Only a registered resource server may introspect tokens; ask an admin to register "
+            "this workload as one.",
+            code="not_a_resource_server",
+        )
+
+    def refused(why: str, grant: Grant | None = None, **data) -> dict:
+        _agent_refusal_evidence(
+            agent=caller, verb="introspection.refused", grant=grant, data={"why": why, **data}
+        )
+        return INACTIVE
+
     try:
         claims = token_verify(token)
     except TokenInvalid:
-        return INACTIVE
+        return refused("invalid_token")
+    if not caller.may_introspect(claims.get("aud")):
+        return refused("audience_not_served", aud=claims.get("aud"))
     grant = (
         Grant.objects.select_related(
             "agent",
@@ -1085,12 +1143,15 @@ def token_introspect(*, token: str) -> dict:
         .filter(pk=claims.get("grant_id"))
         .first()
     )
-    if grant is not None:
-        # The request's agent and privilege are the grant's: reuse the rows just read.
-        grant.access_request.agent = grant.agent
-        grant.access_request.privilege = grant.privilege
-    if grant is None or not grant.is_active() or grant.agent.status != Agent.Status.ACTIVE:
-        return INACTIVE
+    if grant is None:
+        return refused("unknown_grant")
+    # The request's agent and privilege are the grant's: reuse the rows just read.
+    grant.access_request.agent = grant.agent
+    grant.access_request.privilege = grant.privilege
+    if not grant.is_active():
+        return refused("grant_ended", grant, ended_reason=grant.ended_reason)
+    if grant.agent.status != Agent.Status.ACTIVE:
+        return refused("agent_not_active", grant, agent_status=grant.agent.status)
     outcome = policy.decide(
         policy.current_policies(),
         _facts_for_request(grant.access_request, exclude_grant_id=grant.pk),
@@ -1102,7 +1163,7 @@ def token_introspect(*, token: str) -> dict:
             actor=Actor.system("policy"),
             detail=outcome.reason,
         )
-        return INACTIVE
+        return refused("policy_denied", grant)
     answer = {
         "active": True,
         "token_type": "access_token",
@@ -1144,25 +1205,34 @@ def tool_call_record(
         )
         if grant is None:
             raise NotFound("Not found.")
-        if not grant.is_active():
-            raise Conflict(
-                f"Grant #{grant.pk} has ended; tool calls under it are refused.",
-                code="grant_not_active",
-            )
-        return record(
-            actor=Actor.for_agent(agent),
-            verb="tool.called",
-            agent_id=agent.pk,
-            access_request_id=grant.access_request_id,
-            grant_id=grant.pk,
-            data={
+        if grant.is_active():
+            data = {
                 "tool": tool,
                 "target": target,
                 "outcome": outcome,
                 "detail": detail,
                 "scope": grant.scope,
-            },
-        )
+            }
+            if grant.parent_id is not None:
+                # Accountability follows the delegation chain: every agent in it, root first.
+                data["act"] = [link.agent.spiffe_id for link in reversed(grant_ancestors(grant))]
+            return record(
+                actor=Actor.for_agent(agent),
+                verb="tool.called",
+                agent_id=agent.pk,
+                access_request_id=grant.access_request_id,
+                grant_id=grant.pk,
+                data=data,
+            )
+    _agent_refusal_evidence(
+        agent=agent,
+        verb="tool.refused",
+        grant=grant,
+        data={"why": "grant_not_active", "tool": tool, "target": target, "outcome": outcome},
+    )
+    raise Conflict(
+        f"Grant #{grant.pk} has ended; tool calls under it are refused.", code="grant_not_active"
+    )
 
 
 # --- policy administration ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from urllib.parse import parse_qs
 
 from django.conf import settings
@@ -31,6 +32,9 @@ from config.errors import DomainError
 
 logger = logging.getLogger(__name__)
 CANNOT_APPROVE = "You can't approve this request in Custody."
+REQUEST_ID = re.compile(r"[0-9]{1,18}")
+# Slack member ids are short and alphanumeric; anything else (a NUL byte, say) is no person.
+SLACK_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _reject(request, status: int, why: str) -> HttpResponse:
@@ -60,6 +64,8 @@ def _ours(team_id: str | None, app_id: str | None) -> bool:
 
 
 def _person(slack_user_id: str):
+    if not isinstance(slack_user_id, str) or not SLACK_USER_ID.fullmatch(slack_user_id):
+        return None
     profile = (
         SponsorProfile.objects.select_related("user")
         .filter(slack_user_id=slack_user_id, user__is_active=True)
@@ -121,6 +127,8 @@ def interactions(request):
         slack_user = payload["user"]["id"]
     except (KeyError, IndexError, ValueError, TypeError, UnicodeDecodeError):
         return _reject(request, 400, "malformed_payload")
+    if not isinstance(slack_user, str) or not SLACK_USER_ID.fullmatch(slack_user):
+        return _reject(request, 400, "malformed_payload")
     team_id = (payload.get("team") or {}).get("id") or payload["user"].get("team_id")
     if not _ours(team_id, payload.get("api_app_id")):
         return _reject(request, 403, "wrong_workspace")
@@ -142,7 +150,11 @@ def interactions(request):
 
 
 def _request_id(value) -> int | None:
-    return int(value) if isinstance(value, str) and value.isdigit() else None
+    """A request id from a Slack value: ASCII digits within bigint, or None ("²" passes
+    str.isdigit() but not int(); a number past bigint passes int() but not PostgreSQL)."""
+    if isinstance(value, str) and REQUEST_ID.fullmatch(value):
+        return int(value)
+    return None
 
 
 def _on_action(payload: dict, person, action: dict) -> HttpResponse:
@@ -202,7 +214,8 @@ def _on_modal(payload: dict, person, view: dict) -> HttpResponse:
         return JsonResponse(
             {"response_action": "errors", "errors": {"verdict": "Choose approve or deny."}}
         )
-    if problem := _decide(person, request_id, verdict, comment[:2000]):
+    comment = str(comment).replace("\x00", "")[:2000]  # PostgreSQL text holds no NUL
+    if problem := _decide(person, request_id, verdict, comment):
         return JsonResponse({"response_action": "errors", "errors": {"verdict": problem}})
     return HttpResponse(status=200)
 

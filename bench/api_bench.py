@@ -408,7 +408,7 @@ def seed(signer: SvidSigner) -> Seeded:
     from django.contrib.auth.models import Group
     from django.db import connection
 
-    from agents.models import SponsorProfile, TrustDomain
+    from agents.models import Agent, SponsorProfile, TrustDomain
     from agents.services import agent_register, trust_domain_save
     from approvals.models import Privilege
     from approvals.services import privilege_save
@@ -436,6 +436,8 @@ def seed(signer: SvidSigner) -> Seeded:
         sponsor=sponsor,
         team=team,
         actor=actor,
+        kind=Agent.Kind.RESOURCE_SERVER,  # only a registered resource server may introspect
+        introspection_audiences=[PRIVILEGE.split(":")[0]],
     )
     resource, action = PRIVILEGE.split(":")
     privilege = privilege_save(

@@ -5,6 +5,7 @@ outside is 404."""
 from __future__ import annotations
 
 import contextlib
+import re
 from datetime import timedelta
 from functools import wraps
 
@@ -521,6 +522,10 @@ def _audit_events(request, form: AuditFilterForm):
 @login_required
 def audit(request):
     form = AuditFilterForm(request.GET, user=request.user)
+    before = request.GET.get("before") or ""
+    # ASCII digits only, within bigint: "²" passes str.isdigit() but not int().
+    if before and not re.fullmatch(r"[0-9]{1,18}", before):
+        form.add_error(None, "'before' must be an audit event's sequence number (digits 0-9).")
     if not form.is_valid():
         return render(
             request,
@@ -538,9 +543,8 @@ def audit(request):
         )
         response["Content-Disposition"] = f'attachment; filename="custody-audit.{export}"'
         return response
-    before = request.GET.get("before")
     page = events.order_by("-sequence")
-    if before and before.isdigit():
+    if before:
         page = page.filter(sequence__lt=int(before))
     rows = list(page[: PAGE_SIZE + 1])
     query = request.GET.copy()

@@ -78,6 +78,14 @@ class AgentFactory(factory.django.DjangoModelFactory):
         return agent
 
 
+class ResourceServerFactory(AgentFactory):
+    """A workload registered as a resource server: it may introspect tokens for its audiences."""
+
+    spiffe_id = factory.Sequence(lambda n: f"spiffe://example.test/resource-servers/rs-{n}")
+    kind = Agent.Kind.RESOURCE_SERVER
+    introspection_audiences = factory.LazyFunction(lambda: ["payments-db"])
+
+
 class AuditEventFactory(factory.Factory):
     """Audit events are only ever written through record()."""
 

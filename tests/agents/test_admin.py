@@ -123,6 +123,8 @@ def test_it_registers_an_agent_added_in_admin_through_the_service(admin_client, 
             "max_delegation_depth": 3,
             "oidc_trust_domain": "",
             "oidc_subject": "",
+            "kind": "agent",
+            "introspection_audiences": "[]",
         },
     )
     assert response.status_code == 302, response.context["adminform"].form.errors
@@ -295,3 +297,39 @@ def test_it_sends_an_anonymous_visitor_to_the_login(client, fleet):
     assert response.status_code == 302
     fleet["invoice"].refresh_from_db()
     assert fleet["invoice"].status == Agent.Status.ACTIVE
+
+
+def test_registering_a_resource_server_in_admin_is_audited(admin_client, fleet, sponsor, team):
+    invoice = fleet["invoice"]
+    change_url = f"{CHANGELIST}{invoice.pk}/change/"
+    fields = {
+        "name": invoice.name,
+        "description": "",
+        "sponsor": sponsor.pk,
+        "team": team.pk,
+        "review_due": invoice.review_due.isoformat(),
+        "max_delegation_depth": invoice.max_delegation_depth,
+    }
+    no_audience = admin_client.post(
+        change_url, {**fields, "kind": "resource_server", "introspection_audiences": "[]"}
+    )
+    assert no_audience.status_code == 200
+    assert "introspection_audiences" in no_audience.context["adminform"].form.errors
+    response = admin_client.post(
+        change_url,
+        {**fields, "kind": "resource_server", "introspection_audiences": '["payments-db"]'},
+    )
+    assert response.status_code == 302
+    invoice.refresh_from_db()
+    assert invoice.is_resource_server and invoice.introspection_audiences == ["payments-db"]
+    event = AuditEvent.objects.filter(agent_id=invoice.pk).latest("sequence")
+    assert (event.verb, event.actor_id) == ("agent.updated", "admin")
+    assert event.data["changes"] == {
+        "kind": {"from": "agent", "to": "resource_server"},
+        "introspection_audiences": {"from": [], "to": ["payments-db"]},
+    }
+    # A post of the form without the role fields (an older script) keeps the role.
+    assert admin_client.post(change_url, {**fields, "name": "Gateway"}).status_code == 302
+    invoice.refresh_from_db()
+    assert (invoice.name, invoice.kind) == ("Gateway", "resource_server")
+    assert invoice.introspection_audiences == ["payments-db"]

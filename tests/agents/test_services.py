@@ -84,6 +84,8 @@ def test_it_audits_the_registration(registered, admin_user):
         "team": "payments-platform",
         "max_delegation_depth": 3,
         "oidc_subject": "",
+        "kind": "agent",
+        "introspection_audiences": [],
     }
     assert registered.status == Agent.Status.ACTIVE
     assert registered.review_due is not None

@@ -1,7 +1,7 @@
 import pytest
 from rest_framework.test import APIClient
 
-from tests.factories import AgentFactory, PrivilegeFactory
+from tests.factories import PrivilegeFactory, ResourceServerFactory
 
 
 @pytest.fixture
@@ -24,11 +24,12 @@ def privileges(db):
 @pytest.fixture
 def resource_server_api(db, trust_domain, signer, sponsor, team):
     """The payments database's gateway: a workload that introspects tokens."""
-    server = AgentFactory(
+    server = ResourceServerFactory(
         spiffe_id="spiffe://example.test/resource-servers/payments-db",
         name="payments-db gateway",
         sponsor=sponsor,
         team=team,
+        introspection_audiences=["payments-db"],
     )
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {signer.mint(server.spiffe_id)}")

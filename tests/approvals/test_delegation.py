@@ -211,6 +211,10 @@ def test_the_sub_agent_uses_its_delegated_grant_with_its_own_identity(chain, pri
         format="json",
     )
     assert response.status_code == 201, response.content
+    # The evidence names the whole delegation chain, root first, down to the caller.
+    called = AuditEvent.objects.get(verb="tool.called", grant_id=grant_c.pk)
+    assert called.actor_id == helper_c.spiffe_id
+    assert called.data["act"] == [chain[k][0].spiffe_id for k in "abc"]
     # The holder of the parent cannot act under the child's grant.
     response = chain["b"][1].post(
         f"/api/v1/grants/{grant_c.pk}/tool-calls",

@@ -3,7 +3,7 @@ import importlib
 import pytest
 from django.apps import apps as django_apps
 
-from approvals.models import Policy, PolicyRevision
+from approvals.models import Grant, Policy, PolicyRevision
 from approvals.policy import DEFAULT_POLICY_TEXT
 from audit.models import AuditEvent
 from tests.approvals.conftest import submit
@@ -141,3 +141,18 @@ def test_the_toxic_pair_reason_moves_to_any_task_on_an_untouched_default_policy(
     Policy.objects.filter(pk=policy.pk).update(text=edited)
     migration.ship_toxic_pair_reason(django_apps, None)
     assert Policy.objects.get(pk=policy.pk).text == edited
+
+
+def test_a_token_refresh_evaluates_policy_again_and_ends_a_grant_it_no_longer_allows(
+    agent_api, privileges
+):
+    grant_id = submit(agent_api, task_id="close").json()["grant"]["id"]
+    assert agent_api.post(f"/api/v1/grants/{grant_id}/token").status_code == 200
+    PolicyFactory(name="quarter-close", text=FORBID_READS)
+    refused = agent_api.post(f"/api/v1/grants/{grant_id}/token")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "policy_denied"
+    assert "frozen for the quarter close" in refused.json()["error"]["message"]
+    grant = Grant.objects.get(pk=grant_id)
+    assert grant.revoke_reason == "policy"
+    assert AuditEvent.objects.filter(verb="grant.revoked", grant_id=grant_id).exists()

@@ -67,7 +67,14 @@ def test_it_runs_an_automatic_request_end_to_end(
     )
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "grant_not_active"
-    assert verbs(grant_id=grant.pk) == ["grant.issued", "token.issued", "grant.revoked"]
+    # The refusals after the end are evidence too.
+    assert verbs(grant_id=grant.pk) == [
+        "grant.issued",
+        "token.issued",
+        "grant.revoked",
+        "introspection.refused",
+        "tool.refused",
+    ]
     assert verify_chain().ok
 
 
@@ -106,7 +113,15 @@ def test_it_ends_a_request_on_any_deny(agent_api, privileges, sponsor, backup_ap
     assert late.status_code == 409
     assert late.json()["error"]["code"] == "request_not_pending"
     assert not Grant.objects.filter(access_request_id=request_id).exists()
-    assert verbs(access_request_id=request_id)[-1] == "decision.refused"
+    assert verbs(access_request_id=request_id) == [
+        "request.created",
+        "policy.evaluated",
+        "decision.recorded",
+        "request.denied",
+        "decision.refused",
+    ]
+    denied = AuditEvent.objects.get(verb="request.denied", access_request_id=request_id)
+    assert (denied.actor_type, denied.actor_id) == ("user", sponsor.username)
 
 
 def test_the_initiator_never_approves(agent_api, privileges, sponsor):
@@ -167,6 +182,7 @@ def test_a_decision_after_cancel_is_a_conflict(agent_api, privileges, sponsor):
         "request.created",
         "policy.evaluated",
         "request.cancelled",
+        "request.cancel_refused",
         "decision.refused",
     ]
 
@@ -256,6 +272,7 @@ def test_tool_calls_are_evidence_under_the_grant(agent_api, privileges):
     event = AuditEvent.objects.get(verb="tool.called")
     assert event.grant_id == grant_id
     assert event.data["detail"] == {"rows": 3}
+    assert "act" not in event.data  # no delegation, no chain to name
 
 
 def test_an_agent_sees_only_its_own_requests_and_grants(

@@ -436,3 +436,126 @@ def test_a_grant_ending_is_shown_on_its_request_messages(slack, agent_api, privi
     assert slack.wait_for(lambda: len(slack.of("chat.update")) == 4)
     assert "ended" in json.dumps(slack.of("chat.update")[-1].params["blocks"])
     assert "task completed" in json.dumps(slack.of("chat.update")[-1].params["blocks"])
+
+
+def test_a_button_or_modal_value_that_is_not_a_request_id_is_answered_never_a_500(
+    slack, agent_api, privileges
+):
+    """Slack values are text: "²" passes str.isdigit() but not int(), and a number past bigint
+    passes int() but not PostgreSQL. Each is "no such request", told to the person."""
+    from hypothesis import example, given
+    from hypothesis import strategies as st
+
+    from tests.fuzz import bad_input, integer_like_text
+
+    request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    sequence = iter(range(10**6))
+
+    def post(payload):
+        body = urlencode({"payload": json.dumps(payload)})
+        return Client().post(
+            "/slack/interactions",
+            body,
+            content_type="application/x-www-form-urlencoded",
+            **signed(body),
+        )
+
+    @bad_input
+    @given(value=integer_like_text)
+    @example(value="²")
+    @example(value="99999999999999999999")
+    @example(value="9223372036854775808")
+    @example(value="-1")
+    def check(value):
+        if value == str(request_id):
+            return
+        for user_id in ("USPONSOR1", "UNOBODY00"):
+            for action_id in ("custody_approve", "custody_deny", "custody_comment"):
+                body = action_body(user_id, action_id, value, action_ts=f"{next(sequence)}.0")
+                response = Client().post(
+                    "/slack/interactions",
+                    body,
+                    content_type="application/x-www-form-urlencoded",
+                    **signed(body),
+                )
+                assert response.status_code == 200, (value, action_id, response.status_code)
+        n = next(sequence)
+        response = post(
+            {
+                "type": "view_submission",
+                "api_app_id": "A0CUSTODY",
+                "team": {"id": "T0CUSTODY"},
+                "user": {"id": "USPONSOR1"},
+                "view": {
+                    "id": f"V{n}",
+                    "hash": f"h{n}",
+                    "callback_id": "custody_decision",
+                    "private_metadata": value,
+                    "state": {
+                        "values": {"verdict": {"value": {"selected_option": {"value": "deny"}}}}
+                    },
+                },
+            }
+        )
+        assert response.status_code == 200, (value, response.status_code)
+        assert response.json()["response_action"] == "errors"
+
+    check()
+
+    @bad_input
+    @given(user_id=st.text(max_size=12))
+    @example(user_id="U\x00")
+    def from_anyone(user_id):
+        body = action_body(
+            user_id, "custody_approve", str(request_id), action_ts=f"{next(sequence)}.0"
+        )
+        response = Client().post(
+            "/slack/interactions",
+            body,
+            content_type="application/x-www-form-urlencoded",
+            **signed(body),
+        )
+        assert response.status_code in (200, 400), (user_id, response.status_code)
+        command = urlencode(
+            {
+                "team_id": "T0CUSTODY",
+                "api_app_id": "A0CUSTODY",
+                "user_id": user_id,
+                "text": "pending",
+            }
+        )
+        response = Client().post(
+            "/slack/commands",
+            command,
+            content_type="application/x-www-form-urlencoded",
+            **signed(command),
+        )
+        assert response.status_code == 200, (user_id, response.status_code)
+
+    from_anyone()
+    assert AccessRequest.objects.get(pk=request_id).status == "pending"
+    assert not Decision.objects.exists()
+
+    # A comment carrying a NUL byte (which PostgreSQL text cannot hold) is kept without it.
+    response = post(
+        {
+            "type": "view_submission",
+            "api_app_id": "A0CUSTODY",
+            "team": {"id": "T0CUSTODY"},
+            "user": {"id": "USPONSOR1"},
+            "view": {
+                "id": "V-nul",
+                "hash": "h-nul",
+                "callback_id": "custody_decision",
+                "private_metadata": str(request_id),
+                "state": {
+                    "values": {
+                        "verdict": {"value": {"selected_option": {"value": "deny"}}},
+                        "comment": {"value": {"value": "not\x00 now"}},
+                    }
+                },
+            },
+        }
+    )
+    assert response.status_code == 200
+    assert Decision.objects.get(access_request_id=request_id).comment == "not now"

@@ -23,6 +23,16 @@ DEMO_AGENTS = [
     ("agents/refund-helper", "Refund helper", "alice", "payments-platform"),
     ("agents/research-agent", "Research agent", "carol", "research-platform"),
 ]
+DEMO_RESOURCE_SERVERS = [
+    # path, name, sponsor, team, the token audiences it may introspect
+    (
+        "resource-servers/payments-gateway",
+        "Payments gateway",
+        "alice",
+        "payments-platform",
+        ["payments-db", "payments-api"],
+    ),
+]
 
 DEMO_PRIVILEGES = [
     # resource, action, risk, max duration (s), description
@@ -71,7 +81,10 @@ class Command(BaseCommand):
                     team, _ = Group.objects.get_or_create(name=team_name)
                     TeamProfile.objects.get_or_create(group=team)
                     user.groups.add(team)
-            for path, name, sponsor, team_name in DEMO_AGENTS:
+            workloads = [(*row, Agent.Kind.AGENT, []) for row in DEMO_AGENTS] + [
+                (*row[:4], Agent.Kind.RESOURCE_SERVER, row[4]) for row in DEMO_RESOURCE_SERVERS
+            ]
+            for path, name, sponsor, team_name, kind, audiences in workloads:
                 spiffe_id = demo_spiffe_id(path)
                 if not Agent.objects.filter(spiffe_id=spiffe_id).exists():
                     agent_register(
@@ -80,6 +93,8 @@ class Command(BaseCommand):
                         actor=actor,
                         sponsor=User.objects.get(username=sponsor),
                         team=Group.objects.get(name=team_name),
+                        kind=kind,
+                        introspection_audiences=audiences,
                     )
             self._load_catalog(actor)
         self.stdout.write("Demo data ready.")
