@@ -14,6 +14,7 @@ Two kinds of workload token, never one in the other's place (DESIGN invariant 10
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -193,6 +194,8 @@ def _verify(token: str, *, delegation: bool) -> VerifiedIdentity:
         raise IdentityRejected("bad_signature", "The token's signature does not verify.")
     except jwt.PyJWTError as exc:
         raise IdentityRejected("malformed_token", f"The token is not valid: {exc}.")
+    except (OverflowError, ValueError, TypeError):  # a time claim no clock can hold
+        raise IdentityRejected("malformed_token", "The token's time claims are not numbers.")
 
     if other_audience in _audiences(claims):
         # One token naming both audiences would be a login and an actor token at once.
@@ -202,7 +205,12 @@ def _verify(token: str, *, delegation: bool) -> VerifiedIdentity:
             "a delegation actor token are never the same token.",
             claims=claims,
         )
-    lifetime = float(claims["exp"]) - float(claims["iat"])
+    try:
+        lifetime = float(claims["exp"]) - float(claims["iat"])
+    except (OverflowError, ValueError, TypeError):
+        lifetime = math.nan
+    if not math.isfinite(lifetime):
+        raise IdentityRejected("malformed_token", "The token's time claims are not numbers.")
     maximum = (
         settings.CUSTODY_DELEGATION_TOKEN_MAX_SECONDS
         if delegation

@@ -60,3 +60,19 @@ def test_a_trust_domain_cannot_take_the_delegation_audience_as_its_login(db, set
     with pytest.raises(ValidationError) as refused:
         domain.full_clean()
     assert "audience" in refused.value.message_dict
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e400, -1e400, 10**400])
+def test_a_signed_token_with_a_non_finite_time_claim_is_refused_not_a_500(
+    api, agent, signer, claim, value
+):
+    """Only a holder of a registered key can send one, but it still gets a 401, never a 500."""
+    api.raise_request_exception = False
+    response = get_me(api, signer.mint(agent.spiffe_id, **{claim: value}))
+    assert response.status_code == 401, response.content
+    assert response.json()["error"]["code"] in {
+        "malformed_token",
+        "token_expired",
+        "token_not_yet_valid",
+    }
