@@ -5,6 +5,7 @@ Error (500)"), and a long poll outlives the connection the database dropped unde
 refused (`ALLOW_CONNECTIONS false`); on SQLite the database file cannot be opened."""
 
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
+from approvals.models import Grant
 from tests.approvals.conftest import person_client, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -69,6 +71,22 @@ def database_restarting():
         connection.close()
 
 
+def restart_database_in_background(down_seconds: float) -> threading.Thread:
+    """The database goes away now and comes back after `down_seconds`, in another thread."""
+    down = threading.Event()
+    connection.close()  # this thread's own (Django's connections are per thread)
+
+    def restart():
+        with database_restarting():
+            down.set()
+            time.sleep(down_seconds)
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    assert down.wait(10)
+    return thread
+
+
 def assert_unavailable(response):
     assert response.status_code == 503, response.content
     assert response["Content-Type"] == "application/json"
@@ -114,3 +132,20 @@ def test_a_long_poll_outlives_the_connection_the_database_dropped(agent_api, pri
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "pending"
     assert replaced  # the database dropped it, and the poll went on without it
+
+
+def test_a_sweep_during_a_database_restart_waits_for_it_and_ends_the_due_grants(
+    agent_api, privileges
+):
+    from approvals.tasks import sweep_expired_grants
+
+    grant_id = submit(agent_api, duration=1).json()["grant"]["id"]
+    time.sleep(1.1)
+    restart = restart_database_in_background(0.4)
+    try:
+        assert sweep_expired_grants() == 1  # a beat-scheduled sweep, as a worker runs it
+    finally:
+        restart.join()
+        connection.close()
+    grant = Grant.objects.get(pk=grant_id)
+    assert grant.revoke_reason == "expired"
