@@ -1,11 +1,14 @@
+import logging
 import os
+import threading
 
 from celery import Celery
 from celery.app.amqp import AMQP
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutting_down
 from kombu import Connection
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+logger = logging.getLogger(__name__)
 
 
 def _close_redis_channels_when_the_broker_is_gone() -> None:
@@ -91,3 +94,46 @@ def _recycle_database_connections(**kwargs):
     for connection in connections.all(initialized_only=True):
         if not connection.in_atomic_block:  # a task applied inside a transaction keeps it
             connection.close_if_unusable_or_obsolete()
+
+
+def _sweep_forever(interval: float, stopping: threading.Event) -> None:
+    from django.db import connection
+
+    from approvals.tasks import sweep_expired_grants, sweep_request_deadlines
+
+    while not stopping.wait(interval):
+        for sweep in (sweep_expired_grants, sweep_request_deadlines):
+            try:
+                sweep()  # in this process: no broker involved
+            except Exception:
+                logger.exception("sweep clock: %s failed; trying again next interval", sweep.name)
+            finally:
+                connection.close_if_unusable_or_obsolete()
+
+
+_sweep_clock_stopping = threading.Event()
+
+
+@worker_ready.connect
+def _start_sweep_clock(sender, **kwargs):
+    """A worker that consumes the `sweeps` queue also sweeps on its own clock, every
+    CUSTODY_SWEEP_SECONDS, in its main process. Beat's sweeps travel through the broker; these
+    do not, so a broker outage, or a sweep message lost with a killed worker, never leaves a
+    due grant or request deadline standing longer than one interval. Concurrent sweeps are
+    harmless: each grant ends once, through the same conditional service."""
+    from django.conf import settings
+
+    if "sweeps" not in sender.app.amqp.queues.consume_from:
+        return
+    interval = float(settings.CUSTODY_SWEEP_SECONDS)
+    threading.Thread(
+        target=_sweep_forever,
+        args=(interval, _sweep_clock_stopping),
+        name="sweep-clock",
+        daemon=True,
+    ).start()
+
+
+@worker_shutting_down.connect
+def _stop_sweep_clock(**kwargs):
+    _sweep_clock_stopping.set()

@@ -237,3 +237,26 @@ def test_the_sweeps_end_grants_with_no_expiry_worker_running(
         assert "expire_grant[" not in sweeps.output()  # the sweep did it, not an ETA task
     finally:
         sweeps.stop()
+
+
+def test_the_sweeps_worker_ends_grants_on_time_while_the_broker_is_down(agent_api, privileges):
+    """Its own clock sweeps without the broker: no beat, no Redis, and the grant still ends
+    within one sweep interval (1 s) of its expiry."""
+    redis = RedisServer()
+    sweeps = None
+    try:
+        sweeps = Worker(broker_url=redis.url, queues="sweeps", beat=False, sweep_seconds=1)
+        with publishing_to(redis.url):
+            grant_id = submit(agent_api, duration=2).json()["grant"]["id"]
+        redis.stop()
+        assert wait_until(lambda: Grant.objects.get(pk=grant_id).revoked_at is not None, 8), (
+            sweeps.output()[-3000:]
+        )
+        grant = Grant.objects.get(pk=grant_id)
+        assert grant.revoke_reason == "expired"
+        assert grant.revoked_at - grant.expires_at < timedelta(seconds=1 + 1)
+        assert sweeps.process.poll() is None
+    finally:
+        if sweeps:
+            sweeps.stop()
+        redis.stop()
