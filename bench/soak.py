@@ -50,6 +50,7 @@ import http.cookiejar
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -751,7 +752,20 @@ def verify_audit(env: dict) -> str:
     return (result.stdout or result.stderr).strip().splitlines()[-1] if result else "?"
 
 
-def print_report(*, args, recorder, faults, supervisor, expiry, audit_line, command) -> int:
+def server_log_causes(log_dir: Path) -> Counter:
+    """Why the API answered 503, as gunicorn's log says (clients only see the JSON envelope)."""
+    causes: Counter = Counter()
+    log = log_dir / "gunicorn.log"
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if "API request failed on the database: " in line:
+            cause = line.split("API request failed on the database: ", 1)[1]
+            causes[
+                re.sub(r"[^a-zA-Z ]+", " ", cause.split(":")[0].split("\\n")[0])[:60].strip()
+            ] += 1
+    return causes
+
+
+def print_report(*, args, recorder, faults, supervisor, expiry, audit_line, command, causes) -> int:
     outcomes = recorder.outcomes
     db = next((f for f in faults.log if f.name == "database restart"), None)
 
@@ -825,6 +839,9 @@ def print_report(*, args, recorder, faults, supervisor, expiry, audit_line, comm
             print(
                 f"  {outcome.at:8.2f} s  {outcome.status}  {outcome.kind}  ({fault_at(outcome.at)})"
             )
+    if causes:
+        print()
+        print("503s by cause (gunicorn's log):", dict(causes))
     ok = not outside and not html_errors and not no_answer and expiry["late"] == 0
     ok = ok and unexpected == 0 and "intact" in audit_line
     print()
@@ -928,7 +945,7 @@ def main() -> int:
         audit_line = verify_audit(env)
         return print_report(
             args=args, recorder=recorder, faults=faults, supervisor=supervisor, expiry=expiry,
-            audit_line=audit_line, command=command,
+            audit_line=audit_line, command=command, causes=server_log_causes(log_dir),
         )  # fmt: skip
     finally:
         supervisor.stop()
