@@ -312,7 +312,7 @@ def seed(spiffe: Signer, oidc: Signer, jwks_url: str) -> list[str]:
     from django.contrib.auth.models import Group
     from django.db import connections
 
-    from agents.models import SponsorProfile, TrustDomain
+    from agents.models import Agent, SponsorProfile, TrustDomain
     from agents.services import agent_register, trust_domain_save
     from approvals.models import Privilege
     from approvals.services import privilege_save
@@ -361,6 +361,8 @@ def seed(spiffe: Signer, oidc: Signer, jwks_url: str) -> list[str]:
         sponsor=sponsors[0],
         team=team,
         actor=actor,
+        kind=Agent.Kind.RESOURCE_SERVER,
+        introspection_audiences=["payments-db"],
     )
     for resource, action, risk in (
         ("payments-db", "read", "low"),
