@@ -8,6 +8,7 @@ import threading
 import pytest
 import redis
 from django.core.cache import cache
+from django.test import override_settings
 
 from agents import jwks
 from agents.models import Agent
@@ -22,19 +23,18 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def cache_down(settings):
+def cache_down():
     """CACHE_URL on a port where nothing listens, as when Redis is stopped."""
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    settings.CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": dead}
-    }
-    with pytest.raises(redis.exceptions.ConnectionError):
-        cache.get("anything")
-    jwks._process_cache.clear()
-    audit_services._process_budget.clear()
-    yield
-    jwks._process_cache.clear()
-    audit_services._process_budget.clear()
+    backend = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": dead}
+    with override_settings(CACHES={"default": backend}):
+        with pytest.raises(redis.exceptions.ConnectionError):
+            cache.get("anything")
+        jwks._process_cache.clear()
+        audit_services._process_budget.clear()
+        yield
+        jwks._process_cache.clear()
+        audit_services._process_budget.clear()
 
 
 @pytest.fixture
