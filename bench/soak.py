@@ -747,11 +747,13 @@ def expiry_figures(sweep_seconds: int) -> dict:
     }
 
 
-def verify_audit(env: dict) -> str:
+def verify_audit(env: dict) -> tuple[bool, str]:
+    """`manage.py verify_audit`: whether it passed, and the first line it printed."""
     result = subprocess.run(
         [PYTHON, "manage.py", "verify_audit"], cwd=ROOT, env=env, capture_output=True, text=True
     )
-    return (result.stdout or result.stderr).strip().splitlines()[-1] if result else "?"
+    lines = (result.stdout or result.stderr).strip().splitlines() or ["(no output)"]
+    return result.returncode == 0, lines[0]
 
 
 def server_log_causes(log_dir: Path) -> Counter:
@@ -767,7 +769,7 @@ def server_log_causes(log_dir: Path) -> Counter:
     return causes
 
 
-def print_report(*, args, recorder, faults, supervisor, expiry, audit_line, command, causes) -> int:
+def print_report(*, args, recorder, faults, supervisor, expiry, audit, command, causes) -> int:
     outcomes = recorder.outcomes
     db = next((f for f in faults.log if f.name == "database restart"), None)
 
@@ -830,7 +832,8 @@ def print_report(*, args, recorder, faults, supervisor, expiry, audit_line, comm
         detail = "; ".join(supervised.unexpected_exits)
         rows.append((f"{supervised.name}: killed / died on its own", f"{supervised.kills} / "
                      f"{len(supervised.unexpected_exits)}", detail))  # fmt: skip
-    rows.append(("audit chain", audit_line, ""))
+    audit_ok, audit_line = audit
+    rows.append(("verify_audit", "passed" if audit_ok else "FAILED", audit_line))
     width = max(len(str(label)) for label, _, _ in rows)
     for label, value, note in rows:
         print(f"{label:<{width}}  {value!s:>12}  {note}")
@@ -845,7 +848,7 @@ def print_report(*, args, recorder, faults, supervisor, expiry, audit_line, comm
         print()
         print("503s by cause (gunicorn's log):", dict(causes))
     ok = not outside and not html_errors and not no_answer and expiry["late"] == 0
-    ok = ok and unexpected == 0 and "intact" in audit_line
+    ok = ok and unexpected == 0 and audit_ok
     print()
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
@@ -944,10 +947,10 @@ def main() -> int:
         # Every grant issued has expired by now + 60 s; give the last ones one sweep interval.
         time.sleep(60 + args.sweep_seconds + 2)
         expiry = expiry_figures(args.sweep_seconds)
-        audit_line = verify_audit(env)
+        audit = verify_audit(env)
         return print_report(
             args=args, recorder=recorder, faults=faults, supervisor=supervisor, expiry=expiry,
-            audit_line=audit_line, command=command, causes=server_log_causes(log_dir),
+            audit=audit, command=command, causes=server_log_causes(log_dir),
         )  # fmt: skip
     finally:
         supervisor.stop()
