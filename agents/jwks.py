@@ -14,10 +14,14 @@ import urllib.request
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.cache.backends.locmem import LocMemCache
 
 from agents.models import TrustDomain
 
 logger = logging.getLogger(__name__)
+# The shared cache (Redis) is an optimisation: while it is down, each process keeps fetched
+# documents itself, so agents still authenticate and the JWKS endpoints are not hit per request.
+_process_cache = LocMemCache("custody-jwks", {"OPTIONS": {"MAX_ENTRIES": 1000}})
 
 MAX_JWKS_BYTES = 256 * 1024
 FETCH_TIMEOUT_SECONDS = 5
@@ -77,6 +81,15 @@ def _keys_by_kid(document: dict | None) -> dict[str, dict]:
     return keys
 
 
+def _cached(operation: str, *args):
+    """`cache.<operation>(*args)`, or this process's own cache while the shared one fails."""
+    try:
+        return getattr(cache, operation)(*args)
+    except Exception as exc:  # noqa: BLE001 - any cache backend, any failure: fall back
+        logger.warning("JWKS cache: the shared cache failed (%r); using this process's", exc)
+        return getattr(_process_cache, operation)(*args)
+
+
 def find_key(domain: TrustDomain, kid: str) -> dict | None:
     """The JWK with this `kid` in the domain's JWKS, or None."""
     if domain.jwks:
@@ -84,13 +97,13 @@ def find_key(domain: TrustDomain, kid: str) -> dict | None:
     if not domain.jwks_url:
         return None
     key = _cache_key(domain)
-    document = cache.get(key)
+    document = _cached("get", key)
     if document is None:
         document = _fetch(domain.jwks_url)
-        cache.set(key, document, settings.CUSTODY_JWKS_CACHE_SECONDS)
+        _cached("set", key, document, settings.CUSTODY_JWKS_CACHE_SECONDS)
     found = _keys_by_kid(document).get(kid)
-    if found is None and cache.add(f"{key}:refetch", 1, REFETCH_INTERVAL_SECONDS):
+    if found is None and _cached("add", f"{key}:refetch", 1, REFETCH_INTERVAL_SECONDS):
         document = _fetch(domain.jwks_url)
-        cache.set(key, document, settings.CUSTODY_JWKS_CACHE_SECONDS)
+        _cached("set", key, document, settings.CUSTODY_JWKS_CACHE_SECONDS)
         found = _keys_by_kid(document).get(kid)
     return found

@@ -5,6 +5,7 @@ import re
 import time
 
 from django.conf import settings
+from django.db import DatabaseError, connection
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
@@ -172,6 +173,21 @@ def _current_request(agent, request_id: int) -> AccessRequest:
     return access_request
 
 
+def _status_between_waits(request_id: int) -> str | None:
+    """The request's status now. A long poll outlives its database connection: one that the
+    database dropped while we waited (a restart) is replaced once, and an error after that is
+    the API's JSON 503."""
+    statuses = AccessRequest.objects.filter(pk=request_id).values_list("status", flat=True)
+    if connection.in_atomic_block:  # a caller's transaction: never swap its connection
+        return statuses.first()
+    connection.close_if_unusable_or_obsolete()  # past its age or known broken, as requests do
+    try:
+        return statuses.first()
+    except DatabaseError:
+        connection.close()
+        return statuses.first()
+
+
 class RequestDetailApi(APIView):
     permission_classes = [IsAgent]
 
@@ -199,9 +215,7 @@ class RequestDetailApi(APIView):
         # Long poll: hold the answer until the status moves, the deadline passes or wait ends.
         while access_request.is_pending and time.monotonic() < until:
             time.sleep(0.25)
-            status_now = (
-                AccessRequest.objects.filter(pk=request_id).values_list("status", flat=True).first()
-            )
+            status_now = _status_between_waits(request_id)
             if status_now != AccessRequest.Status.PENDING or access_request.deadline_passed():
                 access_request = _current_request(agent, request_id)
         grant = getattr(access_request, "grant", None)

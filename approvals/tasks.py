@@ -8,10 +8,12 @@ services treats a grant past its time as ended whatever these jobs did.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -23,6 +25,7 @@ logger = logging.getLogger(__name__)
 SWEEP_BATCH = 200
 # A sweep stops starting new batches after this share of its interval, so runs never pile up.
 SWEEP_BUDGET_SHARE = 0.8
+SWEEP_RETRY_SECONDS = 0.5
 
 
 @shared_task(bind=True, max_retries=None, acks_late=True)
@@ -85,7 +88,15 @@ def sweep_expired_grants() -> int:
     started = timezone.now()
     ended = 0
     while _budget_left(started):
-        batch = services.grants_expire_due(limit=SWEEP_BATCH)
+        try:
+            batch = services.grants_expire_due(limit=SWEEP_BATCH)
+        except (OperationalError, InterfaceError) as exc:
+            # A deadlock, or the database restarting: waiting for the next sweep would leave
+            # due grants live for two intervals. Try again (a fresh connection) within budget.
+            logger.warning("sweep: %r; trying again", exc)
+            connection.close_if_unusable_or_obsolete()
+            time.sleep(SWEEP_RETRY_SECONDS)
+            continue
         ended += batch
         if not batch:
             break

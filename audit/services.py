@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.core.cache.backends.locmem import LocMemCache
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import checkpoints
 from audit.models import GENESIS_HASH, AuditChainHead, AuditCheckpoint, AuditEvent
+
+logger = logging.getLogger(__name__)
+# Where record_throttled counts its budget while the shared cache is unreachable.
+_process_budget = LocMemCache("custody-audit-budget", {"OPTIONS": {"MAX_ENTRIES": 1000}})
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -429,19 +434,29 @@ def _walk_between(start_sequence: int, start_hash: str, head: AuditChainHead) ->
     return ChainReport(verified, None)
 
 
+def _count_in(store, key: str) -> int:
+    store.add(key, 0, 120)
+    try:
+        return store.incr(key)
+    except ValueError:  # evicted between add and incr
+        return 1
+
+
 def record_throttled(*, bucket: str, per_minute: int, **event) -> AuditEvent | None:
     """Record, unless this bucket already wrote `per_minute` events this minute.
 
     For evidence that outsiders can trigger at will (rejected logins, forged callbacks): a flood
-    must not be able to fill the log, yet the first of every minute is always kept."""
+    must not be able to fill the log, yet the first of every minute is always kept. The budget
+    is counted in the shared cache; while that is down, each process counts its own, so the
+    evidence is still written (and still bounded) and the caller never fails because of it."""
     from django.core.cache import cache
 
     key = f"custody:audit-budget:{bucket}:{int(timezone.now().timestamp() // 60)}"
-    cache.add(key, 0, 120)
     try:
-        count = cache.incr(key)
-    except ValueError:  # evicted between add and incr
-        count = 1
+        count = _count_in(cache, key)
+    except Exception as exc:  # noqa: BLE001 - any cache backend, any failure: count locally
+        logger.warning("Audit budget: the shared cache failed (%r); counting in this process", exc)
+        count = _count_in(_process_budget, key)
     if count > per_minute:
         return None
     if count == per_minute:

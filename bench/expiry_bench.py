@@ -4,8 +4,8 @@
 
 Starts its own redis-server (free port) as the Celery broker and its own PostgreSQL database
 (dropped, created and migrated on every run), then runs two modes, each with one
-`celery -A config worker --queues=expiry --beat` subprocess (the Procfile's expiry worker, with
-beat embedded):
+`celery -A config worker --queues=expiry,sweeps --beat` subprocess (the Procfile's expiry and
+sweeps workers in one, with beat embedded):
 
   eta    every grant's expiry task goes through `approvals.tasks.enqueue_expiry` (the real path:
          a claim on the grant, then an ETA message on Redis) while the worker runs; beat's sweep
@@ -109,7 +109,7 @@ class RedisServer:
 
 
 class Worker:
-    """`celery -A config worker --queues=expiry --beat` in its own process group."""
+    """`celery -A config worker --queues=expiry,sweeps --beat` in its own process group."""
 
     def __init__(self, *, name: str, broker_url: str, sweep_seconds: int, concurrency: int):
         self.log_path = VAR_DIR / f"worker-{name}.log"
@@ -123,7 +123,7 @@ class Worker:
         }
         command = [
             sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
-            f"--concurrency={concurrency}", "--queues=expiry",
+            f"--concurrency={concurrency}", "--queues=expiry,sweeps",
             f"--hostname=bench-{name}-{os.getpid()}@%h", "--beat",
         ]  # fmt: skip
         self.process = subprocess.Popen(
@@ -634,7 +634,7 @@ def report(results: dict, sweep: SweepTiming | None, args, chain) -> None:
     print(
         f"{args.grants} grants expiring evenly within {args.window} s ({due_per_second:.0f}/s); "
         f"one worker: celery -A config worker --concurrency={args.concurrency} "
-        f"--queues=expiry --beat; Redis broker; PostgreSQL"
+        f"--queues=expiry,sweeps --beat; Redis broker; PostgreSQL"
     )
     print()
     row("", each(lambda r: {"eta": "ETA path", "sweep": "sweep path"}[r.name]), "target")

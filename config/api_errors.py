@@ -1,12 +1,32 @@
-"""One error shape for the whole API: {"error": {"code", "message", "fields"}} with a 4xx."""
+"""One error shape for the whole API: {"error": {"code", "message", "fields"}}, 4xx and 5xx.
+
+DRF views answer through `exception_handler`; anything else under /api/ (an unknown path, an
+error in a middleware, an unexpected exception) through the `handler*` views that config/urls.py
+installs, which keep Django's own pages everywhere else. A database that drops or refuses its
+connections (a restart) is a 503 with Retry-After, never an HTML "Server Error (500)".
+"""
+
+import logging
+import sys
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.db import InterfaceError, OperationalError
+from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 from config.errors import DomainError
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/"
+# What a client should wait before trying again when the database is away (a restart).
+RETRY_AFTER_SECONDS = 2
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+UNAVAILABLE_MESSAGE = "The database is unavailable for a moment; try again shortly."
 
 
 def error_response(
@@ -42,6 +62,15 @@ def _plain(detail):
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, DATABASE_ERRORS):
+        logger.error("API request failed on the database: %r", exc, exc_info=exc)
+        set_rollback()
+        return error_response(
+            "service_unavailable",
+            UNAVAILABLE_MESSAGE,
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, DomainError):
         return error_response(exc.code, exc.message, exc.status_code, exc.fields)
     if isinstance(exc, Http404):
@@ -68,3 +97,51 @@ def exception_handler(exc, context):
             headers=dict(response.items()) if response is not None else None,
         )
     return None
+
+
+# --- Django's error views: JSON under /api/, Django's own pages elsewhere --------------------
+
+
+def _json_error(code: str, message: str, http_status: int, headers: dict | None = None):
+    response = JsonResponse(
+        {"error": {"code": code, "message": message, "fields": {}}}, status=http_status
+    )
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith(API_PREFIX)
+
+
+def bad_request(request, exception, template_name="400.html"):
+    if _is_api(request):
+        return _json_error("bad_request", "The request is not valid.", 400)
+    return defaults.bad_request(request, exception, template_name)
+
+
+def permission_denied(request, exception, template_name="403.html"):
+    if _is_api(request):
+        return _json_error("forbidden", "Not allowed.", 403)
+    return defaults.permission_denied(request, exception, template_name)
+
+
+def page_not_found(request, exception, template_name="404.html"):
+    if _is_api(request):
+        return _json_error("not_found", "Not found.", 404)
+    return defaults.page_not_found(request, exception, template_name)
+
+
+def server_error(request, template_name="500.html"):
+    if not _is_api(request):
+        return defaults.server_error(request, template_name)
+    # Django calls this while handling the exception (already logged as "Internal Server Error").
+    if isinstance(sys.exc_info()[1], DATABASE_ERRORS):
+        return _json_error(
+            "service_unavailable",
+            UNAVAILABLE_MESSAGE,
+            503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    return _json_error("server_error", "Something went wrong on our side; it has been logged.", 500)

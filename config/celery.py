@@ -1,11 +1,85 @@
+import logging
 import os
+import threading
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.app.amqp import AMQP
+from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutting_down
+from kombu import Connection
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+logger = logging.getLogger(__name__)
 
-app = Celery("custody")
+
+def _close_redis_channels_when_the_broker_is_gone() -> None:
+    """A worker must outlive a Redis restart, ETA tasks in hand included.
+
+    On a lost connection Celery's consumer closes the connection twice: `collect()`, then
+    `close()`. kombu's Redis channel first reads the reply of its pending BRPOP (kombu#1733);
+    with Redis gone that read raises, the channel stays open, and `collect()` detaches the
+    transport from the connection. The second close then restores the unacknowledged messages
+    (the ETA tasks the worker holds) through a pool built from the detached transport's
+    parameters: `AttributeError: 'NoneType' object has no attribute 'hostname'`, which is not a
+    connection error, so the worker dies instead of reconnecting (kombu and celery 5.7.0, the
+    newest). Here the failed read no longer aborts the first close: the channel closes, the
+    restore fails with a connection error that the consumer ignores, and it reconnects. Messages
+    it could not restore stay in Redis's unacked set (redelivered after the visibility timeout,
+    and a run then finds its grant ended); the sweep ends their grants on time meanwhile.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    channel = kombu_redis.Channel
+    if getattr(channel.close, "custody_patched", False):
+        return
+    close = channel.close
+
+    def close_even_if_the_broker_is_gone(self):
+        if self._in_poll:
+            try:
+                self._brpop_read()
+            except kombu_redis.Empty:
+                pass
+            except self.connection_errors:
+                pass  # the broker is gone: there is no reply to read, only a channel to close
+        return close(self)
+
+    close_even_if_the_broker_is_gone.custody_patched = True
+    channel.close = close_even_if_the_broker_is_gone
+
+
+_close_redis_channels_when_the_broker_is_gone()
+
+# Seconds between attempts to reach a lost broker (kombu backs off up to 30 s by default).
+BROKER_RECONNECT_SECONDS = 1
+
+
+class BrokerConnection(Connection):
+    """Workers and beat try a lost broker again every second, however long it has been away.
+
+    Celery's consumer, beat and beat's control thread call `ensure_connection()` with kombu's
+    default back-off (2, 4, 6 ... up to 30 s between attempts): after a minute-long Redis outage
+    the worker and beat would come back up to 30 s after Redis did, longer than a sweep interval.
+    Their retry budget is `broker_connection_max_retries` (None in settings: forever)."""
+
+    def ensure_connection(
+        self,
+        errback=None,
+        max_retries=None,
+        interval_start=BROKER_RECONNECT_SECONDS,
+        interval_step=0,
+        interval_max=BROKER_RECONNECT_SECONDS,
+        **kwargs,
+    ):
+        return super().ensure_connection(
+            errback, max_retries, interval_start, interval_step, interval_max, **kwargs
+        )
+
+
+class CustodyAMQP(AMQP):
+    Connection = BrokerConnection
+
+
+app = Celery("custody", amqp=CustodyAMQP)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
@@ -20,3 +94,46 @@ def _recycle_database_connections(**kwargs):
     for connection in connections.all(initialized_only=True):
         if not connection.in_atomic_block:  # a task applied inside a transaction keeps it
             connection.close_if_unusable_or_obsolete()
+
+
+def _sweep_forever(interval: float, stopping: threading.Event) -> None:
+    from django.db import connection
+
+    from approvals.tasks import sweep_expired_grants, sweep_request_deadlines
+
+    while not stopping.wait(interval):
+        for sweep in (sweep_expired_grants, sweep_request_deadlines):
+            try:
+                sweep()  # in this process: no broker involved
+            except Exception:
+                logger.exception("sweep clock: %s failed; trying again next interval", sweep.name)
+            finally:
+                connection.close_if_unusable_or_obsolete()
+
+
+_sweep_clock_stopping = threading.Event()
+
+
+@worker_ready.connect
+def _start_sweep_clock(sender, **kwargs):
+    """A worker that consumes the `sweeps` queue also sweeps on its own clock, every
+    CUSTODY_SWEEP_SECONDS, in its main process. Beat's sweeps travel through the broker; these
+    do not, so a broker outage, or a sweep message lost with a killed worker, never leaves a
+    due grant or request deadline standing longer than one interval. Concurrent sweeps are
+    harmless: each grant ends once, through the same conditional service."""
+    from django.conf import settings
+
+    if "sweeps" not in sender.app.amqp.queues.consume_from:
+        return
+    interval = float(settings.CUSTODY_SWEEP_SECONDS)
+    threading.Thread(
+        target=_sweep_forever,
+        args=(interval, _sweep_clock_stopping),
+        name="sweep-clock",
+        daemon=True,
+    ).start()
+
+
+@worker_shutting_down.connect
+def _stop_sweep_clock(**kwargs):
+    _sweep_clock_stopping.set()

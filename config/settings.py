@@ -129,7 +129,13 @@ if CACHE_URL:
     if not CACHE_URL.startswith(("redis://", "rediss://")):
         raise ImproperlyConfigured("CACHE_URL must be a redis:// or rediss:// URL.")
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            # The cache is an optimisation: with Redis unreachable, callers fall back within a
+            # second (agents/jwks.py, audit record_throttled) instead of hanging a request.
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -241,6 +247,13 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A broker restart must not stop time: workers and beat retry a lost broker forever (every
+# second, config/celery.py), never giving up after Celery's default 100 attempts.
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# A late-acknowledged task running when the connection drops can no longer be acknowledged and
+# is delivered again: stop it rather than finish it twice (every task here is idempotent).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 # Keep a worker's database connection across tasks (Celery otherwise opens one per task, which
 # alone caps expiry at a few dozen grants a second); config/celery.py recycles stale ones.
 CELERY_DB_REUSE_MAX = 1000
@@ -363,7 +376,15 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.5,
 }
 CELERY_TASK_DEFAULT_QUEUE = "expiry"
+# The periodic sweeps have their own queue and worker (the notifications worker consumes it
+# too): whatever befalls the worker holding the ETA tasks, something still ends grants on time.
+_SWEEP_TASKS = (
+    "approvals.tasks.sweep_expired_grants",
+    "approvals.tasks.sweep_request_deadlines",
+    "approvals.tasks.enqueue_upcoming_expiries",
+)
 CELERY_TASK_ROUTES = {
+    **{task: {"queue": "sweeps"} for task in _SWEEP_TASKS},
     "approvals.tasks.notify_*": {"queue": "notifications"},
     "approvals.tasks.*": {"queue": "expiry"},
     "audit.tasks.*": {"queue": "notifications"},  # a long walk must never delay an expiry

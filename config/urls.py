@@ -6,6 +6,11 @@ from approvals import slack_views
 from approvals.apis import JwksApi
 from audit.apis import CheckpointKeyApi
 
+handler400 = "config.api_errors.bad_request"
+handler403 = "config.api_errors.permission_denied"
+handler404 = "config.api_errors.page_not_found"
+handler500 = "config.api_errors.server_error"
+
 api_v1 = [
     path("", include("agents.urls")),
     path("", include("approvals.urls")),

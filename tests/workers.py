@@ -45,7 +45,7 @@ class Worker:
         broker_url: str,
         sweep_seconds: int = 1,
         beat: bool = True,
-        queues: str = "expiry,notifications",
+        queues: str = "expiry,sweeps,notifications",
         env: dict | None = None,
         app: str = "config",
     ):

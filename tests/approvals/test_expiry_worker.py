@@ -21,19 +21,26 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 @contextlib.contextmanager
 def publishing_to(url: str):
     """Point this process's Celery producer at another broker for the duration."""
+    import os
+
     from config.celery import app
 
     def reset():
         app._pool = None
         app.amqp._producer_pool = None
 
-    previous = app.conf.broker_url
-    app.conf.broker_url = url
+    # Celery reads CELERY_BROKER_URL from the environment before its configuration (CI sets it).
+    previous = app.conf.broker_url, os.environ.get("CELERY_BROKER_URL")
+    app.conf.broker_url = os.environ["CELERY_BROKER_URL"] = url
     reset()
     try:
         yield
     finally:
-        app.conf.broker_url = previous
+        app.conf.broker_url = previous[0]
+        if previous[1] is None:
+            del os.environ["CELERY_BROKER_URL"]
+        else:
+            os.environ["CELERY_BROKER_URL"] = previous[1]
         reset()
 
 
@@ -153,4 +160,103 @@ def test_a_redis_restart_during_a_grants_life_loses_nothing_and_doubles_nothing(
     finally:
         if worker:
             worker.stop()
+        redis.stop()
+
+
+def test_the_expiry_worker_survives_a_redis_restart_while_it_holds_eta_tasks(
+    agent_api, privileges, resource_server_api
+):
+    """The production shape: one worker holds the ETA tasks (expiry queue), another runs the
+    sweeps with beat. Redis goes away while the expiry worker holds unacknowledged ETA tasks."""
+    redis = RedisServer()
+    expiry = sweeps = None
+    try:
+        expiry = Worker(broker_url=redis.url, queues="expiry", beat=False)
+        sweeps = Worker(broker_url=redis.url, queues="sweeps", sweep_seconds=1)
+        with publishing_to(redis.url):
+            bodies = [submit(agent_api, duration=3, task_id=f"held-{n}").json() for n in range(3)]
+        grants = list(Grant.objects.filter(pk__in=[b["grant"]["id"] for b in bodies]))
+        assert wait_until(lambda: expiry.output().count("expire_grant[") >= 3, 5), expiry.output()
+        redis.stop()
+        sleep_until(max(g.expires_at for g in grants) + timedelta(seconds=1))
+        redis.start()
+        back = time.time()
+
+        # Within one sweep interval (1 s) of Redis answering again, plus reconnect (1 s) and
+        # scheduling slack.
+        assert wait_until(
+            lambda: (
+                not Grant.objects.filter(
+                    pk__in=[g.pk for g in grants], revoked_at__isnull=True
+                ).exists()
+            ),
+            10,
+        ), sweeps.output()[-3000:]
+        for grant in Grant.objects.filter(pk__in=[g.pk for g in grants]):
+            assert grant.revoke_reason == "expired"
+            assert grant.revoked_at.timestamp() - back < 1 + 1 + 1.5
+            assert AuditEvent.objects.filter(grant_id=grant.pk, verb="grant.expired").count() == 1
+
+        # The worker that held the ETA tasks is still there, and with the sweeps stopped it alone
+        # ends a later grant at its time.
+        assert expiry.process.poll() is None, expiry.output()[-4000:]
+        assert "Unrecoverable error" not in expiry.output()
+        sweeps.stop()
+        with publishing_to(redis.url):
+            later = submit(agent_api, duration=2, task_id="later").json()
+        grant = Grant.objects.get(pk=later["grant"]["id"])
+        assert wait_until(lambda: Grant.objects.get(pk=grant.pk).revoked_at is not None, 10), (
+            expiry.output()[-3000:]
+        )
+        grant.refresh_from_db()
+        assert grant.revoke_reason == "expired"
+        assert timedelta(0) <= grant.revoked_at - grant.expires_at < timedelta(seconds=1)
+        assert verify_chain().ok
+    finally:
+        for worker in (expiry, sweeps):
+            if worker:
+                worker.stop()
+        redis.stop()
+
+
+def test_the_sweeps_end_grants_with_no_expiry_worker_running(
+    agent_api, privileges, resource_server_api
+):
+    """The sweeps have their own queue: with the ETA worker gone, the sweeps worker (and beat)
+    alone still end grants within one interval of their expiry."""
+    sweeps = Worker(broker_url=settings.CELERY_BROKER_URL, queues="sweeps", sweep_seconds=1)
+    try:
+        body = submit(agent_api, duration=2).json()
+        grant = Grant.objects.get(pk=body["grant"]["id"])
+        assert wait_until(lambda: Grant.objects.get(pk=grant.pk).revoked_at is not None, 8), (
+            sweeps.output()[-3000:]
+        )
+        grant.refresh_from_db()
+        assert grant.revoke_reason == "expired"
+        assert grant.revoked_at - grant.expires_at < timedelta(seconds=1 + 1)
+        assert "expire_grant[" not in sweeps.output()  # the sweep did it, not an ETA task
+    finally:
+        sweeps.stop()
+
+
+def test_the_sweeps_worker_ends_grants_on_time_while_the_broker_is_down(agent_api, privileges):
+    """Its own clock sweeps without the broker: no beat, no Redis, and the grant still ends
+    within one sweep interval (1 s) of its expiry."""
+    redis = RedisServer()
+    sweeps = None
+    try:
+        sweeps = Worker(broker_url=redis.url, queues="sweeps", beat=False, sweep_seconds=1)
+        with publishing_to(redis.url):
+            grant_id = submit(agent_api, duration=2).json()["grant"]["id"]
+        redis.stop()
+        assert wait_until(lambda: Grant.objects.get(pk=grant_id).revoked_at is not None, 8), (
+            sweeps.output()[-3000:]
+        )
+        grant = Grant.objects.get(pk=grant_id)
+        assert grant.revoke_reason == "expired"
+        assert grant.revoked_at - grant.expires_at < timedelta(seconds=1 + 1)
+        assert sweeps.process.poll() is None
+    finally:
+        if sweeps:
+            sweeps.stop()
         redis.stop()

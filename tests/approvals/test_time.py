@@ -183,7 +183,7 @@ def test_expiry_and_notifications_run_on_separate_queues():
         return app.amqp.router.route({}, name)["queue"].name
 
     assert queue("approvals.tasks.expire_grant") == "expiry"
-    assert queue("approvals.tasks.sweep_expired_grants") == "expiry"
+    assert queue("approvals.tasks.sweep_expired_grants") == "sweeps"
     notifications = sorted(name for name in app.tasks if name.startswith("approvals.tasks.notify"))
     assert notifications == [
         "approvals.tasks.notify_ephemeral",
