@@ -11,7 +11,7 @@ from django.utils.html import format_html
 from agents import services
 from agents.models import Agent, SponsorProfile, TeamProfile, TrustDomain
 from audit.services import Actor
-from config.errors import DomainError
+from core.errors import DomainError
 
 
 class ReviewOverdueFilter(admin.SimpleListFilter):

@@ -22,7 +22,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 
 from agents.models import Agent, BackupApprover
 from audit.services import Actor, deferred_evidence, record
-from config.errors import Conflict, Forbidden, NotFound
+from core.errors import Conflict, Forbidden, NotFound
 
 SPONSOR_PERMISSIONS = ("agents.view_agent", "agents.approve_for_agent", "agents.manage_agent")
 TEAM_PERMISSIONS = ("agents.view_agent",)

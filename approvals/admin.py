@@ -13,7 +13,7 @@ from approvals.models import (
 )
 from approvals.tokens import signing_key_rotate
 from audit.services import Actor
-from config.errors import DomainError
+from core.errors import DomainError
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

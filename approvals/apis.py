@@ -18,9 +18,9 @@ from rest_framework.views import APIView
 from agents.permissions import IsAgent
 from approvals import selectors, services
 from approvals.models import AccessRequest, Decision, Grant
-from config.api_errors import _first_message as first_message
-from config.api_errors import _plain as plain
-from config.errors import InvalidInput
+from core.api_errors import _first_message as first_message
+from core.api_errors import _plain as plain
+from core.errors import InvalidInput
 from frontend.auth import authenticated_at
 
 MAX_CONTEXT_BYTES = 4096

@@ -48,7 +48,7 @@ from approvals.models import (
 )
 from approvals.tokens import IssuedToken, TokenInvalid, token_sign, token_verify
 from audit.services import Actor, deferred_evidence, record, record_throttled
-from config.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 Status = AccessRequest.Status
 Reason = Grant.RevokeReason

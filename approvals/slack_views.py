@@ -28,7 +28,7 @@ from approvals import selectors, services, slack
 from approvals.models import AccessRequest, Decision, SlackInteraction
 from approvals.tasks import notify_ephemeral
 from audit.services import Actor, record, record_throttled
-from config.errors import DomainError
+from core.errors import DomainError
 
 logger = logging.getLogger(__name__)
 CANNOT_APPROVE = "You can't approve this request in Custody."

@@ -6,7 +6,7 @@ from rest_framework.views import APIView
 
 from audit import checkpoints
 from audit.selectors import audit_checkpoint_latest
-from config.errors import NotFound
+from core.errors import NotFound
 
 
 class CheckpointLatestApi(APIView):

@@ -6,10 +6,10 @@ from approvals import slack_views
 from approvals.apis import JwksApi
 from audit.apis import CheckpointKeyApi
 
-handler400 = "config.api_errors.bad_request"
-handler403 = "config.api_errors.permission_denied"
-handler404 = "config.api_errors.page_not_found"
-handler500 = "config.api_errors.server_error"
+handler400 = "core.api_errors.bad_request"
+handler403 = "core.api_errors.permission_denied"
+handler404 = "core.api_errors.page_not_found"
+handler500 = "core.api_errors.server_error"
 
 api_v1 = [
     path("", include("agents.urls")),

@@ -34,7 +34,7 @@ from audit.exports import iter_csv, iter_jsonl
 from audit.models import AuditEvent, ChainCheck
 from audit.selectors import audit_event_list
 from audit.services import Actor
-from config.errors import DomainError
+from core.errors import DomainError
 from frontend import auth
 from frontend.forms import AuditFilterForm, BackupApproverForm, DecisionForm, ReasonForm
 

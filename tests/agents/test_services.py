@@ -16,7 +16,7 @@ from agents.services import (
 )
 from audit.models import AuditEvent
 from audit.services import Actor, verify_chain
-from config.errors import Conflict
+from core.errors import Conflict
 from tests.factories import AgentFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

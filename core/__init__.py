@@ -1,0 +1,1 @@
+"""What every app may use: domain errors, the API error envelope, middleware."""
