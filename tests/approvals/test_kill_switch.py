@@ -264,6 +264,25 @@ def test_a_suspension_committing_while_a_request_is_in_flight_leaves_no_live_gra
 ):
     """The submission is held at its first write (another session holds the requests table),
     after it authenticated as an active agent; the sponsor presses the kill switch meanwhile."""
+    if connection.vendor != "postgresql":
+        # SQLite has one writer at a time, so nothing can be held mid-flight: the two orders
+        # a whole-database lock allows are checked instead.
+        submitted = agent_client(signer, agent).post(
+            "/api/v1/requests", request_body("payments-db:read", "before"), format="json"
+        )
+        assert submitted.status_code == 201, submitted.content
+        assert (
+            web_client(sponsor).post(f"/agents/{agent.pk}/suspend/", {"reason": "leak"}).status_code
+            == 302
+        )
+        after = agent_client(signer, agent).post(
+            "/api/v1/requests", request_body("payments-db:read", "after"), format="json"
+        )
+        assert after.status_code in (401, 409), after.content
+        agent.refresh_from_db()
+        assert agent.status == Agent.Status.SUSPENDED
+        assert live_grants(agent) == 0
+        return
     table = AccessRequest._meta.db_table
     holding, release = threading.Event(), threading.Event()
     answers = {}
