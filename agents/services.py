@@ -21,6 +21,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from agents.models import Agent, BackupApprover
+from agents.signals import agent_deactivated
 from audit.services import Actor, deferred_evidence, record
 from core.errors import Conflict, Forbidden, NotFound
 
@@ -381,10 +382,9 @@ def _transition(agent: Agent, target: str, *, actor: Actor, verb: str, reason: s
 
 
 def _end_privileges(agent: Agent, *, actor: Actor, reason: str) -> None:
-    # Invariant 5: a suspended or retired agent holds no active grant, in the same transaction.
-    from approvals.services import grants_revoke_for_agent
-
-    grants_revoke_for_agent(agent=agent, actor=actor, reason_detail=reason)
+    # Invariant 5: a suspended or retired agent holds no active grant, in the same transaction:
+    # approvals ends them in its receiver (agents/signals.py), under the agent row lock held here.
+    agent_deactivated.send(sender=Agent, agent=agent, actor=actor, detail=reason)
 
 
 def agent_suspend(*, agent: Agent, actor: Actor, reason: str = "") -> Agent:
