@@ -35,6 +35,7 @@ from audit.models import AuditEvent, ChainCheck
 from audit.selectors import audit_event_list
 from audit.services import Actor
 from core.errors import DomainError
+from core.sessions import authenticated_at, mark_fresh_login
 from frontend import auth
 from frontend.forms import AuditFilterForm, BackupApproverForm, DecisionForm, ReasonForm
 
@@ -172,7 +173,7 @@ def _decide(request, access_request: AccessRequest, verdict: str, comment: str) 
             verdict=verdict,
             comment=comment,
             channel=Decision.Channel.WEB,
-            authenticated_at=auth.authenticated_at(request),
+            authenticated_at=authenticated_at(request),
         )
     except DomainError as exc:
         if exc.code != "step_up_required":
@@ -228,7 +229,7 @@ def step_up(request):
             request, username=request.user.get_username(), password=request.POST.get("password", "")
         )
         if user is not None and user.pk == request.user.pk:
-            auth.mark_fresh_login(request)
+            mark_fresh_login(request)
             auth.forget_failures(user.get_username())
             request.session.pop(PENDING_DECISION_KEY, None)
             if waiting is None:
