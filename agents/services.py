@@ -2,10 +2,11 @@
 
 Lock order: the one documented in approvals/services/__init__.py's docstring (and README,
 "Security" → "Lock order"): agent row(s) first, then access requests, then grants, the audit
-chain head last. Here the agent row is taken `FOR NO KEY UPDATE` first thing in every transaction that changes it:
-it conflicts with the `FOR SHARE` that a submission or a decision takes first thing, so the
-kill switch and agent traffic serialize, yet not with the `KEY SHARE` of a foreign-key check at
-another transaction's COMMIT (taken after that transaction holds the chain head).
+chain head last. Here the agent row is taken `FOR NO KEY UPDATE` first thing in every
+transaction that changes it: it conflicts with the `FOR SHARE` that a submission or a decision
+takes first thing, so the kill switch and agent traffic serialize, yet not with the `KEY SHARE`
+of a foreign-key check at another transaction's COMMIT (taken after that transaction holds the
+chain head).
 
 Suspending or retiring an agent sends `agents.signals.agent_deactivated` with the agent row
 locked; approvals' receiver ends its requests and grants in the same transaction (this app never
