@@ -55,9 +55,11 @@ chromium:
 screenshots: $(STAMP) chromium
 	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend/test_browser.py -q
 
+# ruff, then import-linter's contracts in pyproject.toml (the layers between and inside apps).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .

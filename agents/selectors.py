@@ -1,7 +1,12 @@
+"""Reads about agents, restricted to the person first (django-guardian object permissions)."""
+
 from django.db.models import QuerySet
+from django.utils import timezone
 from guardian.shortcuts import get_objects_for_user
 
 from agents.models import Agent
+from audit.models import AuditEvent
+from audit.selectors import audit_event_list
 
 
 def agents_visible_to(user) -> QuerySet[Agent]:
@@ -13,9 +18,34 @@ def agents_visible_to(user) -> QuerySet[Agent]:
     return get_objects_for_user(user, "agents.view_agent", klass=Agent, accept_global_perms=True)
 
 
-def agents_approvable_by(user) -> QuerySet[Agent]:
-    if not user.is_authenticated:
-        return Agent.objects.none()
-    return get_objects_for_user(
-        user, "agents.approve_for_agent", klass=Agent, accept_global_perms=False
+def agents_review_overdue_for(user) -> QuerySet[Agent]:
+    """Active agents the person may see whose sponsor's review is overdue, the oldest first."""
+    return (
+        agents_visible_to(user)
+        .filter(review_due__lt=timezone.localdate(), status=Agent.Status.ACTIVE)
+        .select_related("sponsor")
+        .order_by("review_due")
     )
+
+
+def agent_ids_managed_by(user) -> set[int]:
+    """The agents the person may suspend or whose grants they may revoke: one query for a whole
+    page, not a permission check per row."""
+    return set(
+        get_objects_for_user(
+            user, "agents.manage_agent", klass=Agent, accept_global_perms=True
+        ).values_list("pk", flat=True)
+    )
+
+
+def sees_whole_audit_log(user) -> bool:
+    return user.is_superuser or user.has_perm("audit.view_auditevent")
+
+
+def audit_events_visible_to(user, **filters) -> QuerySet[AuditEvent]:
+    """The evidence a person may read (audit_event_list's filters): all of it with the audit
+    permission, otherwise the events about agents they can see."""
+    events = audit_event_list(**filters)
+    if not sees_whole_audit_log(user):
+        events = events.filter(agent_id__in=agents_visible_to(user).values("pk"))
+    return events

@@ -1,11 +1,16 @@
 """Writes about agents: registration, ownership and lifecycle. Every one is audited.
 
-Lock order: the one documented in approvals/services.py's docstring (and README, "Security" →
-"Lock order"): agent row(s) first, then access requests, then grants, the audit chain head last.
-Here the agent row is taken `FOR NO KEY UPDATE` first thing in every transaction that changes it:
-it conflicts with the `FOR SHARE` that a submission or a decision takes first thing, so the
-kill switch and agent traffic serialize, yet not with the `KEY SHARE` of a foreign-key check at
-another transaction's COMMIT (taken after that transaction holds the chain head).
+Lock order: the one documented in approvals/services/__init__.py's docstring (and README,
+"Security" → "Lock order"): agent row(s) first, then access requests, then grants, the audit
+chain head last. Here the agent row is taken `FOR NO KEY UPDATE` first thing in every
+transaction that changes it: it conflicts with the `FOR SHARE` that a submission or a decision
+takes first thing, so the kill switch and agent traffic serialize, yet not with the `KEY SHARE`
+of a foreign-key check at another transaction's COMMIT (taken after that transaction holds the
+chain head).
+
+Suspending or retiring an agent sends `agents.signals.agent_deactivated` with the agent row
+locked; approvals' receiver ends its requests and grants in the same transaction (this app never
+imports approvals).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from agents.models import Agent, BackupApprover
+from agents.signals import agent_deactivated
 from audit.services import Actor, deferred_evidence, record
 from core.errors import Conflict, Forbidden, NotFound
 
@@ -381,10 +387,9 @@ def _transition(agent: Agent, target: str, *, actor: Actor, verb: str, reason: s
 
 
 def _end_privileges(agent: Agent, *, actor: Actor, reason: str) -> None:
-    # Invariant 5: a suspended or retired agent holds no active grant, in the same transaction.
-    from approvals.services import grants_revoke_for_agent
-
-    grants_revoke_for_agent(agent=agent, actor=actor, reason_detail=reason)
+    # Invariant 5: a suspended or retired agent holds no active grant, in the same transaction:
+    # approvals ends them in its receiver (agents/signals.py), under the agent row lock held here.
+    agent_deactivated.send(sender=Agent, agent=agent, actor=actor, detail=reason)
 
 
 def agent_suspend(*, agent: Agent, actor: Actor, reason: str = "") -> Agent:

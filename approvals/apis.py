@@ -21,7 +21,7 @@ from approvals.models import AccessRequest, Decision, Grant
 from core.api_errors import _first_message as first_message
 from core.api_errors import _plain as plain
 from core.errors import InvalidInput
-from frontend.auth import authenticated_at
+from core.sessions import authenticated_at
 
 MAX_CONTEXT_BYTES = 4096
 WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")

@@ -1,5 +1,10 @@
-"""A privilege's approver group confers the right to approve: joining or leaving it is evidence
-(invariant 11), written in the transaction that changes the membership."""
+"""What approvals does when something below it changes.
+
+- An agent suspended or retired (`agents.signals.agent_deactivated`, the one seam from agents to
+  approvals): its pending requests and live grants end, in the sender's transaction (invariant 5).
+- A privilege's approver group confers the right to approve: joining or leaving it is evidence
+  (invariant 11), written in the transaction that changes the membership.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,15 @@ from django.dispatch import receiver
 
 from agents import services as agent_services
 from agents.receivers import acting_actor, membership_pairs, refuse_if_self_granted
+from agents.signals import agent_deactivated
 from approvals.models import Privilege
+from approvals.services import grants_revoke_for_agent
+
+
+@receiver(agent_deactivated)
+def end_privileges_of_deactivated_agent(sender, agent, actor, detail, **kwargs):
+    # Called with the agent row locked; takes requests, then grants, the chain head last.
+    grants_revoke_for_agent(agent=agent, actor=actor, reason_detail=detail)
 
 
 def privileges_by_approver_group(group_ids) -> dict[int, list[str]]:

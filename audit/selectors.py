@@ -1,8 +1,8 @@
 from datetime import datetime
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
-from audit.models import AuditCheckpoint, AuditEvent
+from audit.models import AuditCheckpoint, AuditEvent, ChainCheck
 
 
 def audit_event_list(
@@ -34,6 +34,18 @@ def audit_event_list(
     if grant_id is not None:
         events = events.filter(grant_id=grant_id)
     return events.order_by("sequence")
+
+
+def audit_trail_of_request(*, access_request_id: int, grant_id: int | None) -> QuerySet[AuditEvent]:
+    """What happened to one request and, once issued, to its grant, in order."""
+    about = Q(access_request_id=access_request_id)
+    if grant_id is not None:
+        about |= Q(grant_id=grant_id)
+    return AuditEvent.objects.filter(about).order_by("sequence")
+
+
+def chain_check_latest() -> ChainCheck | None:
+    return ChainCheck.objects.first()
 
 
 EXPORT_FIELDS = [

@@ -12,8 +12,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config.client_ip import parse_trusted_proxies
 from config.env import env_bool, env_int, env_list, env_str
+from core.client_ip import parse_trusted_proxies
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("CUSTODY_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -167,7 +167,7 @@ TRUSTED_PROXIES = [str(net) for net in parse_trusted_proxies(env_list("TRUSTED_P
 AXES_FAILURE_LIMIT = env_int("CUSTODY_PASSWORD_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("CUSTODY_PASSWORD_LOCKOUT_MINUTES", 15, minimum=1))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
-AXES_CLIENT_IP_CALLABLE = "config.client_ip.client_ip"
+AXES_CLIENT_IP_CALLABLE = "core.client_ip.client_ip"
 AXES_LOCKOUT_CALLABLE = "frontend.auth.lockout_response"
 # A success clears only that account's failures (frontend.auth), never its address's: logging in
 # to one's own account must not wipe the count of guesses at someone else's.

@@ -1,1 +1,2 @@
-"""What every app may use: domain errors, the API error envelope, middleware."""
+"""What every app may use: domain errors, the API error envelope, middleware, the client's
+address and when a person last signed in."""

@@ -1,7 +1,6 @@
-"""People's sign-ins: when a person last proved who they are (for step-up decisions), and the
-evidence and lockout page of password guessing, which django-axes throttles (see settings)."""
-
-from datetime import datetime
+"""People's sign-ins: a sign-in marks the session fresh (core/sessions.py, for step-up
+decisions), and the evidence and lockout page of password guessing, which django-axes throttles
+(see settings)."""
 
 from axes.models import AccessAttempt
 from axes.signals import user_locked_out
@@ -9,31 +8,17 @@ from django.conf import settings
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.dispatch import receiver
 from django.shortcuts import render
-from django.utils import timezone
 
 from audit.services import Actor, record_throttled
-from config.client_ip import client_ip
-
-SESSION_KEY = "custody_authenticated_at"
+from core.client_ip import client_ip
+from core.sessions import mark_fresh_login
 
 
 @receiver(user_logged_in)
 def remember_login_time(sender, request, user, **kwargs):
     if request is not None and hasattr(request, "session"):
-        request.session[SESSION_KEY] = timezone.now().isoformat()
+        mark_fresh_login(request)
     forget_failures(user.get_username())
-
-
-def mark_fresh_login(request) -> None:
-    request.session[SESSION_KEY] = timezone.now().isoformat()
-
-
-def authenticated_at(request) -> datetime | None:
-    value = request.session.get(SESSION_KEY) if hasattr(request, "session") else None
-    try:
-        return datetime.fromisoformat(value) if value else None
-    except ValueError:
-        return None
 
 
 def forget_failures(username: str) -> None:

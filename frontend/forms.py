@@ -36,10 +36,10 @@ class AuditFilterForm(forms.Form):
         self.fields["agent"].queryset = agents_visible_to(user).order_by("name")
 
     def clean(self):
-        data = super().clean()
-        if data.get("since") and data.get("until") and data["since"] >= data["until"]:
+        period = super().clean()
+        if period.get("since") and period.get("until") and period["since"] >= period["until"]:
             raise forms.ValidationError("'From' must be before 'Until'.")
-        return data
+        return period
 
 
 class BackupApproverForm(forms.Form):

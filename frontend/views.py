@@ -7,59 +7,45 @@ from __future__ import annotations
 import contextlib
 import re
 from datetime import timedelta
-from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth import authenticate
-from django.contrib.auth.decorators import login_required as django_login_required
-from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
 from django.db.models.functions import Coalesce
-from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect
-from guardian.shortcuts import get_objects_for_user
 
 from agents import services as agent_services
 from agents.models import Agent
-from agents.selectors import agents_visible_to
+from agents.selectors import (
+    agent_ids_managed_by,
+    agents_review_overdue_for,
+    agents_visible_to,
+    audit_events_visible_to,
+)
 from approvals import selectors, services
 from approvals.models import AccessRequest, Decision, Grant
 from audit.exports import iter_csv, iter_jsonl
-from audit.models import AuditEvent, ChainCheck
-from audit.selectors import audit_event_list
+from audit.models import AuditEvent
+from audit.selectors import audit_trail_of_request, chain_check_latest
 from audit.services import Actor
 from core.errors import DomainError
+from core.sessions import authenticated_at, mark_fresh_login
 from frontend import auth
+from frontend.decorators import (
+    login_required,
+    object_permission_required,
+    permission_required_or_404,
+)
 from frontend.forms import AuditFilterForm, BackupApproverForm, DecisionForm, ReasonForm
 
 PAGE_SIZE = 50
 # A critical approval waiting for the step-up password: {"request_id", "verdict", "comment"}.
 PENDING_DECISION_KEY = "custody_pending_decision"
-
-
-def login_required(view):
-    """Django's, but an htmx request from a page whose session ended sends the whole page to
-    the login form, instead of swapping the login form into a table row."""
-    guarded = django_login_required(view)
-
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        if request.htmx and not request.user.is_authenticated:
-            back = request.htmx.current_url_abs_path or request.get_full_path()
-            return HttpResponseClientRedirect(redirect_to_login(back)["Location"])
-        return guarded(request, *args, **kwargs)
-
-    return wrapper
-
-
-def _can_manage(user, agent: Agent) -> bool:
-    return user.is_superuser or user.has_perm("agents.manage_agent", agent)
 
 
 # --- dashboard and inbox -----------------------------------------------------------------------
@@ -75,12 +61,7 @@ def dashboard(request):
         .select_related("agent", "privilege")
         .order_by("expires_at")
     )
-    overdue = (
-        agents_visible_to(request.user)
-        .filter(review_due__lt=timezone.localdate(), status=Agent.Status.ACTIVE)
-        .select_related("sponsor")
-        .order_by("review_due")
-    )
+    overdue = agents_review_overdue_for(request.user)
     denials = (
         selectors.requests_visible_to(request.user)
         .filter(status=AccessRequest.Status.DENIED, decided_at__gte=now - timedelta(days=7))
@@ -104,9 +85,9 @@ def dashboard(request):
 def _with_approvals(requests) -> list[AccessRequest]:
     """A page of requests with the approvals each has received (one query for the page)."""
     page = list(requests)
-    counts = selectors.approvals_received(item.pk for item in page)
-    for item in page:
-        item.approvals = counts.get(item.pk, 0)
+    counts = selectors.approvals_received(access_request.pk for access_request in page)
+    for access_request in page:
+        access_request.approvals = counts.get(access_request.pk, 0)
     return page
 
 
@@ -125,19 +106,10 @@ def inbox(request):
     )
 
 
-def _visible_request(user, request_id: int) -> AccessRequest:
-    return get_object_or_404(
-        selectors.requests_visible_to(user).select_related(
-            "agent__sponsor", "agent__team", "privilege", "parent_grant"
-        ),
-        pk=request_id,
-    )
-
-
 @login_required
 @require_POST
-def request_decide(request, request_id: int):
-    access_request = _visible_request(request.user, request_id)
+@object_permission_required(None, AccessRequest, "request_id")
+def request_decide(request, access_request: AccessRequest):
     form = DecisionForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose approve or deny; a comment is at most 2000 characters.")
@@ -172,7 +144,7 @@ def _decide(request, access_request: AccessRequest, verdict: str, comment: str) 
             verdict=verdict,
             comment=comment,
             channel=Decision.Channel.WEB,
-            authenticated_at=auth.authenticated_at(request),
+            authenticated_at=authenticated_at(request),
         )
     except DomainError as exc:
         if exc.code != "step_up_required":
@@ -193,12 +165,14 @@ def _decide(request, access_request: AccessRequest, verdict: str, comment: str) 
 def _after_decision(request, access_request, status: int = 200):
     if request.htmx:
         access_request = _with_approvals(
-            AccessRequest.objects.filter(pk=access_request.pk).select_related("agent", "privilege")
+            selectors.requests_visible_to(request.user)
+            .filter(pk=access_request.pk)
+            .select_related("agent", "privilege")
         )[0]
         return render(
             request,
             "frontend/_inbox_row.html",
-            {"item": access_request, "form": DecisionForm(), "decided": True},
+            {"access_request": access_request, "form": DecisionForm(), "decided": True},
             status=status,
         )
     return redirect("request", request_id=access_request.pk)
@@ -228,7 +202,7 @@ def step_up(request):
             request, username=request.user.get_username(), password=request.POST.get("password", "")
         )
         if user is not None and user.pk == request.user.pk:
-            auth.mark_fresh_login(request)
+            mark_fresh_login(request)
             auth.forget_failures(user.get_username())
             request.session.pop(PENDING_DECISION_KEY, None)
             if waiting is None:
@@ -254,8 +228,8 @@ def step_up(request):
 
 
 @login_required
-def request_detail(request, request_id: int):
-    access_request = _visible_request(request.user, request_id)
+@object_permission_required(None, AccessRequest, "request_id")
+def request_detail(request, access_request: AccessRequest):
     decisions = access_request.decisions.select_related("approver").order_by("created_at")
     grant = (
         Grant.objects.filter(access_request=access_request)
@@ -265,14 +239,14 @@ def request_detail(request, request_id: int):
     # The chain of custody through this request's grant (or, while it waits, its parent's).
     anchor = grant or access_request.parent_grant
     chain = selectors.grant_chain_of_custody(anchor) if anchor else None
-    trail = AuditEvent.objects.filter(
-        Q(access_request_id=access_request.pk) | (Q(grant_id=grant.pk) if grant else Q(pk=None))
-    ).order_by("sequence")[:500]
+    trail = audit_trail_of_request(
+        access_request_id=access_request.pk, grant_id=grant.pk if grant else None
+    )[:500]
     return render(
         request,
         "frontend/request.html",
         {
-            "item": access_request,
+            "access_request": access_request,
             "decisions": decisions,
             "grant": grant,
             "claims": selectors.grant_token_claims(grant) if grant else None,
@@ -306,19 +280,15 @@ def grants(request):
             "active": active[:200],
             "ended": ended[:100],
             "now": now,
-            "managed": _managed_agent_ids(request.user),
+            "managed": agent_ids_managed_by(request.user),
         },
     )
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def grant_revoke(request, grant_id: int):
-    grant = get_object_or_404(
-        selectors.grants_visible_to(request.user).select_related("agent", "privilege"), pk=grant_id
-    )
-    if not _can_manage(request.user, grant.agent):
-        raise PermissionDenied("You may not revoke grants of this agent.")
+@object_permission_required("agents.manage_agent", Grant, "grant_id")
+def grant_revoke(request, grant: Grant):
     form = ReasonForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -369,33 +339,15 @@ def agents(request):
         "frontend/agents.html",
         {
             "agents": inventory[:500],
-            "managed": _managed_agent_ids(request.user),
-            "today": timezone.localdate(),
+            "managed": agent_ids_managed_by(request.user),
         },
     )
 
 
-def _managed_agent_ids(user) -> set[int]:
-    """The agents the person may suspend or whose grants they may revoke: one query for the
-    whole page, not a permission check per row."""
-    return set(
-        get_objects_for_user(
-            user, "agents.manage_agent", klass=Agent, accept_global_perms=True
-        ).values_list("pk", flat=True)
-    )
-
-
-def _managed_agent(request, agent_id: int) -> Agent:
-    agent = get_object_or_404(agents_visible_to(request.user), pk=agent_id)
-    if not _can_manage(request.user, agent):
-        raise PermissionDenied("You may not change this agent.")
-    return agent
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
-def agent_suspend(request, agent_id: int):
-    agent = _managed_agent(request, agent_id)
+@object_permission_required("agents.manage_agent", Agent, "agent_id")
+def agent_suspend(request, agent: Agent):
     form = ReasonForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -423,8 +375,8 @@ def agent_suspend(request, agent_id: int):
 
 @login_required
 @require_POST
-def agent_reactivate(request, agent_id: int):
-    agent = _managed_agent(request, agent_id)
+@object_permission_required("agents.manage_agent", Agent, "agent_id")
+def agent_reactivate(request, agent: Agent):
     try:
         agent_services.agent_reactivate(
             agent=agent, actor=Actor.for_user(request.user), reason="reactivated in the web UI"
@@ -436,12 +388,10 @@ def agent_reactivate(request, agent_id: int):
 
 
 @login_required
-def agent_detail(request, agent_id: int):
+@object_permission_required(None, Agent, "agent_id")
+def agent_detail(request, agent: Agent):
     """One agent: ownership and who may approve for it; backup approvers are added and removed
     here by people holding the 'manage approvers' permission."""
-    agent = get_object_or_404(
-        agents_visible_to(request.user).select_related("sponsor", "team"), pk=agent_id
-    )
     return _agent_page(request, agent, BackupApproverForm())
 
 
@@ -464,16 +414,10 @@ def _agent_page(
     )
 
 
-def _visible_agent(request, agent_id: int) -> Agent:
-    return get_object_or_404(
-        agents_visible_to(request.user).select_related("sponsor", "team"), pk=agent_id
-    )
-
-
 @login_required
 @require_POST
-def agent_approver_add(request, agent_id: int):
-    agent = _visible_agent(request, agent_id)
+@object_permission_required(None, Agent, "agent_id")
+def agent_approver_add(request, agent: Agent):
     form = BackupApproverForm(request.POST)
     if not form.is_valid():
         return _agent_page(request, agent, form, status=400)
@@ -488,8 +432,8 @@ def agent_approver_add(request, agent_id: int):
 
 @login_required
 @require_POST
-def agent_approver_remove(request, agent_id: int, user_id: int):
-    agent = _visible_agent(request, agent_id)
+@object_permission_required(None, Agent, "agent_id")
+def agent_approver_remove(request, agent: Agent, user_id: int):
     person = get_object_or_404(agent.backup_approvers.select_related("user"), user_id=user_id).user
     try:
         agent_services.backup_approver_remove(agent=agent, user=person, by=request.user)
@@ -505,18 +449,16 @@ def agent_approver_remove(request, agent_id: int, user_id: int):
 
 
 def _audit_events(request, form: AuditFilterForm):
-    data = form.cleaned_data
-    events = audit_event_list(
-        since=data.get("since"),
-        until=data.get("until"),
-        agent_id=data["agent"].pk if data.get("agent") else None,
-        actor_type=AuditEvent.ActorType.USER if data.get("person") else None,
-        actor_id=data.get("person") or None,
-        verb=data.get("verb") or None,
+    wanted = form.cleaned_data
+    return audit_events_visible_to(
+        request.user,
+        since=wanted.get("since"),
+        until=wanted.get("until"),
+        agent_id=wanted["agent"].pk if wanted.get("agent") else None,
+        actor_type=AuditEvent.ActorType.USER if wanted.get("person") else None,
+        actor_id=wanted.get("person") or None,
+        verb=wanted.get("verb") or None,
     )
-    if not (request.user.is_superuser or request.user.has_perm("audit.view_auditevent")):
-        events = events.filter(agent_id__in=agents_visible_to(request.user).values("pk"))
-    return events
 
 
 @login_required
@@ -530,7 +472,7 @@ def audit(request):
         return render(
             request,
             "frontend/audit.html",
-            {"form": form, "events": [], "check": ChainCheck.objects.first()},
+            {"form": form, "events": [], "check": chain_check_latest()},
             status=400,
         )
     events = _audit_events(request, form)
@@ -557,16 +499,15 @@ def audit(request):
             "events": rows[:PAGE_SIZE],
             "next_before": rows[PAGE_SIZE - 1].sequence if len(rows) > PAGE_SIZE else None,
             "query": query.urlencode(),
-            "check": ChainCheck.objects.first(),
+            "check": chain_check_latest(),
         },
     )
 
 
 @login_required
 @require_POST
+@permission_required_or_404("audit.view_auditevent")
 def audit_verify(request):
-    if not (request.user.is_superuser or request.user.has_perm("audit.view_auditevent")):
-        raise Http404
     from audit.tasks import chain_check_run
 
     check = chain_check_run()

@@ -18,7 +18,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from agents.models import Agent
 from approvals.models import AccessRequest, Decision, Grant
-from frontend.auth import SESSION_KEY
+from core.sessions import SESSION_KEY
 from tests.factories import AgentFactory
 from tests.frontend.conftest import PASSWORD, approve
 

@@ -20,7 +20,7 @@ from approvals import services
 from approvals.models import AccessRequest, Decision, Grant
 from audit.models import AuditEvent, ChainCheck
 from audit.services import Actor
-from frontend.auth import SESSION_KEY
+from core.sessions import SESSION_KEY
 from tests.factories import AccessRequestFactory, AgentFactory, AuditEventFactory, UserFactory
 from tests.frontend.conftest import PASSWORD, approve
 

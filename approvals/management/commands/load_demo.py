@@ -1,3 +1,6 @@
+"""`make run`'s demo data: people, teams, agents and the privilege catalog. It lives in approvals,
+the lowest app that knows every one of them (agents never imports approvals)."""
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -7,6 +10,8 @@ from django.db import transaction
 from agents.dev_identity import ensure_dev_trust_domain
 from agents.models import Agent, SponsorProfile, TeamProfile
 from agents.services import agent_register
+from approvals.models import Privilege
+from approvals.services import privilege_save
 from audit.services import Actor
 
 # Development-only logins, printed by `make run`. load_demo refuses to run with DEBUG off.
@@ -100,9 +105,6 @@ class Command(BaseCommand):
         self.stdout.write("Demo data ready.")
 
     def _load_catalog(self, actor):
-        from approvals.models import Privilege
-        from approvals.services import privilege_save
-
         for resource, action, risk, max_duration, description in DEMO_PRIVILEGES:
             if not Privilege.objects.filter(resource=resource, action=action).exists():
                 privilege_save(

@@ -1,9 +1,13 @@
+"""`manage.py export_audit`: the evidence log as a file. It lives in agents, not audit, because
+`--agent` takes a SPIFFE ID, which only agents knows (audit imports no app above it)."""
+
 from datetime import UTC, datetime
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from agents.models import Agent
 from audit.exports import iter_csv, iter_jsonl
 from audit.selectors import audit_event_list
 
@@ -35,8 +39,6 @@ class Command(BaseCommand):
         parser.add_argument("--agent", help="SPIFFE ID or numeric id of the agent")
 
     def handle(self, *args, **options):
-        from agents.models import Agent
-
         since = parse_since(options["since"]) if options["since"] else None
         agent_id = None
         if options["agent"]:

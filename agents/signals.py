@@ -1,0 +1,12 @@
+"""What `agents` tells the apps above it, without importing them (the layers point one way).
+
+`agent_deactivated` is the one seam from agents to approvals: sent with `agent`, `actor` and
+`detail` inside the suspend/retire transaction, after the agent row is locked, so that receivers
+(approvals/receivers.py: its grants and pending requests end) write in that same transaction and
+keep the lock order (agent, then requests, then grants, the audit chain head last). A receiver
+that raises rolls the whole transition back.
+"""
+
+from django.dispatch import Signal
+
+agent_deactivated = Signal()
