@@ -10,6 +10,7 @@ from guardian.shortcuts import get_objects_for_user
 from agents.models import Agent
 from agents.selectors import agents_visible_to
 from approvals.models import AccessRequest, Decision, Grant
+from approvals.tokens import token_claims
 from audit.models import AuditEvent
 
 
@@ -224,6 +225,4 @@ def grant_chain_of_custody(grant: Grant) -> ChainOfCustody:
 
 def grant_token_claims(grant: Grant) -> dict:
     """The claims a token for this grant carries (never the token itself), for people to read."""
-    from approvals.services import _token_claims
-
-    return _token_claims(grant)
+    return token_claims(grant)

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 from slack_sdk import WebClient
 
+from approvals.lineage import grant_ancestors
 from approvals.models import RISK_LEVEL, AccessRequest, Decision, Grant, SlackMessage
 
 APPROVE = "custody_approve"
@@ -110,8 +111,6 @@ def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Ki
         {"type": "context", "elements": [plain(f"Policy: {access_request.policy_reason}")]},
     ]
     if access_request.parent_grant_id:
-        from approvals.services import grant_ancestors
-
         chain = " → ".join(
             g.agent.spiffe_id for g in reversed(grant_ancestors(access_request.parent_grant))
         )
