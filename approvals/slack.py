@@ -12,6 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 from slack_sdk import WebClient
 
+from approvals import notifications
 from approvals.lineage import grant_ancestors
 from approvals.models import RISK_LEVEL, AccessRequest, Decision, Grant, SlackMessage
 
@@ -29,7 +30,7 @@ STATUS_EMOJI = {
 
 
 def enabled() -> bool:
-    return bool(settings.SLACK_BOT_TOKEN and settings.SLACK_SIGNING_SECRET)
+    return notifications.slack_enabled()
 
 
 def client() -> WebClient:

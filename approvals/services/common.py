@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from agents.models import Agent
+from approvals import notifications
 from approvals.models import (
     AccessRequest,
     Grant,
@@ -79,9 +80,7 @@ def request_transition(access_request: AccessRequest, target: str, *, reason: st
 
 
 def on_commit_request_finished(access_request_id: int) -> None:
-    from approvals import channels
-
-    transaction.on_commit(lambda: channels.request_finished(access_request_id))
+    notifications.request_finished(access_request_id)
 
 
 def agent_refusal_evidence(

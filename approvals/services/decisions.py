@@ -11,7 +11,7 @@ from django.utils import timezone
 from guardian.shortcuts import get_group_perms, get_user_perms
 
 from agents.models import Agent
-from approvals import policy
+from approvals import notifications, policy
 from approvals.models import (
     RISK_LEVEL,
     AccessRequest,
@@ -227,9 +227,7 @@ def _record_decision(access_request, approver, verdict, channel, comment):
         return DecideResult(decision, access_request)
     approvals = access_request.decisions.filter(verdict=Decision.Verdict.APPROVE).count()
     if approvals < access_request.approvals_required:
-        from approvals import channels
-
-        transaction.on_commit(lambda: channels.request_updated(access_request.pk))
+        notifications.request_updated(access_request.pk)
         return DecideResult(decision, access_request)
     # Final approval: mint in this transaction, re-checking the agent and the policy. The agent
     # row is already locked (shared) by access_request_decide: its status cannot move under us.

@@ -3,14 +3,17 @@ agent suspended), with the expiry notice and the cancelling of orphaned delegati
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import timedelta
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent
+from approvals import notifications
 from approvals.lineage import grant_approvers, grant_descendant_ids
 from approvals.models import (
     AccessRequest,
@@ -23,6 +26,8 @@ from approvals.services.common import (
 )
 from audit.services import Actor, deferred_evidence, record
 from core.errors import Conflict, NotFound
+
+logger = logging.getLogger(__name__)
 
 Status = AccessRequest.Status
 
@@ -80,10 +85,36 @@ def grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
             "parent_grant_id": grant.parent_id,
         },
     )
-    from approvals import channels
-
-    transaction.on_commit(lambda: channels.grant_issued(grant.pk, expires_at))
+    transaction.on_commit(lambda: _schedule_expiry(grant.pk, expires_at))
     return grant
+
+
+def _schedule_expiry(grant_id: int, expires_at) -> None:
+    """After commit: the grant's expiry task goes to the broker if due within the ETA horizon
+    (`enqueue_upcoming_expiries` hands on the later ones as they come into range)."""
+    horizon = timezone.now() + timedelta(seconds=settings.CUSTODY_ETA_HORIZON_SECONDS)
+    if expires_at <= horizon:
+        grant_expiry_enqueue(grant_id=grant_id, expires_at=expires_at)
+
+
+def grant_expiry_enqueue(*, grant_id: int, expires_at) -> bool:
+    """Claim the grant's expiry task (once) and hand it to the broker with its ETA.
+
+    Never raises: with the broker down the claim is released and the sweep ends the grant."""
+    claimed = Grant.objects.filter(
+        pk=grant_id, expiry_enqueued_at__isnull=True, revoked_at__isnull=True
+    ).update(expiry_enqueued_at=timezone.now())
+    if not claimed:
+        return False
+    try:
+        current_app.send_task("approvals.tasks.expire_grant", args=[grant_id], eta=expires_at)
+    except Exception:
+        logger.exception(
+            "Could not enqueue the expiry of grant %s; the sweep will end it.", grant_id
+        )
+        Grant.objects.filter(pk=grant_id).update(expiry_enqueued_at=None)
+        return False
+    return True
 
 
 def first_of_extensions(grant: Grant) -> Grant:
@@ -99,8 +130,8 @@ def first_of_extensions(grant: Grant) -> Grant:
 def _record_endings(
     ended: list[tuple[Grant, str, int | None]], *, now, actor: Actor, detail: str = ""
 ) -> None:
-    """Mark locked grants ended (one UPDATE per reason), record each, tell the channels after
-    commit. `ended` holds (grant, reason, the grant it cascaded from)."""
+    """Mark locked grants ended (one UPDATE per reason), record each, tell the people who
+    follow them after commit. `ended` holds (grant, reason, the grant it cascaded from)."""
     by_reason: dict[str, list[int]] = {}
     for ending, why, _ in ended:
         by_reason.setdefault(why, []).append(ending.pk)
@@ -124,11 +155,9 @@ def _record_endings(
                 "cascade_from": cascade_from,
             },
         )
-    from approvals import channels
-
     ended_ids = [ending.pk for ending, _, _ in ended]
     request_ids = [ending.access_request_id for ending, _, _ in ended]
-    transaction.on_commit(lambda: channels.grants_ended(request_ids))
+    notifications.grants_ended(request_ids)
     transaction.on_commit(lambda: delegations_cancel_orphaned(grant_ids=ended_ids))
 
 
@@ -264,9 +293,7 @@ def grant_expiry_notice(*, grant_id: int) -> bool:
             grant_id=grant.pk,
             data={"expires_at": grant.expires_at},
         )
-        from approvals import channels
-
-        transaction.on_commit(lambda: channels.grant_expiring(grant_id))
+        notifications.grant_expiring(grant_id)
     return True
 
 

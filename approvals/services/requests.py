@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent
-from approvals import policy
+from approvals import notifications, policy
 from approvals.models import (
     AccessRequest,
     Decision,
@@ -175,9 +175,7 @@ def access_request_submit(
             result.grant = grant_issue(access_request, actor=Actor.system("policy"))
             result.token = token_issue(result.grant, actor=actor)
         else:
-            from approvals import channels
-
-            transaction.on_commit(lambda: channels.request_pending(access_request.pk))
+            notifications.request_pending(access_request.pk)
     return result
 
 
@@ -269,9 +267,7 @@ def access_request_escalate(*, access_request_id: int) -> bool:
                 "deadline": access_request.decision_deadline,
             },
         )
-        from approvals import channels
-
-        transaction.on_commit(lambda: channels.request_escalated(access_request_id))
+        notifications.request_escalated(access_request_id)
     return True
 
 
