@@ -94,11 +94,7 @@ def request_output(access_request: AccessRequest, *, token=None, submitted=None)
         grant = (
             getattr(access_request, "grant", None) if access_request.status == "approved" else None
         )
-        approvals = sum(
-            1
-            for d in access_request.decisions.all()
-            if d.verdict == Decision.Verdict.APPROVE and d.approver_id is not None
-        )
+        approvals = access_request.approvals_received()
     return {
         "id": access_request.pk,
         "status": access_request.status,

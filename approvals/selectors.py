@@ -21,13 +21,16 @@ def agent_requests(agent: Agent) -> QuerySet[AccessRequest]:
 def agent_grants(agent: Agent, *, active: bool | None = None) -> QuerySet[Grant]:
     grants = Grant.objects.filter(agent=agent).select_related("privilege").order_by("-issued_at")
     if active is True:
-        grants = grants.filter(revoked_at__isnull=True, expires_at__gt=timezone.now())
+        grants = grants.live()
     elif active is False:
-        grants = grants.filter(Q(revoked_at__isnull=False) | Q(expires_at__lte=timezone.now()))
+        grants = grants.ended()
     return grants
 
 
-def _approvable_agents(user) -> QuerySet[Agent]:
+def agents_approvable_by(user) -> QuerySet[Agent]:
+    """The agents whose requests the person may approve by object permission (sponsor, backup
+    approver, or through a group); superuser status grants nothing (`decisions.can_approve`
+    checks the same for one request, with the privilege's approver group besides)."""
     return get_objects_for_user(
         user,
         "agents.approve_for_agent",
@@ -45,7 +48,7 @@ def requests_visible_to(user) -> QuerySet[AccessRequest]:
         return AccessRequest.objects.all()
     return AccessRequest.objects.filter(
         Q(agent__in=agents_visible_to(user))
-        | Q(agent__in=_approvable_agents(user))
+        | Q(agent__in=agents_approvable_by(user))
         | Q(privilege__approver_group__in=user.groups.all())
     )
 
@@ -57,7 +60,7 @@ def requests_pending_for(user) -> QuerySet[AccessRequest]:
     on pending deadlines instead of joining permission tables for every pending row."""
     if not user.is_authenticated:
         return AccessRequest.objects.none()
-    agent_ids = list(_approvable_agents(user).values_list("pk", flat=True))
+    agent_ids = list(agents_approvable_by(user).values_list("pk", flat=True))
     group_ids = list(user.groups.values_list("pk", flat=True))
     mine = Q(agent_id__in=agent_ids)
     if group_ids:

@@ -14,7 +14,7 @@ from slack_sdk import WebClient
 
 from approvals import notifications
 from approvals.lineage import grant_ancestors
-from approvals.models import RISK_LEVEL, AccessRequest, Decision, Grant, SlackMessage
+from approvals.models import AccessRequest, Decision, Grant, SlackMessage
 
 APPROVE = "custody_approve"
 DENY = "custody_deny"
@@ -53,8 +53,7 @@ def plain(text: str, limit: int = 2900) -> dict:
 
 
 def slack_approvable(access_request: AccessRequest) -> bool:
-    privilege = access_request.privilege
-    return RISK_LEVEL[privilege.risk] <= RISK_LEVEL[privilege.slack_max_risk]
+    return access_request.privilege.approvable_in_slack()
 
 
 def request_url(access_request: AccessRequest) -> str:
@@ -79,11 +78,7 @@ def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Ki
     agent = access_request.agent
     privilege = access_request.privilege
     intent = access_request.intent or {}
-    approvals = sum(
-        1
-        for d in access_request.decisions.all()
-        if d.verdict == Decision.Verdict.APPROVE and d.approver_id is not None
-    )
+    approvals = access_request.approvals_received()
     status = access_request.status
     headline = {
         SlackMessage.Kind.REQUEST: "Privilege request",
@@ -299,6 +294,7 @@ def post_expiry_notice(grant_id: int) -> int:
         f"{timezone.localtime(grant.expires_at):%H:%M} UTC. "
         "The agent must ask again for more time."
     )
+    minutes_left = max(round((grant.expires_at - timezone.now()).total_seconds() / 60), 1)
     sent = 0
     for place in places:
         message, _ = SlackMessage.objects.get_or_create(
@@ -317,7 +313,7 @@ def post_expiry_notice(grant_id: int) -> int:
                     "type": "section",
                     "text": plain(
                         f"Grant #{grant.pk} ({grant.scope}) for {grant.agent.name} "
-                        "ends in 10 minutes."
+                        f"ends in {minutes_left} minute{'s' if minutes_left != 1 else ''}."
                     ),
                 }
             ],

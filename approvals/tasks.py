@@ -114,13 +114,13 @@ def sweep_request_deadlines() -> dict:
     long_grant = timedelta(seconds=settings.CUSTODY_EXPIRY_NOTICE_MIN_GRANT_SECONDS)
     noticed = sum(
         services.grant_expiry_notice(grant_id=pk)
-        for pk in Grant.objects.filter(
-            revoked_at__isnull=True,
+        for pk in Grant.objects.live(now)
+        .filter(
             expiry_notice_sent_at__isnull=True,
-            expires_at__gt=now,
             expires_at__lte=now + notice,
             expires_at__gte=F("issued_at") + long_grant,
-        ).values_list("pk", flat=True)[:SWEEP_BATCH]
+        )
+        .values_list("pk", flat=True)[:SWEEP_BATCH]
     )
     return {"expired": expired, "escalated": escalated, "expiry_notices": noticed}
 

@@ -13,7 +13,6 @@ from guardian.shortcuts import get_group_perms, get_user_perms
 from agents.models import Agent
 from approvals import notifications, policy
 from approvals.models import (
-    RISK_LEVEL,
     AccessRequest,
     Decision,
     Grant,
@@ -139,8 +138,7 @@ def access_request_decide(
         elif (
             channel == Decision.Channel.SLACK
             and verdict == Decision.Verdict.APPROVE
-            and RISK_LEVEL[access_request.privilege.risk]
-            > RISK_LEVEL[access_request.privilege.slack_max_risk]
+            and not access_request.privilege.approvable_in_slack()
         ):
             refuse(
                 Forbidden(
@@ -225,7 +223,7 @@ def _record_decision(access_request, approver, verdict, channel, comment):
         record(actor=who, verb="request.denied", **ids, data={"channel": channel})
         on_commit_request_finished(access_request.pk)
         return DecideResult(decision, access_request)
-    approvals = access_request.decisions.filter(verdict=Decision.Verdict.APPROVE).count()
+    approvals = access_request.approvals_received()
     if approvals < access_request.approvals_required:
         notifications.request_updated(access_request.pk)
         return DecideResult(decision, access_request)
@@ -260,7 +258,8 @@ def _record_decision(access_request, approver, verdict, channel, comment):
             message=f"Policy no longer allows this: {outcome.reason}",
             actor=Actor.system("policy"),
         )
-    request_transition(access_request, Status.APPROVED, reason=f"approved by {approvals} people")
+    people = "1 person" if approvals == 1 else f"{approvals} people"
+    request_transition(access_request, Status.APPROVED, reason=f"approved by {people}")
     grant = grant_issue(access_request, actor=who)
     on_commit_request_finished(access_request.pk)
     return DecideResult(decision, access_request, grant)

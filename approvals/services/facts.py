@@ -34,9 +34,7 @@ def _held_live(agent_ids: Iterable[int], *, exclude_grant_id: int | None = None)
     """Every privilege the agents hold live, in any task: toxic pairs are judged on all of it
     (the agent and its delegation chain), not only on the task the agent chose to name."""
     now = timezone.now()
-    grants = Grant.objects.filter(
-        agent_id__in=list(agent_ids), revoked_at__isnull=True, expires_at__gt=now
-    )
+    grants = Grant.objects.filter(agent_id__in=list(agent_ids)).live(now)
     if exclude_grant_id is not None:
         grants = grants.exclude(pk=exclude_grant_id)
     return tuple(sorted(set(grants.values_list("scope", flat=True))))

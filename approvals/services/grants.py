@@ -192,7 +192,7 @@ def grants_expire_due(*, limit: int = 500, grant_id: int | None = None) -> int:
     Idempotent: a rerun finds nothing due."""
     now = timezone.now()
     with transaction.atomic(), deferred_evidence():
-        due = Grant.objects.filter(revoked_at__isnull=True, expires_at__lte=now)
+        due = Grant.objects.due(now)
         if grant_id is not None:
             due = due.filter(pk=grant_id)
         selected = list(
@@ -270,7 +270,8 @@ def grants_revoke_for_agent(*, agent: Agent, actor: Actor, reason_detail: str = 
 
 
 def grant_expiry_notice(*, grant_id: int) -> bool:
-    """Ten minutes before a long grant ends, its sponsor and team hear of it, once."""
+    """CUSTODY_EXPIRY_NOTICE_SECONDS before a long grant ends, its sponsor and team hear of it,
+    once."""
     now = timezone.now()
     notice = timedelta(seconds=settings.CUSTODY_EXPIRY_NOTICE_SECONDS)
     with transaction.atomic():

@@ -260,9 +260,7 @@ def access_request_escalate(*, access_request_id: int) -> bool:
             access_request_id=access_request.pk,
             data={
                 "team": access_request.agent.team.name,
-                "approvals_received": access_request.decisions.filter(
-                    verdict=Decision.Verdict.APPROVE
-                ).count(),
+                "approvals_received": access_request.approvals_received(),
                 "approvals_required": access_request.approvals_required,
                 "deadline": access_request.decision_deadline,
             },
