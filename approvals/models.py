@@ -210,6 +210,13 @@ class AccessRequest(models.Model):
     def deadline_passed(self, now=None) -> bool:
         return (now or timezone.now()) >= self.decision_deadline
 
+    def status_now(self, now=None) -> str:
+        """The status as a reader must see it: a pending request past its deadline is expired,
+        whether or not the deadline sweep has written that yet."""
+        if self.is_pending and self.deadline_passed(now):
+            return self.Status.EXPIRED
+        return self.status
+
     def approvals_received(self) -> int:
         """Approvals by people so far (policy's automatic approval is not one); uses prefetched
         decisions when there are some."""
