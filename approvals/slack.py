@@ -1,9 +1,11 @@
 """Approvals in Slack: Block Kit rendering and the outbound calls, through slack-sdk's WebClient.
 
-Everything here runs in Celery on the notifications queue (approvals/tasks.py), never inside a
-transaction or a web request. Text that agents wrote (intent, justification, task id) only ever
-goes into `plain_text` objects, which Slack never parses for mentions, links or formatting; the
-few mrkdwn strings are built from Custody's own words and escaped.
+The posts and message updates run in Celery on the notifications queue (approvals/tasks.py),
+never inside a transaction; only the comment modal is opened from the callback's web request
+(slack_views.py), because Slack's trigger id lives for three seconds. Text that agents wrote
+(intent, justification, task id) only ever goes into `plain_text` objects, which Slack never
+parses for mentions, links or formatting; the few mrkdwn strings are built from Custody's own
+words and escaped.
 """
 
 from __future__ import annotations

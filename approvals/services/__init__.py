@@ -1,8 +1,10 @@
 """Writes about privileges: submit, decide, cancel, expire, grant, revoke, tokens, tool calls.
 
 Every rule lives here once; the REST API, the web UI, Slack and Celery call these functions.
-Each state change re-reads its rows under `select_for_update()` inside `transaction.atomic()`,
-writes its audit event in the same transaction, and defers slow work with `on_commit`.
+Each state change runs inside `transaction.atomic()` and either re-reads its rows under
+`select_for_update()` or claims them with a conditional `UPDATE ... WHERE` (escalation, the
+expiry notice); it writes its audit event in the same transaction and
+defers slow work with `on_commit`.
 A refusal that must leave evidence (a late or duplicate decision) commits the audit event and
 then raises, so the caller still gets its 4xx.
 

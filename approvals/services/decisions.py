@@ -192,15 +192,21 @@ def access_request_decide(
                 "already_decided",
             )
         else:
-            result = _record_decision(access_request, approver, verdict, channel, comment)
-            if isinstance(result, Exception):
-                refusal, result = result, None
+            try:
+                result = _record_decision(access_request, approver, verdict, channel, comment)
+            except GrantRefused as refused:  # its evidence is written: commit, then raise
+                refusal = refused
     if refusal is not None:
         raise refusal
     return result
 
 
-def _record_decision(access_request, approver, verdict, channel, comment):
+class GrantRefused(Conflict):
+    """The final approval came but no grant may be minted. Raised after the request is denied
+    and the evidence written, so `access_request_decide` commits before passing it on (409)."""
+
+
+def _record_decision(access_request, approver, verdict, channel, comment) -> DecideResult:
     ids = {"agent_id": access_request.agent_id, "access_request_id": access_request.pk}
     who = Actor.for_user(approver)
     decision = Decision.objects.create(
@@ -231,7 +237,7 @@ def _record_decision(access_request, approver, verdict, channel, comment):
     # row is already locked (shared) by access_request_decide: its status cannot move under us.
     agent = Agent.objects.get(pk=access_request.agent_id)
     if agent.status != Agent.Status.ACTIVE:
-        return _refuse_grant(
+        _refuse_grant(
             access_request,
             code="agent_not_active",
             reason=f"agent {agent.status} before grant",
@@ -240,7 +246,7 @@ def _record_decision(access_request, approver, verdict, channel, comment):
         )
     parent = access_request.parent_grant
     if parent is not None and not parent.is_active():
-        return _refuse_grant(
+        _refuse_grant(
             access_request,
             code="parent_grant_not_active",
             reason="parent grant ended before grant",
@@ -250,7 +256,7 @@ def _record_decision(access_request, approver, verdict, channel, comment):
         )
     outcome = policy.decide(policy.current_policies(), request_policy_facts(access_request))
     if outcome.outcome == "deny":
-        return _refuse_grant(
+        _refuse_grant(
             access_request,
             code="policy_denied",
             reason="policy denied at grant time",
@@ -267,9 +273,9 @@ def _record_decision(access_request, approver, verdict, channel, comment):
 
 def _refuse_grant(
     access_request, *, code: str, reason: str, data: dict, message: str, actor: Actor | None = None
-) -> Conflict:
+) -> None:
     """The final approval came, but no grant may be minted: the request ends denied, with
-    evidence, and the approver is told why (409)."""
+    evidence, and the approver is told why (GrantRefused, 409)."""
     request_transition(access_request, Status.DENIED, reason=reason)
     record(
         actor=actor or Actor.system(),
@@ -279,7 +285,7 @@ def _refuse_grant(
         data={"why": code, **data},
     )
     on_commit_request_finished(access_request.pk)
-    return Conflict(message, code=code)
+    raise GrantRefused(message, code=code)
 
 
 def record_refusal(*, person, access_request_id: int, why: str, channel: str) -> None:

@@ -63,26 +63,28 @@ def delegation_exchange(
     8693/6749 codes (invalid_request, invalid_scope, invalid_target; access_denied, 403, when
     policy denies) and each leaves a `delegation.refused` event.
     """
-    attempt: dict = {"parent_id": None, "sub_agent": None}
+    parent_id: int | None = None
+    sub_agent: Agent | None = None
     try:
+        parent_id = _subject_grant_id(subject_token)
+        # Outside the transaction: a trust domain's JWKS may have to be fetched over the network.
+        sub_agent = _actor_agent(actor_token)
         result = _delegation_submit(
             caller=caller,
-            subject_token=subject_token,
-            actor_token=actor_token,
             intent=intent,
             scope=scope,
             duration_seconds=duration_seconds,
             task_id=task_id,
             context=context,
-            attempt=attempt,
+            parent_id=parent_id,
+            sub_agent=sub_agent,
         )
     except (InvalidInput, Conflict) as error:
-        sub_agent = attempt["sub_agent"]
         record(
             actor=Actor.for_agent(caller),
             verb="delegation.refused",
             agent_id=caller.pk,
-            grant_id=attempt["parent_id"],
+            grant_id=parent_id,
             data={
                 "code": error.code,
                 "message": error.message,
@@ -102,18 +104,8 @@ def delegation_exchange(
     return result
 
 
-def _delegation_submit(
-    *,
-    caller: Agent,
-    subject_token: str,
-    actor_token: str,
-    intent: dict,
-    scope: str,
-    duration_seconds: int | None,
-    task_id: str,
-    context: dict | None,
-    attempt: dict,
-) -> SubmitResult:
+def _subject_grant_id(subject_token: str) -> int | None:
+    """The grant the subject_token was minted for (None when its claim is not a grant id)."""
     try:
         claims = token_verify(subject_token)
     except TokenInvalid as exc:
@@ -123,24 +115,36 @@ def _delegation_submit(
             "subject_token",
         )
     grant_id = claims.get("grant_id")
-    attempt["parent_id"] = grant_id if isinstance(grant_id, int) else None
-    # Outside the transaction: a trust domain's JWKS may have to be fetched over the network.
-    # A delegation-audience token only, spent here: presented once, never again.
+    return grant_id if isinstance(grant_id, int) else None
+
+
+def _actor_agent(actor_token: str) -> Agent:
+    """The sub-agent the actor_token names. A delegation-audience token only, spent here:
+    presented once, never again."""
     try:
-        sub_agent = verify_delegation_actor_token(actor_token).agent
+        return verify_delegation_actor_token(actor_token).agent
     except IdentityRejected as rejected:
         code = "invalid_target" if rejected.reason in _TARGET_REJECTIONS else "invalid_request"
         raise _exchange_error(
             code, f"The actor_token was refused: {rejected.message}", "actor_token"
         )
-    attempt["sub_agent"] = sub_agent
 
+
+def _delegation_submit(
+    *,
+    caller: Agent,
+    intent: dict,
+    scope: str,
+    duration_seconds: int | None,
+    task_id: str,
+    context: dict | None,
+    parent_id: int | None,
+    sub_agent: Agent,
+) -> SubmitResult:
     with transaction.atomic():
         # Lock order: the agents first (the chain and the sub-agent, in the mode
         # access_request_submit takes them again below), then the parent grant.
-        unlocked_parent = (
-            Grant.objects.select_related("privilege").filter(pk=attempt["parent_id"]).first()
-        )
+        unlocked_parent = Grant.objects.select_related("privilege").filter(pk=parent_id).first()
         if unlocked_parent is not None:
             lock_agents(
                 chain_agent_ids(unlocked_parent, sub_agent.pk),
@@ -151,7 +155,7 @@ def _delegation_submit(
         parent = (
             Grant.objects.select_for_update(no_key=True, of=("self",))
             .select_related("agent", "agent__sponsor", "access_request")
-            .filter(pk=attempt["parent_id"])
+            .filter(pk=parent_id)
             .first()
         )
         now = timezone.now()
