@@ -2,17 +2,30 @@
 
 from collections.abc import Iterable
 
+from django.db.models import QuerySet
+
 from approvals.models import Decision, Grant
 
 
-def grant_ancestors(grant: Grant) -> list[Grant]:
-    """The grant and its parents up to the root, nearest first."""
+def grant_ancestors(grant: Grant, *, grants: QuerySet[Grant] | None = None) -> list[Grant]:
+    """The grant and its parents up to the root, nearest first (parents read from `grants`)."""
+    if grants is None:
+        grants = Grant.objects.select_related("agent", "agent__sponsor")
     chain = [grant]
     while chain[-1].parent_id is not None:
-        chain.append(
-            Grant.objects.select_related("agent", "agent__sponsor").get(pk=chain[-1].parent_id)
-        )
+        chain.append(grants.get(pk=chain[-1].parent_id))
     return chain
+
+
+def grant_descendants(grant_ids: Iterable[int], *, grants: QuerySet[Grant]) -> list[Grant]:
+    """Every grant delegated from `grant_ids`, at any depth, breadth first (read from `grants`)."""
+    found: list[Grant] = []
+    frontier = list(grant_ids)
+    while frontier:
+        children = list(grants.filter(parent_id__in=frontier).order_by("depth", "pk"))
+        found.extend(children)
+        frontier = [child.pk for child in children]
+    return found
 
 
 def grant_approvers(grant: Grant) -> list[str]:
@@ -33,6 +46,8 @@ def grant_approvers(grant: Grant) -> list[str]:
 
 
 def grant_descendant_ids(grant_ids: Iterable[int]) -> list[int]:
+    """The not yet revoked grants delegated from `grant_ids`, at any depth: what a cascade ends
+    (ids only; the cascade locks them itself)."""
     found: list[int] = []
     frontier = list(grant_ids)
     while frontier:

@@ -9,6 +9,7 @@ from guardian.shortcuts import get_objects_for_user
 
 from agents.models import Agent
 from agents.selectors import agents_visible_to
+from approvals.lineage import grant_ancestors, grant_descendants
 from approvals.models import AccessRequest, Decision, Grant
 from approvals.tokens import token_claims
 from audit.models import AuditEvent
@@ -173,16 +174,9 @@ def grant_chain_of_custody(grant: Grant) -> ChainOfCustody:
     the chain around it is shown whole, because accountability needs every link."""
     related = ("agent", "agent__sponsor", "agent__team", "privilege", "access_request")
     grants = Grant.objects.select_related(*related)
-    links = [grants.get(pk=grant.pk)]
-    while links[-1].parent_id is not None:
-        links.append(grants.get(pk=links[-1].parent_id))
+    links = grant_ancestors(grants.get(pk=grant.pk), grants=grants)
     links.reverse()
-    onward: list[Grant] = []
-    frontier = [grant.pk]
-    while frontier:
-        children = list(grants.filter(parent_id__in=frontier).order_by("depth", "pk"))
-        onward.extend(children)
-        frontier = [child.pk for child in children]
+    onward = grant_descendants([grant.pk], grants=grants)
 
     every = links + onward
     decisions: dict[int, list[LinkDecision]] = {}

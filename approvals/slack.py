@@ -238,7 +238,7 @@ def approver_slack_ids(access_request: AccessRequest) -> list[str]:
     return ids
 
 
-def team_channel(access_request: AccessRequest) -> str:
+def team_slack_channel_id(access_request: AccessRequest) -> str:
     profile = getattr(access_request.agent.team, "team_profile", None)
     return profile.slack_channel_id if profile else ""
 
@@ -247,8 +247,8 @@ def post_request(access_request_id: int, *, kind: str = SlackMessage.Kind.REQUES
     """Post to each approver (and the team's channel) that has not had this message yet."""
     access_request = _load(access_request_id)
     places = approver_slack_ids(access_request)
-    if channel := team_channel(access_request):
-        places.append(channel)
+    if channel_id := team_slack_channel_id(access_request):
+        places.append(channel_id)
     blocks, text = render_request(access_request, kind=kind)
     sent = 0
     for place in places:
@@ -289,8 +289,8 @@ def post_expiry_notice(grant_id: int) -> int:
     profile = getattr(grant.agent.sponsor, "sponsor_profile", None)
     if profile and profile.slack_user_id:
         places.append(profile.slack_user_id)
-    if channel := team_channel(grant.access_request):
-        places.append(channel)
+    if channel_id := team_slack_channel_id(grant.access_request):
+        places.append(channel_id)
     text = escape(
         f"Grant #{grant.pk} ({grant.scope}) for {grant.agent.name} ends at "
         f"{timezone.localtime(grant.expires_at):%H:%M} UTC. "
