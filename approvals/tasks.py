@@ -53,9 +53,8 @@ def enqueue_upcoming_expiries() -> int:
     """Grants that come within the ETA horizon get their expiry task now."""
     horizon = timezone.now() + timedelta(seconds=settings.CUSTODY_ETA_HORIZON_SECONDS)
     due = (
-        Grant.objects.filter(
-            revoked_at__isnull=True, expiry_enqueued_at__isnull=True, expires_at__lte=horizon
-        )
+        Grant.objects.due(horizon)
+        .filter(expiry_enqueued_at__isnull=True)
         .order_by("expires_at")
         .values_list("pk", "expires_at")[:5000]
     )

@@ -196,7 +196,7 @@ def tool_call_record(
         if grant is None:
             raise NotFound("Not found.")
         if grant.is_active():
-            data = {
+            call = {
                 "tool": tool,
                 "target": target,
                 "outcome": outcome,
@@ -205,14 +205,14 @@ def tool_call_record(
             }
             if grant.parent_id is not None:
                 # Accountability follows the delegation chain: every agent in it, root first.
-                data["act"] = [link.agent.spiffe_id for link in reversed(grant_ancestors(grant))]
+                call["act"] = [link.agent.spiffe_id for link in reversed(grant_ancestors(grant))]
             return record(
                 actor=Actor.for_agent(agent),
                 verb="tool.called",
                 agent_id=agent.pk,
                 access_request_id=grant.access_request_id,
                 grant_id=grant.pk,
-                data=data,
+                data=call,
             )
     agent_refusal_evidence(
         agent=agent,
