@@ -94,14 +94,10 @@ def request_output(access_request: AccessRequest, *, token=None, submitted=None)
         grant = (
             getattr(access_request, "grant", None) if access_request.status == "approved" else None
         )
-        approvals = sum(
-            1
-            for d in access_request.decisions.all()
-            if d.verdict == Decision.Verdict.APPROVE and d.approver_id is not None
-        )
+        approvals = access_request.approvals_received()
     return {
         "id": access_request.pk,
-        "status": access_request.status,
+        "status": access_request.status_now(),
         "privilege": access_request.privilege.name,
         "task_id": access_request.task_id,
         "intent": access_request.intent,
@@ -165,12 +161,9 @@ class RequestCreateApi(APIView):
 
 
 def _current_request(agent, request_id: int) -> AccessRequest:
-    """The agent's request as it stands; a deadline that has passed is enforced right here."""
-    access_request = get_object_or_404(selectors.agent_requests(agent), pk=request_id)
-    if access_request.is_pending and access_request.deadline_passed():
-        services.access_request_expire(access_request_id=request_id)
-        access_request = selectors.agent_requests(agent).get(pk=request_id)
-    return access_request
+    """The agent's request as it stands. Reading writes nothing: a deadline that has passed is
+    reported through `status_now()`, and the deadline sweep records the expiry."""
+    return get_object_or_404(selectors.agent_requests(agent), pk=request_id)
 
 
 def _status_between_waits(request_id: int) -> str | None:
@@ -213,10 +206,11 @@ class RequestDetailApi(APIView):
         access_request = _current_request(agent, request_id)
         until = time.monotonic() + int(wait)
         # Long poll: hold the answer until the status moves, the deadline passes or wait ends.
-        while access_request.is_pending and time.monotonic() < until:
+        while (
+            access_request.status_now() == AccessRequest.Status.PENDING and time.monotonic() < until
+        ):
             time.sleep(0.25)
-            status_now = _status_between_waits(request_id)
-            if status_now != AccessRequest.Status.PENDING or access_request.deadline_passed():
+            if _status_between_waits(request_id) != AccessRequest.Status.PENDING:
                 access_request = _current_request(agent, request_id)
         grant = getattr(access_request, "grant", None)
         token = services.grant_token_for_response(grant=grant, agent=agent) if grant else None

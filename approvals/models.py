@@ -1,5 +1,3 @@
-from datetime import timedelta
-
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -77,6 +75,11 @@ class Privilege(models.Model):
     @property
     def risk_level(self) -> int:
         return RISK_LEVEL[self.risk]
+
+    def approvable_in_slack(self) -> bool:
+        """The Slack risk ceiling: above `slack_max_risk`, approval happens in the browser,
+        which can ask for a fresh login."""
+        return RISK_LEVEL[self.risk] <= RISK_LEVEL[self.slack_max_risk]
 
 
 class Policy(models.Model):
@@ -207,6 +210,22 @@ class AccessRequest(models.Model):
     def deadline_passed(self, now=None) -> bool:
         return (now or timezone.now()) >= self.decision_deadline
 
+    def status_now(self, now=None) -> str:
+        """The status as a reader must see it: a pending request past its deadline is expired,
+        whether or not the deadline sweep has written that yet."""
+        if self.is_pending and self.deadline_passed(now):
+            return self.Status.EXPIRED
+        return self.status
+
+    def approvals_received(self) -> int:
+        """Approvals by people so far (policy's automatic approval is not one); uses prefetched
+        decisions when there are some."""
+        return sum(
+            1
+            for decision in self.decisions.all()
+            if decision.verdict == Decision.Verdict.APPROVE and decision.approver_id is not None
+        )
+
 
 class Decision(models.Model):
     class Verdict(models.TextChoices):
@@ -250,6 +269,22 @@ class Decision(models.Model):
         return f"{self.verdict} by {who} on request #{self.access_request_id}"
 
 
+class GrantQuerySet(models.QuerySet):
+    def live(self, now=None) -> "GrantQuerySet":
+        """In force: not revoked and not past its time (the query form of `Grant.is_active`)."""
+        return self.filter(revoked_at__isnull=True, expires_at__gt=now or timezone.now())
+
+    def ended(self, now=None) -> "GrantQuerySet":
+        """Revoked, or past its time whether or not the expiry jobs have run yet."""
+        return self.filter(
+            models.Q(revoked_at__isnull=False) | models.Q(expires_at__lte=now or timezone.now())
+        )
+
+    def due(self, now=None) -> "GrantQuerySet":
+        """Past its time but not yet ended by the expiry jobs: what the expiry sweep ends."""
+        return self.filter(revoked_at__isnull=True, expires_at__lte=now or timezone.now())
+
+
 class Grant(models.Model):
     class RevokeReason(models.TextChoices):
         EXPIRED = "expired", "Expired"
@@ -279,6 +314,8 @@ class Grant(models.Model):
     expiry_notice_sent_at = models.DateTimeField(null=True, blank=True)
     # Set when the expiry task is handed to the broker; the horizon enqueuer claims with it.
     expiry_enqueued_at = models.DateTimeField(null=True, blank=True)
+
+    objects = GrantQuerySet.as_manager()
 
     class Meta:
         constraints = [
@@ -321,9 +358,6 @@ class Grant(models.Model):
         if self.revoked_at is not None:
             return self.revoke_reason
         return Grant.RevokeReason.EXPIRED if not self.is_active() else ""
-
-    def time_left(self, now=None) -> timedelta:
-        return max(self.expires_at - (now or timezone.now()), timedelta(0))
 
 
 class SigningKey(models.Model):

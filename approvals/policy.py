@@ -1,8 +1,8 @@
 """Runtime policy with Cedar: compile the enabled policies once, decide each request with context.
 
-`evaluate(facts)` answers the three questions of DESIGN.md in order (forbidden? automatic?
-people?) from one batched Cedar call, and fails closed: a policy that errors while evaluating
-turns the answer into a denial rather than silently skipping a `forbid`.
+`decide(compiled, facts)` answers DESIGN.md's questions in order (forbidden? automatic?
+people? otherwise denied) from one batched Cedar call, and fails closed: a policy that errors
+while evaluating turns the answer into a denial rather than silently skipping a `forbid`.
 """
 
 from __future__ import annotations

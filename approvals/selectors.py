@@ -9,7 +9,9 @@ from guardian.shortcuts import get_objects_for_user
 
 from agents.models import Agent
 from agents.selectors import agents_visible_to
+from approvals.lineage import grant_ancestors, grant_descendants
 from approvals.models import AccessRequest, Decision, Grant
+from approvals.tokens import token_claims
 from audit.models import AuditEvent
 
 
@@ -20,13 +22,16 @@ def agent_requests(agent: Agent) -> QuerySet[AccessRequest]:
 def agent_grants(agent: Agent, *, active: bool | None = None) -> QuerySet[Grant]:
     grants = Grant.objects.filter(agent=agent).select_related("privilege").order_by("-issued_at")
     if active is True:
-        grants = grants.filter(revoked_at__isnull=True, expires_at__gt=timezone.now())
+        grants = grants.live()
     elif active is False:
-        grants = grants.filter(Q(revoked_at__isnull=False) | Q(expires_at__lte=timezone.now()))
+        grants = grants.ended()
     return grants
 
 
-def _approvable_agents(user) -> QuerySet[Agent]:
+def agents_approvable_by(user) -> QuerySet[Agent]:
+    """The agents whose requests the person may approve by object permission (sponsor, backup
+    approver, or through a group); superuser status grants nothing (`decisions.can_approve`
+    checks the same for one request, with the privilege's approver group besides)."""
     return get_objects_for_user(
         user,
         "agents.approve_for_agent",
@@ -44,7 +49,7 @@ def requests_visible_to(user) -> QuerySet[AccessRequest]:
         return AccessRequest.objects.all()
     return AccessRequest.objects.filter(
         Q(agent__in=agents_visible_to(user))
-        | Q(agent__in=_approvable_agents(user))
+        | Q(agent__in=agents_approvable_by(user))
         | Q(privilege__approver_group__in=user.groups.all())
     )
 
@@ -56,7 +61,7 @@ def requests_pending_for(user) -> QuerySet[AccessRequest]:
     on pending deadlines instead of joining permission tables for every pending row."""
     if not user.is_authenticated:
         return AccessRequest.objects.none()
-    agent_ids = list(_approvable_agents(user).values_list("pk", flat=True))
+    agent_ids = list(agents_approvable_by(user).values_list("pk", flat=True))
     group_ids = list(user.groups.values_list("pk", flat=True))
     mine = Q(agent_id__in=agent_ids)
     if group_ids:
@@ -169,16 +174,9 @@ def grant_chain_of_custody(grant: Grant) -> ChainOfCustody:
     the chain around it is shown whole, because accountability needs every link."""
     related = ("agent", "agent__sponsor", "agent__team", "privilege", "access_request")
     grants = Grant.objects.select_related(*related)
-    links = [grants.get(pk=grant.pk)]
-    while links[-1].parent_id is not None:
-        links.append(grants.get(pk=links[-1].parent_id))
+    links = grant_ancestors(grants.get(pk=grant.pk), grants=grants)
     links.reverse()
-    onward: list[Grant] = []
-    frontier = [grant.pk]
-    while frontier:
-        children = list(grants.filter(parent_id__in=frontier).order_by("depth", "pk"))
-        onward.extend(children)
-        frontier = [child.pk for child in children]
+    onward = grant_descendants([grant.pk], grants=grants)
 
     every = links + onward
     decisions: dict[int, list[LinkDecision]] = {}
@@ -224,6 +222,4 @@ def grant_chain_of_custody(grant: Grant) -> ChainOfCustody:
 
 def grant_token_claims(grant: Grant) -> dict:
     """The claims a token for this grant carries (never the token itself), for people to read."""
-    from approvals.services import _token_claims
-
-    return _token_claims(grant)
+    return token_claims(grant)

@@ -1,9 +1,11 @@
 """Approvals in Slack: Block Kit rendering and the outbound calls, through slack-sdk's WebClient.
 
-Everything here runs in Celery on the notifications queue (approvals/tasks.py), never inside a
-transaction or a web request. Text that agents wrote (intent, justification, task id) only ever
-goes into `plain_text` objects, which Slack never parses for mentions, links or formatting; the
-few mrkdwn strings are built from Custody's own words and escaped.
+The posts and message updates run in Celery on the notifications queue (approvals/tasks.py),
+never inside a transaction; only the comment modal is opened from the callback's web request
+(slack_views.py), because Slack's trigger id lives for three seconds. Text that agents wrote
+(intent, justification, task id) only ever goes into `plain_text` objects, which Slack never
+parses for mentions, links or formatting; the few mrkdwn strings are built from Custody's own
+words and escaped.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from django.conf import settings
 from django.utils import timezone
 from slack_sdk import WebClient
 
-from approvals.models import RISK_LEVEL, AccessRequest, Decision, Grant, SlackMessage
+from approvals import notifications
+from approvals.lineage import grant_ancestors
+from approvals.models import AccessRequest, Decision, Grant, SlackMessage
 
 APPROVE = "custody_approve"
 DENY = "custody_deny"
@@ -28,7 +32,7 @@ STATUS_EMOJI = {
 
 
 def enabled() -> bool:
-    return bool(settings.SLACK_BOT_TOKEN and settings.SLACK_SIGNING_SECRET)
+    return notifications.slack_enabled()
 
 
 def client() -> WebClient:
@@ -51,8 +55,7 @@ def plain(text: str, limit: int = 2900) -> dict:
 
 
 def slack_approvable(access_request: AccessRequest) -> bool:
-    privilege = access_request.privilege
-    return RISK_LEVEL[privilege.risk] <= RISK_LEVEL[privilege.slack_max_risk]
+    return access_request.privilege.approvable_in_slack()
 
 
 def request_url(access_request: AccessRequest) -> str:
@@ -77,11 +80,7 @@ def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Ki
     agent = access_request.agent
     privilege = access_request.privilege
     intent = access_request.intent or {}
-    approvals = sum(
-        1
-        for d in access_request.decisions.all()
-        if d.verdict == Decision.Verdict.APPROVE and d.approver_id is not None
-    )
+    approvals = access_request.approvals_received()
     status = access_request.status
     headline = {
         SlackMessage.Kind.REQUEST: "Privilege request",
@@ -110,8 +109,6 @@ def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Ki
         {"type": "context", "elements": [plain(f"Policy: {access_request.policy_reason}")]},
     ]
     if access_request.parent_grant_id:
-        from approvals.services import grant_ancestors
-
         chain = " → ".join(
             g.agent.spiffe_id for g in reversed(grant_ancestors(access_request.parent_grant))
         )
@@ -241,7 +238,7 @@ def approver_slack_ids(access_request: AccessRequest) -> list[str]:
     return ids
 
 
-def team_channel(access_request: AccessRequest) -> str:
+def team_slack_channel_id(access_request: AccessRequest) -> str:
     profile = getattr(access_request.agent.team, "team_profile", None)
     return profile.slack_channel_id if profile else ""
 
@@ -250,8 +247,8 @@ def post_request(access_request_id: int, *, kind: str = SlackMessage.Kind.REQUES
     """Post to each approver (and the team's channel) that has not had this message yet."""
     access_request = _load(access_request_id)
     places = approver_slack_ids(access_request)
-    if channel := team_channel(access_request):
-        places.append(channel)
+    if channel_id := team_slack_channel_id(access_request):
+        places.append(channel_id)
     blocks, text = render_request(access_request, kind=kind)
     sent = 0
     for place in places:
@@ -292,13 +289,14 @@ def post_expiry_notice(grant_id: int) -> int:
     profile = getattr(grant.agent.sponsor, "sponsor_profile", None)
     if profile and profile.slack_user_id:
         places.append(profile.slack_user_id)
-    if channel := team_channel(grant.access_request):
-        places.append(channel)
+    if channel_id := team_slack_channel_id(grant.access_request):
+        places.append(channel_id)
     text = escape(
         f"Grant #{grant.pk} ({grant.scope}) for {grant.agent.name} ends at "
         f"{timezone.localtime(grant.expires_at):%H:%M} UTC. "
         "The agent must ask again for more time."
     )
+    minutes_left = max(round((grant.expires_at - timezone.now()).total_seconds() / 60), 1)
     sent = 0
     for place in places:
         message, _ = SlackMessage.objects.get_or_create(
@@ -317,7 +315,7 @@ def post_expiry_notice(grant_id: int) -> int:
                     "type": "section",
                     "text": plain(
                         f"Grant #{grant.pk} ({grant.scope}) for {grant.agent.name} "
-                        "ends in 10 minutes."
+                        f"ends in {minutes_left} minute{'s' if minutes_left != 1 else ''}."
                     ),
                 }
             ],

@@ -16,9 +16,10 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.db.models import F
 from django.utils import timezone
+from slack_sdk.errors import SlackApiError, SlackClientError
 
-from approvals import services
-from approvals.models import AccessRequest, Grant
+from approvals import services, slack
+from approvals.models import AccessRequest, Grant, SlackMessage
 
 logger = logging.getLogger(__name__)
 
@@ -43,23 +44,8 @@ def expire_grant(self, grant_id: int) -> bool:
 
 
 def enqueue_expiry(grant_id: int, expires_at) -> bool:
-    """Claim the grant's expiry task (once) and hand it to the broker with its ETA.
-
-    Never raises: with the broker down the claim is released and the sweep ends the grant."""
-    claimed = Grant.objects.filter(
-        pk=grant_id, expiry_enqueued_at__isnull=True, revoked_at__isnull=True
-    ).update(expiry_enqueued_at=timezone.now())
-    if not claimed:
-        return False
-    try:
-        expire_grant.apply_async(args=[grant_id], eta=expires_at)
-    except Exception:
-        logger.exception(
-            "Could not enqueue the expiry of grant %s; the sweep will end it.", grant_id
-        )
-        Grant.objects.filter(pk=grant_id).update(expiry_enqueued_at=None)
-        return False
-    return True
+    """Claim the grant's expiry task (once) and hand it to the broker with its ETA."""
+    return services.grant_expiry_enqueue(grant_id=grant_id, expires_at=expires_at)
 
 
 @shared_task(acks_late=True)
@@ -67,9 +53,8 @@ def enqueue_upcoming_expiries() -> int:
     """Grants that come within the ETA horizon get their expiry task now."""
     horizon = timezone.now() + timedelta(seconds=settings.CUSTODY_ETA_HORIZON_SECONDS)
     due = (
-        Grant.objects.filter(
-            revoked_at__isnull=True, expiry_enqueued_at__isnull=True, expires_at__lte=horizon
-        )
+        Grant.objects.due(horizon)
+        .filter(expiry_enqueued_at__isnull=True)
         .order_by("expires_at")
         .values_list("pk", "expires_at")[:5000]
     )
@@ -128,13 +113,13 @@ def sweep_request_deadlines() -> dict:
     long_grant = timedelta(seconds=settings.CUSTODY_EXPIRY_NOTICE_MIN_GRANT_SECONDS)
     noticed = sum(
         services.grant_expiry_notice(grant_id=pk)
-        for pk in Grant.objects.filter(
-            revoked_at__isnull=True,
+        for pk in Grant.objects.live(now)
+        .filter(
             expiry_notice_sent_at__isnull=True,
-            expires_at__gt=now,
             expires_at__lte=now + notice,
             expires_at__gte=F("issued_at") + long_grant,
-        ).values_list("pk", flat=True)[:SWEEP_BATCH]
+        )
+        .values_list("pk", flat=True)[:SWEEP_BATCH]
     )
     return {"expired": expired, "escalated": escalated, "expiry_notices": noticed}
 
@@ -146,8 +131,6 @@ NOTIFY_MAX_BACKOFF = 300
 
 
 def _retry_later(task, exc: Exception):
-    from slack_sdk.errors import SlackApiError
-
     response = getattr(exc, "response", None)
     if isinstance(exc, SlackApiError) and response is not None and response.status_code == 429:
         countdown = int(response.headers.get("Retry-After", response.headers.get("retry-after", 1)))
@@ -158,10 +141,6 @@ def _retry_later(task, exc: Exception):
 
 
 def _notify(task, send, *args):
-    from slack_sdk.errors import SlackClientError
-
-    from approvals import slack
-
     if not slack.enabled():
         return 0
     try:
@@ -172,23 +151,16 @@ def _notify(task, send, *args):
 
 @shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
 def notify_request_pending(self, access_request_id: int):
-    from approvals import slack
-
     return _notify(self, slack.post_request, access_request_id)
 
 
 @shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
 def notify_request_changed(self, access_request_id: int):
-    from approvals import slack
-
     return _notify(self, slack.update_request, access_request_id)
 
 
 @shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
 def notify_request_escalated(self, access_request_id: int):
-    from approvals import slack
-    from approvals.models import SlackMessage
-
     return _notify(
         self,
         lambda pk: slack.post_request(pk, kind=SlackMessage.Kind.ESCALATION),
@@ -198,13 +170,9 @@ def notify_request_escalated(self, access_request_id: int):
 
 @shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
 def notify_grant_expiring(self, grant_id: int):
-    from approvals import slack
-
     return _notify(self, slack.post_expiry_notice, grant_id)
 
 
 @shared_task(bind=True, max_retries=5, acks_late=True)
 def notify_ephemeral(self, channel: str, user: str, text: str):
-    from approvals import slack
-
     return _notify(self, slack.post_ephemeral, channel, user, text)

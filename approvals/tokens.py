@@ -21,7 +21,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from agents.jwks import jwk_thumbprint
-from approvals.models import SigningKey
+from approvals.lineage import grant_ancestors, grant_approvers
+from approvals.models import Grant, SigningKey
 from audit.services import record
 
 TOKEN_TYPE = "at+jwt"
@@ -175,3 +176,35 @@ def token_verify(token: str) -> dict:
         )
     except jwt.PyJWTError as exc:
         raise TokenInvalid(str(exc)) from exc
+
+
+def token_claims(grant: Grant) -> dict:
+    """What a token for this grant says: its scope, task, approvers, policies and, for a
+    delegated grant, the RFC 8693 `act` chain (the current actor outermost)."""
+    access_request = grant.access_request
+    ancestors = grant_ancestors(grant) if grant.parent_id else [grant]
+    root = ancestors[-1]
+    claims = {
+        "sub": root.agent.spiffe_id,
+        "aud": grant.privilege.resource,
+        "scope": grant.scope,
+        "task_id": grant.task_id,
+        "grant_id": grant.pk,
+        "authorization_details": [
+            {
+                "type": "custody_grant",
+                "privilege": grant.scope,
+                "request_id": access_request.pk,
+                "grant_expires_at": int(grant.expires_at.timestamp()),
+                "approvers": grant_approvers(grant),
+                "policies": access_request.policy_ids,
+            }
+        ],
+    }
+    if grant.parent_id:
+        # RFC 8693 §4.1: the current actor outermost, earlier actors nested inside.
+        act = None
+        for link in reversed(ancestors[:-1]):
+            act = {"sub": link.agent.spiffe_id, **({"act": act} if act else {})}
+        claims["act"] = act
+    return claims

@@ -475,11 +475,12 @@ class PolicyFigures:
 def measure_policy(seeded: Seeded, *, rounds: int = 7, calls: int = 1000) -> PolicyFigures:
     import cedarpy
 
-    from approvals import policy, services
+    from approvals import policy
+    from approvals.services.facts import policy_facts
 
     compiled = policy.compile_policies([("default", policy.DEFAULT_POLICY_TEXT)], generation=0)
     # The facts exactly as access_request_submit builds them for this agent and privilege.
-    facts = services._facts(
+    facts = policy_facts(
         agent=seeded.agent,
         privilege=seeded.privilege,
         intent=INTENT,

@@ -57,7 +57,7 @@ def dashboard(request):
     pending = selectors.requests_pending_for(request.user)
     active = (
         selectors.grants_visible_to(request.user)
-        .filter(revoked_at__isnull=True, expires_at__gt=now)
+        .live(now)
         .select_related("agent", "privilege")
         .order_by("expires_at")
     )
@@ -268,7 +268,7 @@ def grants(request):
     visible = selectors.grants_visible_to(request.user).select_related(
         "agent", "privilege", "parent__agent"
     )
-    active = visible.filter(revoked_at__isnull=True, expires_at__gt=now).order_by("expires_at")
+    active = visible.live(now).order_by("expires_at")
     ended = visible.filter(
         Q(revoked_at__gte=now - timedelta(days=1))
         | Q(revoked_at__isnull=True, expires_at__lte=now, expires_at__gte=now - timedelta(days=1))

@@ -1,0 +1,90 @@
+"""The catalog and its policy: saving and deleting Cedar policies, saving privileges."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import F
+
+from approvals import policy
+from approvals.models import (
+    PolicyRevision,
+    PolicySetState,
+)
+from audit.services import Actor, record
+from core.errors import InvalidInput
+
+
+def policy_save(*, policy_row, actor: Actor, created: bool):
+    """Validate against the schema, bump the version, keep the revision, move the generation."""
+    try:
+        policy.validate_policy_text(policy_row.text)
+    except policy.PolicyTextError as exc:
+        raise InvalidInput(
+            "The policy does not validate: " + "; ".join(exc.errors),
+            code="invalid_policy",
+            fields={"text": exc.errors},
+        )
+    with transaction.atomic():
+        if not created:
+            policy_row.version = (
+                type(policy_row)
+                .objects.select_for_update(no_key=True)
+                .get(pk=policy_row.pk)
+                .version
+                + 1
+            )
+        policy_row.updated_by = actor.id
+        policy_row.save()
+        PolicyRevision.objects.create(
+            policy=policy_row,
+            version=policy_row.version,
+            text=policy_row.text,
+            enabled=policy_row.enabled,
+            created_by=actor.id,
+        )
+        _policy_generation_bump()
+        record(
+            actor=actor,
+            verb="policy.created" if created else "policy.changed",
+            data={
+                "policy": policy_row.name,
+                "version": policy_row.version,
+                "enabled": policy_row.enabled,
+                "text": policy_row.text,
+            },
+        )
+    return policy_row
+
+
+def _policy_generation_bump() -> None:
+    """Every process rebuilds its compiled policy set at its next decision."""
+    PolicySetState.objects.get_or_create(id=1)
+    PolicySetState.objects.filter(id=1).update(generation=F("generation") + 1)
+
+
+def policy_delete(*, policy_row, actor: Actor) -> None:
+    with transaction.atomic():
+        name, version = policy_row.name, policy_row.version
+        policy_row.delete()
+        _policy_generation_bump()
+        record(actor=actor, verb="policy.deleted", data={"policy": name, "version": version})
+
+
+def privilege_save(*, privilege, actor: Actor, created: bool):
+    with transaction.atomic():
+        privilege.save()
+        record(
+            actor=actor,
+            verb="privilege.created" if created else "privilege.changed",
+            data={
+                "privilege": privilege.name,
+                "risk": privilege.risk,
+                "max_duration_seconds": privilege.max_duration_seconds,
+                "approvals_required": privilege.approvals_required,
+                "approver_group": privilege.approver_group.name
+                if privilege.approver_group
+                else None,
+                "enabled": privilege.enabled,
+            },
+        )
+    return privilege

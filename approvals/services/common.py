@@ -1,0 +1,101 @@
+"""What every service shares: the lock-order helpers, a request's state transition, and the
+evidence of an agent's refused call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from agents.models import Agent
+from approvals import notifications
+from approvals.models import (
+    AccessRequest,
+    Grant,
+    Privilege,
+)
+from audit.services import Actor, record_throttled
+from core.errors import Conflict, InvalidInput
+
+Status = AccessRequest.Status
+
+
+Reason = Grant.RevokeReason
+
+
+def lock_in_pk_order(queryset: QuerySet) -> list:
+    """Lock several rows in one fixed order (primary key) so concurrent lockers never deadlock.
+    `FOR NO KEY UPDATE`: a foreign-key check at another transaction's COMMIT still passes."""
+    return list(queryset.select_for_update(no_key=True).order_by("pk"))
+
+
+def lock_agents(agent_ids: Iterable[int], *, exclusive: bool = False) -> dict[int, Agent]:
+    """Step 1 of the lock order: the agents, in primary-key order, re-read under the lock.
+
+    Shared (`FOR SHARE`) guards a status read against a concurrent suspension; `exclusive`
+    (`FOR NO KEY UPDATE`) also serializes with every other locker of the agent."""
+    ids = sorted(set(agent_ids))
+    queryset = Agent.objects.filter(pk__in=ids).order_by("pk").select_related("sponsor", "team")
+    if exclusive:
+        return {agent.pk: agent for agent in queryset.select_for_update(no_key=True, of=("self",))}
+    if connection.vendor == "postgresql":  # Django's ORM has no FOR SHARE; SQLite needs none
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id FROM {Agent._meta.db_table} WHERE id = ANY(%s) "  # noqa: S608
+                "ORDER BY id FOR SHARE",
+                [ids],
+            )
+    return {agent.pk: agent for agent in queryset}
+
+
+def privilege_by_name(name: str) -> Privilege:
+    resource, sep, action = (name or "").partition(":")
+    found = (
+        Privilege.objects.filter(resource=resource, action=action, enabled=True).first()
+        if sep
+        else None
+    )
+    if found is None:
+        raise InvalidInput(
+            f"There is no privilege {name!r} in the catalog (names look like 'resource:action').",
+            code="unknown_privilege",
+            fields={"privilege": ["Unknown privilege."]},
+        )
+    return found
+
+
+def request_transition(access_request: AccessRequest, target: str, *, reason: str = "") -> None:
+    if target not in AccessRequest.TRANSITIONS[access_request.status]:
+        raise Conflict(
+            f"Request #{access_request.pk} is already {access_request.status}.",
+            code="request_not_pending",
+        )
+    access_request.status = target
+    access_request.decided_at = timezone.now()
+    access_request.final_reason = reason[:255]
+    access_request.save(update_fields=["status", "decided_at", "final_reason"])
+
+
+def on_commit_request_finished(access_request_id: int) -> None:
+    notifications.request_finished(access_request_id)
+
+
+def agent_refusal_evidence(
+    *, agent: Agent, verb: str, grant: Grant | None = None, data: dict, **ids
+) -> None:
+    """Evidence that an agent was refused, committed on its own. An agent can repeat a refused
+    call at will, so each agent has its own per-minute budget per verb (the first are kept)."""
+    if grant is not None:
+        ids = {"access_request_id": grant.access_request_id, "grant_id": grant.pk, **ids}
+    record_throttled(
+        bucket=f"refused:{verb}:{agent.pk}",
+        per_minute=settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE,
+        actor=Actor.for_agent(agent),
+        verb=verb,
+        agent_id=agent.pk,
+        data=data,
+        **ids,
+    )

@@ -1,0 +1,302 @@
+"""Access requests: submit, cancel, the deadline (expire) and its escalation point, and a
+request for more time on a live grant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from agents.models import Agent
+from approvals import notifications, policy
+from approvals.models import (
+    AccessRequest,
+    Decision,
+    Grant,
+)
+from approvals.services.common import (
+    agent_refusal_evidence,
+    lock_agents,
+    on_commit_request_finished,
+    privilege_by_name,
+    request_transition,
+)
+from approvals.services.facts import (
+    chain_agent_ids,
+    chain_facts,
+    cumulative_limit,
+    is_toxic,
+    policy_facts,
+)
+from approvals.services.grants import first_of_extensions, grant_issue
+from approvals.services.tokens import token_issue
+from approvals.tokens import IssuedToken
+from audit.services import Actor, deferred_evidence, record
+from core.errors import Conflict, InvalidInput, NotFound
+
+Status = AccessRequest.Status
+
+
+@dataclass
+class SubmitResult:
+    access_request: AccessRequest
+    grant: Grant | None = None
+    token: IssuedToken | None = None
+
+
+def access_request_submit(
+    *,
+    agent: Agent,
+    privilege_name: str,
+    task_id: str,
+    duration_seconds: int,
+    intent: dict,
+    context: dict | None = None,
+    parent_grant: Grant | None = None,
+    extension_of: Grant | None = None,
+) -> SubmitResult:
+    """An agent asks for a privilege; policy decides at once whether it is automatic,
+    needs people, or is denied."""
+    context = context or {}
+    privilege = privilege_by_name(privilege_name)
+    if duration_seconds > privilege.max_duration_seconds:
+        raise InvalidInput(
+            f"{privilege.name} may be held for at most {privilege.max_duration_seconds} seconds; "
+            f"{duration_seconds} were asked for.",
+            code="duration_exceeds_maximum",
+            fields={"duration_seconds": [f"At most {privilege.max_duration_seconds}."]},
+        )
+    initiated_by = str(context.get("initiated_by", ""))[:254]
+    actor = Actor.for_agent(agent)
+
+    with transaction.atomic(), deferred_evidence():
+        # Lock order step 1, first thing: the agent (and its delegation chain). A suspension
+        # either committed before (its status is read again here) or waits for this request and
+        # then ends its grant. A privilege in a toxic pair takes the agent exclusively, so two
+        # halves of a pair are decided one after the other, each seeing what the other got.
+        locked = lock_agents(chain_agent_ids(parent_grant, agent.pk), exclusive=is_toxic(privilege))
+        agent = locked[agent.pk]
+        if agent.status != Agent.Status.ACTIVE:
+            raise Conflict(
+                f"Agent {agent.name} is {agent.status}; it gets no new privilege.",
+                code="agent_not_active",
+            )
+        chain = chain_facts(parent=parent_grant, agent=agent)
+        facts = policy_facts(
+            agent=agent,
+            privilege=privilege,
+            intent=intent,
+            duration_seconds=duration_seconds,
+            context=context,
+            task_id=task_id,
+            initiated_by=initiated_by,
+            is_extension=extension_of is not None,
+            chain=chain,
+        )
+        compiled = policy.current_policies()
+        outcome = cumulative_limit(
+            policy.decide(compiled, facts),
+            agent_id=agent.pk,
+            privilege=privilege,
+            duration_seconds=duration_seconds,
+        )
+        now = timezone.now()
+        deadline_seconds = privilege.decision_deadline_seconds
+        access_request = AccessRequest.objects.create(
+            agent=agent,
+            privilege=privilege,
+            task_id=task_id,
+            intent=intent,
+            context=context,
+            duration_seconds=duration_seconds,
+            parent_grant=parent_grant,
+            extension_of=extension_of,
+            initiated_by=initiated_by,
+            policy_outcome=outcome.outcome,
+            policy_ids=outcome.policy_ids,
+            policy_reason=outcome.reason,
+            approvals_required=outcome.approvals_required,
+            created_at=now,
+            decision_deadline=now + timedelta(seconds=deadline_seconds),
+            escalation_at=now + timedelta(seconds=deadline_seconds // 2),
+        )
+        ids = {"agent_id": agent.pk, "access_request_id": access_request.pk}
+        record(
+            actor=actor,
+            verb="request.created",
+            **ids,
+            data={
+                "privilege": privilege.name,
+                "task_id": task_id,
+                "intent": intent,
+                "duration_seconds": duration_seconds,
+                "context": context,
+                "parent_grant_id": parent_grant.pk if parent_grant else None,
+                "extension_of": extension_of.pk if extension_of else None,
+            },
+        )
+        record(
+            actor=Actor.system("policy"),
+            verb="policy.evaluated",
+            **ids,
+            data={
+                "outcome": outcome.outcome,
+                "policies": outcome.policy_ids,
+                "reason": outcome.reason,
+                "approvals_required": outcome.approvals_required,
+                "generation": compiled.generation,
+            },
+        )
+        result = SubmitResult(access_request)
+        if outcome.outcome == "deny":
+            request_transition(access_request, Status.DENIED, reason="denied by policy")
+            record(
+                actor=Actor.system("policy"),
+                verb="request.denied",
+                **ids,
+                data={"reason": outcome.reason},
+            )
+        elif outcome.outcome == "auto_approve":
+            Decision.objects.create(
+                access_request=access_request,
+                verdict=Decision.Verdict.APPROVE,
+                channel=Decision.Channel.POLICY,
+                comment=outcome.reason,
+            )
+            record(
+                actor=Actor.system("policy"),
+                verb="decision.recorded",
+                **ids,
+                data={"verdict": "approve", "channel": "policy", "policies": outcome.policy_ids},
+            )
+            request_transition(access_request, Status.APPROVED, reason="approved by policy")
+            result.grant = grant_issue(access_request, actor=Actor.system("policy"))
+            result.token = token_issue(result.grant, actor=actor)
+        else:
+            notifications.request_pending(access_request.pk)
+    return result
+
+
+def access_request_cancel(*, access_request_id: int, agent: Agent) -> AccessRequest:
+    status_before = None
+    try:
+        with transaction.atomic():
+            access_request = (
+                AccessRequest.objects.select_for_update(no_key=True)
+                .filter(pk=access_request_id, agent=agent)
+                .first()
+            )
+            if access_request is None:
+                raise NotFound(f"There is no request #{access_request_id} of yours.")
+            status_before = access_request.status
+            request_transition(access_request, Status.CANCELLED, reason="cancelled by the agent")
+            record(
+                actor=Actor.for_agent(agent),
+                verb="request.cancelled",
+                agent_id=agent.pk,
+                access_request_id=access_request.pk,
+            )
+            on_commit_request_finished(access_request.pk)
+    except Conflict as refusal:
+        # The refusal's evidence commits on its own, after the rolled-back attempt.
+        agent_refusal_evidence(
+            agent=agent,
+            verb="request.cancel_refused",
+            access_request_id=access_request_id,
+            data={"why": refusal.code, "status": status_before},
+        )
+        raise
+    return access_request
+
+
+def access_request_mark_expired(access_request: AccessRequest) -> None:
+    request_transition(access_request, Status.EXPIRED, reason="no decision before the deadline")
+    record(
+        actor=Actor.system("deadline"),
+        verb="request.expired",
+        agent_id=access_request.agent_id,
+        access_request_id=access_request.pk,
+        data={"deadline": access_request.decision_deadline.isoformat()},
+    )
+    on_commit_request_finished(access_request.pk)
+
+
+def access_request_expire(*, access_request_id: int) -> bool:
+    """Expire a pending request whose deadline has passed. Safe to run twice."""
+    with transaction.atomic():
+        access_request = (
+            AccessRequest.objects.select_for_update(no_key=True)
+            .filter(pk=access_request_id, status=Status.PENDING)
+            .first()
+        )
+        if access_request is None or not access_request.deadline_passed():
+            return False
+        access_request_mark_expired(access_request)
+        return True
+
+
+def access_request_escalate(*, access_request_id: int) -> bool:
+    """At the escalation point a silent request reaches the team and backup approvers, once."""
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = AccessRequest.objects.filter(
+            pk=access_request_id,
+            status=Status.PENDING,
+            escalated_at__isnull=True,
+            escalation_at__lte=now,
+            decision_deadline__gt=now,
+        ).update(escalated_at=now)
+        if not claimed:
+            return False
+        access_request = AccessRequest.objects.select_related("agent__team").get(
+            pk=access_request_id
+        )
+        record(
+            actor=Actor.system("escalation"),
+            verb="request.escalated",
+            agent_id=access_request.agent_id,
+            access_request_id=access_request.pk,
+            data={
+                "team": access_request.agent.team.name,
+                "approvals_received": access_request.approvals_received(),
+                "approvals_required": access_request.approvals_required,
+                "deadline": access_request.decision_deadline,
+            },
+        )
+        notifications.request_escalated(access_request_id)
+    return True
+
+
+def grant_extension_request(
+    *, grant: Grant, agent: Agent, duration_seconds: int, intent: dict, context: dict | None = None
+) -> SubmitResult:
+    """More time is a new request, decided like any other: never a silent renewal, and never
+    beyond the privilege's maximum counted from the first grant."""
+    if grant.agent_id != agent.pk:
+        raise NotFound("Not found.")
+    if not grant.is_active():
+        raise Conflict(
+            f"Grant #{grant.pk} has ended; ask for the privilege again.", code="grant_not_active"
+        )
+    first = first_of_extensions(grant)
+    limit = first.issued_at + timedelta(seconds=grant.privilege.max_duration_seconds)
+    remaining = int((limit - timezone.now()).total_seconds())
+    if duration_seconds > remaining:
+        raise InvalidInput(
+            f"{grant.scope} may be held for at most {grant.privilege.max_duration_seconds} s "
+            f"from the first grant; at most {max(remaining, 0)} s remain.",
+            code="extension_exceeds_maximum",
+            fields={"duration_seconds": [f"At most {max(remaining, 0)}."]},
+        )
+    return access_request_submit(
+        agent=agent,
+        privilege_name=grant.scope,
+        task_id=grant.task_id,
+        duration_seconds=duration_seconds,
+        intent=intent,
+        context=context,
+        parent_grant=grant.parent,
+        extension_of=grant,
+    )

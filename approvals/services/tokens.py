@@ -1,0 +1,225 @@
+"""Access tokens: minting, refreshing with policy evaluated again, RFC 7662 introspection, and
+the evidence of tool calls made under a grant."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+
+from agents.models import Agent
+from approvals import policy
+from approvals.lineage import grant_ancestors
+from approvals.models import (
+    Grant,
+)
+from approvals.services.common import agent_refusal_evidence
+from approvals.services.facts import request_policy_facts
+from approvals.services.grants import grant_end, grant_expire
+from approvals.tokens import IssuedToken, TokenInvalid, token_claims, token_sign, token_verify
+from audit.services import Actor, record
+from core.errors import Conflict, Forbidden, NotFound
+
+Reason = Grant.RevokeReason
+
+
+def token_issue(grant: Grant, *, actor: Actor) -> IssuedToken:
+    lifetime = settings.CUSTODY_ACCESS_TOKEN_SECONDS
+    issued = token_sign(
+        token_claims(grant), lifetime_seconds=lifetime, not_after=int(grant.expires_at.timestamp())
+    )
+    record(
+        actor=actor,
+        verb="token.issued",
+        agent_id=grant.agent_id,
+        access_request_id=grant.access_request_id,
+        grant_id=grant.pk,
+        data={"jti": issued.jti, "exp": issued.expires_at, "scope": grant.scope},
+    )
+    return issued
+
+
+def grant_token_refresh(*, grant: Grant, agent: Agent) -> IssuedToken:
+    """A fresh short token while the grant lives, with policy evaluated again."""
+    refusal = None
+    with transaction.atomic():
+        grant = (
+            Grant.objects.select_for_update(no_key=True, of=("self",))
+            .select_related("access_request", "privilege", "agent")
+            .filter(pk=grant.pk, agent=agent)
+            .first()
+        )
+        if grant is None:
+            raise NotFound("Not found.")
+        if not grant.is_active():
+            refusal = Conflict(
+                f"Grant #{grant.pk} has ended; ask for the privilege again.",
+                code="grant_not_active",
+            )
+        else:
+            access_request = grant.access_request
+            outcome = policy.decide(
+                policy.current_policies(),
+                request_policy_facts(access_request, exclude_grant_id=grant.pk),
+            )
+            if outcome.outcome == "deny":
+                refusal = Conflict(
+                    f"Policy no longer allows this grant: {outcome.reason}", code="policy_denied"
+                )
+            else:
+                return token_issue(grant, actor=Actor.for_agent(agent))
+    if refusal.code == "policy_denied":
+        grant_end(
+            grant_id=grant.pk,
+            reason=Reason.POLICY,
+            actor=Actor.system("policy"),
+            detail=refusal.message,
+        )
+    elif grant.revoked_at is None:
+        grant_expire(grant_id=grant.pk)
+    agent_refusal_evidence(
+        agent=agent,
+        verb="token.refused",
+        grant=grant,
+        data={"why": refusal.code, "ended_reason": grant.ended_reason},
+    )
+    raise refusal
+
+
+def grant_token_for_response(*, grant: Grant, agent: Agent) -> IssuedToken | None:
+    """A token to hand back with a request the agent is polling, if its grant is live."""
+    if grant is None or not grant.is_active() or grant.agent_id != agent.pk:
+        return None
+    with transaction.atomic():
+        return token_issue(grant, actor=Actor.for_agent(agent))
+
+
+INACTIVE = {"active": False}
+
+
+def token_introspect(*, token: str, caller: Agent) -> dict:
+    """RFC 7662: `active` only for a valid token whose grant, agent and policy all still hold.
+
+    Only a registered resource server may introspect (403 otherwise), and it learns only about
+    tokens addressed to an audience it serves: any other token is `active: false` to it, so one
+    resource server cannot learn about another's tokens."""
+    if not caller.is_resource_server:
+        agent_refusal_evidence(
+            agent=caller, verb="introspection.forbidden", data={"why": "not_a_resource_server"}
+        )
+        raise Forbidden(
+            "Only a registered resource server may introspect tokens; ask an admin to register "
+            "this workload as one.",
+            code="not_a_resource_server",
+        )
+
+    def refused(why: str, grant: Grant | None = None, **data) -> dict:
+        agent_refusal_evidence(
+            agent=caller, verb="introspection.refused", grant=grant, data={"why": why, **data}
+        )
+        return INACTIVE
+
+    try:
+        claims = token_verify(token)
+    except TokenInvalid:
+        return refused("invalid_token")
+    if not caller.may_introspect(claims.get("aud")):
+        return refused("audience_not_served", aud=claims.get("aud"))
+    grant = (
+        Grant.objects.select_related(
+            "agent",
+            "agent__sponsor",
+            "agent__team",
+            "privilege",
+            "access_request",
+            "access_request__parent_grant",
+        )
+        .filter(pk=claims.get("grant_id"))
+        .first()
+    )
+    if grant is None:
+        return refused("unknown_grant")
+    # The request's agent and privilege are the grant's: reuse the rows just read.
+    grant.access_request.agent = grant.agent
+    grant.access_request.privilege = grant.privilege
+    if not grant.is_active():
+        return refused("grant_ended", grant, ended_reason=grant.ended_reason)
+    if grant.agent.status != Agent.Status.ACTIVE:
+        return refused("agent_not_active", grant, agent_status=grant.agent.status)
+    outcome = policy.decide(
+        policy.current_policies(),
+        request_policy_facts(grant.access_request, exclude_grant_id=grant.pk),
+    )
+    if outcome.outcome == "deny":
+        grant_end(
+            grant_id=grant.pk,
+            reason=Reason.POLICY,
+            actor=Actor.system("policy"),
+            detail=outcome.reason,
+        )
+        return refused("policy_denied", grant)
+    answer = {
+        "active": True,
+        "token_type": "access_token",
+        "iss": claims["iss"],
+        "sub": claims["sub"],
+        "aud": claims.get("aud"),
+        "scope": claims.get("scope"),
+        "exp": claims["exp"],
+        "iat": claims["iat"],
+        "jti": claims["jti"],
+        "grant_id": grant.pk,
+        "task_id": grant.task_id,
+        "agent": grant.agent.spiffe_id,
+        "grant_expires_at": int(grant.expires_at.timestamp()),
+    }
+    if "act" in claims:
+        answer["act"] = claims["act"]
+    # The chain of custody, root first: who holds this privilege on whose behalf.
+    answer["chain"] = [link.agent.spiffe_id for link in reversed(grant_ancestors(grant))]
+    answer["delegation_depth"] = grant.depth
+    return answer
+
+
+def tool_call_record(
+    *,
+    grant: Grant,
+    agent: Agent,
+    tool: str,
+    target: str,
+    outcome: str,
+    detail: dict | str | None = None,
+):
+    with transaction.atomic():
+        grant = (
+            Grant.objects.select_for_update(no_key=True).filter(pk=grant.pk, agent=agent).first()
+        )
+        if grant is None:
+            raise NotFound("Not found.")
+        if grant.is_active():
+            call = {
+                "tool": tool,
+                "target": target,
+                "outcome": outcome,
+                "detail": detail,
+                "scope": grant.scope,
+            }
+            if grant.parent_id is not None:
+                # Accountability follows the delegation chain: every agent in it, root first.
+                call["act"] = [link.agent.spiffe_id for link in reversed(grant_ancestors(grant))]
+            return record(
+                actor=Actor.for_agent(agent),
+                verb="tool.called",
+                agent_id=agent.pk,
+                access_request_id=grant.access_request_id,
+                grant_id=grant.pk,
+                data=call,
+            )
+    agent_refusal_evidence(
+        agent=agent,
+        verb="tool.refused",
+        grant=grant,
+        data={"why": "grant_not_active", "tool": tool, "target": target, "outcome": outcome},
+    )
+    raise Conflict(
+        f"Grant #{grant.pk} has ended; tool calls under it are refused.", code="grant_not_active"
+    )
