@@ -118,6 +118,7 @@ def request_output(access_request: AccessRequest, *, token=None, submitted=None)
             "id": grant.pk,
             "token": token.token if token else None,
             "token_expires_at": token.expires_at if token else None,
+            "token_url": f"/api/v1/grants/{grant.pk}/token",
             "expires_at": grant.expires_at.isoformat(),
             "scope": grant.scope,
             "active": grant.is_active(),
@@ -212,9 +213,9 @@ class RequestDetailApi(APIView):
             time.sleep(0.25)
             if _status_between_waits(request_id) != AccessRequest.Status.PENDING:
                 access_request = _current_request(agent, request_id)
-        grant = getattr(access_request, "grant", None)
-        token = services.grant_token_for_response(grant=grant, agent=agent) if grant else None
-        return Response(request_output(access_request, token=token))
+        # Reading only: a token is minted by POST /grants/{id}/token (or with an automatic
+        # approval's 201), never by polling.
+        return Response(request_output(access_request))
 
 
 class RequestCancelApi(APIView):

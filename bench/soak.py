@@ -522,8 +522,14 @@ class Traffic:
             token=self._svid(agent),
         )
         if status == 200 and isinstance(answer, dict) and answer.get("grant"):
+            # Polling only reads: the token comes from the grant's token endpoint.
+            status, minted = client.call(
+                "agent: token", "POST", answer["grant"]["token_url"], token=self._svid(agent)
+            )
+            if status != 200 or not isinstance(minted, dict):
+                return
             with self.lock:
-                self.tokens = [*self.tokens[-50:], answer["grant"]["token"]]
+                self.tokens = [*self.tokens[-50:], minted["access_token"]]
                 self.grants = [*self.grants[-50:], (agent, answer["grant"]["id"])]
 
     def agent_list(self, client: Http) -> None:

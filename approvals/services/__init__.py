@@ -53,7 +53,6 @@ from approvals.services.requests import (
     grant_extension_request,
 )
 from approvals.services.tokens import (
-    grant_token_for_response,
     grant_token_refresh,
     token_introspect,
     tool_call_record,
@@ -77,7 +76,6 @@ __all__ = [
     "grant_expiry_notice",
     "grant_extension_request",
     "grant_revoke",
-    "grant_token_for_response",
     "grant_token_refresh",
     "grants_expire_due",
     "grants_revoke_for_agent",

@@ -85,14 +85,6 @@ def grant_token_refresh(*, grant: Grant, agent: Agent) -> IssuedToken:
     raise refusal
 
 
-def grant_token_for_response(*, grant: Grant, agent: Agent) -> IssuedToken | None:
-    """A token to hand back with a request the agent is polling, if its grant is live."""
-    if grant is None or not grant.is_active() or grant.agent_id != agent.pk:
-        return None
-    with transaction.atomic():
-        return token_issue(grant, actor=Actor.for_agent(agent))
-
-
 INACTIVE = {"active": False}
 
 

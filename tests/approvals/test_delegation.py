@@ -419,7 +419,7 @@ def test_a_cross_sponsor_delegation_waits_for_the_other_sponsor(
     grant_d = Grant.objects.get(pk=polled["grant"]["id"])
     assert (grant_d.parent_id, grant_d.depth) == (grant_a.pk, 1)
     assert grant_d.expires_at <= grant_a.expires_at
-    token_d = polled["grant"]["token"]
+    token_d = d_api.post(polled["grant"]["token_url"]).json()["access_token"]
     claims = jwt.decode(
         token_d, jwks_key(api, token_d), algorithms=["ES256"], audience="payments-db"
     )
@@ -517,7 +517,8 @@ def test_explain_grant_names_every_agent_approver_and_tool_call(
     # to D (another sponsor, who approves it).
     request_id = submit(agent_api, "payments-api:refund", duration=1800).json()["id"]
     assert decide(sponsor, request_id, comment="refunds for the Acme dispute").status_code == 201
-    token_a = agent_api.get(f"/api/v1/requests/{request_id}").json()["grant"]["token"]
+    token_url = agent_api.get(f"/api/v1/requests/{request_id}").json()["grant"]["token_url"]
+    token_a = agent_api.post(token_url).json()["access_token"]
     response_b = exchange(
         agent_api, token_a, signer.act(helper_b.spiffe_id), scope="payments-api:refund"
     )

@@ -99,10 +99,15 @@ def test_it_routes_high_risk_to_two_distinct_approvers(
     assert second.json()["status"] == "approved"
     assert Grant.objects.filter(access_request_id=body["id"]).count() == 1
 
+    events_before = AuditEvent.objects.count()
     polled = agent_api.get(f"/api/v1/requests/{body['id']}").json()
     assert polled["status"] == "approved"
-    assert polled["grant"]["token"]
-    claims = jwt.decode(polled["grant"]["token"], options={"verify_signature": False})
+    # Polling only reads: no token is minted, nothing is written; the agent asks for one.
+    assert polled["grant"]["token"] is None
+    assert AuditEvent.objects.count() == events_before
+    minted = agent_api.post(polled["grant"]["token_url"])
+    assert minted.status_code == 200, minted.content
+    claims = jwt.decode(minted.json()["access_token"], options={"verify_signature": False})
     assert claims["authorization_details"][0]["approvers"] == ["sponsor", "backup"]
 
 
