@@ -89,14 +89,19 @@ def agents_by_approver_group(group_ids) -> dict[int, list[int]]:
     return found
 
 
-@receiver(m2m_changed, sender=get_user_model().groups.through)
-def audit_approver_group_membership(sender, instance, action, reverse, pk_set, **kwargs):
+def audit_conferring_membership(
+    *, instance, action: str, reverse: bool, pk_set, conferring_by_group, what: str
+) -> None:
+    """The one flow for a `User.groups` change that may confer approval: refuse a self-grant
+    before the add, record each joiner or leaver after it. `conferring_by_group(group_ids)` maps
+    each conferring group to what it confers; `what` names that in the evidence
+    (`agent_ids` or `privileges`)."""
     if action not in {"pre_add", "post_add", "post_remove", "pre_clear", "post_clear"}:
         return
     pairs = membership_pairs(instance=instance, action=action, reverse=reverse, pk_set=pk_set)
     if not pairs:
         return
-    conferring = agents_by_approver_group({group_id for _, group_id in pairs})
+    conferring = conferring_by_group({group_id for _, group_id in pairs})
     if action == "pre_add":
         refuse_if_self_granted(pairs, set(conferring))
         return
@@ -111,8 +116,20 @@ def audit_approver_group_membership(sender, instance, action, reverse, pk_set, *
                 group=Group.objects.get(pk=group_id),
                 added=action == "post_add",
                 actor=actor,
-                agent_ids=conferring[group_id],
+                **{what: conferring[group_id]},
             )
+
+
+@receiver(m2m_changed, sender=get_user_model().groups.through)
+def audit_approver_group_membership(sender, instance, action, reverse, pk_set, **kwargs):
+    audit_conferring_membership(
+        instance=instance,
+        action=action,
+        reverse=reverse,
+        pk_set=pk_set,
+        conferring_by_group=agents_by_approver_group,
+        what="agent_ids",
+    )
 
 
 def _is_approval_right(permission_row) -> bool:

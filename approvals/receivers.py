@@ -9,12 +9,10 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.db.models.signals import m2m_changed
 from django.dispatch import receiver
 
-from agents import services as agent_services
-from agents.receivers import acting_actor, membership_pairs, refuse_if_self_granted
+from agents.receivers import audit_conferring_membership
 from agents.signals import agent_deactivated
 from approvals.models import Privilege
 from approvals.services import grants_revoke_for_agent
@@ -35,25 +33,11 @@ def privileges_by_approver_group(group_ids) -> dict[int, list[str]]:
 
 @receiver(m2m_changed, sender=get_user_model().groups.through)
 def audit_privilege_approver_group_membership(sender, instance, action, reverse, pk_set, **kwargs):
-    if action not in {"pre_add", "post_add", "post_remove", "pre_clear", "post_clear"}:
-        return
-    pairs = membership_pairs(instance=instance, action=action, reverse=reverse, pk_set=pk_set)
-    if not pairs:
-        return
-    conferring = privileges_by_approver_group({group_id for _, group_id in pairs})
-    if action == "pre_add":
-        refuse_if_self_granted(pairs, set(conferring))
-        return
-    if action == "pre_clear":
-        return
-    User = get_user_model()
-    actor = acting_actor()
-    for user_id, group_id in pairs:
-        if group_id in conferring:
-            agent_services.approver_group_membership_record(
-                user=User.objects.get(pk=user_id),
-                group=Group.objects.get(pk=group_id),
-                added=action == "post_add",
-                actor=actor,
-                privileges=conferring[group_id],
-            )
+    audit_conferring_membership(
+        instance=instance,
+        action=action,
+        reverse=reverse,
+        pk_set=pk_set,
+        conferring_by_group=privileges_by_approver_group,
+        what="privileges",
+    )
