@@ -1,6 +1,6 @@
 from django.urls import path
 
-from approvals import apis
+from approvals import apis, exchange_apis
 
 urlpatterns = [
     path("requests", apis.RequestCreateApi.as_view(), name="api-request-create"),
@@ -29,5 +29,5 @@ urlpatterns = [
         name="api-grant-tool-calls",
     ),
     path("introspect", apis.IntrospectApi.as_view(), name="api-introspect"),
-    path("token", apis.TokenExchangeApi.as_view(), name="api-token"),
+    path("token", exchange_apis.TokenExchangeApi.as_view(), name="api-token"),
 ]
