@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from approvals import slack_views
 from approvals.apis import JwksApi
@@ -31,8 +31,12 @@ urlpatterns = [
     ),
     path(
         "api/docs/",
-        SpectacularSwaggerView.as_view(
-            url_name="api-schema", authentication_classes=[], permission_classes=[]
+        # The split view serves Swagger UI's init script from a URL: no inline script.
+        SpectacularSwaggerSplitView.as_view(
+            url_name="api-schema",
+            template_name="api_docs.html",
+            authentication_classes=[],
+            permission_classes=[],
         ),
         name="api-docs",
     ),

@@ -368,3 +368,55 @@ def test_the_inbox_refreshes_itself_but_not_under_a_half_written_comment(
     expect(page.locator(f"#request-{third.pk}")).to_have_count(0)
     expect(comment).to_have_value("Checked with the finance team, but")
     screenshot(page, "inbox-refresh", full_page=False)
+
+
+# --- the API docs and the admin under the CSP --------------------------------------------------
+
+
+def test_the_api_docs_and_the_admin_run_under_the_csp_from_this_server_only(
+    browser, live_server, settings, admin_user
+):
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+    context = browser.new_context(viewport=DESKTOP, base_url=live_server.url)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    violations, elsewhere = [], []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    page.on(
+        "request",
+        lambda request: (
+            elsewhere.append(request.url)
+            if not request.url.startswith((live_server.url, "data:"))
+            else None
+        ),
+    )
+    try:
+        page.goto("/api/docs/")
+        # Swagger UI rendered the operations list from our own schema.
+        expect(page.locator(".opblock").first).to_be_visible()
+        expect(
+            page.locator(".opblock-summary-path", has_text="/api/v1/requests").first
+        ).to_be_visible()
+        screenshot(page, "api-docs", full_page=False)
+
+        page.goto("/admin/")
+        page.get_by_label("Username").fill(admin_user.username)
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        expect(page).to_have_url(f"{live_server.url}/admin/")
+        page.goto("/admin/auth/user/")
+        expect(page.locator("#result_list")).to_be_visible()
+        page.goto(f"/admin/auth/user/{admin_user.pk}/change/")
+        expect(page.locator("#user_form")).to_be_visible()
+        page.wait_for_load_state("networkidle")
+    finally:
+        context.close()
+
+    assert violations == []
+    assert elsewhere == []
