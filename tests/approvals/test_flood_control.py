@@ -58,8 +58,7 @@ def test_requests_policy_decides_at_once_are_not_capped(agent_api, agent, privil
 
 def test_a_decided_or_cancelled_request_frees_its_place(agent_api, agent, privileges):
     ids = [
-        submit(agent_api, "payments-db:write", task_id=f"task-{n}").json()["id"]
-        for n in range(CAP)
+        submit(agent_api, "payments-db:write", task_id=f"task-{n}").json()["id"] for n in range(CAP)
     ]
     assert submit(agent_api, "payments-db:write", task_id="task-x").status_code == 429
 
