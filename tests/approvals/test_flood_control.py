@@ -11,6 +11,13 @@ from rest_framework.test import APIClient
 from approvals.models import AccessRequest, Grant
 from audit.models import AuditEvent
 from tests.approvals.conftest import intent, submit
+from tests.approvals.test_delegation import (  # noqa: F401 - fixtures
+    client_for,
+    exchange,
+    foreign_d,
+    other_sponsor,
+    root_token,
+)
 
 CAP = 3
 
@@ -82,6 +89,25 @@ def test_an_extension_counts_against_the_cap(agent_api, agent, privileges):
     assert refused.json()["error"]["code"] == "too_many_pending_requests"
     assert "Retry-After" in refused
     assert AuditEvent.objects.filter(verb="request.throttled", agent_id=agent.pk).count() == 1
+
+
+def test_a_delegation_counts_against_the_sub_agents_cap(agent_api, foreign_d, signer, privileges):  # noqa: F811
+    """A delegation across sponsors waits for the sub-agent's sponsor: it is one more request in
+    the sub-agent's queue."""
+    d_api = client_for(signer, foreign_d)
+    for n in range(CAP):
+        assert submit(d_api, "payments-db:write", task_id=f"task-{n}").status_code == 201
+    token_a, _ = root_token(agent_api)
+
+    refused = exchange(agent_api, token_a, signer.act(foreign_d.spiffe_id), as_json=True)
+
+    assert refused.status_code == 429, refused.content
+    assert refused.json()["error"]["code"] == "too_many_pending_requests"
+    assert "Retry-After" in refused
+    assert pending(foreign_d) == CAP
+    event = AuditEvent.objects.get(verb="request.throttled")
+    assert event.agent_id == foreign_d.pk
+    assert event.data["delegated_by"] == "spiffe://example.test/agents/invoice-bot"
 
 
 def test_throttled_events_are_budgeted_per_agent(agent_api, agent, privileges, settings):
