@@ -894,6 +894,8 @@ def main() -> int:
         CACHE_URL=cache.url(0),
         CUSTODY_VAR_DIR=str(log_dir / "var"),
         CUSTODY_SWEEP_SECONDS=str(args.sweep_seconds),
+        # Its agents leave many requests waiting for people: flood control would refuse them.
+        CUSTODY_MAX_PENDING_PER_AGENT="1000000",
         LOG_LEVEL="WARNING",
         # Plain HTTP on loopback (production terminates TLS in front): cookies without Secure.
         SESSION_COOKIE_SECURE="false",

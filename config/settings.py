@@ -324,6 +324,8 @@ CUSTODY_ACCESS_TOKEN_SECONDS = env_int("CUSTODY_ACCESS_TOKEN_SECONDS", 300, mini
 if CUSTODY_ACCESS_TOKEN_SECONDS > 900:
     raise ImproperlyConfigured("CUSTODY_ACCESS_TOKEN_SECONDS must be at most 900 (15 minutes).")
 CUSTODY_MAX_WAIT_SECONDS = 30
+# Flood control: an agent with this many requests waiting for people gets 429 for one more.
+CUSTODY_MAX_PENDING_PER_AGENT = env_int("CUSTODY_MAX_PENDING_PER_AGENT", 20, minimum=1)
 # Back-to-back requests cannot renew a privilege forever: within any window of this many
 # seconds, an agent gets a privilege automatically for at most FACTOR × its maximum duration
 # (counting what it held and still holds); beyond that people decide. FACTOR 0 turns it off.

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from core.errors import DomainError
+from core.errors import DomainError, TooManyRequests
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,14 @@ def exception_handler(exc, context):
             UNAVAILABLE_MESSAGE,
             status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    if isinstance(exc, TooManyRequests):
+        return error_response(
+            exc.code,
+            exc.message,
+            exc.status_code,
+            exc.fields,
+            headers={"Retry-After": str(exc.retry_after)},
         )
     if isinstance(exc, DomainError):
         return error_response(exc.code, exc.message, exc.status_code, exc.fields)

@@ -35,3 +35,14 @@ class Conflict(DomainError):
 
     status_code = 409
     code = "conflict"
+
+
+class TooManyRequests(DomainError):
+    """Come back later (429): `retry_after` seconds is when trying again can succeed."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after = max(1, int(retry_after))

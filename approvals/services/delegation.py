@@ -14,10 +14,10 @@ from approvals.models import (
 )
 from approvals.services.common import lock_agents
 from approvals.services.facts import chain_agent_ids, is_toxic
-from approvals.services.requests import SubmitResult, access_request_submit
+from approvals.services.requests import SubmitResult, access_request_submit, flood_evidence
 from approvals.tokens import TokenInvalid, token_verify
 from audit.services import Actor, record
-from core.errors import Conflict, Forbidden, InvalidInput
+from core.errors import Conflict, Forbidden, InvalidInput, TooManyRequests
 
 Status = AccessRequest.Status
 
@@ -92,6 +92,12 @@ def delegation_exchange(
                 "scope": scope,
                 "duration_seconds": duration_seconds,
             },
+        )
+        raise
+    except TooManyRequests as refusal:
+        # The evidence written inside the rolled-back delegation is gone: write it again.
+        flood_evidence(
+            agent=sub_agent, refusal=refusal, privilege_name=scope, delegated_by=caller.spiffe_id
         )
         raise
     access_request = result.access_request

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.models import Agent
@@ -15,6 +16,7 @@ from approvals.models import (
     AccessRequest,
     Decision,
     Grant,
+    Privilege,
 )
 from approvals.services.common import (
     agent_refusal_evidence,
@@ -33,8 +35,8 @@ from approvals.services.facts import (
 from approvals.services.grants import first_of_extensions, grant_issue
 from approvals.services.tokens import token_issue
 from approvals.tokens import IssuedToken
-from audit.services import Actor, deferred_evidence, record
-from core.errors import Conflict, InvalidInput, NotFound
+from audit.services import Actor, deferred_evidence, record, record_throttled
+from core.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 
 Status = AccessRequest.Status
 
@@ -71,6 +73,89 @@ def access_request_submit(
     initiated_by = str(context.get("initiated_by", ""))[:254]
     actor = Actor.for_agent(agent)
 
+    try:
+        return _submit(
+            agent=agent,
+            privilege=privilege,
+            task_id=task_id,
+            duration_seconds=duration_seconds,
+            intent=intent,
+            context=context,
+            parent_grant=parent_grant,
+            extension_of=extension_of,
+            initiated_by=initiated_by,
+            actor=actor,
+        )
+    except TooManyRequests as refusal:
+        # Its evidence commits on its own, after the rolled-back attempt.
+        flood_evidence(agent=agent, refusal=refusal, privilege_name=privilege.name, task_id=task_id)
+        raise
+
+
+def flood_evidence(*, agent: Agent, refusal: TooManyRequests, **data) -> None:
+    """A `request.throttled` event, at most so many per agent per minute (the flood it records
+    must not fill the log)."""
+    record_throttled(
+        bucket=f"flood:{agent.pk}",
+        per_minute=settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE,
+        actor=Actor.for_agent(agent),
+        verb="request.throttled",
+        agent_id=agent.pk,
+        data={
+            **data,
+            "message": refusal.message,
+            "cap": settings.CUSTODY_MAX_PENDING_PER_AGENT,
+            "retry_after": refusal.retry_after,
+        },
+    )
+
+
+def _pending_cap_check(agent: Agent) -> None:
+    """Flood control: refuse a request that would leave `agent` with more than
+    CUSTODY_MAX_PENDING_PER_AGENT requests waiting for people. Exact under concurrent submits:
+    on PostgreSQL the submitters of one agent that are about to add a pending request take
+    turns through a transaction-scoped advisory lock (after the agent's row lock, so the lock
+    order holds), and each counts, in a fresh READ COMMITTED snapshot, what those before it
+    committed."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_PENDING_CAP_LOCK, agent.pk])
+    cap = settings.CUSTODY_MAX_PENDING_PER_AGENT
+    now = timezone.now()
+    pending = AccessRequest.objects.filter(
+        agent=agent, status=Status.PENDING, decision_deadline__gt=now
+    )
+    count = pending.count()
+    if count < cap:
+        return
+    earliest = pending.order_by("decision_deadline").values_list("decision_deadline", flat=True)
+    first_deadline = earliest.first()
+    retry_after = int((first_deadline - now).total_seconds()) + 1 if first_deadline else 1
+    raise TooManyRequests(
+        f"Agent {agent.name} has {count} requests waiting for people; at most {cap} may be "
+        "pending at once. Wait for a decision, or cancel one, before asking again.",
+        code="too_many_pending_requests",
+        retry_after=retry_after,
+    )
+
+
+# The first key of the flood-control advisory lock (the second is the agent's id).
+_PENDING_CAP_LOCK = 0x43555354  # "CUST"
+
+
+def _submit(
+    *,
+    agent: Agent,
+    privilege: Privilege,
+    task_id: str,
+    duration_seconds: int,
+    intent: dict,
+    context: dict,
+    parent_grant: Grant | None,
+    extension_of: Grant | None,
+    initiated_by: str,
+    actor: Actor,
+) -> SubmitResult:
     with transaction.atomic(), deferred_evidence():
         # Lock order step 1, first thing: the agent (and its delegation chain). A suspension
         # either committed before (its status is read again here) or waits for this request and
@@ -102,6 +187,8 @@ def access_request_submit(
             privilege=privilege,
             duration_seconds=duration_seconds,
         )
+        if outcome.outcome == "request":
+            _pending_cap_check(agent)  # people would decide: one more in the agent's queue
         now = timezone.now()
         deadline_seconds = privilege.decision_deadline_seconds
         access_request = AccessRequest.objects.create(
