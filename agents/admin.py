@@ -32,10 +32,19 @@ class ReviewOverdueFilter(admin.SimpleListFilter):
         return queryset
 
 
+def _clean_sponsor(sponsor):
+    refusal = services.sponsor_refusal(sponsor)
+    if refusal is not None:
+        raise ValidationError(refusal)
+    return sponsor
+
+
 class ReassignSponsorForm(forms.Form):
-    sponsor = forms.ModelChoiceField(
-        queryset=get_user_model().objects.filter(is_active=True).order_by("username")
-    )
+    # Every person is listed, so choosing an inactive one is refused with the reason.
+    sponsor = forms.ModelChoiceField(queryset=get_user_model().objects.order_by("username"))
+
+    def clean_sponsor(self):
+        return _clean_sponsor(self.cleaned_data["sponsor"])
 
 
 class BackupApproverForm(forms.Form):
@@ -74,6 +83,15 @@ class AgentForm(forms.ModelForm):
     def clean_introspection_audiences(self):
         return self._kept("introspection_audiences")
 
+    def clean(self):
+        cleaned = super().clean()
+        spiffe_id = cleaned.get("spiffe_id")
+        if self.instance.pk is None and spiffe_id:  # identity is fixed once registered
+            refusal = services.trust_domain_refusal(spiffe_id, cleaned.get("oidc_trust_domain"))
+            if refusal is not None:
+                self.add_error("spiffe_id", refusal)
+        return cleaned
+
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
@@ -96,7 +114,11 @@ class AgentAdmin(admin.ModelAdmin):
     list_select_related = ["sponsor", "team"]
     readonly_fields = ["status", "status_changed_at", "last_seen_at", "created_at", "approvers"]
     autocomplete_fields = []
-    actions = ["suspend_agents", "reactivate_agents", "reassign_sponsor"]
+    actions = ["suspend_agents", "reactivate_agents", "retire_agents", "reassign_sponsor"]
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Agents are retired, never deleted: their identity and audit trail stay.
+        return False
 
     def get_readonly_fields(self, request, obj=None):
         # Identity is fixed once registered: a new SPIFFE ID (or OIDC subject) is a new agent.
@@ -137,6 +159,7 @@ class AgentAdmin(admin.ModelAdmin):
                 sponsor = self.cleaned_data["sponsor"]
                 if obj is not None and sponsor.pk == obj.sponsor_id:
                     return sponsor
+                _clean_sponsor(sponsor)
                 refusal = services.approval_rights_refusal(by=request.user, user=sponsor)
                 if refusal is not None and refusal.code == "self_grant":
                     services.approvers_change_refused(
@@ -263,6 +286,13 @@ class AgentAdmin(admin.ModelAdmin):
     @admin.action(description="Reactivate selected agents", permissions=["change"])
     def reactivate_agents(self, request, queryset):
         self._each(request, queryset, services.agent_reactivate, "reactivated")
+
+    @admin.action(
+        description="Retire selected agents (for good: ends their grants)",
+        permissions=["change"],
+    )
+    def retire_agents(self, request, queryset):
+        self._each(request, queryset, services.agent_retire, "retired")
 
     @admin.action(
         description="Reassign sponsor of selected agents", permissions=["manage_approvers"]

@@ -25,10 +25,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
-from agents.models import Agent, BackupApprover
+from agents.models import Agent, BackupApprover, TrustDomain
 from agents.signals import agent_deactivated
+from agents.spiffe import parse_spiffe_id
 from audit.services import Actor, deferred_evidence, record
-from core.errors import Conflict, Forbidden, NotFound
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 SPONSOR_PERMISSIONS = ("agents.view_agent", "agents.approve_for_agent", "agents.manage_agent")
 TEAM_PERMISSIONS = ("agents.view_agent",)
@@ -39,6 +40,41 @@ LAST_SEEN_GRANULARITY = timedelta(seconds=60)
 
 def _lock(agent: Agent) -> Agent:
     return Agent.objects.select_for_update(no_key=True).get(pk=agent.pk)
+
+
+def sponsor_refusal(sponsor) -> str | None:
+    """Why this person cannot sponsor an agent (the sponsor approves its requests), or None."""
+    if sponsor is None or not getattr(sponsor, "is_authenticated", False) or sponsor.pk is None:
+        return "An agent's sponsor is a registered person, not an anonymous visitor."
+    if not sponsor.is_active:
+        return (
+            f"{sponsor.get_username()} is inactive and cannot sign in, so cannot sponsor "
+            "(and approve for) an agent."
+        )
+    return None
+
+
+def trust_domain_refusal(spiffe_id: str, oidc_trust_domain: TrustDomain | None = None):
+    """Why this identity names no trust Custody has registered, or None. An agent that logs in
+    with an OIDC token is vouched for by its (enabled) OIDC issuer; any other by the registered,
+    enabled SPIFFE trust domain its SPIFFE ID names."""
+    if oidc_trust_domain is not None:
+        if not oidc_trust_domain.enabled:
+            return f"The trust domain {oidc_trust_domain.name} is disabled."
+        return None
+    try:
+        name = parse_spiffe_id(spiffe_id).trust_domain
+    except ValidationError:
+        return None  # the SPIFFE ID's own validator says what is wrong with it
+    domain = TrustDomain.objects.filter(name=name, kind=TrustDomain.Kind.SPIFFE).first()
+    if domain is None:
+        return (
+            f"The trust domain {name} is not registered: register it under Trust domains "
+            "before its agents."
+        )
+    if not domain.enabled:
+        return f"The trust domain {name} is disabled."
+    return None
 
 
 def agent_register(
@@ -56,6 +92,9 @@ def agent_register(
     kind: str = Agent.Kind.AGENT,
     introspection_audiences: list[str] | None = None,
 ) -> Agent:
+    refusal = sponsor_refusal(sponsor)
+    if refusal is not None:
+        raise InvalidInput(refusal, code="inactive_sponsor", fields={"sponsor": [refusal]})
     agent = Agent(
         spiffe_id=spiffe_id,
         name=name,
@@ -70,6 +109,9 @@ def agent_register(
         introspection_audiences=introspection_audiences or [],
     )
     agent.full_clean()
+    refusal = trust_domain_refusal(spiffe_id, oidc_trust_domain)
+    if refusal is not None:
+        raise InvalidInput(refusal, code="unknown_trust_domain", fields={"spiffe_id": [refusal]})
     with transaction.atomic():
         try:
             with transaction.atomic():
@@ -103,6 +145,9 @@ def agent_reassign_sponsor(*, agent: Agent, sponsor, actor: Actor) -> Agent:
     """The new sponsor becomes accountable and gains the sponsor's object permissions, the right
     to approve among them; the event says whose approval rights moved. Nobody makes themselves
     the sponsor (callers check the 'manage approvers' permission of the person acting)."""
+    refusal = sponsor_refusal(sponsor)
+    if refusal is not None:
+        raise Conflict(refusal, code="inactive_sponsor")
     if (
         actor.type == "user"
         and actor.id == sponsor.get_username()

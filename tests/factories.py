@@ -69,7 +69,10 @@ class AgentFactory(factory.django.DjangoModelFactory):
     @classmethod
     def _create(cls, model_class, *args, status=None, **kwargs):
         from agents.services import agent_retire, agent_suspend
+        from agents.spiffe import parse_spiffe_id
 
+        if kwargs.get("oidc_trust_domain") is None:  # its SPIFFE trust domain is registered
+            TrustDomainFactory(name=parse_spiffe_id(kwargs["spiffe_id"]).trust_domain)
         agent = agent_register(actor=Actor.system("factory"), **kwargs)
         if status == Agent.Status.SUSPENDED:
             agent = agent_suspend(agent=agent, actor=Actor.system("factory"))

@@ -11,7 +11,7 @@ from agents.models import Agent
 from agents.services import agent_retire
 from audit.models import AuditEvent
 from audit.services import Actor
-from tests.factories import AgentFactory, GroupFactory, UserFactory
+from tests.factories import AgentFactory, GroupFactory, TrustDomainFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -111,6 +111,7 @@ def test_it_filters_by_status_team_and_overdue_review(admin_client, fleet):
 
 
 def test_it_registers_an_agent_added_in_admin_through_the_service(admin_client, sponsor, team):
+    TrustDomainFactory(name="example.test")
     response = admin_client.post(
         ADD,
         {
@@ -333,3 +334,92 @@ def test_registering_a_resource_server_in_admin_is_audited(admin_client, fleet, 
     invoice.refresh_from_db()
     assert (invoice.name, invoice.kind) == ("Gateway", "resource_server")
     assert invoice.introspection_audiences == ["payments-db"]
+
+
+def add_form(sponsor, team, **changes):
+    return {
+        "spiffe_id": "spiffe://example.test/agents/new-bot",
+        "name": "New bot",
+        "sponsor": sponsor.pk,
+        "team": team.pk,
+        "max_delegation_depth": 3,
+        **changes,
+    }
+
+
+def test_the_add_form_refuses_a_spiffe_id_of_an_unregistered_trust_domain(
+    admin_client, sponsor, team
+):
+    TrustDomainFactory(name="example.test")
+    events_before = AuditEvent.objects.count()
+    response = admin_client.post(
+        ADD, add_form(sponsor, team, spiffe_id="spiffe://unknown.example/agents/bot")
+    )
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["spiffe_id"]
+    assert "The trust domain unknown.example is not registered" in errors[0]
+    assert not Agent.objects.exists()
+    assert AuditEvent.objects.count() == events_before
+
+
+def test_the_add_form_refuses_an_inactive_sponsor(admin_client, team):
+    TrustDomainFactory(name="example.test")
+    gone = UserFactory(username="gone", is_active=False)
+    response = admin_client.post(ADD, add_form(gone, team))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["sponsor"]
+    assert "gone is inactive" in errors[0]
+    assert not Agent.objects.exists()
+
+
+def test_the_change_form_refuses_an_inactive_sponsor(admin_client, fleet, sponsor, team):
+    invoice = fleet["invoice"]
+    gone = UserFactory(username="gone", is_active=False)
+    response = admin_client.post(
+        f"{CHANGELIST}{invoice.pk}/change/",
+        {
+            "name": invoice.name,
+            "sponsor": gone.pk,
+            "team": team.pk,
+            "max_delegation_depth": 3,
+            "review_due": invoice.review_due.isoformat(),
+        },
+    )
+    assert response.status_code == 200
+    assert "gone is inactive" in response.context["adminform"].form.errors["sponsor"][0]
+    invoice.refresh_from_db()
+    assert invoice.sponsor == sponsor
+    assert verbs_for(invoice) == ["agent.registered"]
+
+
+def test_the_reassign_action_refuses_an_inactive_sponsor(admin_client, fleet, sponsor):
+    gone = UserFactory(username="gone", is_active=False)
+    response = act(
+        admin_client, "reassign_sponsor", [fleet["invoice"]], apply="Reassign", sponsor=gone.pk
+    )
+    assert response.status_code == 200
+    assert "gone is inactive" in response.context["form"].errors["sponsor"][0]
+    fleet["invoice"].refresh_from_db()
+    assert fleet["invoice"].sponsor == sponsor
+    assert verbs_for(fleet["invoice"]) == ["agent.registered"]
+
+
+def test_agents_are_never_deleted_in_admin(admin_client, fleet):
+    invoice = fleet["invoice"]
+    assert admin_client.get(f"{CHANGELIST}{invoice.pk}/delete/").status_code == 403
+    response = admin_client.get(CHANGELIST)
+    actions = dict(response.context["action_form"].fields["action"].choices)
+    assert "delete_selected" not in actions and "retire_agents" in actions
+    refused = act(admin_client, "delete_selected", [invoice], post="yes")
+    assert Agent.objects.filter(pk=invoice.pk).exists(), refused.status_code
+
+
+def test_it_retires_selected_agents_with_an_audited_bulk_action(admin_client, fleet):
+    chosen = [fleet["invoice"], fleet["refund"]]
+    response = act(admin_client, "retire_agents", chosen)
+    assert response.status_code == 302
+    for agent in chosen:
+        agent.refresh_from_db()
+        assert agent.status == Agent.Status.RETIRED
+        assert verbs_for(agent)[-1] == "agent.retired"
+    assert fleet["research"].status == Agent.Status.ACTIVE

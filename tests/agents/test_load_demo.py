@@ -6,7 +6,11 @@ from agents.models import Agent
 pytestmark = pytest.mark.django_db
 
 
-def test_load_demo_registers_a_resource_server_that_may_introspect_payments_tokens():
+def test_load_demo_registers_a_resource_server_that_may_introspect_payments_tokens(
+    settings, tmp_path
+):
+    settings.DEBUG = True  # the demo's agents belong to the development trust domain
+    settings.CUSTODY_DEV_KEY_FILE = tmp_path / "dev_trust_domain_key.pem"
     call_command("load_demo", force=True)
     call_command("load_demo", force=True)  # idempotent
     gateway = Agent.objects.get(kind=Agent.Kind.RESOURCE_SERVER)

@@ -3,6 +3,7 @@ its audit event."""
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
 from guardian.shortcuts import get_perms, get_user_perms
 
@@ -14,10 +15,11 @@ from agents.services import (
     agent_retire,
     agent_suspend,
 )
+from agents.spiffe import parse_spiffe_id
 from audit.models import AuditEvent
 from audit.services import Actor, verify_chain
-from core.errors import Conflict
-from tests.factories import AgentFactory, UserFactory
+from core.errors import Conflict, InvalidInput
+from tests.factories import AgentFactory, TrustDomainFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -47,6 +49,11 @@ def team_member(db, team):
     user = UserFactory(username="operator")
     user.groups.add(team)
     return user
+
+
+@pytest.fixture(autouse=True)
+def example_trust_domain(db):
+    return TrustDomainFactory(name="example.test")
 
 
 @pytest.fixture
@@ -230,6 +237,7 @@ def test_it_refuses_an_invalid_spiffe_id(spiffe_id, sponsor, team, admin_actor):
     ],
 )
 def test_it_accepts_a_valid_spiffe_id(spiffe_id, sponsor, team, admin_actor):
+    TrustDomainFactory(name=parse_spiffe_id(spiffe_id).trust_domain)
     agent = agent_register(
         spiffe_id=spiffe_id, name="Good", sponsor=sponsor, team=team, actor=admin_actor
     )
@@ -278,3 +286,87 @@ def test_it_keeps_the_delegation_depth_and_oidc_binding_given_at_registration(
     agent.refresh_from_db()
     assert (agent.max_delegation_depth, agent.oidc_subject) == (1, "repo:acme/payments")
     assert agent.oidc_trust_domain == issuer
+
+
+@pytest.mark.parametrize("who", ["inactive", "anonymous"])
+def test_it_refuses_to_register_an_agent_whose_sponsor_cannot_sign_in(team, admin_actor, who):
+    sponsor = UserFactory(username="gone", is_active=False) if who == "inactive" else None
+    sponsor = sponsor or AnonymousUser()
+    events_before = AuditEvent.objects.count()
+    with pytest.raises(InvalidInput) as refused:
+        agent_register(
+            spiffe_id="spiffe://example.test/agents/orphan-bot",
+            name="Orphan bot",
+            sponsor=sponsor,
+            team=team,
+            actor=admin_actor,
+        )
+    assert refused.value.code == "inactive_sponsor"
+    assert ("gone is inactive" if who == "inactive" else "anonymous") in refused.value.message
+    assert not Agent.objects.exists()
+    assert AuditEvent.objects.count() == events_before
+
+
+def test_it_refuses_to_reassign_an_agent_to_an_inactive_sponsor(registered, sponsor, admin_actor):
+    gone = UserFactory(username="gone", is_active=False)
+    with pytest.raises(Conflict, match="gone is inactive") as refused:
+        agent_reassign_sponsor(agent=registered, sponsor=gone, actor=admin_actor)
+    assert refused.value.code == "inactive_sponsor"
+    registered.refresh_from_db()
+    assert registered.sponsor == sponsor
+    assert get_user_perms(gone, registered).count() == 0
+    assert agent_verbs(registered) == ["agent.registered"]
+
+
+def test_it_refuses_an_agent_of_an_unregistered_trust_domain(sponsor, team, admin_actor):
+    with pytest.raises(InvalidInput, match="trust domain unknown.example is not registered") as e:
+        agent_register(
+            spiffe_id="spiffe://unknown.example/agents/bot",
+            name="Stray bot",
+            sponsor=sponsor,
+            team=team,
+            actor=admin_actor,
+        )
+    assert e.value.code == "unknown_trust_domain" and "spiffe_id" in e.value.fields
+    assert not Agent.objects.exists()
+
+
+def test_it_refuses_an_agent_of_a_disabled_trust_domain(sponsor, team, admin_actor):
+    TrustDomainFactory(name="old.example", enabled=False)
+    with pytest.raises(InvalidInput, match="trust domain old.example is disabled"):
+        agent_register(
+            spiffe_id="spiffe://old.example/agents/bot",
+            name="Old bot",
+            sponsor=sponsor,
+            team=team,
+            actor=admin_actor,
+        )
+    assert not Agent.objects.exists()
+
+
+def test_an_oidc_agent_is_vouched_for_by_its_enabled_issuer(sponsor, team, admin_actor):
+    issuer = TrustDomainFactory(
+        name="gh", kind="oidc", issuer="https://token.gh.example", jwks={"keys": []}
+    )
+    agent = agent_register(
+        spiffe_id="spiffe://ci.unregistered.example/agents/deploy",
+        name="Deploy bot",
+        sponsor=sponsor,
+        team=team,
+        actor=admin_actor,
+        oidc_trust_domain=issuer,
+        oidc_subject="repo:acme/deploy",
+    )
+    assert agent.oidc_trust_domain == issuer
+    issuer.enabled = False
+    issuer.save()
+    with pytest.raises(InvalidInput, match="trust domain gh is disabled"):
+        agent_register(
+            spiffe_id="spiffe://ci.unregistered.example/agents/other",
+            name="Other bot",
+            sponsor=sponsor,
+            team=team,
+            actor=admin_actor,
+            oidc_trust_domain=issuer,
+            oidc_subject="repo:acme/other",
+        )

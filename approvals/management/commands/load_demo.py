@@ -9,7 +9,7 @@ from django.db import transaction
 
 from agents.dev_identity import ensure_dev_trust_domain
 from agents.models import Agent, SponsorProfile, TeamProfile
-from agents.services import agent_register
+from agents.services import agent_register, trust_domain_refusal
 from approvals.models import Privilege
 from approvals.services import privilege_save
 from audit.services import Actor
@@ -91,6 +91,10 @@ class Command(BaseCommand):
             ]
             for path, name, sponsor, team_name, kind, audiences in workloads:
                 spiffe_id = demo_spiffe_id(path)
+                refusal = trust_domain_refusal(spiffe_id)
+                if refusal is not None:  # DEBUG off: the dev trust domain is never registered
+                    self.stdout.write(f"Skipped {name}: {refusal}")
+                    continue
                 if not Agent.objects.filter(spiffe_id=spiffe_id).exists():
                     agent_register(
                         spiffe_id=spiffe_id,
