@@ -1,19 +1,16 @@
 import base64
 import hashlib
 import hmac
-import http.server
 import json
-import threading
 import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from agents.models import Agent
 from agents.services import agent_retire, agent_suspend
 from audit.models import AuditEvent
 from audit.services import Actor
-from tests.factories import AgentFactory, TrustDomainFactory
+from tests.factories import AgentFactory
 from tests.identity import SigningIdentity
 
 ME = "/api/v1/agents/me"
@@ -198,51 +195,6 @@ def test_it_rate_limits_audited_rejections(api, agent, settings):
 
 
 # --- OIDC issuers, with their JWKS fetched over HTTP and cached --------------------------------
-
-
-@pytest.fixture
-def jwks_server():
-    served = {"document": {"keys": []}, "hits": 0}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            served["hits"] += 1
-            body = json.dumps(served["document"]).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    served["url"] = f"http://127.0.0.1:{server.server_port}/jwks.json"
-    yield served
-    server.shutdown()
-
-
-@pytest.fixture
-def oidc_agent(db, sponsor, team, jwks_server):
-    issuer_key = SigningIdentity("RS256")
-    jwks_server["document"] = issuer_key.jwks
-    domain = TrustDomainFactory(
-        name="ci-oidc",
-        kind="oidc",
-        issuer="https://token.ci.example",
-        jwks=None,
-        jwks_url=jwks_server["url"],
-    )
-    agent = AgentFactory(
-        spiffe_id="spiffe://example.test/agents/ci-bot", sponsor=sponsor, team=team
-    )
-    Agent.objects.filter(pk=agent.pk).update(
-        oidc_trust_domain=domain, oidc_subject="repo:acme/payments:ref:main"
-    )
-    return issuer_key
 
 
 def test_it_authenticates_an_oidc_token_with_a_fetched_and_cached_jwks(

@@ -1,20 +1,14 @@
 """The shared cache (Redis) is an optimisation: with it down, agents still authenticate, a
 refused login is still a 401 and still audited (within its budget), never a 500."""
 
-import http.server
-import json
-import threading
-
 import pytest
 import redis
 from django.core.cache import cache
 from django.test import override_settings
 
 from agents import jwks
-from agents.models import Agent
 from audit import services as audit_services
 from audit.models import AuditEvent
-from tests.factories import AgentFactory, TrustDomainFactory
 from tests.identity import SigningIdentity
 from tests.workers import free_port
 
@@ -37,58 +31,13 @@ def cache_down():
         audit_services._process_budget.clear()
 
 
-@pytest.fixture
-def jwks_server():
-    served = {"document": {"keys": []}, "hits": 0}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            served["hits"] += 1
-            body = json.dumps(served["document"]).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    served["url"] = f"http://127.0.0.1:{server.server_port}/jwks.json"
-    yield served
-    server.shutdown()
-
-
-@pytest.fixture
-def oidc_issuer(db, sponsor, team, jwks_server):
-    """A CI system's OIDC issuer whose keys Custody fetches by URL (and caches)."""
-    issuer_key = SigningIdentity("RS256")
-    jwks_server["document"] = issuer_key.jwks
-    domain = TrustDomainFactory(
-        name="ci-oidc",
-        kind="oidc",
-        issuer="https://token.ci.example",
-        jwks=None,
-        jwks_url=jwks_server["url"],
-    )
-    agent = AgentFactory(
-        spiffe_id="spiffe://example.test/agents/ci-bot", sponsor=sponsor, team=team
-    )
-    Agent.objects.filter(pk=agent.pk).update(
-        oidc_trust_domain=domain, oidc_subject="repo:acme/payments:ref:main"
-    )
-    return issuer_key
-
-
 def get_me(api, token):
     return api.get(ME, HTTP_AUTHORIZATION=f"Bearer {token}")
 
 
-def test_an_agent_whose_keys_are_fetched_by_url_authenticates(api, oidc_issuer, jwks_server):
+def test_an_agent_whose_keys_are_fetched_by_url_authenticates(api, oidc_agent, jwks_server):
     for _ in range(3):
-        token = oidc_issuer.mint("repo:acme/payments:ref:main", iss="https://token.ci.example")
+        token = oidc_agent.mint("repo:acme/payments:ref:main", iss="https://token.ci.example")
         response = get_me(api, token)
         assert response.status_code == 200, response.content
         assert response.json()["spiffe_id"] == "spiffe://example.test/agents/ci-bot"
