@@ -95,7 +95,7 @@ def delegation_exchange(
         )
         raise
     except TooManyRequests as refusal:
-        # The evidence written inside the rolled-back delegation is gone: write it again.
+        # Written here, once, after the delegation's transaction rolled back.
         flood_evidence(
             agent=sub_agent, refusal=refusal, privilege_name=scope, delegated_by=caller.spiffe_id
         )
@@ -254,6 +254,7 @@ def _delegation_submit(
             intent=intent,
             context=context,
             parent_grant=parent,
+            flood_evidence_here=False,  # recorded below, after this transaction rolls back
         )
         access_request = result.access_request
         record(

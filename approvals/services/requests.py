@@ -58,9 +58,11 @@ def access_request_submit(
     context: dict | None = None,
     parent_grant: Grant | None = None,
     extension_of: Grant | None = None,
+    flood_evidence_here: bool = True,
 ) -> SubmitResult:
     """An agent asks for a privilege; policy decides at once whether it is automatic,
-    needs people, or is denied."""
+    needs people, or is denied. A caller that runs this inside its own transaction (delegation)
+    passes `flood_evidence_here=False` and records a refusal itself, after its own rollback."""
     context = context or {}
     privilege = privilege_by_name(privilege_name)
     if duration_seconds > privilege.max_duration_seconds:
@@ -88,7 +90,10 @@ def access_request_submit(
         )
     except TooManyRequests as refusal:
         # Its evidence commits on its own, after the rolled-back attempt.
-        flood_evidence(agent=agent, refusal=refusal, privilege_name=privilege.name, task_id=task_id)
+        if flood_evidence_here:
+            flood_evidence(
+                agent=agent, refusal=refusal, privilege_name=privilege.name, task_id=task_id
+            )
         raise
 
 

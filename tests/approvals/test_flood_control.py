@@ -110,6 +110,26 @@ def test_a_delegation_counts_against_the_sub_agents_cap(agent_api, foreign_d, si
     assert event.data["delegated_by"] == "spiffe://example.test/agents/invoice-bot"
 
 
+def test_a_refused_delegation_spends_one_place_of_the_audit_budget(
+    agent_api,
+    foreign_d,  # noqa: F811
+    signer,
+    privileges,
+    settings,
+):
+    settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE = 2
+    d_api = client_for(signer, foreign_d)
+    for n in range(CAP):
+        assert submit(d_api, "payments-db:write", task_id=f"task-{n}").status_code == 201
+    token_a, _ = root_token(agent_api)
+
+    for _ in range(2):
+        refused = exchange(agent_api, token_a, signer.act(foreign_d.spiffe_id), as_json=True)
+        assert refused.status_code == 429, refused.content
+
+    assert AuditEvent.objects.filter(verb="request.throttled", agent_id=foreign_d.pk).count() == 2
+
+
 def test_throttled_events_are_budgeted_per_agent(agent_api, agent, privileges, settings):
     settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE = 2
     for n in range(CAP):
