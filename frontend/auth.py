@@ -1,7 +1,13 @@
 """People's sign-ins: a sign-in marks the session fresh (core/sessions.py, for step-up
-decisions), and the evidence and lockout page of password guessing, which django-axes throttles
-(see settings)."""
+decisions; a sign-in that passed the second factor marks that too), the evidence of second
+factors added and removed, and the evidence and lockout page of password guessing, which
+django-axes throttles (see settings)."""
 
+import time
+
+from allauth.account.authentication import get_authentication_records
+from allauth.mfa import signals as mfa_signals
+from allauth.mfa.models import Authenticator
 from axes.models import AccessAttempt
 from axes.signals import user_locked_out
 from django.conf import settings
@@ -9,16 +15,62 @@ from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.dispatch import receiver
 from django.shortcuts import render
 
-from audit.services import Actor, record_throttled
+from audit.services import Actor, record, record_throttled
 from core.client_ip import client_ip
 from core.sessions import mark_fresh_login
+
+
+SECOND_FACTORS = (Authenticator.Type.TOTP, Authenticator.Type.WEBAUTHN)
+
+
+def second_factors(user) -> set[str]:
+    """The kinds of second factor a person has set up: "totp", "webauthn" (recovery codes are
+    a way back in, not a factor of their own)."""
+    return set(
+        Authenticator.objects.filter(user_id=user.pk, type__in=SECOND_FACTORS).values_list(
+            "type", flat=True
+        )
+    )
+
+
+def _passed_second_factor(request, user) -> bool:
+    # allauth notes each step of the sign-in in the session; its second-factor stage runs
+    # just before the login itself, so a step older than a few minutes is not this sign-in's.
+    recent = time.time() - 300
+    return any(
+        step.get("method") == "mfa" and step.get("at", 0) >= recent
+        for step in get_authentication_records(request, user)
+    )
 
 
 @receiver(user_logged_in)
 def remember_login_time(sender, request, user, **kwargs):
     if request is not None and hasattr(request, "session"):
-        mark_fresh_login(request)
+        mark_fresh_login(request, second_factor=_passed_second_factor(request, user))
     forget_failures(user.get_username())
+
+
+def _audit_factor(verb: str, user, authenticator) -> None:
+    record(
+        actor=Actor.for_user(user),
+        verb=verb,
+        data={"person": user.get_username(), "factor": authenticator.type},
+    )
+
+
+@receiver(mfa_signals.authenticator_added)
+def audit_factor_added(sender, request, user, authenticator, **kwargs):
+    _audit_factor("person.factor_added", user, authenticator)
+
+
+@receiver(mfa_signals.authenticator_removed)
+def audit_factor_removed(sender, request, user, authenticator, **kwargs):
+    _audit_factor("person.factor_removed", user, authenticator)
+
+
+@receiver(mfa_signals.authenticator_reset)
+def audit_factor_reset(sender, request, user, authenticator, **kwargs):
+    _audit_factor("person.factor_reset", user, authenticator)
 
 
 def forget_failures(username: str) -> None:

@@ -1,14 +1,15 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import views
+from frontend import views, views_signin
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("inbox/", views.inbox, name="inbox"),
     path("requests/<int:request_id>/", views.request_detail, name="request"),
     path("requests/<int:request_id>/decide/", views.request_decide, name="request-decide"),
-    path("step-up/", views.step_up, name="step-up"),
+    path("step-up/", views_signin.step_up, name="step-up"),
+    path("account/security/", views_signin.security, name="security"),
     path("grants/", views.grants, name="grants"),
     path("grants/<int:grant_id>/revoke/", views.grant_revoke, name="grant-revoke"),
     path("agents/", views.agents, name="agents"),
@@ -27,6 +28,7 @@ urlpatterns = [
     path("agents/<int:agent_id>/reactivate/", views.agent_reactivate, name="agent-reactivate"),
     path("audit/", views.audit, name="audit"),
     path("audit/verify/", views.audit_verify, name="audit-verify"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    # allauth's sign-in: the password, then the second factor when the person has one.
+    path("login/", views_signin.SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

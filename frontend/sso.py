@@ -1,0 +1,149 @@
+"""Who a single sign-on login is, in Custody (django-allauth's adapters).
+
+The rule a security team expects (README, "Sign-in"):
+- an SSO identity explicitly linked to a person (from their Security page, while signed in) signs
+  in as that person;
+- otherwise the provider's *verified* email must name exactly one active person, who is then
+  linked (evidence: `person.sso_linked`); staff and superusers are never linked by email — an
+  admin links explicitly, so a mistake at the provider cannot hand anyone the admin;
+- anyone else is refused with a sentence, unless CUSTODY_SSO_AUTO_SIGNUP is on: then a person is
+  created with no rights at all (not staff, no groups, no permissions, no password), which means
+  they approve nothing until an admin makes them a sponsor or backup approver
+  (evidence: `person.created`).
+Nobody signs up with a password; the local password sign-in stays for people who have one.
+"""
+
+from __future__ import annotations
+
+from allauth.account.adapter import DefaultAccountAdapter
+from allauth.account.forms import LoginForm as AllauthLoginForm
+from allauth.core.exceptions import ImmediateHttpResponse
+from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
+from allauth.socialaccount.models import SocialLogin
+from allauth.socialaccount.signals import social_account_added, social_account_removed
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.dispatch import receiver
+from django.shortcuts import render
+
+from audit.services import Actor, record
+
+
+class LoginForm(AllauthLoginForm):
+    """allauth's sign-in form, reading the field the sign-in page has always had: `username`."""
+
+    def __init__(self, *args, **kwargs):
+        data = kwargs.get("data")
+        if data is not None and "login" not in data and "username" in data:
+            data = data.copy()
+            data["login"] = data["username"]
+            kwargs["data"] = data
+        super().__init__(*args, **kwargs)
+
+
+class AccountAdapter(DefaultAccountAdapter):
+    def is_open_for_signup(self, request) -> bool:
+        return False  # accounts come from admins (or SSO, see SocialAccountAdapter)
+
+
+def _refuse(request, message: str):
+    raise ImmediateHttpResponse(
+        render(request, "registration/sso_refused.html", {"message": message}, status=403)
+    )
+
+
+def _verified_email(sociallogin: SocialLogin) -> str:
+    for address in sociallogin.email_addresses:
+        if address.verified and address.email:
+            return address.email.strip()
+    return ""
+
+
+class SocialAccountAdapter(DefaultSocialAccountAdapter):
+    def pre_social_login(self, request, sociallogin: SocialLogin) -> None:
+        if sociallogin.is_existing or sociallogin.state.get("process") == "connect":
+            return  # an explicit link, or a signed-in person making one
+        email = _verified_email(sociallogin)
+        if not email:
+            _refuse(
+                request,
+                "Your sign-in provider did not confirm your email address, so Custody cannot "
+                "tell who you are. Ask your identity team, or sign in with your password and "
+                "link single sign-on from your Security page.",
+            )
+        people = list(get_user_model().objects.filter(email__iexact=email, is_active=True)[:2])
+        if len(people) > 1:
+            _refuse(
+                request,
+                f"More than one Custody account has the email {email}; an admin must link "
+                "yours explicitly.",
+            )
+        if people:
+            person = people[0]
+            if person.is_staff or person.is_superuser:
+                _refuse(
+                    request,
+                    "Admin accounts are never matched by email. Sign in with your password "
+                    "and link single sign-on from your Security page.",
+                )
+            with transaction.atomic():
+                # Not sociallogin.connect(): its signal means an explicit link (audited below).
+                sociallogin.user = person
+                sociallogin.save(request, connect=True)
+                record(
+                    actor=Actor.for_user(person),
+                    verb="person.sso_linked",
+                    data={"how": "verified_email", **_identity(sociallogin)},
+                )
+            return
+        if not settings.CUSTODY_SSO_AUTO_SIGNUP:
+            _refuse(
+                request,
+                f"There is no Custody account for {email}. Ask a Custody admin to create one.",
+            )
+
+    def is_open_for_signup(self, request, sociallogin) -> bool:
+        return settings.CUSTODY_SSO_AUTO_SIGNUP
+
+    def save_user(self, request, sociallogin, form=None):
+        with transaction.atomic():
+            user = super().save_user(request, sociallogin, form)
+            # Whatever the provider sent, a new person starts with no rights at all.
+            user.is_staff = user.is_superuser = False
+            user.set_unusable_password()
+            user.save(update_fields=["is_staff", "is_superuser", "password"])
+            record(
+                actor=Actor.for_user(user),
+                verb="person.created",
+                data={"how": "sso_auto_signup", "username": user.get_username(),
+                      **_identity(sociallogin)},
+            )
+        return user
+
+
+def _identity(sociallogin: SocialLogin) -> dict:
+    account = sociallogin.account
+    return {
+        "provider": account.provider,
+        "subject": account.uid,
+        "email": _verified_email(sociallogin),
+    }
+
+
+@receiver(social_account_added)
+def audit_explicit_link(sender, request, sociallogin, **kwargs):
+    record(
+        actor=Actor.for_user(sociallogin.user),
+        verb="person.sso_linked",
+        data={"how": "explicit", **_identity(sociallogin)},
+    )
+
+
+@receiver(social_account_removed)
+def audit_unlink(sender, request, socialaccount, **kwargs):
+    record(
+        actor=Actor.for_user(socialaccount.user),
+        verb="person.sso_unlinked",
+        data={"provider": socialaccount.provider, "subject": socialaccount.uid},
+    )
