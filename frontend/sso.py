@@ -28,6 +28,7 @@ from django.dispatch import receiver
 from django.shortcuts import render
 
 from audit.services import Actor, record
+from core.client_ip import client_ip
 
 
 class LoginForm(AllauthLoginForm):
@@ -45,6 +46,10 @@ class LoginForm(AllauthLoginForm):
 class AccountAdapter(DefaultAccountAdapter):
     def is_open_for_signup(self, request) -> bool:
         return False  # accounts come from admins (or SSO, see SocialAccountAdapter)
+
+    def get_client_ip(self, request) -> str:
+        # The one notion of the client's address (TRUSTED_PROXIES), as axes and the audit use.
+        return client_ip(request) or "unknown"
 
 
 def _refuse(request, message: str):

@@ -51,7 +51,11 @@ class SignInView(LoginView):
     template_name = "registration/login.html"
 
     def get_context_data(self, **kwargs):
-        return {**super().get_context_data(**kwargs), "sso": sso_provider()}
+        context = super().get_context_data(**kwargs)
+        form = context.get("form")
+        refusals = form.errors.as_data().get("__all__", []) if form is not None else []
+        context["mismatch"] = any(e.code == "username_password_mismatch" for e in refusals)
+        return {**context, "sso": sso_provider()}
 
 
 @login_required
