@@ -173,7 +173,7 @@ ACCOUNT_FORMS = {"login": "frontend.sso.LoginForm"}
 ACCOUNT_LOGIN_METHODS = {"username"}
 ACCOUNT_SIGNUP_FIELDS = ["username*", "email", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = "none"
-ACCOUNT_SESSION_REMEMBER = None  # the session ends with SESSION_COOKIE_AGE, as before
+ACCOUNT_SESSION_REMEMBER = True  # the session ends with SESSION_COOKIE_AGE, as before
 ACCOUNT_LOGOUT_REDIRECT_URL = "/login/"
 # django-axes throttles passwords (below); allauth's own limit on failed sign-ins stays, set above
 # axes' so that axes answers first, because it also bounds guesses at second-factor codes.

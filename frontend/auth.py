@@ -6,19 +6,18 @@ django-axes throttles (see settings)."""
 import time
 
 from allauth.account.authentication import get_authentication_records
-from allauth.mfa import signals as mfa_signals
 from allauth.mfa.models import Authenticator
 from axes.models import AccessAttempt
 from axes.signals import user_locked_out
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in, user_login_failed
+from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.shortcuts import render
 
 from audit.services import Actor, record, record_throttled
 from core.client_ip import client_ip
 from core.sessions import mark_fresh_login
-
 
 SECOND_FACTORS = (Authenticator.Type.TOTP, Authenticator.Type.WEBAUTHN)
 
@@ -50,27 +49,26 @@ def remember_login_time(sender, request, user, **kwargs):
     forget_failures(user.get_username())
 
 
-def _audit_factor(verb: str, user, authenticator) -> None:
+# On the model rather than allauth's signals, which are sent after the commit: the evidence of
+# a second factor added or removed is written in the transaction that adds or removes it.
+@receiver(post_save, sender=Authenticator)
+def audit_factor_added(sender, instance, created, **kwargs):
+    if created:
+        _audit_factor("person.factor_added", instance)
+
+
+@receiver(post_delete, sender=Authenticator)
+def audit_factor_removed(sender, instance, **kwargs):
+    _audit_factor("person.factor_removed", instance)
+
+
+def _audit_factor(verb: str, authenticator) -> None:
+    person = authenticator.user
     record(
-        actor=Actor.for_user(user),
+        actor=Actor.for_user(person),
         verb=verb,
-        data={"person": user.get_username(), "factor": authenticator.type},
+        data={"person": person.get_username(), "factor": authenticator.type},
     )
-
-
-@receiver(mfa_signals.authenticator_added)
-def audit_factor_added(sender, request, user, authenticator, **kwargs):
-    _audit_factor("person.factor_added", user, authenticator)
-
-
-@receiver(mfa_signals.authenticator_removed)
-def audit_factor_removed(sender, request, user, authenticator, **kwargs):
-    _audit_factor("person.factor_removed", user, authenticator)
-
-
-@receiver(mfa_signals.authenticator_reset)
-def audit_factor_reset(sender, request, user, authenticator, **kwargs):
-    _audit_factor("person.factor_reset", user, authenticator)
 
 
 def forget_failures(username: str) -> None:

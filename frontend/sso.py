@@ -15,8 +15,13 @@ Nobody signs up with a password; the local password sign-in stays for people who
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from allauth.account import app_settings as account_settings
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.account.forms import LoginForm as AllauthLoginForm
+from allauth.account.internal.flows.reauthentication import get_reauthentication_flows
+from allauth.core import context
 from allauth.core.exceptions import ImmediateHttpResponse
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 from allauth.socialaccount.models import SocialLogin
@@ -26,9 +31,11 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.dispatch import receiver
 from django.shortcuts import render
+from django.utils import timezone
 
 from audit.services import Actor, record
 from core.client_ip import client_ip
+from core.sessions import authenticated_at
 
 
 class LoginForm(AllauthLoginForm):
@@ -46,6 +53,19 @@ class LoginForm(AllauthLoginForm):
 class AccountAdapter(DefaultAccountAdapter):
     def is_open_for_signup(self, request) -> bool:
         return False  # accounts come from admins (or SSO, see SocialAccountAdapter)
+
+    def is_reauthentication_required(self, *, app: str, **kwargs) -> bool:
+        """Adding or removing a second factor asks for a password or a factor again. Someone who
+        has neither (they sign in through SSO only) cannot be asked: a sign-in within the last
+        few minutes stands for it instead."""
+        if not super().is_reauthentication_required(app=app, **kwargs):
+            return False
+        request = context.request
+        if request is None or get_reauthentication_flows(request.user):
+            return True
+        signed_in_at = authenticated_at(request)
+        window = timedelta(seconds=account_settings.REAUTHENTICATION_TIMEOUT)
+        return signed_in_at is None or timezone.now() - signed_in_at > window
 
     def get_client_ip(self, request) -> str:
         # The one notion of the client's address (TRUSTED_PROXIES), as axes and the audit use.
@@ -121,8 +141,11 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
             record(
                 actor=Actor.for_user(user),
                 verb="person.created",
-                data={"how": "sso_auto_signup", "username": user.get_username(),
-                      **_identity(sociallogin)},
+                data={
+                    "how": "sso_auto_signup",
+                    "username": user.get_username(),
+                    **_identity(sociallogin),
+                },
             )
         return user
 

@@ -99,7 +99,12 @@ def step_up(request):
                 confirmed = True
             else:
                 error = "Your passkey was not accepted. Try again."
-        elif method == "password" and not factors and person.has_usable_password():
+        elif (
+            method == "password"
+            and not factors
+            and not must_use_factor
+            and (person.has_usable_password())
+        ):
             user = authenticate(
                 request, username=person.get_username(), password=request.POST.get("password", "")
             )
@@ -108,12 +113,12 @@ def step_up(request):
                 confirmed = False
             else:
                 error = "That password is not right."
+        elif factors:
+            error = "Confirm with your second factor."
+        elif must_use_factor:
+            error = "Set up a second factor first: critical approvals need one."
         else:
-            error = (
-                "Confirm with your second factor."
-                if factors
-                else "Confirming with a password is not possible for your account."
-            )
+            error = "Confirming with a password is not possible for your account."
         if confirmed is not None:
             mark_fresh_login(request, second_factor=confirmed)
             request.session.pop(PENDING_DECISION_KEY, None)

@@ -72,9 +72,7 @@ class OpenIDProvider:
         self.token_requests.append(form)
         client_id, secret = form.get("client_id"), form.get("client_secret")
         if authorization.startswith("Basic "):
-            client_id, _, secret = (
-                base64.b64decode(authorization[6:]).decode().partition(":")
-            )
+            client_id, _, secret = base64.b64decode(authorization[6:]).decode().partition(":")
         if (client_id, secret) != (self.client_id, self.client_secret):
             return 401, {"error": "invalid_client"}
         issued = self._codes.pop(form.get("code", ""), None)  # a code is good once
