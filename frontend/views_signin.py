@@ -103,7 +103,7 @@ def step_up(request):
             method == "password"
             and not factors
             and not must_use_factor
-            and (person.has_usable_password())
+            and person.has_usable_password()
         ):
             user = authenticate(
                 request, username=person.get_username(), password=request.POST.get("password", "")
