@@ -24,11 +24,11 @@ from allauth.account.internal.flows.reauthentication import get_reauthentication
 from allauth.core import context
 from allauth.core.exceptions import ImmediateHttpResponse
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
-from allauth.socialaccount.models import SocialLogin
+from allauth.socialaccount.models import SocialAccount, SocialLogin
 from allauth.socialaccount.signals import social_account_added, social_account_removed
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.dispatch import receiver
 from django.shortcuts import render
 from django.utils import timezone
@@ -72,10 +72,35 @@ class AccountAdapter(DefaultAccountAdapter):
         return client_ip(request) or "unknown"
 
 
-def _refuse(request, message: str):
+def _refuse(request, message: str, status: int = 403):
     raise ImmediateHttpResponse(
-        render(request, "registration/sso_refused.html", {"message": message}, status=403)
+        render(request, "registration/sso_refused.html", {"message": message}, status=status)
     )
+
+
+def _link(request, sociallogin: SocialLogin, person) -> None:
+    """Link this SSO identity to `person`, once: concurrent first sign-ins of the same person
+    serialize on the person's row (then the identity, the audit chain head last)."""
+    with transaction.atomic():
+        get_user_model().objects.select_for_update().filter(pk=person.pk).first()
+        account = sociallogin.account
+        existing = (
+            SocialAccount.objects.select_related("user")
+            .filter(provider=account.provider, uid=account.uid)
+            .first()
+        )
+        if existing is not None:  # linked by the sign-in that held the lock before us
+            sociallogin.account = existing
+            sociallogin.user = existing.user
+            return
+        # Not sociallogin.connect(): its signal means an explicit link (audited below).
+        sociallogin.user = person
+        sociallogin.save(request, connect=True)
+        record(
+            actor=Actor.for_user(person),
+            verb="person.sso_linked",
+            data={"how": "verified_email", **_identity(sociallogin)},
+        )
 
 
 def _verified_email(sociallogin: SocialLogin) -> str:
@@ -112,15 +137,7 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
                     "Admin accounts are never matched by email. Sign in with your password "
                     "and link single sign-on from your Security page.",
                 )
-            with transaction.atomic():
-                # Not sociallogin.connect(): its signal means an explicit link (audited below).
-                sociallogin.user = person
-                sociallogin.save(request, connect=True)
-                record(
-                    actor=Actor.for_user(person),
-                    verb="person.sso_linked",
-                    data={"how": "verified_email", **_identity(sociallogin)},
-                )
+            _link(request, sociallogin, person)
             return
         if not settings.CUSTODY_SSO_AUTO_SIGNUP:
             _refuse(
@@ -132,6 +149,13 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
         return settings.CUSTODY_SSO_AUTO_SIGNUP
 
     def save_user(self, request, sociallogin, form=None):
+        try:
+            return self._create_person(request, sociallogin, form)
+        except IntegrityError:
+            # The same identity signing up in another window at the same moment won the race.
+            _refuse(request, "You were being signed in twice at once. Sign in again.", status=409)
+
+    def _create_person(self, request, sociallogin, form):
         with transaction.atomic():
             user = super().save_user(request, sociallogin, form)
             # Whatever the provider sent, a new person starts with no rights at all.
