@@ -56,7 +56,11 @@ def session_of(page):
 
 
 def test_a_passkey_is_added_then_confirms_a_critical_approval(
-    open_page, settings, sponsor, pending, privileges
+    open_page,  # noqa: F811 (the fixture imported above)
+    settings,
+    sponsor,
+    pending,
+    privileges,
 ):
     settings.MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = True  # the live server speaks http://localhost
     settings.CUSTODY_CRITICAL_APPROVAL_REQUIRES_SECOND_FACTOR = True

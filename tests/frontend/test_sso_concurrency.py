@@ -24,7 +24,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 CALLERS = 4
 
 
-def race(provider, callers: int = CALLERS) -> tuple[Counter, list[str | None]]:
+def race(provider, callers: int = CALLERS) -> tuple[Counter, list[str | None]]:  # noqa: F811
     """Every caller goes to the provider first; then all callbacks are sent at once."""
     prepared = []
     for _ in range(callers):
