@@ -204,3 +204,22 @@ def test_a_code_is_good_once(web, sponsor, pending):
             client.post("/step-up/", {"method": "code", "code": totp_code(secret)}).status_code
             == 302
         )
+
+
+def test_the_decisions_api_holds_the_same_rule(sponsor, pending, settings):
+    from rest_framework.test import APIClient
+
+    settings.CUSTODY_CRITICAL_APPROVAL_REQUIRES_SECOND_FACTOR = True
+    secret = with_totp(sponsor)
+    access_request = pending("prod-cluster:admin")
+    client = APIClient()
+    client.force_login(sponsor)
+    url = f"/api/v1/requests/{access_request.pk}/decisions"
+
+    refused = client.post(url, {"verdict": "approve"}, format="json")
+
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "second_factor_required"
+    assert "second factor" in refused.json()["error"]["message"]
+    client.post("/step-up/", {"method": "code", "code": totp_code(secret)})
+    assert client.post(url, {"verdict": "approve"}, format="json").status_code == 201
