@@ -6,6 +6,7 @@ django-axes throttles (see settings)."""
 import time
 
 from allauth.account.authentication import get_authentication_records
+from allauth.mfa import signals as mfa_signals
 from allauth.mfa.models import Authenticator
 from axes.models import AccessAttempt
 from axes.signals import user_locked_out
@@ -114,6 +115,26 @@ def audit_lockout(sender, request, username, ip_address, **kwargs):
             "form": _sign_in_form(request),
             "failure_limit": settings.AXES_FAILURE_LIMIT,
             "cool_off_minutes": int(settings.AXES_COOLOFF_TIME.total_seconds() // 60),
+        },
+    )
+
+
+@receiver(mfa_signals.authentication_failed)
+def audit_failed_second_factor(sender, request, user, authenticator, reauthentication, **kwargs):
+    # A wrong authenticator code or passkey, at sign-in or step-up; allauth's rate limit
+    # (ACCOUNT_RATE_LIMITS "login_failed") bounds the guesses, this keeps the evidence.
+    address = (client_ip(request) if request is not None else None) or "unknown"
+    record_throttled(
+        bucket="login:failed",
+        per_minute=settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE,
+        actor=Actor.anonymous(address),
+        verb="login.failed",
+        data={
+            "username": user.get_username(),
+            "client_ip": address,
+            "form": "second-factor",
+            "factor": authenticator.type,
+            "step_up": bool(reauthentication),
         },
     )
 

@@ -139,6 +139,12 @@ def test_the_step_up_asks_for_the_code_not_the_password(web, sponsor, pending):
     assert wrong.status_code == 400
     assert "That code is not right" in wrong.content.decode()
     assert not access_request.decisions.exists()
+    failed = AuditEvent.objects.get(verb="login.failed")
+    assert (failed.data["form"], failed.data["factor"], failed.data["step_up"]) == (
+        "second-factor",
+        "totp",
+        True,
+    )
 
     right = client.post("/step-up/", {"method": "code", "code": totp_code(secret)})
 
