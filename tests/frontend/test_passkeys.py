@@ -103,3 +103,16 @@ def test_a_passkey_is_added_then_confirms_a_critical_approval(
     assert access_request.decisions.filter(approver=sponsor, verdict="approve").exists()
     assert SECOND_FACTOR_KEY in session_of(page).load()
     assert violations == []
+
+    # Signing in again: after the password, the passkey.
+    page.get_by_role("button", name="Log out").click()
+    page.goto("/inbox/")
+    page.get_by_label("Username").fill("sponsor")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/accounts/2fa/authenticate/$"))
+    screenshot(page, "sign-in-second-factor", full_page=False)
+    page.get_by_role("button", name="Use a security key").click()
+    expect(page).to_have_url(re.compile(r"^[^?]*/inbox/$"))
+    assert SECOND_FACTOR_KEY in session_of(page).load()
+    assert violations == []
