@@ -217,6 +217,10 @@ SOCIALACCOUNT_STORE_TOKENS = False  # Custody needs who the person is, not their
 MFA_SUPPORTED_TYPES = ["totp", "webauthn", "recovery_codes"]
 MFA_PASSKEY_LOGIN_ENABLED = False  # a passkey is a second factor here, not a password
 MFA_TOTP_ISSUER = "Custody"
+MFA_FORMS = {  # a malformed passkey answer is a wrong one (400), never a 500
+    "authenticate_webauthn": "frontend.forms_mfa.PasskeyForm",
+    "reauthenticate_webauthn": "frontend.forms_mfa.PasskeyReauthenticateForm",
+}
 # WebAuthn over plain http is for localhost development and tests only.
 MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env_bool("CUSTODY_WEBAUTHN_ALLOW_HTTP", DEBUG)
 # When on, approving a critical request needs a second factor confirmed within the step-up

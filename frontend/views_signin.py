@@ -8,7 +8,6 @@ import contextlib
 
 from allauth.account.views import LoginView
 from allauth.mfa.base.forms import ReauthenticateForm
-from allauth.mfa.webauthn.forms import ReauthenticateWebAuthnForm
 from allauth.mfa.webauthn.internal import auth as webauthn
 from allauth.socialaccount.models import SocialAccount
 from django.conf import settings
@@ -24,6 +23,7 @@ from core.errors import DomainError
 from core.sessions import mark_fresh_login
 from frontend import auth
 from frontend.decorators import login_required
+from frontend.forms_mfa import PasskeyReauthenticateForm
 from frontend.views import PENDING_DECISION_KEY, _decide
 
 
@@ -80,7 +80,7 @@ def step_up(request):
     factors = auth.second_factors(person)
     must_use_factor = settings.CUSTODY_CRITICAL_APPROVAL_REQUIRES_SECOND_FACTOR
     code_form = ReauthenticateForm(user=person) if "totp" in factors else None
-    passkey_form = ReauthenticateWebAuthnForm(user=person) if "webauthn" in factors else None
+    passkey_form = PasskeyReauthenticateForm(user=person) if "webauthn" in factors else None
     error = ""
     if request.method == "POST":
         method = request.POST.get("method", "password")
@@ -93,7 +93,7 @@ def step_up(request):
             else:
                 error = "That code is not right, or it was already used. Try the next one."
         elif method == "passkey" and passkey_form is not None:
-            passkey_form = ReauthenticateWebAuthnForm(user=person, data=request.POST)
+            passkey_form = PasskeyReauthenticateForm(user=person, data=request.POST)
             if passkey_form.is_valid():
                 passkey_form.save()
                 confirmed = True

@@ -20,6 +20,19 @@ from tests.frontend.test_browser import browser, open_page, screenshot  # noqa: 
 
 pytestmark = pytest.mark.browser
 
+BAD_CREDENTIALS = [
+    "not json",
+    "[]",
+    "{}",
+    '"text"',
+    '{"id": 1}',
+    '{"id": "AAAA", "rawId": "AAAA", "type": "public-key", "response": {}}',
+    '{"id": "AAAA", "rawId": "AAAA", "type": "public-key", "response": '
+    '{"clientDataJSON": "e30", "authenticatorData": "AAAA", "signature": "AAAA"}}',
+    '{"id": "AAAA", "rawId": "AAAA", "type": "public-key", "response": '
+    '{"clientDataJSON": [], "authenticatorData": null, "signature": 5}}',
+]
+
 
 def virtual_authenticator(page):
     cdp = page.context.new_cdp_session(page)
@@ -82,6 +95,18 @@ def test_a_passkey_is_added_then_confirms_a_critical_approval(
     assert passkey.wrap().name == "Laptop"
     assert AuditEvent.objects.filter(verb="person.factor_added", data__factor="webauthn").exists()
 
+    # Whatever arrives as a passkey answer, a bad one is a 400 with a sentence, never a 500.
+    for credential in BAD_CREDENTIALS:
+        page.goto("/step-up/")
+        token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+        answer = page.request.post(
+            "/step-up/",
+            form={"method": "passkey", "credential": credential},
+            headers={"X-CSRFToken": token},
+        )
+        assert answer.status == 400, (credential, answer.status)
+        assert "Your passkey was not accepted." in answer.text()
+
     # Eleven minutes later, a critical approval: the step-up asks for the passkey.
     access_request = pending("prod-cluster:admin", task_id="rotate-certs", duration_seconds=900)
     session = session_of(page)
@@ -112,6 +137,15 @@ def test_a_passkey_is_added_then_confirms_a_critical_approval(
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(re.compile(r"/accounts/2fa/authenticate/$"))
     screenshot(page, "sign-in-second-factor", full_page=False)
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+    for credential in BAD_CREDENTIALS[4:]:
+        answer = page.request.post(
+            "/accounts/2fa/authenticate/",
+            form={"credential": credential},
+            headers={"X-CSRFToken": token},
+        )
+        assert answer.status < 500, (credential, answer.status)
+    page.reload()
     page.get_by_role("button", name="Use a security key").click()
     expect(page).to_have_url(re.compile(r"^[^?]*/inbox/$"))
     assert SECOND_FACTOR_KEY in session_of(page).load()
