@@ -229,3 +229,14 @@ def test_the_decisions_api_holds_the_same_rule(sponsor, pending, settings):
     assert "second factor" in refused.json()["error"]["message"]
     client.post("/step-up/", {"method": "code", "code": totp_code(secret)})
     assert client.post(url, {"verdict": "approve"}, format="json").status_code == 201
+
+
+@pytest.mark.parametrize("code", ["", "abc", "1" * 5000, "12345\x00", "١٢٣٤٥٦"])
+def test_a_malformed_code_is_a_wrong_code(web, sponsor, code):
+    with_totp(sponsor)
+    client = web(sponsor)
+
+    answer = client.post("/step-up/", {"method": "code", "code": code})
+
+    assert answer.status_code == 400
+    assert "That code is not right" in answer.content.decode()

@@ -198,3 +198,38 @@ def test_a_signed_in_person_links_single_sign_on_explicitly(provider, admin_user
     again = Client()
     sso_login(provider, again)
     assert signed_in_as(again) == admin_user
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {},
+        {"code": "made-up", "state": "made-up"},
+        {"error": "access_denied", "state": "x"},
+        {"code": "x" * 5000},
+    ],
+)
+def test_a_callback_nobody_started_signs_nobody_in(provider, query):
+    client = Client(raise_request_exception=False)
+
+    answer = client.get("/accounts/oidc/sso/login/callback/", query)
+
+    assert 400 <= answer.status_code < 500
+    assert signed_in_as(client) is None
+
+
+def test_a_code_from_the_provider_cannot_be_replayed(provider):
+    UserFactory(username="alice", email="alice@example.com")
+    provider.person = person()
+    client = Client()
+    start = client.post("/accounts/oidc/sso/login/", {"process": "login", "next": "/"})
+    back = urlsplit(
+        requests.get(start["Location"], allow_redirects=False, timeout=5).headers["Location"]
+    )
+    assert client.get(back.path, parse_qs(back.query)).status_code == 302
+
+    thief = Client(raise_request_exception=False)
+    replayed = thief.get(back.path, parse_qs(back.query))
+
+    assert 400 <= replayed.status_code < 500
+    assert signed_in_as(thief) is None
