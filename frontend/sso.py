@@ -25,7 +25,7 @@ from allauth.core import context
 from allauth.core.exceptions import ImmediateHttpResponse
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 from allauth.socialaccount.models import SocialAccount, SocialLogin
-from allauth.socialaccount.signals import social_account_added, social_account_removed
+from allauth.socialaccount.signals import social_account_removed
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
@@ -78,7 +78,7 @@ def _refuse(request, message: str, status: int = 403):
     )
 
 
-def _link(request, sociallogin: SocialLogin, person) -> None:
+def _link(request, sociallogin: SocialLogin, person, *, how: str) -> None:
     """Link this SSO identity to `person`, once: concurrent first sign-ins of the same person
     serialize on the person's row (then the identity, the audit chain head last)."""
     with transaction.atomic():
@@ -93,13 +93,13 @@ def _link(request, sociallogin: SocialLogin, person) -> None:
             sociallogin.account = existing
             sociallogin.user = existing.user
             return
-        # Not sociallogin.connect(): its signal means an explicit link (audited below).
+        # Not sociallogin.connect(), which writes the link and its evidence apart.
         sociallogin.user = person
         sociallogin.save(request, connect=True)
         record(
             actor=Actor.for_user(person),
             verb="person.sso_linked",
-            data={"how": "verified_email", **_identity(sociallogin)},
+            data={"how": how, **_identity(sociallogin)},
         )
 
 
@@ -112,8 +112,12 @@ def _verified_email(sociallogin: SocialLogin) -> str:
 
 class SocialAccountAdapter(DefaultSocialAccountAdapter):
     def pre_social_login(self, request, sociallogin: SocialLogin) -> None:
-        if sociallogin.is_existing or sociallogin.state.get("process") == "connect":
-            return  # an explicit link, or a signed-in person making one
+        if sociallogin.is_existing:
+            return  # linked: an explicit link, or an earlier match by email
+        if sociallogin.state.get("process") == "connect":
+            if request.user.is_authenticated:  # a signed-in person linking their identity
+                _link(request, sociallogin, request.user, how="explicit")
+            return
         email = _verified_email(sociallogin)
         if not email:
             _refuse(
@@ -137,7 +141,7 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
                     "Admin accounts are never matched by email. Sign in with your password "
                     "and link single sign-on from your Security page.",
                 )
-            _link(request, sociallogin, person)
+            _link(request, sociallogin, person, how="verified_email")
             return
         if not settings.CUSTODY_SSO_AUTO_SIGNUP:
             _refuse(
@@ -181,15 +185,6 @@ def _identity(sociallogin: SocialLogin) -> dict:
         "subject": account.uid,
         "email": _verified_email(sociallogin),
     }
-
-
-@receiver(social_account_added)
-def audit_explicit_link(sender, request, sociallogin, **kwargs):
-    record(
-        actor=Actor.for_user(sociallogin.user),
-        verb="person.sso_linked",
-        data={"how": "explicit", **_identity(sociallogin)},
-    )
 
 
 @receiver(social_account_removed)

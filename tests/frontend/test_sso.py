@@ -233,3 +233,21 @@ def test_a_code_from_the_provider_cannot_be_replayed(provider):
 
     assert 400 <= replayed.status_code < 500
     assert signed_in_as(thief) is None
+
+
+def test_an_identity_linked_to_someone_else_is_not_moved(provider, admin_user):
+    alice = UserFactory(username="alice", email="alice@example.com")
+    provider.person = person()
+    sso_login(provider, Client())
+    client = Client(raise_request_exception=False)
+    client.force_login(admin_user)
+
+    start = client.post("/accounts/oidc/sso/login/", {"process": "connect", "next": "/"})
+    back = urlsplit(
+        requests.get(start["Location"], allow_redirects=False, timeout=5).headers["Location"]
+    )
+    answer = client.get(back.path, parse_qs(back.query))
+
+    assert answer.status_code < 500
+    assert SocialAccount.objects.get(uid="00u-alice").user == alice
+    assert AuditEvent.objects.filter(verb="person.sso_linked").count() == 1
