@@ -17,4 +17,4 @@ def test_load_demo_registers_a_resource_server_that_may_introspect_payments_toke
     assert gateway.spiffe_id.endswith("/resource-servers/payments-gateway")
     assert gateway.introspection_audiences == ["payments-db", "payments-api"]
     assert gateway.may_introspect("payments-db") and not gateway.may_introspect("crm")
-    assert Agent.objects.filter(kind=Agent.Kind.AGENT).count() == 3
+    assert Agent.objects.filter(kind=Agent.Kind.AGENT).count() == 4
