@@ -19,9 +19,10 @@ What it does, in order:
 4. Phase "during the flood": the same, while `wrk` (--connections connections) has the noisy
    agent submit payments-api:refund requests back to back for --seconds (bench/wrk_flood.lua
    counts the answers by status and keeps the Retry-After). Worker CPU is read from /proc
-   before and after, so the server's cost per refused request is known.
-5. One 429 at a time: --sequential refused submits by the noisy agent on the otherwise idle
-   server, each timed on its own (the time per 429 without queueing).
+   around both phases: the flood's share is what the workers used during it less the other
+   agents' requests at the CPU each took without the flood, per noisy answer.
+5. One 429 at a time: --sequential refused submits by the noisy agent with no other traffic,
+   each timed on its own (the time per 429 without queueing).
 6. Checks from the database: the noisy agent holds exactly --cap pending requests, how many
    `request.throttled` events were written (their own per-minute budget), and that the audit
    chain verifies (`manage.py verify_audit`).
@@ -148,8 +149,13 @@ def summary(samples: list[tuple[int, float]]) -> dict:
     }
 
 
-def flood(server, token: str, seconds: int, connections: int) -> tuple[dict, float]:
-    """wrk as the noisy agent; its result and the gunicorn workers' CPU seconds meanwhile."""
+def workers_cpu(server) -> float:
+    """CPU seconds the gunicorn workers have used so far."""
+    return sum((base.proc_stat(pid) or (0, 0.0))[1] for pid in server.workers())
+
+
+def flood(server, token: str, seconds: int, connections: int) -> dict:
+    """wrk as the noisy agent; its result."""
     env = {
         **os.environ,
         "BENCH_TOKEN": token,
@@ -161,10 +167,6 @@ def flood(server, token: str, seconds: int, connections: int) -> tuple[dict, flo
         "-s", str(LUA_SCRIPT), f"{server.base_url}/api/v1/requests",
     ]  # fmt: skip
 
-    def cpu() -> float:
-        return sum((base.proc_stat(pid) or (0, 0.0))[1] for pid in server.workers())
-
-    before = cpu()
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -179,7 +181,7 @@ def flood(server, token: str, seconds: int, connections: int) -> tuple[dict, flo
     base._children.remove(process)
     if process.returncode != 0 or result is None:
         raise RuntimeError(f"wrk failed ({process.returncode}):\n{''.join(output)}")
-    return result, cpu() - before
+    return result
 
 
 def reset(database: str, redis_db: int) -> None:
@@ -302,14 +304,26 @@ def main() -> int:
         url = f"{server.base_url}/api/v1/requests"
         print(f"gunicorn up on {server.base_url} (2 sync workers); {args.seconds} s per phase")
 
+        cpu_start = workers_cpu(server)
         baseline, _ = quiet_phase(url, quiet_tokens, args.quiet_rate, args.seconds)
-        during, (wrk, worker_cpu) = quiet_phase(
+        cpu_baseline = workers_cpu(server) - cpu_start
+        cpu_start = workers_cpu(server)
+        during, wrk = quiet_phase(
             url,
             quiet_tokens,
             args.quiet_rate,
             args.seconds,
             during=lambda: flood(server, noisy_token, args.seconds, args.connections),
         )
+        cpu_during = workers_cpu(server) - cpu_start
+        # The workers served the other agents too: their share is taken at the baseline's
+        # CPU per request, the rest is the noisy agent's.
+        per_quiet = cpu_baseline / max(len(baseline), 1)
+        worker_cpu = {
+            "per_quiet_ms": per_quiet * 1000,
+            "noisy_s": max(cpu_during - per_quiet * len(during), 0.0),
+            "during_s": cpu_during,
+        }
         sequential = [
             post(url, body(PEOPLE_PRIVILEGE, f"one-at-a-time-{n}", 900), noisy_token)
             for n in range(args.sequential)
@@ -369,13 +383,18 @@ def report(args, *, wrk, worker_cpu, baseline, during, sequential, checks, audit
         f"{wrk['max_us'] / 1000:.1f} ms (all answers; all but {accepted} are 429s)"
     )
     answers = max(wrk["requests"], 1)
-    print(f"  worker CPU per answer     {worker_cpu * 1000 / answers:.2f} ms "
-          f"({worker_cpu:.1f} CPU s over {answers} answers)")  # fmt: skip
+    print(
+        f"  worker CPU per answer     {worker_cpu['noisy_s'] * 1000 / answers:.1f} ms "
+        f"(workers used {worker_cpu['during_s']:.1f} CPU s during the flood, less the other "
+        f"agents' {during['sent']} requests at {worker_cpu['per_quiet_ms']:.1f} ms each, the "
+        "CPU per automatic request measured without the flood)"
+    )
+    odd = f"; {len(not_429)} were not 429: {set(not_429)}" if not_429 else ""
     if one_ms:
         print(
             f"  one 429 at a time         median {statistics.median(one_ms):.1f} ms, p95 "
             f"{one_ms[max(int(round(len(one_ms) * 0.95)) - 1, 0)]:.1f} ms over {len(one_ms)}"
-            f" (idle server){f'; {len(not_429)} were not 429: {set(not_429)}' if not_429 else ''}"
+            f" (no other traffic){odd}"
         )
     print(f"  request.throttled events  {checks['throttled']} "
           f"(budget {audit_budget} per minute)")  # fmt: skip
