@@ -9,14 +9,18 @@ import re
 import subprocess
 from pathlib import Path
 
+from datetime import timedelta
+
 import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
+from django.utils import timezone
 
 from agents.models import Agent
 from approvals.demo import DEMO_PASSWORDS
 from approvals.models import AccessRequest, Grant, Policy, PolicySetState
 from approvals.policy import DEFAULT_POLICY_TEXT
+from core.sessions import SESSION_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,13 +112,26 @@ def test_two_needs_two_people_neither_of_them_the_initiator(demo):
     assert grant.is_active() and grant.scope == "payments-db:write"
 
 
-def test_critical_is_finished_by_two_people_after_a_fresh_sign_in_with_a_comment(demo):
+def test_critical_is_finished_by_two_people_each_signed_in_freshly_with_a_comment(demo):
     output, (request_id,) = demo("--kind", "critical")
     assert "waits for 2 approvals" in output
     assert "erin / custody-erin" in output and "dave / custody-dave" in output
     assert "fresh sign-in" in output or "signs in again" in output
-    decide("erin", request_id, comment="Certificates expire Tuesday; rotation planned.")
+    # erin signed in eleven minutes ago: approving sends her to the step-up page first.
+    erin = signed_in("erin")
+    session = erin.session
+    session[SESSION_KEY] = (timezone.now() - timedelta(minutes=11)).isoformat()
+    session.save()
+    comment = "Certificates expire Tuesday; rotation planned."
+    answer = erin.post(
+        f"/requests/{request_id}/decide/", {"verdict": "approve", "comment": comment}
+    )
+    assert answer.status_code == 302 and answer["Location"].startswith("/step-up/")
+    assert not AccessRequest.objects.get(pk=request_id).decisions.exists()
+    confirmed = erin.post(answer["Location"], {"password": DEMO_PASSWORDS["erin"]})
+    assert confirmed.status_code == 302
     assert status_of(request_id) == "pending"
+    assert AccessRequest.objects.get(pk=request_id).approvals_received() == 1
     decide("dave", request_id, comment="Change CHG-1042 reviewed.")
     assert status_of(request_id) == "approved"
     grant = Grant.objects.get(access_request_id=request_id)
