@@ -7,9 +7,8 @@ in the web app, signed in through the login page with the demo passwords."""
 import io
 import re
 import subprocess
-from pathlib import Path
-
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
