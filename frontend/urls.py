@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import views
+from frontend import views, views_profile
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -27,6 +27,7 @@ urlpatterns = [
     path("agents/<int:agent_id>/reactivate/", views.agent_reactivate, name="agent-reactivate"),
     path("audit/", views.audit, name="audit"),
     path("audit/verify/", views.audit_verify, name="audit-verify"),
+    path("profile/", views_profile.profile, name="profile"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

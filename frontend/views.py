@@ -36,6 +36,7 @@ from audit.services import Actor
 from core.errors import DomainError
 from core.sessions import authenticated_at, mark_fresh_login
 from frontend import auth
+from frontend.audit_rows import audit_rows
 from frontend.decorators import (
     login_required,
     object_permission_required,
@@ -239,9 +240,12 @@ def request_detail(request, access_request: AccessRequest):
     # The chain of custody through this request's grant (or, while it waits, its parent's).
     anchor = grant or access_request.parent_grant
     chain = selectors.grant_chain_of_custody(anchor) if anchor else None
-    trail = audit_trail_of_request(
-        access_request_id=access_request.pk, grant_id=grant.pk if grant else None
-    )[:500]
+    trail = audit_rows(
+        audit_trail_of_request(
+            access_request_id=access_request.pk, grant_id=grant.pk if grant else None
+        )[:500],
+        request.user,
+    )
     return render(
         request,
         "frontend/request.html",
@@ -496,7 +500,7 @@ def audit(request):
         "frontend/audit.html",
         {
             "form": form,
-            "events": rows[:PAGE_SIZE],
+            "events": audit_rows(rows[:PAGE_SIZE], request.user),
             "next_before": rows[PAGE_SIZE - 1].sequence if len(rows) > PAGE_SIZE else None,
             "query": query.urlencode(),
             "check": chain_check_latest(),
