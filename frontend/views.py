@@ -237,9 +237,14 @@ def request_detail(request, access_request: AccessRequest):
         .select_related("agent", "privilege")
         .first()
     )
-    # The chain of custody through this request's grant (or, while it waits, its parent's).
-    anchor = grant or access_request.parent_grant
-    chain = selectors.grant_chain_of_custody(anchor) if anchor else None
+    # The chain of custody through this request's grant (or, without one, its parent's: then
+    # only the ancestors, since the parent's other children are siblings, not this chain).
+    if grant is not None:
+        chain = selectors.grant_chain_of_custody(grant)
+    elif access_request.parent_grant_id is not None:
+        chain = selectors.grant_chain_of_custody(access_request.parent_grant, onward=False)
+    else:
+        chain = None
     trail = audit_rows(
         audit_trail_of_request(
             access_request_id=access_request.pk, grant_id=grant.pk if grant else None
