@@ -225,3 +225,17 @@ def grant_chain_of_custody(grant: Grant, *, onward: bool = True) -> ChainOfCusto
 def grant_token_claims(grant: Grant) -> dict:
     """The claims a token for this grant carries (never the token itself), for people to read."""
     return token_claims(grant)
+
+
+def grant_ending_details(grant_ids) -> dict[int, str]:
+    """Why each grant ended, in the words of whoever ended it (the `detail` its `grant.revoked`
+    evidence holds), for a page of ended grants in one query."""
+    ids = list(grant_ids)
+    if not ids:
+        return {}
+    return {
+        grant_id: str(data.get("detail") or "")
+        for grant_id, data in AuditEvent.objects.filter(
+            verb="grant.revoked", grant_id__in=ids
+        ).values_list("grant_id", "data")
+    }

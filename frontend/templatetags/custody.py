@@ -80,3 +80,11 @@ def key_values(value):
     """JSON data (context, audit data, token claims) as a key–value table, nested dicts and
     lists as nested tables and lists: never a Python repr."""
     return mark_safe(_key_values(value, 0))  # noqa: S308 - every leaf is escaped above
+
+
+@register.filter
+def duration_until(start, end):
+    """The time from `start` to `end` in words: a grant's length ("30 min")."""
+    if start is None or end is None:
+        return "—"
+    return duration_words(end - start)

@@ -20,7 +20,13 @@
     document.querySelectorAll(".countdown[data-until]").forEach(function (el) {
       var left = Math.max(0, Math.floor((Date.parse(el.dataset.until) - now) / 1000));
       el.textContent = left === 0 ? "ended" : durationWords(left);
-      if (left === 0) { el.classList.add("ended"); }
+      if (left === 0) {
+        el.classList.add("ended");
+        // An ended grant cannot be revoked: its button goes now, its row at the next poll.
+        var row = el.closest("tr");
+        var revoke = row && row.querySelector("a.button.danger");
+        if (revoke) { revoke.remove(); }
+      }
     });
   }
   // The inbox refreshes itself, but never under someone's hands: a refresh while focus is in
