@@ -18,9 +18,15 @@ def verbs_written_by_the_code() -> dict[str, str]:
 
     def collect(node, where):
         for leaf in ast.walk(node):
-            if isinstance(leaf, ast.Constant) and isinstance(leaf.value, str):
-                if VERB.match(leaf.value):
-                    found.setdefault(leaf.value, where)
+            if isinstance(leaf, ast.Constant) and VERB.match(str(leaf.value)):
+                found.setdefault(leaf.value, where)
+
+    def names_a_verb(node) -> bool:
+        if isinstance(node, ast.keyword):
+            return node.arg == "verb"
+        return isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "verb" for target in node.targets
+        )
 
     for app in APPS:
         for path in (ROOT / app).rglob("*.py"):
@@ -28,9 +34,7 @@ def verbs_written_by_the_code() -> dict[str, str]:
                 continue
             where = str(path.relative_to(ROOT))
             for node in ast.walk(ast.parse(path.read_text(), where)):
-                if isinstance(node, ast.keyword) and node.arg == "verb" or isinstance(node, ast.Assign) and any(
-                    isinstance(target, ast.Name) and target.id == "verb" for target in node.targets
-                ):
+                if names_a_verb(node):
                     collect(node.value, where)
     return found
 

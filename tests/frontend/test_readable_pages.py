@@ -50,7 +50,7 @@ def test_a_grant_shows_its_length_and_time_left_in_words(web, sponsor, granted):
     assert re.search(r'class="countdown"[^>]*>(29 min \d+ s|30 min)</span> left', page)
 
 
-# --- the person's time zone ------------------------------------------------------------------------
+# --- the person's time zone -----------------------------------------------------------------------
 
 
 def test_a_person_sets_their_time_zone_and_every_time_follows_it(web, sponsor, pending):
@@ -94,7 +94,7 @@ def test_an_admin_sets_a_persons_zone_in_admin_and_it_is_audited(web, admin_user
     assert (event.actor_id, event.data["from"], event.data["to"]) == ("admin", "UTC", "Asia/Tokyo")
 
 
-# --- key-value tables --------------------------------------------------------------------------------
+# --- key-value tables -----------------------------------------------------------------------------
 
 
 def test_context_and_claims_are_key_value_tables_never_python_reprs(web, sponsor, granted):
@@ -126,7 +126,7 @@ def test_audit_data_is_a_key_value_table_with_markup_escaped(web, admin_user):
     assert "<script>x</script>" not in html
 
 
-# --- audit actors and subjects, named and linked -----------------------------------------------------
+# --- audit actors and subjects, named and linked --------------------------------------------------
 
 
 def test_audit_subjects_and_actors_are_named_and_linked(web, sponsor, agent, granted):
@@ -195,7 +195,7 @@ def test_naming_audit_subjects_costs_the_same_queries_for_ten_rows_as_for_one(
     assert queries() == one
 
 
-# --- the verb filter ---------------------------------------------------------------------------------
+# --- the verb filter ------------------------------------------------------------------------------
 
 
 def test_a_verb_family_matches_every_verb_in_it(web, admin_user, granted):
@@ -224,7 +224,7 @@ def test_an_unknown_verb_is_a_bad_request_with_a_sentence(web, admin_user):
     assert web(admin_user).get("/audit/?verb=nothing.*").status_code == 400
 
 
-# --- the chain of custody: the request's own -------------------------------------------------------
+# --- the chain of custody: the request's own ------------------------------------------------------
 
 
 @pytest.fixture
@@ -281,7 +281,7 @@ def test_a_delegations_chain_is_its_ancestors_and_its_own_descendants(web, admin
     assert "Waiting helper" not in chain
 
 
-# --- live grants ---------------------------------------------------------------------------------------
+# --- live grants ----------------------------------------------------------------------------------
 
 
 def test_the_grants_fragment_drops_an_ended_grant_and_says_who_ended_it_and_why(
