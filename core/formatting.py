@@ -48,3 +48,8 @@ def moment_words(moment: datetime, zone=UTC) -> str:
 def moment_utc(moment: datetime) -> str:
     """The same moment as an unambiguous UTC stamp ("2026-11-29 14:03 UTC"), for hovering."""
     return moment.astimezone(UTC).strftime(UTC_FORMAT)
+
+
+def day_words(day) -> str:
+    """A calendar date in the same format: "29 Nov 2026"."""
+    return f"{day.day} {day:%b %Y}"

@@ -6,7 +6,7 @@ from django.utils import timezone
 from django.utils.html import conditional_escape, format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from core.formatting import duration_words, moment_utc, moment_words
+from core.formatting import day_words, duration_words, moment_utc, moment_words
 
 register = template.Library()
 
@@ -88,3 +88,9 @@ def duration_until(start, end):
     if start is None or end is None:
         return "—"
     return duration_words(end - start)
+
+
+@register.filter
+def day(value):
+    """A calendar date (a review's due date) in the one date format: "29 Nov 2026"."""
+    return day_words(value) if value else "—"

@@ -12,7 +12,6 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
-from django.utils.formats import date_format
 from guardian.shortcuts import assign_perm
 
 from agents.models import Agent, SponsorProfile
@@ -722,7 +721,7 @@ def test_the_agents_page_lists_the_inventory(web, sponsor, agent, granted):
     assert "Invoice bot" in row and "spiffe://example.test/agents/invoice-bot" in row
     assert "<td>sponsor</td><td>payments-platform</td>" in row
     assert "status-active" in row
-    assert date_format(agent.review_due) in row
+    assert f"{agent.review_due.day} {agent.review_due:%b %Y}" in row  # "29 Nov 2026"
     assert "<time" in row  # last seen
     assert "<td>2</td>" in row  # active grants
     assert f'href="/agents/{agent.pk}/suspend/"' in row
