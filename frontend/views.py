@@ -475,7 +475,8 @@ def audit(request):
         "frontend/audit.html",
         {
             "form": form,
-            "events": audit_rows(rows[:PAGE_SIZE], request.user),
+            "events": rows[:PAGE_SIZE],
+            "rows": audit_rows(rows[:PAGE_SIZE], request.user),
             "next_before": rows[PAGE_SIZE - 1].sequence if len(rows) > PAGE_SIZE else None,
             "query": query.urlencode(),
             "check": chain_check_latest(),

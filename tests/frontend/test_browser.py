@@ -202,8 +202,9 @@ def test_a_two_approval_request_needs_a_second_person(
 
     second.get_by_role("link", name=f"#{pk} payments-db:write").click()
     expect(second.locator("h1")).to_contain_text(f"Request #{pk}")
+    decisions = second.locator('section[aria-labelledby="decisions-h"]')
     expect(
-        second.get_by_role("cell", name="Second pair of eyes: fine.", exact=True)
+        decisions.get_by_role("cell", name="Second pair of eyes: fine.", exact=True)
     ).to_be_visible()
     expect(second.locator("#trail-h")).to_be_visible()
     screenshot(second, "request")
