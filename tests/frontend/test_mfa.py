@@ -66,7 +66,9 @@ def stale(client, minutes=11):
 def test_a_person_sets_up_an_authenticator_app_from_their_security_page(sponsor):
     client = password_sign_in("sponsor")
     security = client.get("/account/security/").content.decode()
-    assert 'href="/account/security/"' in client.get("/").content.decode()  # in the header
+    # Reached from the person's settings (their name in the header).
+    assert 'href="/profile/"' in client.get("/").content.decode()
+    assert 'href="/account/security/"' in client.get("/profile/").content.decode()
     assert "You have no second factor yet." in security
     assert 'href="/accounts/2fa/totp/activate/"' in security
 
