@@ -251,3 +251,30 @@ def test_an_identity_linked_to_someone_else_is_not_moved(provider, admin_user):
     assert answer.status_code < 500
     assert SocialAccount.objects.get(uid="00u-alice").user == alice
     assert AuditEvent.objects.filter(verb="person.sso_linked").count() == 1
+
+
+def test_an_sso_only_person_steps_up_by_signing_in_through_sso_again(provider, sponsor, pending):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    sponsor.set_unusable_password()
+    sponsor.save()
+    provider.person = person(sub="00u-sponsor", email=sponsor.email)
+    access_request = pending("prod-cluster:admin")
+    client = Client()
+    sso_login(provider, client)
+    session = client.session
+    session[SESSION_KEY] = (timezone.now() - timedelta(minutes=11)).isoformat()
+    session.save()
+
+    asked = client.post(f"/requests/{access_request.pk}/decide/", {"verdict": "approve"})
+    page = client.get(asked["Location"]).content.decode()
+
+    assert 'name="password"' not in page
+    assert "Sign in again with Acme SSO" in page
+    assert client.post("/step-up/", {"password": "anything"}).status_code == 400
+    sso_login(provider, client, next_url=f"/requests/{access_request.pk}/")
+    assert signed_in_as(client) == sponsor
+    client.post(f"/requests/{access_request.pk}/decide/", {"verdict": "approve"})
+    assert access_request.decisions.filter(approver=sponsor, verdict="approve").exists()
