@@ -65,16 +65,25 @@ class AccountAdapter(DefaultAccountAdapter):
             return True
         signed_in_at = authenticated_at(request)
         window = timedelta(seconds=account_settings.REAUTHENTICATION_TIMEOUT)
-        return signed_in_at is None or timezone.now() - signed_in_at > window
+        if signed_in_at is None or timezone.now() - signed_in_at > window:
+            minutes = window.seconds // 60
+            _refuse(
+                request,
+                "To change how you sign in, sign out and sign in again through single sign-on, "
+                f"then make the change within {minutes} minutes.",
+                title="Sign in again first",
+            )
+        return False
 
     def get_client_ip(self, request) -> str:
         # The one notion of the client's address (TRUSTED_PROXIES), as axes and the audit use.
         return client_ip(request) or "unknown"
 
 
-def _refuse(request, message: str, status: int = 403):
+def _refuse(request, message: str, status: int = 403, title: str = ""):
+    context = {"message": message, "title": title or "Custody cannot sign you in"}
     raise ImmediateHttpResponse(
-        render(request, "registration/sso_refused.html", {"message": message}, status=status)
+        render(request, "registration/sso_refused.html", context, status=status)
     )
 
 

@@ -242,3 +242,19 @@ def test_a_malformed_code_is_a_wrong_code(web, sponsor, code):
 
     assert answer.status_code == 400
     assert "That code is not right" in answer.content.decode()
+
+
+def test_someone_with_only_sso_adds_a_factor_right_after_signing_in(web, sponsor):
+    sponsor.set_unusable_password()
+    sponsor.save()
+    client = web(sponsor)
+    session = client.session
+    session[SESSION_KEY] = timezone.now().isoformat()  # signed in through SSO just now
+    session.save()
+
+    assert client.get("/accounts/2fa/totp/activate/").status_code == 200
+
+    stale(client, minutes=10)
+    later = client.get("/accounts/2fa/totp/activate/")
+    assert later.status_code == 403
+    assert "sign in again through single sign-on" in later.content.decode()
