@@ -19,7 +19,7 @@ from agents.permissions import IsAgent
 from approvals import selectors, services
 from approvals.models import AccessRequest, Decision, Grant
 from core.errors import InvalidInput
-from core.sessions import authenticated_at
+from core.sessions import authenticated_at, second_factor_at
 
 MAX_CONTEXT_BYTES = 4096
 WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
@@ -405,6 +405,7 @@ class DecisionCreateApi(PersonApi):
             approver=request.user,
             channel=Decision.Channel.API,
             authenticated_at=authenticated_at(request),
+            second_factor_at=second_factor_at(request),
             **payload.validated_data,
         )
         access_request = (

@@ -63,6 +63,11 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "django_htmx",
     "axes",
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
+    "allauth.mfa",
     "audit",
     "agents",
     "approvals",
@@ -76,6 +81,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "allauth.account.middleware.AccountMiddleware",  # allauth's sign-in stages (second factor)
     "agents.acting.ActingPersonMiddleware",  # receivers auditing approval rights read it
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -158,6 +164,70 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- People's sign-in: local password, single sign-on (OIDC), second factor (django-allauth) ----
+# README "Security" → "Sign-in": the sign-in page is allauth's, at /login/; nobody signs up there.
+ACCOUNT_ADAPTER = "frontend.sso.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "frontend.sso.SocialAccountAdapter"
+ACCOUNT_FORMS = {"login": "frontend.sso.LoginForm"}
+ACCOUNT_LOGIN_METHODS = {"username"}
+ACCOUNT_SIGNUP_FIELDS = ["username*", "email", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "none"
+ACCOUNT_SESSION_REMEMBER = True  # the session ends with SESSION_COOKIE_AGE, as before
+ACCOUNT_LOGOUT_REDIRECT_URL = "/login/"
+# django-axes throttles passwords (below); allauth's own limit on failed sign-ins stays, set above
+# axes' so that axes answers first, because it also bounds guesses at second-factor codes.
+ACCOUNT_RATE_LIMITS = {"login_failed": "30/m/ip,10/5m/key"}
+# Single sign-on: one OpenID Connect provider, configured here when CUSTODY_OIDC_SERVER_URL is set.
+CUSTODY_OIDC_SERVER_URL = env_str("CUSTODY_OIDC_SERVER_URL")
+SOCIALACCOUNT_PROVIDERS: dict = {"openid_connect": {"APPS": []}}
+if CUSTODY_OIDC_SERVER_URL:
+    _oidc_client_id = env_str("CUSTODY_OIDC_CLIENT_ID")
+    _oidc_secret = env_str("CUSTODY_OIDC_CLIENT_SECRET")
+    if not _oidc_client_id or not _oidc_secret:
+        raise ImproperlyConfigured(
+            "CUSTODY_OIDC_SERVER_URL is set, so CUSTODY_OIDC_CLIENT_ID and "
+            "CUSTODY_OIDC_CLIENT_SECRET (or CUSTODY_OIDC_CLIENT_SECRET_FILE) must be set too."
+        )
+    SOCIALACCOUNT_PROVIDERS["openid_connect"]["APPS"].append(
+        {
+            "provider_id": "sso",
+            "name": env_str("CUSTODY_OIDC_NAME", "single sign-on"),
+            "client_id": _oidc_client_id,
+            "secret": _oidc_secret,
+            "settings": {
+                "server_url": CUSTODY_OIDC_SERVER_URL,
+                "oauth_pkce_enabled": True,
+                # The provider decides whether its session is fresh enough; ask for a sign-in.
+                "auth_params": {"prompt": env_str("CUSTODY_OIDC_PROMPT", "login")},
+            },
+        }
+    )
+# A person signing in through SSO is matched to a Custody account by an explicit link, else by
+# the provider's *verified* email naming exactly one active person who is not staff (admins link
+# explicitly, from their Security page). Someone unknown is refused, unless this is on: then an
+# account is created for them with no rights at all (no staff, no groups, approves nothing).
+CUSTODY_SSO_AUTO_SIGNUP = env_bool("CUSTODY_SSO_AUTO_SIGNUP", False)
+SOCIALACCOUNT_AUTO_SIGNUP = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False  # frontend/sso.py decides the match, as above
+SOCIALACCOUNT_EMAIL_VERIFICATION = "none"
+SOCIALACCOUNT_LOGIN_ON_GET = False  # starting SSO is a POST with CSRF, never a plain link
+SOCIALACCOUNT_STORE_TOKENS = False  # Custody needs who the person is, not their provider tokens
+# Second factor: an authenticator app (TOTP) and passkeys (WebAuthn), with recovery codes.
+MFA_SUPPORTED_TYPES = ["totp", "webauthn", "recovery_codes"]
+MFA_PASSKEY_LOGIN_ENABLED = False  # a passkey is a second factor here, not a password
+MFA_TOTP_ISSUER = "Custody"
+MFA_FORMS = {  # a malformed passkey answer is a wrong one (400), never a 500
+    "authenticate_webauthn": "frontend.forms_mfa.PasskeyForm",
+    "reauthenticate_webauthn": "frontend.forms_mfa.PasskeyReauthenticateForm",
+}
+# WebAuthn over plain http is for localhost development and tests only.
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env_bool("CUSTODY_WEBAUTHN_ALLOW_HTTP", DEBUG)
+# When on, approving a critical request needs a second factor confirmed within the step-up
+# window; a person without one is told to set one up.
+CUSTODY_CRITICAL_APPROVAL_REQUIRES_SECOND_FACTOR = env_bool(
+    "CUSTODY_CRITICAL_APPROVAL_REQUIRES_SECOND_FACTOR", False
+)
 
 # --- Throttling password guesses (django-axes) --------------------------------------------------
 # The proxies whose X-Forwarded-For is believed (IPs or CIDR networks); none means REMOTE_ADDR is

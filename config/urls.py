@@ -1,5 +1,8 @@
+from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
-from django.urls import include, path
+from django.http import Http404
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from approvals import slack_views
@@ -11,6 +14,22 @@ handler403 = "core.api_errors.permission_denied"
 handler404 = "core.api_errors.page_not_found"
 handler500 = "core.api_errors.server_error"
 
+# Admins sign in on the same page as everyone, so a second factor guards the admin too.
+admin.site.login = secure_admin_login(admin.site.login)
+
+
+def _not_here(request, *args, **kwargs):
+    raise Http404("Accounts are made by admins; passwords are reset by an admin.")
+
+
+# allauth's pages Custody uses: single sign-on, second factors, linking, changing a password.
+# Signing up, email management and email password resets are not offered.
+accounts = [
+    path("login/", RedirectView.as_view(pattern_name="login", query_string=True)),
+    re_path(r"^(signup|email|password/reset|confirm-email)/", _not_here),
+    path("", include("allauth.urls")),
+]
+
 api_v1 = [
     path("", include("agents.urls")),
     path("", include("approvals.urls")),
@@ -21,6 +40,7 @@ urlpatterns = [
     path(".well-known/jwks.json", JwksApi.as_view(), name="jwks"),
     path(".well-known/custody-audit-key", CheckpointKeyApi.as_view(), name="audit-checkpoint-key"),
     path("admin/", admin.site.urls),
+    path("accounts/", include(accounts)),
     path("slack/interactions", slack_views.interactions, name="slack-interactions"),
     path("slack/commands", slack_views.commands, name="slack-commands"),
     path("api/v1/", include(api_v1)),

@@ -6,4 +6,4 @@ class FrontendConfig(AppConfig):
     verbose_name = "Web UI"
 
     def ready(self):
-        from frontend import auth  # noqa: F401 (connects the login-time receiver)
+        from frontend import auth, sso  # noqa: F401 (connect their receivers)

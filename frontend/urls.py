@@ -1,14 +1,15 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import views, views_live, views_profile
+from frontend import views, views_live, views_profile, views_signin
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("inbox/", views.inbox, name="inbox"),
     path("requests/<int:request_id>/", views.request_detail, name="request"),
     path("requests/<int:request_id>/decide/", views.request_decide, name="request-decide"),
-    path("step-up/", views.step_up, name="step-up"),
+    path("step-up/", views_signin.step_up, name="step-up"),
+    path("account/security/", views_signin.security, name="security"),
     path("grants/", views_live.grants, name="grants"),
     path("grants/active/", views_live.dashboard_active, name="grants-active"),
     path("grants/<int:grant_id>/revoke/", views.grant_revoke, name="grant-revoke"),
@@ -29,6 +30,7 @@ urlpatterns = [
     path("audit/", views.audit, name="audit"),
     path("audit/verify/", views.audit_verify, name="audit-verify"),
     path("profile/", views_profile.profile, name="profile"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    # allauth's sign-in: the password, then the second factor when the person has one.
+    path("login/", views_signin.SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

@@ -4,18 +4,15 @@ outside is 404."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 from datetime import timedelta
 
 from django.contrib import messages
-from django.contrib.auth import authenticate
 from django.db.models import Count, Q
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
 from agents import services as agent_services
@@ -33,8 +30,7 @@ from audit.models import AuditEvent
 from audit.selectors import audit_trail_of_request, chain_check_latest
 from audit.services import Actor
 from core.errors import DomainError
-from core.sessions import authenticated_at, mark_fresh_login
-from frontend import auth
+from core.sessions import authenticated_at, second_factor_at
 from frontend.audit_rows import audit_rows
 from frontend.decorators import (
     login_required,
@@ -45,8 +41,10 @@ from frontend.forms import AuditFilterForm, BackupApproverForm, DecisionForm, Re
 from frontend.views_live import dashboard_active_context
 
 PAGE_SIZE = 50
-# A critical approval waiting for the step-up password: {"request_id", "verdict", "comment"}.
+# A critical approval waiting for the step-up: {"request_id", "verdict", "comment"}.
 PENDING_DECISION_KEY = "custody_pending_decision"
+# The refusals the step-up page (frontend/views_signin.py) answers: confirm it's you, again.
+STEP_UP_CODES = ("step_up_required", "second_factor_required")
 
 
 # --- dashboard and inbox -----------------------------------------------------------------------
@@ -112,8 +110,8 @@ def request_decide(request, access_request: AccessRequest):
     try:
         _decide(request, access_request, verdict, comment)
     except DomainError as exc:
-        if exc.code == "step_up_required":
-            # Remembered so the decision is recorded as soon as the password is confirmed.
+        if exc.code in STEP_UP_CODES:
+            # Remembered so the decision is recorded as soon as the person is confirmed.
             request.session[PENDING_DECISION_KEY] = {
                 "request_id": access_request.pk,
                 "verdict": verdict,
@@ -139,9 +137,10 @@ def _decide(request, access_request: AccessRequest, verdict: str, comment: str) 
             comment=comment,
             channel=Decision.Channel.WEB,
             authenticated_at=authenticated_at(request),
+            second_factor_at=second_factor_at(request),
         )
     except DomainError as exc:
-        if exc.code != "step_up_required":
+        if exc.code not in STEP_UP_CODES:
             access_request.refresh_from_db()
             if exc.code in ("request_not_pending", "request_expired"):
                 messages.warning(
@@ -170,52 +169,6 @@ def _after_decision(request, access_request, status: int = 200):
             status=status,
         )
     return redirect("request", request_id=access_request.pk)
-
-
-@login_required
-@require_http_methods(["GET", "POST"])
-def step_up(request):
-    """Ask for the password again before a critical approval, then record that approval."""
-    next_url = request.POST.get("next") or request.GET.get("next") or reverse("inbox")
-    if not url_has_allowed_host_and_scheme(
-        next_url, {request.get_host()}, require_https=request.is_secure()
-    ):
-        next_url = reverse("inbox")
-    pending = request.session.get(PENDING_DECISION_KEY)
-    waiting = None
-    if pending:
-        waiting = (
-            selectors.requests_visible_to(request.user)
-            .select_related("agent", "privilege")
-            .filter(pk=pending.get("request_id"))
-            .first()
-        )
-    error = ""
-    if request.method == "POST":
-        user = authenticate(
-            request, username=request.user.get_username(), password=request.POST.get("password", "")
-        )
-        if user is not None and user.pk == request.user.pk:
-            mark_fresh_login(request)
-            auth.forget_failures(user.get_username())
-            request.session.pop(PENDING_DECISION_KEY, None)
-            if waiting is None:
-                messages.success(
-                    request,
-                    "Confirmed. You can approve critical requests for the next ten minutes.",
-                )
-                return redirect(next_url)
-            # A refusal is told in the message; the request page shows where it stands.
-            with contextlib.suppress(DomainError):
-                _decide(request, waiting, pending["verdict"], pending.get("comment", ""))
-            return redirect("request", request_id=waiting.pk)
-        error = "That password is not right."
-    return render(
-        request,
-        "frontend/step_up.html",
-        {"next": next_url, "error": error, "waiting": waiting, "pending": pending},
-        status=400 if error else 200,
-    )
 
 
 # --- one request ---------------------------------------------------------------------------------

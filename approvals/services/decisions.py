@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from guardian.shortcuts import get_group_perms, get_user_perms
@@ -71,10 +72,13 @@ def access_request_decide(
     comment: str = "",
     idempotent: bool = False,
     authenticated_at=None,
+    second_factor_at=None,
 ) -> DecideResult:
     """One person's approve or deny. With `idempotent`, repeating one's own earlier verdict
     (a double click, a retried callback) returns that decision and records nothing new.
-    Approving a critical request needs a login (`authenticated_at`) within STEP_UP_WINDOW."""
+    Approving a critical request needs a login (`authenticated_at`) within STEP_UP_WINDOW, and,
+    when CUSTODY_CRITICAL_APPROVAL_REQUIRES_SECOND_FACTOR is on, a second factor
+    (`second_factor_at`: an authenticator code or a passkey) within it too."""
     if verdict not in Decision.Verdict.values:
         raise InvalidInput(
             "The verdict is 'approve' or 'deny'.",
@@ -164,6 +168,20 @@ def access_request_decide(
                     code="request_expired",
                 ),
                 "deadline_passed",
+            )
+        elif (
+            verdict == Decision.Verdict.APPROVE
+            and access_request.privilege.risk == "critical"
+            and settings.CUSTODY_CRITICAL_APPROVAL_REQUIRES_SECOND_FACTOR
+            and not _fresh_login(second_factor_at)
+        ):
+            refuse(
+                Forbidden(
+                    "Approving a critical request needs your second factor (an authenticator "
+                    f"app or a passkey) within the last {STEP_UP_WINDOW.seconds // 60} minutes.",
+                    code="second_factor_required",
+                ),
+                "second_factor_required",
             )
         elif (
             verdict == Decision.Verdict.APPROVE

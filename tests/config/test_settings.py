@@ -1,6 +1,7 @@
 """Settings come from the environment; a misconfiguration stops Custody at start with a sentence
 that names the variable."""
 
+import json
 import os
 import subprocess
 import sys
@@ -148,3 +149,53 @@ def test_it_sends_secure_cookies_when_debug_is_off(client, django_user_model):
     assert signed_in.status_code == 302
     assert signed_in.cookies["sessionid"]["secure"] is True
     assert signed_in.cookies["sessionid"]["httponly"] is True
+
+
+def test_single_sign_on_comes_from_the_environment_with_its_secret_from_a_file(tmp_path):
+    secret_file = tmp_path / "oidc_secret"
+    secret_file.write_text("from-a-mounted-secret\n")
+    result = start(
+        tmp_path,
+        "import json; from django.conf import settings as s; "
+        "print(json.dumps([s.SOCIALACCOUNT_PROVIDERS, s.CUSTODY_SSO_AUTO_SIGNUP, "
+        "s.CUSTODY_CRITICAL_APPROVAL_REQUIRES_SECOND_FACTOR]))",
+        DEBUG="true",
+        CUSTODY_OIDC_SERVER_URL="https://login.example.com/oauth2/default",
+        CUSTODY_OIDC_CLIENT_ID="custody-web",
+        CUSTODY_OIDC_CLIENT_SECRET_FILE=str(secret_file),
+        CUSTODY_OIDC_NAME="Okta",
+        CUSTODY_SSO_AUTO_SIGNUP="true",
+        CUSTODY_CRITICAL_APPROVAL_REQUIRES_SECOND_FACTOR="true",
+    )
+    assert result.returncode == 0, result.stderr
+    providers, auto_signup, requires_factor = json.loads(result.stdout)
+    (app,) = providers["openid_connect"]["APPS"]
+    assert (app["provider_id"], app["name"], app["client_id"], app["secret"]) == (
+        "sso",
+        "Okta",
+        "custody-web",
+        "from-a-mounted-secret",
+    )
+    assert app["settings"]["server_url"] == "https://login.example.com/oauth2/default"
+    assert app["settings"]["oauth_pkce_enabled"] is True
+    assert (auto_signup, requires_factor) == (True, True)
+
+
+def test_without_sso_variables_there_is_no_sso_and_no_auto_signup(tmp_path):
+    result = start(
+        tmp_path,
+        "from django.conf import settings as s; "
+        "print(s.SOCIALACCOUNT_PROVIDERS['openid_connect']['APPS'], s.CUSTODY_SSO_AUTO_SIGNUP)",
+        DEBUG="true",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "False"]
+
+
+def test_single_sign_on_without_its_client_stops_at_start(tmp_path):
+    message = refusal(
+        start(tmp_path, DEBUG="true", CUSTODY_OIDC_SERVER_URL="https://login.example.com")
+    )
+    assert message.startswith(
+        "CUSTODY_OIDC_SERVER_URL is set, so CUSTODY_OIDC_CLIENT_ID and CUSTODY_OIDC_CLIENT_SECRET"
+    )

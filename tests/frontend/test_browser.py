@@ -408,10 +408,10 @@ def test_the_api_docs_and_the_admin_run_under_the_csp_from_this_server_only(
         ).to_be_visible()
         screenshot(page, "api-docs", full_page=False)
 
-        page.goto("/admin/")
+        page.goto("/admin/")  # the admin signs in on the one sign-in page (second factor too)
         page.get_by_label("Username").fill(admin_user.username)
         page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
+        page.get_by_role("button", name="Sign in").click()
         expect(page).to_have_url(f"{live_server.url}/admin/")
         page.goto("/admin/auth/user/")
         expect(page.locator("#result_list")).to_be_visible()
