@@ -18,49 +18,43 @@ from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 Status = PolicyProposal.Status
 
 
-def policy_propose(
-    *,
-    user,
-    policy_row: Policy | None,
-    name: str,
-    description: str,
-    text: str,
-    enabled: bool,
-) -> PolicyProposal:
-    """Keep the change as a proposal against the policy's current version (`policy_row` None
-    for a new policy)."""
+def policy_propose(*, proposal: PolicyProposal, user) -> PolicyProposal:
+    """Keep a change (an unsaved proposal: its policy, None for a new one, name, description,
+    text, enabled) as a proposal against the policy's current version."""
     try:
-        policy.validate_policy_text(text)
+        policy.validate_policy_text(proposal.text)
     except policy.PolicyTextError as exc:
         raise InvalidInput(
             "The policy does not validate: " + "; ".join(exc.errors),
             code="invalid_policy",
             fields={"text": exc.errors},
         )
-    with transaction.atomic(), deferred_evidence():
-        base_version = None
-        if policy_row is not None:
-            base_version = (
-                Policy.objects.filter(pk=policy_row.pk).values_list("version", flat=True).first()
-            )
-        proposal = PolicyProposal.objects.create(
-            policy=policy_row,
-            base_version=base_version,
-            name=name,
-            description=description,
-            text=text,
-            enabled=enabled,
-            proposed_by=user,
+    if proposal.policy_id is None and Policy.objects.filter(name=proposal.name).exists():
+        raise InvalidInput(
+            f"A policy named {proposal.name} exists; propose a change to it instead.",
+            code="policy_exists",
+            fields={"name": ["A policy with this name exists."]},
         )
+    with transaction.atomic(), deferred_evidence():
+        if proposal.policy_id is not None:
+            proposal.base_version = (
+                Policy.objects.filter(pk=proposal.policy_id)
+                .values_list("version", flat=True)
+                .first()
+            )
+        proposal.status = Status.PROPOSED
+        proposal.proposed_by = user
+        proposal.proposed_at = timezone.now()
+        proposal.save()
         record(
             actor=Actor.for_user(user),
             verb="policy.proposed",
             data={
                 "proposal": proposal.pk,
-                "policy": name,
-                "base_version": base_version,
-                "enabled": enabled,
-                "text": text,
+                "policy": proposal.name,
+                "base_version": proposal.base_version,
+                "enabled": proposal.enabled,
+                "text": proposal.text,
             },
         )
     return proposal
