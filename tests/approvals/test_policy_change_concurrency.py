@@ -14,12 +14,15 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from approvals.models import Grant
+from approvals.models import AccessRequest, Grant
 from audit.services import verify_chain
 from tests.approvals.test_kill_switch import (
     Submitters,
+    _until,
+    _waiting_on_locks,
     agent_client,
     live_grants,
+    request_body,
     server_errors,
     web_client,
 )
@@ -90,8 +93,8 @@ class Busy:
             thread.join(timeout=30)
 
 
-def change_policy(admin_client, name: str, text: str) -> tuple[int, int]:
-    data = {
+def policy_form(name: str, text: str) -> dict:
+    return {
         "name": name,
         "description": "",
         "text": text,
@@ -99,6 +102,10 @@ def change_policy(admin_client, name: str, text: str) -> tuple[int, int]:
         "revisions-TOTAL_FORMS": "0",
         "revisions-INITIAL_FORMS": "0",
     }
+
+
+def change_policy(admin_client, name: str, text: str) -> tuple[int, int]:
+    data = policy_form(name, text)
     shown = admin_client.post("/admin/approvals/policy/add/", data)
     found = REVIEWED.search(shown.content.decode())
     if found is None:
@@ -146,3 +153,82 @@ def test_a_policy_change_racing_submits_refreshes_and_revokes_leaves_no_denied_g
 
     assert problems == []
     assert verify_chain().ok
+
+
+def test_a_grant_decided_under_the_old_policy_while_the_change_commits_is_ended(
+    trust_domain, signer, sponsor, agent, privileges
+):
+    """The submission reads the old policy set (it would grant at once) and is then held at
+    its first write (another session holds the requests table) while an admin saves a change
+    that denies it. The change waits for the decision in flight, so the re-evaluation after it
+    sees the grant and ends it; without that wait the change would commit first, re-evaluate
+    nothing, and the grant would live on under a policy that denies it."""
+    admin_client = Client(raise_request_exception=False)
+    admin_client.force_login(UserFactory(username="policy-admin", is_staff=True, is_superuser=True))
+    data = policy_form("freeze", freeze(agent))
+    reviewed = REVIEWED.search(
+        admin_client.post("/admin/approvals/policy/add/", data).content.decode()
+    ).group(1)
+    data["reviewed"] = reviewed
+    if connection.vendor != "postgresql":
+        # SQLite has one writer at a time (IMMEDIATE transactions): the two orders it allows.
+        submitted = agent_client(signer, agent).post(
+            "/api/v1/requests", request_body("payments-db:read", "before"), format="json"
+        )
+        assert submitted.json()["status"] == "approved", submitted.content
+        assert admin_client.post("/admin/approvals/policy/add/", data).status_code == 302
+        after = agent_client(signer, agent).post(
+            "/api/v1/requests", request_body("payments-db:read", "after"), format="json"
+        )
+        assert after.json()["status"] == "denied", after.content
+        assert live_grants(agent) == 0
+        return
+    table = AccessRequest._meta.db_table
+    holding, release = threading.Event(), threading.Event()
+    answers = {}
+
+    def hold_the_requests_table():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(f"LOCK TABLE {table} IN SHARE MODE")  # noqa: S608
+                holding.set()
+                release.wait(30)
+                cursor.execute("COMMIT")
+        finally:
+            connection.close()
+
+    def submit():
+        try:
+            answers["submit"] = agent_client(signer, agent).post(
+                "/api/v1/requests", request_body("payments-db:read", "in-flight"), format="json"
+            )
+        finally:
+            connection.close()
+
+    def change():
+        try:
+            answers["change"] = admin_client.post("/admin/approvals/policy/add/", data)
+        finally:
+            connection.close()
+
+    blocker = threading.Thread(target=hold_the_requests_table)
+    blocker.start()
+    assert holding.wait(10)
+    submitter = threading.Thread(target=submit)
+    submitter.start()
+    assert _until(lambda: _waiting_on_locks() >= 1)  # the submission waits at its INSERT
+    changer = threading.Thread(target=change)
+    changer.start()
+    # The change either waits for the decision in flight, or (wrongly) commits right now.
+    _until(lambda: not changer.is_alive() or _waiting_on_locks() >= 2, timeout=5)
+    release.set()
+    for thread in (blocker, submitter, changer):
+        thread.join(timeout=30)
+
+    assert answers["change"].status_code == 302
+    assert answers["submit"].status_code == 201, answers["submit"].content
+    assert answers["submit"].json()["status"] == "approved"  # decided under the old set
+    grant = Grant.objects.get(pk=answers["submit"].json()["grant"]["id"])
+    assert grant.revoke_reason == "policy_changed"
+    assert live_grants(agent) == 0
