@@ -333,9 +333,7 @@ CUSTODY_CUMULATIVE_WINDOW_SECONDS = env_int("CUSTODY_CUMULATIVE_WINDOW_SECONDS",
 CUSTODY_CUMULATIVE_FACTOR = env_int("CUSTODY_CUMULATIVE_FACTOR", 4, minimum=0)
 # Policy changes with a safety net: admin shows what a change would have decided on this many
 # recent requests before it goes live; with TWO_PERSON a change waits for another admin.
-CUSTODY_POLICY_SIMULATION_REQUESTS = env_int(
-    "CUSTODY_POLICY_SIMULATION_REQUESTS", 1000, minimum=0
-)
+CUSTODY_POLICY_SIMULATION_REQUESTS = env_int("CUSTODY_POLICY_SIMULATION_REQUESTS", 1000, minimum=0)
 CUSTODY_POLICY_TWO_PERSON = env_bool("CUSTODY_POLICY_TWO_PERSON", False)
 
 # --- Audit checkpoints (README: "Audit checkpoints") ----------------------------------------------

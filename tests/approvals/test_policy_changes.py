@@ -272,8 +272,14 @@ def test_under_the_two_person_rule_a_change_waits_for_another_admin(
     granted = submit(agent_api, task_id="reconcile").json()
     client.force_login(admin_user)
     assert client.get("/admin/approvals/policy/add/").status_code == 403
+    default = Policy.objects.get(name="default")
+    read_only = client.get(f"/admin/approvals/policy/{default.pk}/change/").content.decode()
+    assert f'href="/admin/approvals/policyproposal/add/?policy={default.pk}"' in read_only
+    prefilled = client.get(f"/admin/approvals/policyproposal/add/?policy={default.pk}")
+    assert "active-agents-may-request" in prefilled.content.decode()
     proposal = propose(client)
     assert proposal.status == "proposed"
+    assert "quarter-close" in client.get("/admin/approvals/policyproposal/").content.decode()
     assert not Policy.objects.filter(name="quarter-close").exists()
     assert submit(agent_api, task_id="still-open").json()["status"] == "approved"
     assert AuditEvent.objects.get(verb="policy.proposed").actor_id == "admin"
