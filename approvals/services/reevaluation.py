@@ -4,15 +4,21 @@ from it — the same question a token refresh or an introspection asks, asked at
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from django.db import transaction
+from django.utils import timezone
 
 from approvals import policy
 from approvals.models import Grant
 from approvals.services.common import lock_agents
-from approvals.services.facts import chain_agent_ids, request_policy_facts
+from approvals.services.facts import (
+    chain_agent_ids,
+    privilege_toxic_with,
+    request_policy_facts,
+)
 from approvals.services.grants import grant_end_locked
 from audit.services import Actor, deferred_evidence, record
 
@@ -25,20 +31,23 @@ class Reevaluation:
     ended: list[int] = field(default_factory=list)  # the grants the policy ended (not cascades)
 
 
-def _decide_again(compiled: policy.CompiledPolicies, grant: Grant) -> policy.PolicyOutcome:
+def _decide_again(compiled: policy.CompiledPolicies, grant: Grant, **known) -> policy.PolicyOutcome:
     access_request = grant.access_request
     # The request's agent and privilege are the grant's: reuse the rows already read.
     access_request.agent = grant.agent
     access_request.privilege = grant.privilege
-    return policy.decide(compiled, request_policy_facts(access_request, exclude_grant_id=grant.pk))
+    facts = request_policy_facts(access_request, exclude_grant_id=grant.pk, **known)
+    return policy.decide(compiled, facts)
 
 
 def live_grants_denied(
     compiled: policy.CompiledPolicies, *, counter: Reevaluation | None = None
 ) -> Iterator[tuple[Grant, policy.PolicyOutcome]]:
-    """The live grants `compiled` would deny now, in primary-key order (read without locks)."""
-    grants = (
-        Grant.objects.live()
+    """The live grants `compiled` would deny now, in primary-key order (read without locks).
+    Decided on the facts a token refresh uses, with what every agent holds read once."""
+    now = timezone.now()
+    grants = list(
+        Grant.objects.live(now)
         .select_related(
             "agent",
             "agent__sponsor",
@@ -49,10 +58,28 @@ def live_grants_denied(
         )
         .order_by("pk")
     )
-    for grant in grants.iterator(chunk_size=500):
+    live_by_agent: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for grant in grants:
+        live_by_agent[grant.agent_id].append((grant.pk, grant.scope))
+    toxic: dict[int, tuple[str, ...]] = {}
+    for grant in grants:
         if counter is not None:
             counter.checked += 1
-        outcome = _decide_again(compiled, grant)
+        chain = chain_agent_ids(grant.access_request.parent_grant, grant.agent_id)
+        held = {
+            scope
+            for agent_id in chain
+            for grant_id, scope in live_by_agent.get(agent_id, ())
+            if grant_id != grant.pk
+        }
+        if grant.privilege_id not in toxic:
+            toxic[grant.privilege_id] = privilege_toxic_with(grant.privilege)
+        outcome = _decide_again(
+            compiled,
+            grant,
+            held_privileges=tuple(sorted(held)),
+            toxic_with=toxic[grant.privilege_id],
+        )
         if outcome.outcome == "deny":
             yield grant, outcome
 

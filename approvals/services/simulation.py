@@ -10,17 +10,21 @@ one way Custody computes them. What cannot be known exactly any more is approxim
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import Q
 
 from agents.models import Agent
 from approvals import policy
 from approvals.models import AccessRequest, Grant, Policy, Privilege
-from approvals.services.facts import chain_facts, policy_facts
+from approvals.services.facts import (
+    chain_agent_ids,
+    policy_facts,
+    privilege_toxic_with,
+    request_policy_facts,
+)
 from approvals.services.reevaluation import live_grants_denied
 
 OUTCOMES = ("auto_approve", "request", "deny")
@@ -123,38 +127,59 @@ def policies_without(*, policy_pk: int) -> policy.CompiledPolicies:
     return policy.compile_policies(list(rows.values_list("name", "text")), generation=-1)
 
 
-def _held_at(agent_ids: tuple[int, ...], moment, exclude_request_id: int) -> tuple[str, ...]:
-    """What the agents held live at `moment` (the request's own grant aside)."""
-    scopes = (
-        Grant.objects.filter(agent_id__in=agent_ids, issued_at__lte=moment, expires_at__gt=moment)
-        .filter(Q(revoked_at__isnull=True) | Q(revoked_at__gt=moment))
-        .exclude(access_request_id=exclude_request_id)
-        .values_list("scope", flat=True)
-    )
-    return tuple(sorted(set(scopes)))
+class _History:
+    """What every agent held when: the grants of the agents of `access_requests` (and their
+    delegation chains) that overlap their time, read in one query."""
 
+    def __init__(self, access_requests: list[AccessRequest]):
+        self.chains = {
+            access_request.pk: chain_agent_ids(access_request.parent_grant, access_request.agent_id)
+            for access_request in access_requests
+        }
+        agent_ids = {agent_id for chain in self.chains.values() for agent_id in chain}
+        self.grants: dict[int, list[tuple]] = defaultdict(list)
+        if access_requests:
+            oldest = min(access_request.created_at for access_request in access_requests)
+            newest = max(access_request.created_at for access_request in access_requests)
+            overlapping = Grant.objects.filter(
+                agent_id__in=agent_ids, issued_at__lte=newest, expires_at__gt=oldest
+            ).values_list(
+                "agent_id", "access_request_id", "scope", "issued_at", "expires_at", "revoked_at"
+            )
+            for agent_id, *held in overlapping:
+                self.grants[agent_id].append(held)
+        self.toxic: dict[int, tuple[str, ...]] = {}
 
-def _facts_then(access_request: AccessRequest) -> policy.PolicyFacts:
-    chain = chain_facts(parent=access_request.parent_grant, agent=access_request.agent)
-    facts = policy_facts(
-        agent=access_request.agent,
-        privilege=access_request.privilege,
-        intent=access_request.intent,
-        duration_seconds=access_request.duration_seconds,
-        context=access_request.context,
-        task_id=access_request.task_id,
-        initiated_by=access_request.initiated_by,
-        is_extension=access_request.extension_of_id is not None,
-        chain=chain,
-    )
-    made = access_request.created_at
-    return dataclasses.replace(
-        facts,
-        agent_status=Agent.Status.ACTIVE,
-        hour_utc=made.hour,
-        weekday=made.isoweekday(),
-        held_privileges=_held_at(chain.agent_pks, made, access_request.pk),
-    )
+    def held_at(self, access_request: AccessRequest) -> tuple[str, ...]:
+        """What the agent and its chain held live when it asked (its own grant aside)."""
+        moment = access_request.created_at
+        held = set()
+        for agent_id in self.chains[access_request.pk]:
+            for request_id, scope, issued_at, expires_at, revoked_at in self.grants[agent_id]:
+                if (
+                    request_id != access_request.pk
+                    and issued_at <= moment < expires_at
+                    and (revoked_at is None or revoked_at > moment)
+                ):
+                    held.add(scope)
+        return tuple(sorted(held))
+
+    def toxic_with(self, privilege: Privilege) -> tuple[str, ...]:
+        if privilege.pk not in self.toxic:
+            self.toxic[privilege.pk] = privilege_toxic_with(privilege)
+        return self.toxic[privilege.pk]
+
+    def facts(self, access_request: AccessRequest) -> policy.PolicyFacts:
+        """The request's own facts (as a token refresh builds them), at the time it was made."""
+        facts = request_policy_facts(
+            access_request,
+            held_privileges=self.held_at(access_request),
+            toxic_with=self.toxic_with(access_request.privilege),
+        )
+        made = access_request.created_at
+        return dataclasses.replace(
+            facts, agent_status=Agent.Status.ACTIVE, hour_utc=made.hour, weekday=made.isoweekday()
+        )
 
 
 def _probes(privilege: Privilege, agents: list[Agent]) -> Iterator[tuple[policy.PolicyFacts, str]]:
@@ -212,12 +237,15 @@ def policy_change_simulate(
     current = policy.current_policies()
     result = PolicySimulation(limit=limit)
     tallies = {column: Counter() for column in ("recorded", "current", "proposed")}
-    latest = AccessRequest.objects.select_related(
-        "agent", "agent__sponsor", "agent__team", "privilege", "parent_grant"
-    ).order_by("-created_at", "-pk")[:limit]
+    latest = list(
+        AccessRequest.objects.select_related(
+            "agent", "agent__sponsor", "agent__team", "privilege", "parent_grant"
+        ).order_by("-created_at", "-pk")[:limit]
+    )
+    history = _History(latest)
     warned: dict[str, AutoApproveWarning] = {}
     for access_request in latest:
-        facts = _facts_then(access_request)
+        facts = history.facts(access_request)
         simulated = SimulatedRequest(
             access_request, policy.decide(current, facts), policy.decide(proposed, facts)
         )
