@@ -300,7 +300,7 @@ class PolicyProposalAdmin(admin.ModelAdmin):
     def decide_view(self, request, proposal_id: int):
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        if not self.has_add_permission(request):
+        if not request.user.has_perm("approvals.change_policy"):
             raise PermissionDenied("Applying or rejecting a proposal needs a policy admin.")
         proposal = get_object_or_404(PolicyProposal, pk=proposal_id)
         form = ProposalDecisionForm(request.POST)
