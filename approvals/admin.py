@@ -196,6 +196,16 @@ class PolicyAdmin(admin.ModelAdmin):
     def delete_model(self, request, obj):
         services.policy_delete(policy_row=obj, actor=Actor.for_user(request.user))
 
+    def delete_view(self, request, object_id, extra_context=None):
+        """The confirmation shows what the policy set without this policy would decide."""
+        extra_context = dict(extra_context or {})
+        doomed = Policy.objects.filter(pk=object_id).first()
+        if request.method == "GET" and doomed is not None:
+            extra_context["simulation"] = services.policy_change_simulate(
+                proposed=services.policies_without(policy_pk=doomed.pk)
+            )
+        return super().delete_view(request, object_id, extra_context)
+
 
 class PolicyProposalForm(ReviewedPolicyForm):
     class Meta:

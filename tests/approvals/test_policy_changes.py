@@ -138,6 +138,24 @@ def test_disabling_a_policy_ends_the_grants_only_it_permitted(
     assert submit(agent_api, task_id="after").json()["status"] == "denied"
 
 
+def test_deleting_a_policy_shows_what_it_would_change_then_ends_what_it_alone_permitted(
+    agent_api, privileges, client, admin_user, django_capture_on_commit_callbacks
+):
+    granted = submit(agent_api, task_id="reconcile").json()
+    default = Policy.objects.get(name="default")
+    client.force_login(admin_user)
+    url = f"/admin/approvals/policy/{default.pk}/delete/"
+    page = client.get(url).content.decode()
+    assert "What this change would have decided" in page
+    assert "Live grants this change would end: 1" in page
+    assert Grant.objects.get(pk=granted["grant"]["id"]).revoked_at is None
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post(url, {"post": "yes"}).status_code == 302
+    assert not Policy.objects.filter(pk=default.pk).exists()
+    assert Grant.objects.get(pk=granted["grant"]["id"]).revoke_reason == "policy_changed"
+    assert AuditEvent.objects.filter(verb="policy.deleted").exists()
+
+
 def test_a_grant_the_change_ends_takes_everything_delegated_from_it(
     agent,
     agent_api,
