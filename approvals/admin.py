@@ -1,5 +1,13 @@
+import hashlib
+
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 
 from approvals import policy, services
 from approvals.models import (
@@ -7,6 +15,7 @@ from approvals.models import (
     Decision,
     Grant,
     Policy,
+    PolicyProposal,
     PolicyRevision,
     Privilege,
     SigningKey,
@@ -50,15 +59,24 @@ class PrivilegeAdmin(admin.ModelAdmin):
         )
 
 
-class PolicyForm(forms.ModelForm):
-    class Meta:
-        model = Policy
-        fields = ["name", "description", "text", "enabled"]
-        widgets = {
-            "text": forms.Textarea(
-                attrs={"rows": 24, "cols": 100, "style": "font-family: monospace"}
-            )
-        }
+REVIEW_FIRST = (
+    "Nothing is saved yet. Below is what this change would have decided on the latest "
+    "requests and which live grants it would end; save again to go ahead."
+)
+
+
+class PolicyTextInput(forms.Textarea):
+    def __init__(self):
+        super().__init__(attrs={"rows": 24, "cols": 100, "class": "vLargeTextField policy-text"})
+
+
+class ReviewedPolicyForm(forms.ModelForm):
+    """A policy change is shown before it is kept: the first save of a changed text or enabled
+    flag stops with the simulation (`self.simulation`); saving the same change again goes on.
+    `reviewed` carries a digest of what was shown, so a different change is shown again."""
+
+    reviewed = forms.CharField(widget=forms.HiddenInput, required=False)
+    simulation = None
 
     def clean_text(self):
         text = self.cleaned_data["text"]
@@ -67,6 +85,47 @@ class PolicyForm(forms.ModelForm):
         except policy.PolicyTextError as exc:
             raise forms.ValidationError(["Cedar says: " + error for error in exc.errors])
         return text
+
+    def target_policy(self) -> Policy | None:
+        raise NotImplementedError
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors or "text" not in cleaned:
+            return cleaned
+        target = self.target_policy()
+        text, enabled = cleaned["text"], bool(cleaned.get("enabled"))
+        if target is not None and (target.text, target.enabled) == (text, enabled):
+            return cleaned  # a new name or description decides nothing differently
+        version = target.version if target is not None else 0
+        digest = hashlib.sha256(
+            f"{target.pk if target else ''}\0{version}\0{enabled}\0{text}".encode()
+        ).hexdigest()[:32]
+        if self.data.get("reviewed") == digest:
+            return cleaned
+        self.simulation = services.policy_change_simulate(
+            proposed=services.proposed_policies(
+                policy_pk=target.pk if target else None,
+                name=cleaned.get("name") or (target.name if target else ""),
+                text=text,
+                enabled=enabled,
+            )
+        )
+        self.data = self.data.copy()
+        self.data["reviewed"] = digest
+        raise forms.ValidationError(REVIEW_FIRST, code="review_first")
+
+
+class PolicyForm(ReviewedPolicyForm):
+    class Meta:
+        model = Policy
+        fields = ["name", "description", "text", "enabled"]
+        widgets = {"text": PolicyTextInput()}
+
+    def target_policy(self) -> Policy | None:
+        if self.instance.pk is None:
+            return None
+        return Policy.objects.filter(pk=self.instance.pk).first()
 
 
 class PolicyRevisionInline(admin.TabularInline):
@@ -79,8 +138,15 @@ class PolicyRevisionInline(admin.TabularInline):
         return False
 
 
+def two_person_rule() -> bool:
+    return settings.CUSTODY_POLICY_TWO_PERSON
+
+
 @admin.register(Policy)
 class PolicyAdmin(admin.ModelAdmin):
+    """Policies change here directly, or, under the two-person rule, only through proposals
+    (PolicyProposalAdmin) that another admin applies."""
+
     form = PolicyForm
     list_display = ["name", "version", "enabled", "updated_at", "updated_by"]
     list_filter = ["enabled"]
@@ -89,11 +155,194 @@ class PolicyAdmin(admin.ModelAdmin):
     inlines = [PolicyRevisionInline]
     actions = None  # bulk delete would bypass the audited service
 
+    class Media:
+        css = {"all": ["custody/admin.css"]}
+
+    def has_add_permission(self, request):
+        return not two_person_rule() and super().has_add_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        return not two_person_rule() and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return not two_person_rule() and super().has_delete_permission(request, obj)
+
+    def render_change_form(self, request, context, *args, **kwargs):
+        context["two_person_rule"] = two_person_rule()
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "two_person_rule": two_person_rule()}
+        return super().changelist_view(request, extra_context)
+
     def save_model(self, request, obj, form, change):
         services.policy_save(policy_row=obj, actor=Actor.for_user(request.user), created=not change)
 
+    def response_add(self, request, obj, post_url_continue=None):
+        self._reevaluation_note(request)
+        return super().response_add(request, obj, post_url_continue)
+
+    def response_change(self, request, obj):
+        self._reevaluation_note(request)
+        return super().response_change(request, obj)
+
+    def _reevaluation_note(self, request):
+        self.message_user(
+            request,
+            "Live grants are decided again with the new policy set; those it no longer permits "
+            "end now (reason policy_changed), as the audit log records.",
+        )
+
     def delete_model(self, request, obj):
         services.policy_delete(policy_row=obj, actor=Actor.for_user(request.user))
+
+    def delete_view(self, request, object_id, extra_context=None):
+        """The confirmation shows what the policy set without this policy would decide."""
+        extra_context = dict(extra_context or {})
+        doomed = Policy.objects.filter(pk=object_id).first()
+        if request.method == "GET" and doomed is not None:
+            extra_context["simulation"] = services.policy_change_simulate(
+                proposed=services.policies_without(policy_pk=doomed.pk)
+            )
+        return super().delete_view(request, object_id, extra_context)
+
+
+class PolicyProposalForm(ReviewedPolicyForm):
+    class Meta:
+        model = PolicyProposal
+        fields = ["policy", "name", "description", "text", "enabled"]
+        widgets = {"text": PolicyTextInput()}
+        help_texts = {"policy": "The policy to change; leave empty to propose a new one."}
+
+    def target_policy(self) -> Policy | None:
+        return self.cleaned_data.get("policy")
+
+
+class ProposalDecisionForm(forms.Form):
+    reason = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 3, "cols": 80}), max_length=2000
+    )
+
+
+@admin.register(PolicyProposal)
+class PolicyProposalAdmin(admin.ModelAdmin):
+    """Two-person rule: one admin proposes, another applies (or anyone rejects, with a reason)."""
+
+    form = PolicyProposalForm
+    list_display = ["id", "name", "policy", "status", "proposed_by", "proposed_at", "decided_by"]
+    list_filter = ["status"]
+    search_fields = ["name", "text"]
+    actions = None
+
+    class Media:
+        css = {"all": ["custody/admin.css"]}
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return [
+            "policy",
+            "base_version",
+            "name",
+            "description",
+            "text",
+            "enabled",
+            "status",
+            "proposed_by",
+            "proposed_at",
+            "decided_by",
+            "decided_at",
+            "reason",
+        ]
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a proposal is applied or rejected, never edited
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_changeform_initial_data(self, request):
+        initial = super().get_changeform_initial_data(request)
+        current = Policy.objects.filter(pk=request.GET.get("policy") or None).first()
+        if current is not None and "text" not in initial:
+            initial.update(
+                name=current.name,
+                description=current.description,
+                text=current.text,
+                enabled=current.enabled,
+            )
+        return initial
+
+    def save_model(self, request, obj, form, change):
+        services.policy_propose(proposal=obj, user=request.user)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        self.message_user(
+            request,
+            f"Proposal #{obj.pk} is saved; nothing changes until another admin applies it.",
+        )
+        return redirect(reverse("admin:approvals_policyproposal_change", args=[obj.pk]))
+
+    def get_urls(self):
+        decide = self.admin_site.admin_view(self.decide_view)
+        return [
+            path("<int:proposal_id>/decide/", decide, name="approvals_policyproposal_decide"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        proposal = PolicyProposal.objects.filter(pk=object_id).first()
+        extra = dict(extra_context or {})
+        if proposal is not None and proposal.status == PolicyProposal.Status.PROPOSED:
+            extra["simulation"] = services.policy_change_simulate(
+                proposed=services.proposed_policies(
+                    policy_pk=proposal.policy_id,
+                    name=proposal.name,
+                    text=proposal.text,
+                    enabled=proposal.enabled,
+                )
+            )
+            extra["decision_form"] = ProposalDecisionForm()
+            extra["own_proposal"] = proposal.proposed_by_id == request.user.pk
+            extra["current_policy"] = proposal.policy
+        return super().change_view(request, object_id, form_url, extra)
+
+    def decide_view(self, request, proposal_id: int):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not request.user.has_perm("approvals.change_policy"):
+            raise PermissionDenied("Applying or rejecting a proposal needs a policy admin.")
+        proposal = get_object_or_404(PolicyProposal, pk=proposal_id)
+        form = ProposalDecisionForm(request.POST)
+        reason = form.cleaned_data["reason"] if form.is_valid() else ""
+        try:
+            if "apply" in request.POST:
+                applied = services.policy_proposal_apply(proposal_id=proposal.pk, user=request.user)
+                messages.success(
+                    request,
+                    f"Policy {applied.name} v{applied.version} is live. Live grants it no longer "
+                    "permits end now (reason policy_changed).",
+                )
+            else:
+                services.policy_proposal_reject(
+                    proposal_id=proposal.pk, user=request.user, reason=reason
+                )
+                messages.success(request, f"Proposal #{proposal.pk} is rejected.")
+        except DomainError as exc:
+            context = {
+                **self.admin_site.each_context(request),
+                "title": f"Proposal #{proposal.pk} was not changed",
+                "refusal": exc.message,
+                "proposal": proposal,
+                "opts": self.model._meta,
+            }
+            return TemplateResponse(
+                request,
+                "admin/approvals/policyproposal/refused.html",
+                context,
+                status=exc.status_code,
+            )
+        return redirect(reverse("admin:approvals_policyproposal_change", args=[proposal.pk]))
 
 
 class DecisionInline(admin.TabularInline):

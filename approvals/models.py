@@ -119,6 +119,48 @@ class PolicyRevision(models.Model):
         return f"{self.policy.name} v{self.version}"
 
 
+class PolicyProposal(models.Model):
+    """A policy change that waits for another admin (CUSTODY_POLICY_TWO_PERSON): the text, name
+    and enabled flag to apply, and the version it was proposed against (applying refuses if the
+    policy moved since)."""
+
+    class Status(models.TextChoices):
+        PROPOSED = "proposed", "Waiting for another admin"
+        APPLIED = "applied", "Applied"
+        REJECTED = "rejected", "Rejected"
+
+    policy = models.ForeignKey(
+        Policy, null=True, blank=True, on_delete=models.CASCADE, related_name="proposals"
+    )
+    base_version = models.PositiveIntegerField(null=True, blank=True)
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    text = models.TextField()
+    enabled = models.BooleanField(default=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PROPOSED)
+    proposed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    proposed_at = models.DateTimeField(default=timezone.now)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-proposed_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["proposed", "applied", "rejected"]),
+                name="policy_proposal_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Proposal #{self.pk}: {self.name}"
+
+
 class PolicySetState(models.Model):
     """One row whose generation moves whenever any policy changes: processes rebuild on change."""
 
@@ -293,6 +335,7 @@ class Grant(models.Model):
         CASCADE = "cascade", "Parent grant ended"
         AGENT_SUSPENDED = "agent_suspended", "Agent suspended"
         POLICY = "policy", "Policy no longer allows it"
+        POLICY_CHANGED = "policy_changed", "A policy change no longer allows it"
 
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="grants")
     privilege = models.ForeignKey(Privilege, on_delete=models.PROTECT, related_name="+")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,20 +26,138 @@ REQUEST = 'Action::"request"'
 
 
 class PolicyTextError(ValueError):
-    """Policy text that does not parse or does not fit the schema; `errors` are Cedar's words."""
+    """Policy text that does not parse or does not fit the schema: `problems` say where (line,
+    column, the policy's @id) and what, in Cedar's words; `errors` are them as sentences."""
 
-    def __init__(self, errors: list[str]):
-        super().__init__("; ".join(errors))
-        self.errors = errors
+    def __init__(self, problems: list[PolicyProblem]):
+        self.problems = problems
+        self.errors = [str(problem) for problem in problems]
+        super().__init__("; ".join(self.errors))
 
 
-def validate_policy_text(text: str) -> None:
+@dataclass(frozen=True)
+class PolicyProblem:
+    line: int
+    column: int
+    number: int  # the policy's place in the text, from 1
+    policy_id: str  # its @id annotation, "" without one
+    message: str
+
+    def __str__(self) -> str:
+        which = f'@id("{self.policy_id}")' if self.policy_id else "no @id"
+        return (
+            f"line {self.line}, column {self.column} (policy {self.number}, {which}): "
+            f"{self.message}"
+        )
+
+
+@dataclass(frozen=True)
+class _Statement:
+    start: int  # offset of its first character (annotations included)
+    text: str
+
+
+def _statements(text: str) -> list[_Statement]:
+    """The policy statements of a Cedar text, in order: each ends at a `;` outside strings and
+    `//` comments (a last one without its `;` counts too). Cedar numbers them policy0, ..."""
+    statements, start, index, in_string = [], None, 0, False
+    while index < len(text):
+        char = text[index]
+        if in_string:
+            if char == "\\":
+                index += 1
+            elif char == '"':
+                in_string = False
+        elif text.startswith("//", index):
+            newline = text.find("\n", index)
+            index = len(text) if newline < 0 else newline
+            continue
+        elif not char.isspace():
+            if start is None:
+                start = index
+            if char == '"':
+                in_string = True
+            elif char == ";":
+                statements.append(_Statement(start, text[start : index + 1]))
+                start = None
+        index += 1
+    if start is not None:
+        statements.append(_Statement(start, text[start:]))
+    return statements
+
+
+_ID_ANNOTATION = re.compile(r'@id\s*\(\s*"((?:[^"\\]|\\.)*)"\s*\)')
+_QUOTED = re.compile(r"`([^`]+)`")
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _locate(text: str, statement: _Statement, number: int, message: str) -> PolicyProblem:
+    """Cedar (cedarpy 4.12) names the policy but gives no position: point at the first thing
+    the message quotes (`colour`, `Action::"nope"`, the invalid variable) inside the policy,
+    or at the policy's start."""
+    found = _ID_ANNOTATION.search(statement.text)
+    policy_id = found.group(1) if found else ""
+    wanted = [quoted for quoted in _QUOTED.findall(message) if quoted != f"policy{number}"]
+    if ": " in message:
+        wanted.append(message.rsplit(": ", 1)[1].strip())
+    offset = statement.start
+    body_start = found.end() if found else 0  # not the annotation's own words
+    for needle in wanted:
+        at = statement.text.find(needle, body_start)
+        if needle and at >= 0:
+            offset = statement.start + at
+            break
+    else:
+        if "end of input" in message:
+            offset = statement.start + len(statement.text.rstrip())
+    line, column = _position(text, offset)
+    message = re.sub(r"^\[policy\d+\] for policy `policy\d+`, ", "", message)
+    return PolicyProblem(line, column, number + 1, policy_id, message)
+
+
+def policy_text_problems(text: str) -> list[PolicyProblem]:
+    """Everything wrong with a policy text, each with its line, column and policy @id."""
     try:
         result = cedarpy.validate_policies(text, SCHEMA)
     except Exception as exc:  # cedarpy raises plain exceptions on syntax errors
-        raise PolicyTextError([str(exc)]) from exc
-    if not result.validation_passed:
-        raise PolicyTextError([str(error) for error in result.errors] or ["invalid policy"])
+        result, parse_error = None, str(exc)
+    else:
+        parse_error = None
+    statements = _statements(text)
+    if result is None or (
+        not result.validation_passed
+        and any("parse error" in str(error).lower() for error in result.errors)
+    ):
+        # A syntax error names no policy: parse the statements one by one to find the first
+        # that fails.
+        for number, statement in enumerate(statements):
+            try:
+                cedarpy.policies_to_json_str(statement.text)
+            except Exception as exc:
+                return [_locate(text, statement, number, str(exc))]
+        message = parse_error or "; ".join(str(error) for error in result.errors)
+        return [PolicyProblem(1, 1, 1, "", message.replace("Policy parse error: ", ""))]
+    if result.validation_passed:
+        return []
+    problems = []
+    for error in result.errors:
+        number = re.match(r"\[policy(\d+)\]", str(error))
+        index = int(number.group(1)) if number else 0
+        statement = statements[index] if index < len(statements) else _Statement(0, text)
+        problem = _locate(text, statement, index, str(error))
+        if problem not in problems:
+            problems.append(problem)
+    return problems or [PolicyProblem(1, 1, 1, "", "invalid policy")]
+
+
+def validate_policy_text(text: str) -> None:
+    problems = policy_text_problems(text)
+    if problems:
+        raise PolicyTextError(problems)
 
 
 @dataclass(frozen=True)

@@ -401,6 +401,10 @@ CUSTODY_MAX_PENDING_PER_AGENT = env_int("CUSTODY_MAX_PENDING_PER_AGENT", 20, min
 # (counting what it held and still holds); beyond that people decide. FACTOR 0 turns it off.
 CUSTODY_CUMULATIVE_WINDOW_SECONDS = env_int("CUSTODY_CUMULATIVE_WINDOW_SECONDS", 86400, minimum=60)
 CUSTODY_CUMULATIVE_FACTOR = env_int("CUSTODY_CUMULATIVE_FACTOR", 4, minimum=0)
+# Policy changes with a safety net: admin shows what a change would have decided on this many
+# recent requests before it goes live; with TWO_PERSON a change waits for another admin.
+CUSTODY_POLICY_SIMULATION_REQUESTS = env_int("CUSTODY_POLICY_SIMULATION_REQUESTS", 1000, minimum=0)
+CUSTODY_POLICY_TWO_PERSON = env_bool("CUSTODY_POLICY_TWO_PERSON", False)
 
 # --- Audit checkpoints (README: "Audit checkpoints") ----------------------------------------------
 # Every CUSTODY_CHECKPOINT_SECONDS a worker signs (sequence, hash) of the chain head with an

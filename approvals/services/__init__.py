@@ -44,6 +44,12 @@ from approvals.services.grants import (
     grants_expire_due,
     grants_revoke_for_agent,
 )
+from approvals.services.policy_change import (
+    policy_proposal_apply,
+    policy_proposal_reject,
+    policy_propose,
+)
+from approvals.services.reevaluation import grants_reevaluate
 from approvals.services.requests import (
     SubmitResult,
     access_request_cancel,
@@ -51,6 +57,12 @@ from approvals.services.requests import (
     access_request_expire,
     access_request_submit,
     grant_extension_request,
+)
+from approvals.services.simulation import (
+    PolicySimulation,
+    policies_without,
+    policy_change_simulate,
+    proposed_policies,
 )
 from approvals.services.tokens import (
     grant_token_refresh,
@@ -60,6 +72,7 @@ from approvals.services.tokens import (
 
 __all__ = [
     "DecideResult",
+    "PolicySimulation",
     "SubmitResult",
     "access_request_cancel",
     "access_request_decide",
@@ -77,12 +90,19 @@ __all__ = [
     "grant_extension_request",
     "grant_revoke",
     "grant_token_refresh",
+    "grants_reevaluate",
     "grants_expire_due",
     "grants_revoke_for_agent",
     "is_initiator",
+    "policies_without",
+    "policy_change_simulate",
     "policy_delete",
+    "policy_proposal_apply",
+    "policy_proposal_reject",
+    "policy_propose",
     "policy_save",
     "privilege_save",
+    "proposed_policies",
     "record_refusal",
     "token_introspect",
     "tool_call_record",

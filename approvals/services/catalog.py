@@ -1,4 +1,8 @@
-"""The catalog and its policy: saving and deleting Cedar policies, saving privileges."""
+"""The catalog and its policy: saving and deleting Cedar policies, saving privileges.
+
+A policy change takes the policy-change lock (exclusive) before any row, so grants decided
+under the old set commit first; once it commits, every live grant is decided again and those
+the new set denies end (`grants_reevaluate`)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from approvals.models import (
     PolicyRevision,
     PolicySetState,
 )
+from approvals.services.common import policy_change_lock
+from approvals.services.reevaluation import grants_reevaluate
 from audit.services import Actor, record
 from core.errors import InvalidInput
 
@@ -25,6 +31,7 @@ def policy_save(*, policy_row, actor: Actor, created: bool):
             fields={"text": exc.errors},
         )
     with transaction.atomic():
+        policy_change_lock(exclusive=True)
         if not created:
             policy_row.version = (
                 type(policy_row)
@@ -53,7 +60,20 @@ def policy_save(*, policy_row, actor: Actor, created: bool):
                 "text": policy_row.text,
             },
         )
+        _reevaluate_on_commit(
+            actor, f"policy {policy_row.name} v{policy_row.version} saved by {actor.id}"
+        )
     return policy_row
+
+
+def _reevaluate_on_commit(actor: Actor, detail: str) -> None:
+    """Once the change (and any transaction around it, like admin's) has committed, decide the
+    live grants again. A failure there is logged, not raised: the change stands, and every
+    token refresh and introspection still asks the new policy set."""
+    transaction.on_commit(
+        lambda: grants_reevaluate(actor=actor, detail=detail),
+        robust=True,
+    )
 
 
 def _policy_generation_bump() -> None:
@@ -64,10 +84,12 @@ def _policy_generation_bump() -> None:
 
 def policy_delete(*, policy_row, actor: Actor) -> None:
     with transaction.atomic():
+        policy_change_lock(exclusive=True)
         name, version = policy_row.name, policy_row.version
         policy_row.delete()
         _policy_generation_bump()
         record(actor=actor, verb="policy.deleted", data={"policy": name, "version": version})
+        _reevaluate_on_commit(actor, f"policy {name} v{version} deleted by {actor.id}")
 
 
 def privilege_save(*, privilege, actor: Actor, created: bool):

@@ -51,6 +51,23 @@ def lock_agents(agent_ids: Iterable[int], *, exclusive: bool = False) -> dict[in
     return {agent.pk: agent for agent in queryset}
 
 
+# The first key of the policy-change advisory lock (PostgreSQL only).
+_POLICY_CHANGE_LOCK = 0x504F4C49  # "POLI"
+
+
+def policy_change_lock(*, exclusive: bool) -> None:
+    """Decisions that may issue a grant (shared) and policy changes (exclusive) take turns, for
+    the rest of the transaction: a grant decided under the old policy set commits before a
+    change does, so the re-evaluation that follows the change sees it and ends it if the new
+    set denies it. Shared holders never wait for each other. Taken before the policy set is
+    read; a policy change takes it before any row."""
+    if connection.vendor != "postgresql":
+        return  # SQLite has one writer at a time
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {function}(%s)", [_POLICY_CHANGE_LOCK])
+
+
 def privilege_by_name(name: str) -> Privilege:
     resource, sep, action = (name or "").partition(":")
     found = (

@@ -18,7 +18,12 @@ from approvals.models import (
     Decision,
     Grant,
 )
-from approvals.services.common import lock_agents, on_commit_request_finished, request_transition
+from approvals.services.common import (
+    lock_agents,
+    on_commit_request_finished,
+    policy_change_lock,
+    request_transition,
+)
 from approvals.services.facts import request_policy_facts
 from approvals.services.grants import grant_issue
 from approvals.services.requests import access_request_mark_expired
@@ -272,6 +277,7 @@ def _record_decision(access_request, approver, verdict, channel, comment) -> Dec
             message=f"Grant #{parent.pk}, which this delegates from, has ended; "
             "no grant was issued.",
         )
+    policy_change_lock(exclusive=False)  # a policy change commits before or after this
     outcome = policy.decide(policy.current_policies(), request_policy_facts(access_request))
     if outcome.outcome == "deny":
         _refuse_grant(

@@ -38,7 +38,7 @@ def _held_live(agent_ids: Iterable[int], *, exclude_grant_id: int | None = None)
     grants = Grant.objects.filter(agent_id__in=list(agent_ids)).live(now)
     if exclude_grant_id is not None:
         grants = grants.exclude(pk=exclude_grant_id)
-    return tuple(sorted(set(grants.values_list("scope", flat=True))))
+    return tuple(sorted(grants.values_list("scope", flat=True).distinct()))
 
 
 def policy_facts(
@@ -53,9 +53,17 @@ def policy_facts(
     is_extension: bool = False,
     chain: ChainFacts | None = None,
     exclude_grant_id: int | None = None,
+    held_privileges: tuple[str, ...] | None = None,
+    toxic_with: tuple[str, ...] | None = None,
 ) -> policy.PolicyFacts:
+    """`held_privileges` and `toxic_with`, when the caller already read them (the policy
+    simulation, for many requests at once), are not read again."""
     now = timezone.now()
     chain = chain or chain_facts(parent=None, agent=agent)
+    if toxic_with is None:
+        toxic_with = privilege_toxic_with(privilege)
+    if held_privileges is None:
+        held_privileges = _held_live(chain.agent_pks, exclude_grant_id=exclude_grant_id)
     return policy.PolicyFacts(
         agent_id=agent.spiffe_id,
         agent_name=agent.name,
@@ -69,23 +77,27 @@ def policy_facts(
         risk_level=privilege.risk_level,
         max_duration_seconds=privilege.max_duration_seconds,
         approvals_required=privilege.approvals_required,
-        toxic_with=tuple(
-            f"{resource}:{action}"
-            for resource, action in privilege.toxic_with.values_list("resource", "action")
-        ),
+        toxic_with=toxic_with,
         intent=intent,
         duration_seconds=duration_seconds,
         environment=str(context.get("environment", "")),
         hour_utc=now.hour,
         weekday=now.isoweekday(),
         initiated_by=initiated_by,
-        held_privileges=_held_live(chain.agent_pks, exclude_grant_id=exclude_grant_id),
+        held_privileges=held_privileges,
         is_extension=is_extension,
         delegation_depth=chain.depth,
         root_agent=chain.root_agent,
         root_approver=chain.root_approver,
         chain=chain.agents,
         crosses_sponsor=chain.crosses_sponsor,
+    )
+
+
+def privilege_toxic_with(privilege: Privilege) -> tuple[str, ...]:
+    return tuple(
+        f"{resource}:{action}"
+        for resource, action in privilege.toxic_with.values_list("resource", "action")
     )
 
 
@@ -161,7 +173,13 @@ def cumulative_limit(
     )
 
 
-def request_policy_facts(access_request: AccessRequest, *, exclude_grant_id=None):
+def request_policy_facts(
+    access_request: AccessRequest,
+    *,
+    exclude_grant_id=None,
+    held_privileges: tuple[str, ...] | None = None,
+    toxic_with: tuple[str, ...] | None = None,
+):
     return policy_facts(
         agent=access_request.agent,
         privilege=access_request.privilege,
@@ -173,4 +191,6 @@ def request_policy_facts(access_request: AccessRequest, *, exclude_grant_id=None
         is_extension=access_request.extension_of_id is not None,
         chain=chain_facts(parent=access_request.parent_grant, agent=access_request.agent),
         exclude_grant_id=exclude_grant_id,
+        held_privileges=held_privileges,
+        toxic_with=toxic_with,
     )

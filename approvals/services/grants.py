@@ -331,3 +331,11 @@ def delegations_cancel_orphaned(*, grant_ids: Iterable[int]) -> int:
             on_commit_request_finished(access_request.pk)
         cancelled += 1
     return cancelled
+
+
+def grant_end_locked(*, grant: Grant, reason: str, actor: Actor, detail: str = "") -> None:
+    """End a live grant the caller holds locked, with every grant delegated from it, inside the
+    caller's transaction (which locked the agents first, as the lock order asks)."""
+    ended = [(grant, reason, None)]
+    ended += [(child, Reason.CASCADE, grant.pk) for child in _lock_live_descendants([grant.pk])]
+    _record_endings(ended, now=timezone.now(), actor=actor, detail=detail)

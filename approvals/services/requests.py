@@ -22,6 +22,7 @@ from approvals.services.common import (
     agent_refusal_evidence,
     lock_agents,
     on_commit_request_finished,
+    policy_change_lock,
     privilege_by_name,
     request_transition,
 )
@@ -185,6 +186,7 @@ def _submit(
             is_extension=extension_of is not None,
             chain=chain,
         )
+        policy_change_lock(exclusive=False)  # a policy change commits before or after this
         compiled = policy.current_policies()
         outcome = cumulative_limit(
             policy.decide(compiled, facts),

@@ -1,4 +1,5 @@
 import importlib
+import re
 
 import pytest
 from django.apps import apps as django_apps
@@ -18,12 +19,21 @@ forbid (principal, action, resource) when { resource.resource == "payments-db" }
 """
 
 
+def post_reviewed(client, url, data):
+    """Admin shows what a policy change would decide before keeping it: save twice."""
+    shown = client.post(url, data)
+    assert shown.status_code == 200, shown.content.decode()[:2000]
+    reviewed = re.search(r'name="reviewed" value="([0-9a-f]+)"', shown.content.decode()).group(1)
+    return client.post(url, {**data, "reviewed": reviewed})
+
+
 def test_a_policy_added_in_admin_changes_the_next_decision(
     agent_api, privileges, client, admin_user
 ):
     assert submit(agent_api, task_id="before").json()["status"] == "approved"
     client.force_login(admin_user)
-    response = client.post(
+    response = post_reviewed(
+        client,
         "/admin/approvals/policy/add/",
         {
             "name": "quarter-close",
@@ -49,7 +59,8 @@ def test_editing_a_policy_versions_it_and_disabling_restores_the_old_answer(
     freeze = PolicyFactory(name="quarter-close", text=FORBID_READS)
     assert submit(agent_api, task_id="a").json()["status"] == "denied"
     client.force_login(admin_user)
-    response = client.post(
+    response = post_reviewed(
+        client,
         f"/admin/approvals/policy/{freeze.pk}/change/",
         {
             "name": "quarter-close",
