@@ -19,6 +19,7 @@ from guardian.models import GroupObjectPermission, UserObjectPermission
 from guardian.shortcuts import get_group_perms, get_user_perms
 
 from agents.models import Agent
+from approvals import policy
 from approvals.models import AccessRequest, Decision
 
 APPROVE = "approve_for_agent"
@@ -124,6 +125,35 @@ class ApprovalProgress:
         return f"Recorded: {self.received} of {self.required}, {self.waiting}."
 
 
+def _approver_ids(agent_ids, group_ids=()) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+    """Who holds `approve_for_agent` on each agent, directly or through a group (user ids,
+    active or not), and the members of each group in `group_ids`: four queries."""
+    agent_type = ContentType.objects.get_for_model(Agent)
+    keys = {str(pk) for pk in agent_ids}
+    by_agent: dict[int, set[int]] = {int(pk): set() for pk in keys}
+    for object_pk, user_id in UserObjectPermission.objects.filter(
+        content_type=agent_type, permission__codename=APPROVE, object_pk__in=keys
+    ).values_list("object_pk", "user_id"):
+        by_agent[int(object_pk)].add(user_id)
+    groups_of_agent: dict[int, set[int]] = {}
+    for object_pk, group_id in GroupObjectPermission.objects.filter(
+        content_type=agent_type, permission__codename=APPROVE, object_pk__in=keys
+    ).values_list("object_pk", "group_id"):
+        groups_of_agent.setdefault(int(object_pk), set()).add(group_id)
+    wanted = set(group_ids).union(*groups_of_agent.values())
+    members: dict[int, set[int]] = {group_id: set() for group_id in wanted}
+    for group_id, user_id in (
+        get_user_model()
+        .groups.through.objects.filter(group_id__in=wanted)
+        .values_list("group_id", "user_id")
+    ):
+        members[group_id].add(user_id)
+    for agent_id, groups in groups_of_agent.items():
+        for group_id in groups:
+            by_agent[agent_id] |= members[group_id]
+    return by_agent, members
+
+
 def approval_progress(access_requests, viewer=None) -> dict[int, ApprovalProgress]:
     """Progress for a page of requests (each with `agent` and `privilege` loaded), in a fixed
     handful of queries whatever the page size. With `viewer`, each carries why that person may
@@ -131,29 +161,10 @@ def approval_progress(access_requests, viewer=None) -> dict[int, ApprovalProgres
     page = list(access_requests)
     if not page:
         return {}
-    agent_type = ContentType.objects.get_for_model(Agent)
-    agent_keys = {str(r.agent_id) for r in page}
-    users_of_agent: dict[int, set[int]] = {}
-    for object_pk, user_id in UserObjectPermission.objects.filter(
-        content_type=agent_type, permission__codename=APPROVE, object_pk__in=agent_keys
-    ).values_list("object_pk", "user_id"):
-        users_of_agent.setdefault(int(object_pk), set()).add(user_id)
-    groups_of_agent: dict[int, set[int]] = {}
-    for object_pk, group_id in GroupObjectPermission.objects.filter(
-        content_type=agent_type, permission__codename=APPROVE, object_pk__in=agent_keys
-    ).values_list("object_pk", "group_id"):
-        groups_of_agent.setdefault(int(object_pk), set()).add(group_id)
-    group_ids = set().union(*groups_of_agent.values()) | {
-        r.privilege.approver_group_id for r in page if r.privilege.approver_group_id
-    }
-    members: dict[int, set[int]] = {}
-    User = get_user_model()
-    for group_id, user_id in User.groups.through.objects.filter(group_id__in=group_ids).values_list(
-        "group_id", "user_id"
-    ):
-        members.setdefault(group_id, set()).add(user_id)
+    approver_groups = {r.privilege.approver_group_id for r in page} - {None}
+    users_of_agent, members = _approver_ids({r.agent_id for r in page}, approver_groups)
     group_names = dict(
-        Group.objects.filter(pk__in=group_ids | {r.agent.team_id for r in page}).values_list(
+        Group.objects.filter(pk__in=approver_groups | {r.agent.team_id for r in page}).values_list(
             "pk", "name"
         )
     )
@@ -168,19 +179,17 @@ def approval_progress(access_requests, viewer=None) -> dict[int, ApprovalProgres
     candidate_ids = set().union(*users_of_agent.values(), *members.values())
     people = {
         pk: (username, email)
-        for pk, username, email in User.objects.filter(
-            pk__in=candidate_ids, is_active=True
-        ).values_list("pk", "username", "email")
+        for pk, username, email in get_user_model()
+        .objects.filter(pk__in=candidate_ids, is_active=True)
+        .values_list("pk", "username", "email")
     }
 
     progress = {}
     for access_request in page:
-        eligible = set(users_of_agent.get(access_request.agent_id, ()))
-        for group_id in groups_of_agent.get(access_request.agent_id, ()):
-            eligible |= members.get(group_id, set())
+        eligible = set(users_of_agent[access_request.agent_id])
         approver_group_id = access_request.privilege.approver_group_id
         if approver_group_id:
-            eligible |= members.get(approver_group_id, set())
+            eligible |= members[approver_group_id]
         eligible &= people.keys()
         initiators = {pk for pk in eligible if initiated(access_request.initiated_by, *people[pk])}
         decisions = decided.get(access_request.pk, [])
@@ -218,3 +227,97 @@ def progress_of(access_request: AccessRequest, viewer=None) -> ApprovalProgress:
 def eligible_count(access_request: AccessRequest) -> int:
     """How many distinct people may still approve it (the initiator excluded)."""
     return len(progress_of(access_request).waiting_for)
+
+
+# --- admin's warnings: approval counts that cannot be met ---------------------------------------
+
+
+def typical_outcome(privilege, compiled=None) -> policy.PolicyOutcome:
+    """What policy asks of a plain request for `privilege` (an active agent, no delegation, the
+    privilege's longest duration): how admin knows a policy's `@approvals` before any request."""
+    compiled = compiled or policy.current_policies()
+    facts = policy.PolicyFacts(
+        agent_id="spiffe://custody.invalid/admin-preview",
+        agent_name="admin preview",
+        agent_status="active",
+        sponsor="",
+        team="",
+        privilege_name=privilege.name,
+        resource=privilege.resource,
+        action=privilege.action,
+        risk=privilege.risk,
+        risk_level=privilege.risk_level,
+        max_duration_seconds=privilege.max_duration_seconds,
+        approvals_required=privilege.approvals_required,
+        toxic_with=(),
+        intent={"action": "", "target": "", "justification": ""},
+        duration_seconds=privilege.max_duration_seconds,
+        environment="production",
+        hour_utc=12,
+        weekday=3,
+        initiated_by="",
+        held_privileges=(),
+    )
+    return policy.decide(compiled, facts)
+
+
+def count_rule(privilege, outcome: policy.PolicyOutcome) -> str:
+    """ "2: policy high-risk-two-approvals asks 2; the privilege asks 1" for admin."""
+    if outcome.outcome != "request":
+        routed = "granted by policy" if outcome.outcome == "auto_approve" else "denied by policy"
+        return f"{privilege.approvals_required} (a plain request is {routed})"
+    if outcome.policy_approvals_id:
+        return (
+            f"{outcome.approvals_required}: policy {outcome.policy_approvals_id} asks "
+            f"{outcome.policy_approvals}; the privilege asks {privilege.approvals_required}"
+        )
+    return f"{outcome.approvals_required}: the privilege asks {privilege.approvals_required}"
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """An agent whose requests for a privilege can never gather enough approvals."""
+
+    agent: Agent
+    privilege_name: str
+    required: int
+    eligible: int
+
+    def __str__(self) -> str:
+        people = "1 person" if self.eligible == 1 else f"{self.eligible} people"
+        return (
+            f"{self.agent.name}: {self.privilege_name} needs {self.required} approvals, "
+            f"only {people} may approve"
+        )
+
+
+def approval_shortfalls(*, agents, privileges) -> list[Shortfall]:
+    """Each (active agent, enabled privilege) pair whose typical request needs more distinct
+    approvers than exist: its requests would escalate the moment they are filed."""
+    agents = [agent for agent in agents if agent.status == Agent.Status.ACTIVE]
+    compiled = policy.current_policies()
+    needs = []
+    for privilege in privileges:
+        if not privilege.enabled:
+            continue
+        outcome = typical_outcome(privilege, compiled)
+        if outcome.outcome == "request":
+            needs.append((privilege, outcome.approvals_required))
+    if not agents or not needs:
+        return []
+    by_agent, members = _approver_ids(
+        {agent.pk for agent in agents}, {p.approver_group_id for p, _ in needs} - {None}
+    )
+    active = set(
+        get_user_model()
+        .objects.filter(pk__in=set().union(*by_agent.values(), *members.values()), is_active=True)
+        .values_list("pk", flat=True)
+    )
+    found = []
+    for agent in agents:
+        for privilege, required in needs:
+            eligible = by_agent[agent.pk] | members.get(privilege.approver_group_id, set())
+            count = len(eligible & active)
+            if count < required:
+                found.append(Shortfall(agent, privilege.name, required, count))
+    return found

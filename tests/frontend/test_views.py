@@ -321,7 +321,9 @@ def test_a_decision_that_lost_the_race_says_someone_else_decided_first(
     client.get("/inbox/")  # the sponsor's inbox still shows it ...
     approve(backup_approver, access_request)  # ... when the backup approver decides first
 
-    response = client.post(f"/requests/{access_request.pk}/decide/", {"verdict": "deny", "comment": "not now"}, **HTMX)
+    response = client.post(
+        f"/requests/{access_request.pk}/decide/", {"verdict": "deny", "comment": "not now"}, **HTMX
+    )
 
     html = text(response)
     assert response.status_code == 409
@@ -404,7 +406,9 @@ def test_a_fresh_login_approves_a_critical_request_at_once(web, sponsor, pending
     access_request = pending("prod-cluster:admin")
 
     response = web(sponsor).post(
-        f"/requests/{access_request.pk}/decide/", {"verdict": "approve", "comment": "change 42"}, **HTMX
+        f"/requests/{access_request.pk}/decide/",
+        {"verdict": "approve", "comment": "change 42"},
+        **HTMX,
     )
 
     assert response.status_code == 200
@@ -458,7 +462,9 @@ def test_ten_minutes_after_the_login_the_step_up_is_asked(web, sponsor, pending)
         client = web(sponsor)
     with time_machine.travel(start + timedelta(minutes=10, seconds=30), tick=True):
         response = client.post(
-            f"/requests/{access_request.pk}/decide/", {"verdict": "approve", "comment": "change 42"}, **HTMX
+            f"/requests/{access_request.pk}/decide/",
+            {"verdict": "approve", "comment": "change 42"},
+            **HTMX,
         )
 
     assert response.status_code == 204
@@ -473,7 +479,9 @@ def test_a_session_without_a_login_time_is_asked_too(web, sponsor, pending):
     del session[SESSION_KEY]
     session.save()
 
-    response = client.post(f"/requests/{access_request.pk}/decide/", {"verdict": "approve", "comment": "change 42"})
+    response = client.post(
+        f"/requests/{access_request.pk}/decide/", {"verdict": "approve", "comment": "change 42"}
+    )
 
     assert response["Location"].startswith("/step-up/")
     assert not access_request.decisions.exists()
@@ -484,7 +492,9 @@ def test_denying_a_critical_request_needs_no_step_up(web, sponsor, pending):
     client = web(sponsor)
     _age_login(client, minutes=60)
 
-    response = client.post(f"/requests/{access_request.pk}/decide/", {"verdict": "deny", "comment": "not this week"})
+    response = client.post(
+        f"/requests/{access_request.pk}/decide/", {"verdict": "deny", "comment": "not this week"}
+    )
 
     assert response["Location"] == f"/requests/{access_request.pk}/"
     access_request.refresh_from_db()
