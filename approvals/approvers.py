@@ -97,7 +97,8 @@ class ApprovalProgress:
         if not self.needed:
             return ""
         if not self.waiting_for:
-            return f"nobody else may approve; escalated to {self.escalate_to}"
+            nobody = "nobody else" if self.approved_by or self.initiator else "nobody"
+            return f"{nobody} may approve; escalated to {self.escalate_to}"
         if self.cannot_be_met:
             missing = self.needed - len(self.waiting_for)
             return (

@@ -290,6 +290,26 @@ def test_too_few_approvers_escalates_in_slack_at_once_to_the_team_and_the_sponso
     assert AccessRequest.objects.get(pk=request_id).escalated_at is not None
 
 
+def test_the_sponsor_hears_of_an_escalation_even_without_the_right_to_approve(
+    slack, agent_api, privileges, agent, sponsor
+):
+    from guardian.shortcuts import remove_perm
+
+    remove_perm("agents.approve_for_agent", sponsor, agent)  # nobody may approve now
+
+    submit(agent_api, "payments-api:refund")
+
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 3)
+    channels = sorted(c.params["channel"] for c in slack.of("chat.postMessage"))
+    assert channels == ["CTEAM0001", "CTEAM0001", "USPONSOR1"]  # the request, its escalation
+    to_sponsor = slack.of("chat.postMessage")[
+        [c.params["channel"] for c in slack.of("chat.postMessage")].index("USPONSOR1")
+    ]
+    assert "nobody may approve; escalated to team payments-platform" in json.dumps(
+        to_sponsor.params["blocks"]
+    )
+
+
 def test_a_decision_on_the_web_updates_the_slack_messages(slack, agent_api, privileges, sponsor):
     request_id = submit(agent_api, "payments-api:refund").json()["id"]
     assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 2)
