@@ -225,9 +225,12 @@ def progress_of(access_request: AccessRequest, viewer=None) -> ApprovalProgress:
     return approval_progress([access_request], viewer)[access_request.pk]
 
 
-def eligible_count(access_request: AccessRequest) -> int:
-    """How many distinct people may still approve it (the initiator excluded)."""
-    return len(progress_of(access_request).waiting_for)
+def recorded_message(access_request: AccessRequest) -> str:
+    """What a person reads after deciding: progress while approvals are missing ("Recorded:
+    1 of 2, waiting for dave."), else where the request ended."""
+    if access_request.is_pending:
+        return progress_of(access_request).recorded
+    return f"Recorded. Request #{access_request.pk} is {access_request.status}."
 
 
 # --- admin's warnings: approval counts that cannot be met ---------------------------------------

@@ -18,6 +18,9 @@ from approvals.approvers import (
 from approvals.approvers import (
     progress_of as progress_of,
 )
+from approvals.approvers import (
+    recorded_message as recorded_message,
+)
 from approvals.lineage import grant_ancestors, grant_descendants
 from approvals.models import AccessRequest, Decision, Grant
 from approvals.tokens import token_claims

@@ -161,12 +161,7 @@ def _decide(request, access_request: AccessRequest, verdict: str, comment: str) 
                 messages.error(request, exc.message)
         raise
     access_request.refresh_from_db()
-    if access_request.is_pending:  # a partial approval is progress, not "pending"
-        messages.success(request, selectors.progress_of(access_request).recorded)
-    else:
-        messages.success(
-            request, f"Recorded. Request #{access_request.pk} is {access_request.status}."
-        )
+    messages.success(request, selectors.recorded_message(access_request))
 
 
 def _after_decision(request, access_request, status: int = 200):
@@ -270,7 +265,6 @@ def request_detail(request, access_request: AccessRequest):
             "chain": chain,
             "trail": trail,
             "progress": progress,
-            # The same rule the decision service enforces, with its sentence when it refuses.
             "can_decide": access_request.is_pending and not progress.refusal,
             "form": DecisionForm(),
         },
