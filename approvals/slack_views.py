@@ -280,10 +280,12 @@ def commands(request):
         text = HELP
     elif words[0] == "pending":
         pending = list(selectors.requests_pending_for(person)[:20])
+        progress = selectors.approval_progress(pending, person)
         text = (
             "\n".join(
                 f"#{r.pk} {r.privilege.name} for {r.agent.name}: {r.intent.get('action', '')} "
-                f"(decide by {r.decision_deadline:%Y-%m-%d %H:%M} UTC) {slack.request_url(r)}"
+                f"({progress[r.pk].summary}; decide by {r.decision_deadline:%Y-%m-%d %H:%M} UTC)"
+                f" {slack.request_url(r)}"
                 for r in pending
             )
             or "Nothing waits for your decision."

@@ -548,7 +548,9 @@ def test_the_custody_command_lists_pending_approvals(slack, agent_api, privilege
             **signed(body),
         )
 
-    assert f"#{request_id} payments-api:refund" in command("pending").json()["text"]
+    listed = command("pending").json()["text"]
+    assert f"#{request_id} payments-api:refund" in listed
+    assert "(0 of 1 — waiting for sponsor; decide by" in listed
     assert "/custody pending" in command("help").json()["text"]
     assert "does not know" in command("pending", user="UNOBODY00").json()["text"]
     assert command("pending", team="T0EVIL").status_code == 403
