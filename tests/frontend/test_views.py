@@ -188,7 +188,7 @@ def test_the_dashboard_shows_pending_grants_overdue_reviews_and_denials(
     html = text(response)
     assert response.status_code == 200
     assert f'href="/requests/{waiting.pk}/"' in html
-    assert "1 of 2" in html
+    assert "1 of 2 — waiting for sponsor" in html
     assert f"#{grant.pk} payments-api:refund" in html
     assert "Forgotten bot" in html
     assert f'href="/requests/{denied.pk}/"' in html
