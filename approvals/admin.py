@@ -9,7 +9,9 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from approvals import policy, services
+from agents.admin import AgentAdmin as AgentAdminBase
+from agents.models import Agent
+from approvals import approvers, policy, services
 from approvals.models import (
     AccessRequest,
     Decision,
@@ -38,13 +40,31 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+SHORTFALLS_LISTED = 5
+
+
+def warn_shortfalls(request, shortfalls) -> None:
+    """An admin message naming the agents whose requests could never gather their approvals."""
+    if not shortfalls:
+        return
+    listed = "; ".join(str(shortfall) for shortfall in shortfalls[:SHORTFALLS_LISTED])
+    more = len(shortfalls) - SHORTFALLS_LISTED
+    messages.warning(
+        request,
+        f"Approval count cannot be met ({len(shortfalls)}): {listed}"
+        + (f"; and {more} more" if more > 0 else "")
+        + ". Such requests escalate to the team as soon as they are filed: add backup "
+        "approvers or an approver group.",
+    )
+
+
 @admin.register(Privilege)
 class PrivilegeAdmin(admin.ModelAdmin):
     list_display = [
         "__str__",
         "risk",
         "max_duration_seconds",
-        "approvals_required",
+        "approvals_needed",
         "approver_group",
         "slack_max_risk",
         "enabled",
@@ -52,11 +72,94 @@ class PrivilegeAdmin(admin.ModelAdmin):
     list_filter = ["risk", "enabled"]
     search_fields = ["resource", "action", "description"]
     filter_horizontal = ["toxic_with"]
+    readonly_fields = ["approvals_needed"]
+
+    @admin.display(description="Approvals needed")
+    def approvals_needed(self, privilege: Privilege) -> str:
+        """The one rule (the larger of the privilege's count and a policy's @approvals), with
+        its reason, for a plain request."""
+        if privilege.pk is None:
+            return "Shown once saved."
+        return approvers.count_rule(privilege, approvers.typical_outcome(privilege))
+
+    def changelist_view(self, request, extra_context=None):
+        if request.method == "GET":
+            warn_shortfalls(
+                request,
+                approvers.approval_shortfalls(
+                    agents=Agent.objects.filter(status=Agent.Status.ACTIVE),
+                    privileges=Privilege.objects.filter(enabled=True),
+                ),
+            )
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        privilege = self.get_object(request, object_id)
+        if request.method == "GET" and privilege is not None:
+            warn_shortfalls(
+                request,
+                approvers.approval_shortfalls(
+                    agents=Agent.objects.filter(status=Agent.Status.ACTIVE),
+                    privileges=[privilege],
+                ),
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request, obj, form, change):
         services.privilege_save(
             privilege=obj, actor=Actor.for_user(request.user), created=not change
         )
+        warn_shortfalls(
+            request,
+            approvers.approval_shortfalls(
+                agents=Agent.objects.filter(status=Agent.Status.ACTIVE), privileges=[obj]
+            ),
+        )
+
+
+# The agent's admin lives in `agents`, which knows nothing of privileges: the approval-count
+# warnings are added here, where both are known.
+admin.site.unregister(Agent)
+
+
+@admin.register(Agent)
+class AgentAdmin(AgentAdminBase):
+    readonly_fields = [*AgentAdminBase.readonly_fields, "approval_coverage"]
+
+    @admin.display(description="Approval count")
+    def approval_coverage(self, agent: Agent) -> str:
+        if agent.pk is None:
+            return "Checked once registered."
+        shortfalls = approvers.approval_shortfalls(
+            agents=[agent], privileges=Privilege.objects.filter(enabled=True)
+        )
+        if not shortfalls:
+            return "Every privilege's approval count can be met."
+        return "Cannot be met: " + "; ".join(
+            f"{s.privilege_name} needs {s.required}, {s.eligible} may approve" for s in shortfalls
+        )
+
+    def changelist_view(self, request, extra_context=None):
+        if request.method == "GET":
+            warn_shortfalls(
+                request,
+                approvers.approval_shortfalls(
+                    agents=Agent.objects.filter(status=Agent.Status.ACTIVE),
+                    privileges=Privilege.objects.filter(enabled=True),
+                ),
+            )
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        agent = self.get_object(request, object_id)
+        if request.method == "GET" and agent is not None:
+            warn_shortfalls(
+                request,
+                approvers.approval_shortfalls(
+                    agents=[agent], privileges=Privilege.objects.filter(enabled=True)
+                ),
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
 
 
 REVIEW_FIRST = (
@@ -364,10 +467,15 @@ class AccessRequestAdmin(ReadOnlyAdmin):
         "task_id",
         "status",
         "policy_outcome",
-        "approvals_required",
+        "approvals",
         "created_at",
         "decision_deadline",
     ]
+
+    @admin.display(description="Approvals", ordering="approvals_required")
+    def approvals(self, access_request: AccessRequest) -> str:
+        return access_request.approvals_rule
+
     list_filter = ["status", "policy_outcome", "privilege"]
     search_fields = ["agent__name", "agent__spiffe_id", "task_id"]
     list_select_related = ["agent", "privilege"]

@@ -108,6 +108,14 @@ def request_output(access_request: AccessRequest, *, token=None, submitted=None)
         },
         "approvals_required": access_request.approvals_required,
         "approvals_received": approvals,
+        # Why that many: counts and the policy's id, never the people (an agent learns how
+        # many must agree, not whom to press).
+        "approvals_rule": {
+            "privilege_asks": access_request.approvals_privilege,
+            "policy_asks": access_request.approvals_policy,
+            "policy": access_request.approvals_policy_id or None,
+            "reason": access_request.approvals_rule,
+        },
         "expires_at": access_request.decision_deadline.isoformat(),
         "created_at": access_request.created_at.isoformat(),
         "grant": None
@@ -372,7 +380,10 @@ class PersonApi(APIView):
 
 class PendingApprovalsApi(PersonApi):
     def get(self, request):
-        pending = selectors.requests_pending_for(request.user).prefetch_related("decisions")[:200]
+        pending = list(
+            selectors.requests_pending_for(request.user).prefetch_related("decisions")[:200]
+        )
+        progress = selectors.approval_progress(pending, request.user)
         return Response(
             {
                 "results": [
@@ -380,11 +391,26 @@ class PendingApprovalsApi(PersonApi):
                         **request_output(access_request),
                         "agent": access_request.agent.spiffe_id,
                         "sponsor": access_request.agent.sponsor.get_username(),
+                        "progress": _progress_output(progress[access_request.pk]),
                     }
                     for access_request in pending
                 ]
             }
         )
+
+
+def _progress_output(progress) -> dict:
+    """Who decides, for people: by name, and why this person may not when they may not."""
+    return {
+        "summary": progress.summary,
+        "approved_by": progress.approved_by,
+        "denied_by": progress.denied_by,
+        "waiting_for": progress.waiting_for,
+        "initiator": progress.initiator or None,
+        "cannot_be_met": progress.cannot_be_met,
+        "you_may_decide": not progress.refusal,
+        "why_not": progress.refusal or None,
+    }
 
 
 class DecisionCreateApi(PersonApi):
@@ -409,11 +435,19 @@ class DecisionCreateApi(PersonApi):
             **payload.validated_data,
         )
         access_request = (
-            AccessRequest.objects.select_related("privilege")
+            AccessRequest.objects.select_related("privilege", "agent")
             .prefetch_related("decisions")
             .get(pk=result.access_request.pk)
         )
-        return Response(request_output(access_request), status=status.HTTP_201_CREATED)
+        return Response(
+            {
+                **request_output(access_request),
+                "progress": _progress_output(
+                    selectors.progress_of(access_request, viewer=request.user)
+                ),
+            },
+            status=status.HTTP_201_CREATED,
+        )
 
 
 class JwksApi(APIView):

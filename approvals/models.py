@@ -211,6 +211,10 @@ class AccessRequest(models.Model):
     policy_ids = models.JSONField(default=list)
     policy_reason = models.TextField(blank=True)
     approvals_required = models.PositiveSmallIntegerField(default=1)
+    # The two inputs of `approvals_required` (the larger wins), kept so every page shows why.
+    approvals_privilege = models.PositiveSmallIntegerField(default=1)
+    approvals_policy = models.PositiveSmallIntegerField(default=0)
+    approvals_policy_id = models.CharField(max_length=200, blank=True)
     decision_deadline = models.DateTimeField()
     escalation_at = models.DateTimeField(null=True, blank=True)
     escalated_at = models.DateTimeField(null=True, blank=True)
@@ -258,6 +262,19 @@ class AccessRequest(models.Model):
         if self.is_pending and self.deadline_passed(now):
             return self.Status.EXPIRED
         return self.status
+
+    @property
+    def approvals_rule(self) -> str:
+        """Why this many approvals: "2 approvals: policy X asks 2; the privilege asks 1"."""
+        count = self.approvals_required
+        head = f"{count} approval{'s' if count != 1 else ''}"
+        privilege = f"the privilege asks {self.approvals_privilege}"
+        if not self.approvals_policy_id:
+            return f"{head}: {privilege}; no policy asks for more"
+        policy = f"policy {self.approvals_policy_id} asks {self.approvals_policy}"
+        if self.approvals_policy > self.approvals_privilege:
+            return f"{head}: {policy}; {privilege}"
+        return f"{head}: {privilege}; {policy}"
 
     def approvals_received(self) -> int:
         """Approvals by people so far (policy's automatic approval is not one); uses prefetched

@@ -197,7 +197,10 @@ class PolicyOutcome:
     outcome: str  # auto_approve | request | deny
     policy_ids: list[str]
     reason: str
-    approvals_required: int
+    approvals_required: int  # the larger of the privilege's count and the policy's ask
+    # The largest `@approvals` among the policies that routed the request to people, and whose.
+    policy_approvals: int = 0
+    policy_approvals_id: str = ""
 
 
 @dataclass
@@ -339,16 +342,19 @@ def decide(compiled: CompiledPolicies, facts: PolicyFacts) -> PolicyOutcome:
     ids = asked.diagnostics.reasons
     # A forbid that blocked the automatic path is part of why people must decide.
     blockers = automatic.diagnostics.reasons
-    approvals = facts.approvals_required
+    # One rule for the count: the larger of the privilege's and the policies' `@approvals`.
+    asked_by, asks = "", 0
     for pid in ids:
         wanted = compiled.annotations.get(pid, {}).get("approvals")
-        if wanted and wanted.isdigit():
-            approvals = max(approvals, int(wanted))
+        if wanted and wanted.isdigit() and int(wanted) > asks:
+            asked_by, asks = compiled.label(pid), int(wanted)
     return PolicyOutcome(
         "request",
         [compiled.label(pid) for pid in [*blockers, *ids]],
         " ".join(compiled.reasons([*blockers, *ids])),
-        approvals,
+        max(facts.approvals_required, asks),
+        asks,
+        asked_by,
     )
 
 

@@ -9,6 +9,18 @@ from guardian.shortcuts import get_objects_for_user
 
 from agents.models import Agent
 from agents.selectors import agents_visible_to
+from approvals.approvers import (  # who decides: re-exported for the pages and Slack
+    ApprovalProgress as ApprovalProgress,
+)
+from approvals.approvers import (
+    approval_progress as approval_progress,
+)
+from approvals.approvers import (
+    progress_of as progress_of,
+)
+from approvals.approvers import (
+    recorded_message as recorded_message,
+)
 from approvals.lineage import grant_ancestors, grant_descendants
 from approvals.models import AccessRequest, Decision, Grant
 from approvals.tokens import token_claims

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 from slack_sdk import WebClient
 
-from approvals import notifications
+from approvals import approvers, notifications
 from approvals.lineage import grant_ancestors
 from approvals.models import AccessRequest, Decision, Grant, SlackMessage
 from core.formatting import duration_words, moment_words
@@ -81,11 +81,13 @@ def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Ki
     agent = access_request.agent
     privilege = access_request.privilege
     intent = access_request.intent or {}
-    approvals = access_request.approvals_received()
+    progress = approvers.progress_of(access_request)
     status = access_request.status
     headline = {
         SlackMessage.Kind.REQUEST: "Privilege request",
-        SlackMessage.Kind.ESCALATION: "Escalated: approvals still missing",
+        SlackMessage.Kind.ESCALATION: "Escalated: too few people may approve"
+        if progress.cannot_be_met
+        else "Escalated: approvals still missing",
     }.get(kind, "Privilege request")
     blocks: list[dict] = [
         {"type": "header", "text": plain(f"{headline}: {privilege.name} ({privilege.risk})", 150)},
@@ -97,9 +99,10 @@ def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Ki
                 plain(f"Sponsor: {agent.sponsor.get_username()}"),
                 plain(f"Duration asked: {duration_words(access_request.duration_seconds)}"),
                 plain(f"Task: {access_request.task_id}"),
-                plain(f"Approvals: {approvals} of {access_request.approvals_required}"),
+                plain(f"Approvals: {progress.summary}"),
             ],
         },
+        {"type": "context", "elements": [plain(progress.rule.capitalize())]},
         {
             "type": "section",
             "text": plain(
@@ -246,6 +249,10 @@ def post_request(access_request_id: int, *, kind: str = SlackMessage.Kind.REQUES
     """Post to each approver (and the team's channel) that has not had this message yet."""
     access_request = _load(access_request_id)
     places = approver_slack_ids(access_request)
+    if kind == SlackMessage.Kind.ESCALATION:  # the sponsor hears of it, approver or not
+        profile = getattr(access_request.agent.sponsor, "sponsor_profile", None)
+        if profile is not None and profile.slack_user_id and profile.slack_user_id not in places:
+            places.append(profile.slack_user_id)
     if channel_id := team_slack_channel_id(access_request):
         places.append(channel_id)
     blocks, text = render_request(access_request, kind=kind)
@@ -330,10 +337,16 @@ def post_ephemeral(channel: str, user: str, text: str) -> None:
     client().chat_postEphemeral(channel=channel, user=user, text=escape(text))
 
 
-def decision_modal(access_request: AccessRequest) -> dict:
+def decision_modal(access_request: AccessRequest, *, verdict: str = "") -> dict:
+    """The decision form: a verdict and a comment, which a denial must fill in (its reason).
+    Opened by "Deny" with the denial chosen, or by "Comment…" with nothing chosen."""
     options = [{"text": plain("Deny"), "value": "deny"}]
     if slack_approvable(access_request):
         options.insert(0, {"text": plain("Approve"), "value": "approve"})
+    verdict_element: dict = {"type": "radio_buttons", "action_id": "value", "options": options}
+    chosen = [option for option in options if option["value"] == verdict]
+    if chosen:
+        verdict_element["initial_option"] = chosen[0]
     return {
         "type": "modal",
         "callback_id": MODAL,
@@ -349,12 +362,12 @@ def decision_modal(access_request: AccessRequest) -> dict:
                 "type": "input",
                 "block_id": "verdict",
                 "label": plain("Decision"),
-                "element": {"type": "radio_buttons", "action_id": "value", "options": options},
+                "element": verdict_element,
             },
             {
                 "type": "input",
                 "block_id": "comment",
-                "label": plain("Comment"),
+                "label": plain("Comment (a denial needs its reason)"),
                 "optional": True,
                 "element": {
                     "type": "plain_text_input",

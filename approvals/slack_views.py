@@ -24,7 +24,7 @@ from slack_sdk.errors import SlackClientError
 from slack_sdk.signature import SignatureVerifier
 
 from agents.models import SponsorProfile
-from approvals import selectors, services, slack
+from approvals import approvers, selectors, services, slack
 from approvals.models import AccessRequest, Decision, SlackInteraction
 from approvals.tasks import notify_ephemeral
 from audit.services import Actor, record, record_throttled
@@ -92,7 +92,13 @@ def _tell(payload: dict, text: str) -> None:
         logger.exception("Could not enqueue a Slack ephemeral reply")
 
 
-def _decide(person, request_id: int, verdict: str, comment: str = "") -> str | None:
+class Refusal(str):
+    """A sentence for the person; `field` names the modal block it belongs to."""
+
+    field = "verdict"
+
+
+def _decide(person, request_id: int, verdict: str, comment: str = "") -> Refusal | None:
     """Decide through the shared service; None on success, else a sentence for the person."""
     if not selectors.requests_visible_to(person).filter(pk=request_id).exists():
         services.record_refusal(
@@ -101,7 +107,7 @@ def _decide(person, request_id: int, verdict: str, comment: str = "") -> str | N
             why="not_visible",
             channel=Decision.Channel.SLACK,
         )
-        return CANNOT_APPROVE
+        return Refusal(CANNOT_APPROVE)
     try:
         services.access_request_decide(
             access_request_id=request_id,
@@ -112,7 +118,10 @@ def _decide(person, request_id: int, verdict: str, comment: str = "") -> str | N
             idempotent=True,
         )
     except DomainError as exc:
-        return exc.message
+        refusal = Refusal(exc.message)
+        if "comment" in (exc.fields or {}):
+            refusal.field = "comment"
+        return refusal
     return None
 
 
@@ -176,22 +185,45 @@ def _on_action(payload: dict, person, action: dict) -> HttpResponse:
         return HttpResponse(status=200)
     if action_id == slack.COMMENT:
         return _open_modal(payload, person, request_id)
-    verdict = Decision.Verdict.APPROVE if action_id == slack.APPROVE else Decision.Verdict.DENY
-    if problem := _decide(person, request_id, verdict):
+    if action_id == slack.DENY:  # a denial needs its reason: the modal asks for it
+        return _open_modal(payload, person, request_id, verdict=Decision.Verdict.DENY)
+    if problem := _decide(person, request_id, Decision.Verdict.APPROVE):
         _tell(payload, problem)
+    else:
+        _tell_progress(payload, request_id)
     return HttpResponse(status=200)
 
 
-def _open_modal(payload: dict, person, request_id: int) -> HttpResponse:
+def _tell_progress(payload: dict, request_id: int) -> None:
+    """A partial approval reads as progress: "Recorded: 1 of 2, waiting for dave"."""
+    access_request = AccessRequest.objects.select_related("agent", "privilege").get(pk=request_id)
+    if access_request.is_pending:
+        _tell(payload, approvers.progress_of(access_request).recorded)
+
+
+def _open_modal(payload: dict, person, request_id: int, verdict: str = "") -> HttpResponse:
     access_request = (
         AccessRequest.objects.select_related("privilege", "agent").filter(pk=request_id).first()
     )
     if access_request is None or not services.can_approve(person, access_request):
+        if verdict:  # a Deny click is a decision attempt: its refusal is evidence
+            services.record_refusal(
+                person=person,
+                access_request_id=request_id,
+                why="not_an_approver",
+                channel=Decision.Channel.SLACK,
+            )
         _tell(payload, CANNOT_APPROVE)
+        return HttpResponse(status=200)
+    # The same sentences the web page shows: no form for someone who may not decide it.
+    progress = approvers.progress_of(access_request, viewer=person)
+    if progress.refusal or not access_request.is_pending:
+        _tell(payload, progress.refusal or f"Request #{request_id} is {access_request.status}.")
         return HttpResponse(status=200)
     try:
         slack.client().views_open(
-            trigger_id=payload.get("trigger_id", ""), view=slack.decision_modal(access_request)
+            trigger_id=payload.get("trigger_id", ""),
+            view=slack.decision_modal(access_request, verdict=verdict),
         )
     except SlackClientError:
         logger.exception("Slack refused to open the decision modal")
@@ -216,7 +248,9 @@ def _on_modal(payload: dict, person, view: dict) -> HttpResponse:
         )
     comment = str(comment).replace("\x00", "")[:2000]  # PostgreSQL text holds no NUL
     if problem := _decide(person, request_id, verdict, comment):
-        return JsonResponse({"response_action": "errors", "errors": {"verdict": problem}})
+        return JsonResponse({"response_action": "errors", "errors": {problem.field: str(problem)}})
+    if verdict == Decision.Verdict.APPROVE:
+        _tell_progress({**payload, "channel": None}, request_id)
     return HttpResponse(status=200)
 
 
@@ -246,10 +280,12 @@ def commands(request):
         text = HELP
     elif words[0] == "pending":
         pending = list(selectors.requests_pending_for(person)[:20])
+        progress = selectors.approval_progress(pending, person)
         text = (
             "\n".join(
                 f"#{r.pk} {r.privilege.name} for {r.agent.name}: {r.intent.get('action', '')} "
-                f"(decide by {r.decision_deadline:%Y-%m-%d %H:%M} UTC) {slack.request_url(r)}"
+                f"({progress[r.pk].summary}; decide by {r.decision_deadline:%Y-%m-%d %H:%M} UTC)"
+                f" {slack.request_url(r)}"
                 for r in pending
             )
             or "Nothing waits for your decision."

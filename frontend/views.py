@@ -65,7 +65,7 @@ def dashboard(request):
         request,
         "frontend/dashboard.html",
         {
-            "pending": _with_approvals(pending[:5]),
+            "pending": _with_approvals(pending[:5], request.user),
             "pending_count": pending.count(),
             **dashboard_active_context(request.user),
             "overdue": overdue[:10],
@@ -74,12 +74,14 @@ def dashboard(request):
     )
 
 
-def _with_approvals(requests) -> list[AccessRequest]:
-    """A page of requests with the approvals each has received (one query for the page)."""
+def _with_approvals(requests, viewer) -> list[AccessRequest]:
+    """A page of requests, each with its approval progress as `viewer` sees it (who approved,
+    who is still needed, why the viewer may not decide): a fixed few queries for the page."""
     page = list(requests)
-    counts = selectors.approvals_received(access_request.pk for access_request in page)
+    progress = selectors.approval_progress(page, viewer)
     for access_request in page:
-        access_request.approvals = counts.get(access_request.pk, 0)
+        access_request.progress = progress[access_request.pk]
+        access_request.approvals = access_request.progress.received
     return page
 
 
@@ -89,7 +91,7 @@ INBOX_PAGE = 50
 @login_required
 def inbox(request):
     pending = selectors.requests_pending_for(request.user)
-    page = _with_approvals(pending[: INBOX_PAGE + 1])
+    page = _with_approvals(pending[: INBOX_PAGE + 1], request.user)
     template = "frontend/_inbox_list.html" if request.htmx else "frontend/inbox.html"
     return render(
         request,
@@ -107,6 +109,12 @@ def request_decide(request, access_request: AccessRequest):
         messages.error(request, "Choose approve or deny; a comment is at most 2000 characters.")
         return _after_decision(request, access_request, status=400)
     verdict, comment = form.cleaned_data["verdict"], form.cleaned_data["comment"]
+    if (
+        refusal := services.comment_refusal(verdict, comment, access_request.privilege.risk)
+    ) is not None:
+        # Before the step-up detour: the password would be asked for a decision that fails.
+        messages.error(request, refusal.message)
+        return _after_decision(request, access_request, status=400)
     try:
         _decide(request, access_request, verdict, comment)
     except DomainError as exc:
@@ -152,7 +160,7 @@ def _decide(request, access_request: AccessRequest, verdict: str, comment: str) 
                 messages.error(request, exc.message)
         raise
     access_request.refresh_from_db()
-    messages.success(request, f"Recorded. Request #{access_request.pk} is {access_request.status}.")
+    messages.success(request, selectors.recorded_message(access_request))
 
 
 def _after_decision(request, access_request, status: int = 200):
@@ -160,7 +168,8 @@ def _after_decision(request, access_request, status: int = 200):
         access_request = _with_approvals(
             selectors.requests_visible_to(request.user)
             .filter(pk=access_request.pk)
-            .select_related("agent", "privilege")
+            .select_related("agent", "privilege"),
+            request.user,
         )[0]
         return render(
             request,
@@ -197,6 +206,7 @@ def request_detail(request, access_request: AccessRequest):
         )[:500],
         request.user,
     )
+    progress = selectors.progress_of(access_request, viewer=request.user)  # the service's rule
     return render(
         request,
         "frontend/request.html",
@@ -207,8 +217,8 @@ def request_detail(request, access_request: AccessRequest):
             "claims": selectors.grant_token_claims(grant) if grant else None,
             "chain": chain,
             "trail": trail,
-            "can_decide": access_request.is_pending
-            and services.can_approve(request.user, access_request),
+            "progress": progress,
+            "can_decide": access_request.is_pending and not progress.refusal,
             "form": DecisionForm(),
         },
     )

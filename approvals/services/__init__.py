@@ -29,6 +29,7 @@ from approvals.services.decisions import (
     DecideResult,
     access_request_decide,
     can_approve,
+    comment_refusal,
     is_initiator,
     record_refusal,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "access_request_expire",
     "access_request_submit",
     "can_approve",
+    "comment_refusal",
     "delegation_exchange",
     "delegations_cancel_orphaned",
     "grant_complete",

@@ -9,10 +9,9 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from guardian.shortcuts import get_group_perms, get_user_perms
 
 from agents.models import Agent
-from approvals import notifications, policy
+from approvals import approvers, notifications, policy
 from approvals.models import (
     AccessRequest,
     Decision,
@@ -35,23 +34,28 @@ Status = AccessRequest.Status
 
 def can_approve(user, access_request: AccessRequest) -> bool:
     """Sponsor, backup approvers (object permission) or the privilege's approver group.
-    Superuser status grants nothing here: approval is a personal, accountable act."""
-    if not user.is_authenticated or not user.is_active:
-        return False
-    agent = access_request.agent
-    if "approve_for_agent" in get_user_perms(user, agent):
-        return True
-    if "approve_for_agent" in get_group_perms(user, agent):
-        return True
-    group_id = access_request.privilege.approver_group_id
-    return group_id is not None and user.groups.filter(pk=group_id).exists()
+    Superuser status grants nothing here: approval is a personal, accountable act. The rule
+    lives in approvals.approvers, which the pages use to show who may decide."""
+    return approvers.may_approve(user, access_request)
 
 
 def is_initiator(user, access_request: AccessRequest) -> bool:
-    initiated_by = access_request.initiated_by.strip().lower()
-    if not initiated_by:
-        return False
-    return initiated_by in {user.get_username().lower(), (user.email or "").lower()}
+    return approvers.is_initiator(user, access_request)
+
+
+def comment_refusal(verdict: str, comment: str, risk: str) -> InvalidInput | None:
+    """A denial says why; approving a critical request says why too. None when it does."""
+    if comment.strip():
+        return None
+    if verdict == Decision.Verdict.DENY:
+        message = "Give a reason for denying: the agent's sponsor and the audit log read it."
+        return InvalidInput(message, code="deny_reason_required", fields={"comment": [message]})
+    if risk == "critical":
+        message = "Approving a critical request needs a comment: say what you checked."
+        return InvalidInput(
+            message, code="approval_comment_required", fields={"comment": [message]}
+        )
+    return None
 
 
 STEP_UP_WINDOW = timedelta(minutes=10)
@@ -136,10 +140,7 @@ def access_request_decide(
             refusal = error
 
         if not can_approve(approver, access_request):
-            refuse(
-                Forbidden("You may not decide requests for this agent.", code="not_an_approver"),
-                "not_an_approver",
-            )
+            refuse(Forbidden(approvers.NOT_AN_APPROVER, code="not_an_approver"), "not_an_approver")
         elif idempotent and (
             earlier := access_request.decisions.filter(approver=approver, verdict=verdict).first()
         ):
@@ -175,6 +176,10 @@ def access_request_decide(
                 "deadline_passed",
             )
         elif (
+            missing := comment_refusal(verdict, comment, access_request.privilege.risk)
+        ) is not None:
+            refusal = missing  # bad input: nothing to record, nothing written
+        elif (
             verdict == Decision.Verdict.APPROVE
             and access_request.privilege.risk == "critical"
             and settings.CUSTODY_CRITICAL_APPROVAL_REQUIRES_SECOND_FACTOR
@@ -203,15 +208,12 @@ def access_request_decide(
             )
         elif is_initiator(approver, access_request):
             refuse(
-                Forbidden(
-                    "You initiated this request, so someone else must decide it.",
-                    code="initiator_cannot_approve",
-                ),
+                Forbidden(approvers.INITIATOR, code="initiator_cannot_approve"),
                 "initiator",
             )
         elif access_request.decisions.filter(approver=approver).exists():
             refuse(
-                Conflict("You have already decided this request.", code="already_decided"),
+                Conflict(approvers.ALREADY_DECIDED, code="already_decided"),
                 "already_decided",
             )
         else:

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.models import Agent
-from approvals import notifications, policy
+from approvals import approvers, notifications, policy
 from approvals.models import (
     AccessRequest,
     Decision,
@@ -212,6 +212,9 @@ def _submit(
             policy_ids=outcome.policy_ids,
             policy_reason=outcome.reason,
             approvals_required=outcome.approvals_required,
+            approvals_privilege=privilege.approvals_required,
+            approvals_policy=outcome.policy_approvals,
+            approvals_policy_id=outcome.policy_approvals_id[:200],
             created_at=now,
             decision_deadline=now + timedelta(seconds=deadline_seconds),
             escalation_at=now + timedelta(seconds=deadline_seconds // 2),
@@ -270,7 +273,36 @@ def _submit(
             result.token = token_issue(result.grant, actor=actor)
         else:
             notifications.request_pending(access_request.pk)
+            _escalate_if_too_few(access_request)
     return result
+
+
+def _escalate_if_too_few(access_request: AccessRequest) -> None:
+    """Fewer distinct people may approve than the request needs: waiting for its escalation
+    point would only waste half its deadline, so the team, the approver group and the sponsor
+    hear of it now. Claimed like the sweep's escalation (`escalated_at`), so it happens once."""
+    progress = approvers.progress_of(access_request)
+    if not progress.cannot_be_met:
+        return
+    AccessRequest.objects.filter(pk=access_request.pk).update(
+        escalated_at=access_request.created_at
+    )
+    access_request.escalated_at = access_request.created_at
+    record(
+        actor=Actor.system("escalation"),
+        verb="request.escalated",
+        agent_id=access_request.agent_id,
+        access_request_id=access_request.pk,
+        data={
+            "why": "too_few_approvers",
+            "team": access_request.agent.team.name,
+            "may_approve": progress.waiting_for,
+            "initiator": progress.initiator,
+            "approvals_required": access_request.approvals_required,
+            "approvals_rule": progress.rule,
+        },
+    )
+    notifications.request_escalated(access_request.pk)
 
 
 def access_request_cancel(*, access_request_id: int, agent: Agent) -> AccessRequest:

@@ -176,12 +176,138 @@ def test_approving_in_slack_issues_the_grant_and_updates_every_message(
         )
 
 
-def test_denying_in_slack(slack, agent_api, privileges):
+def submit_modal(view: dict, user_id: str, verdict: str | None, comment: str | None, n: int = 1):
+    values = {}
+    if verdict is not None:
+        values["verdict"] = {"value": {"selected_option": {"value": verdict}}}
+    if comment is not None:
+        values["comment"] = {"value": {"value": comment}}
+    submission = {
+        "type": "view_submission",
+        "api_app_id": "A0CUSTODY",
+        "team": {"id": "T0CUSTODY"},
+        "user": {"id": user_id},
+        "view": {
+            "id": f"V{n}",
+            "hash": f"h{n}",
+            "callback_id": view["callback_id"],
+            "private_metadata": view["private_metadata"],
+            "state": {"values": values},
+        },
+    }
+    body = urlencode({"payload": json.dumps(submission)})
+    return Client().post(
+        "/slack/interactions",
+        body,
+        content_type="application/x-www-form-urlencoded",
+        **signed(body),
+    )
+
+
+def test_denying_in_slack_asks_for_the_reason_first(slack, agent_api, privileges):
     request_id = submit(agent_api, "payments-api:refund").json()["id"]
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 2)
+
     assert click("USPONSOR1", "custody_deny", request_id).status_code == 200
+
+    assert AccessRequest.objects.get(pk=request_id).status == "pending"  # not yet: the modal
+    view = slack.of("views.open")[0].params["view"]
+    verdict_block = [b for b in view["blocks"] if b.get("block_id") == "verdict"][0]
+    assert verdict_block["element"]["initial_option"]["value"] == "deny"
+    without = submit_modal(view, "USPONSOR1", "deny", "", n=1)
+    assert without.json() == {
+        "response_action": "errors",
+        "errors": {
+            "comment": "Give a reason for denying: the agent's sponsor and the audit log read it."
+        },
+    }
+    assert not Decision.objects.filter(access_request_id=request_id).exists()
+    assert (
+        submit_modal(view, "USPONSOR1", "deny", "Refunds wait for Monday.", n=2).status_code == 200
+    )
     assert AccessRequest.objects.get(pk=request_id).status == "denied"
+    assert Decision.objects.get(access_request_id=request_id).comment == "Refunds wait for Monday."
     assert slack.wait_for(lambda: len(slack.of("chat.update")) == 2)
     assert "Denied" in json.dumps(slack.of("chat.update")[-1].params["blocks"])
+
+
+def test_the_slack_message_names_who_may_approve_and_the_count_rule(
+    slack, agent_api, privileges, backup_approver
+):
+    submit(agent_api, "payments-db:write")
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 3)
+    rendered = json.dumps(slack.of("chat.postMessage")[0].params["blocks"], ensure_ascii=False)
+    assert "Approvals: 0 of 2 — waiting for backup and sponsor" in rendered
+    assert "2 approvals: policy high-risk-two-approvals asks 2; the privilege asks 1" in rendered
+
+
+def test_a_partial_approval_in_slack_reads_as_progress(
+    slack, agent_api, privileges, backup_approver
+):
+    request_id = submit(agent_api, "payments-db:write").json()["id"]
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 3)
+
+    click("UBACKUP01", "custody_approve", request_id)
+
+    assert slack.wait_for(lambda: slack.of("chat.postEphemeral"))
+    assert slack.of("chat.postEphemeral")[0].params["text"] == (
+        "Recorded: 1 of 2, waiting for sponsor."
+    )
+    assert slack.wait_for(lambda: len(slack.of("chat.update")) == 3)
+    update = json.dumps(slack.of("chat.update")[0].params["blocks"], ensure_ascii=False)
+    assert "Approvals: 1 of 2 — waiting for sponsor" in update
+    assert "custody_approve" in update  # still open for the sponsor
+
+
+def test_the_initiator_is_refused_in_slack_with_the_pages_sentence(
+    slack, agent_api, privileges, backup_approver
+):
+    body = submit(agent_api, "payments-api:refund", context={"initiated_by": "sponsor"}).json()
+
+    click("USPONSOR1", "custody_approve", body["id"])
+    click("USPONSOR1", "custody_deny", body["id"])
+
+    assert slack.wait_for(lambda: len(slack.of("chat.postEphemeral")) == 2)
+    for told in slack.of("chat.postEphemeral"):
+        assert told.params["text"] == "You initiated this request, so someone else must decide it."
+    assert not slack.of("views.open")
+    assert not Decision.objects.filter(access_request_id=body["id"]).exists()
+
+
+def test_too_few_approvers_escalates_in_slack_at_once_to_the_team_and_the_sponsor(
+    slack, agent_api, privileges
+):
+    request_id = submit(agent_api, "payments-db:write").json()["id"]
+
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 4)
+    escalations = [
+        c
+        for c in slack.of("chat.postMessage")
+        if "Escalated: too few people may approve" in json.dumps(c.params["blocks"])
+    ]
+    assert {c.params["channel"] for c in escalations} == {"USPONSOR1", "CTEAM0001"}
+    assert "escalated to team payments-platform" in json.dumps(escalations[0].params["blocks"])
+    assert AccessRequest.objects.get(pk=request_id).escalated_at is not None
+
+
+def test_the_sponsor_hears_of_an_escalation_even_without_the_right_to_approve(
+    slack, agent_api, privileges, agent, sponsor
+):
+    from guardian.shortcuts import remove_perm
+
+    remove_perm("agents.approve_for_agent", sponsor, agent)  # nobody may approve now
+
+    submit(agent_api, "payments-api:refund")
+
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 3)
+    channels = sorted(c.params["channel"] for c in slack.of("chat.postMessage"))
+    assert channels == ["CTEAM0001", "CTEAM0001", "USPONSOR1"]  # the request, its escalation
+    to_sponsor = slack.of("chat.postMessage")[
+        [c.params["channel"] for c in slack.of("chat.postMessage")].index("USPONSOR1")
+    ]
+    assert "nobody may approve; escalated to team payments-platform" in json.dumps(
+        to_sponsor.params["blocks"]
+    )
 
 
 def test_a_decision_on_the_web_updates_the_slack_messages(slack, agent_api, privileges, sponsor):
@@ -247,6 +373,11 @@ def test_a_replayed_payload_decides_nothing_twice(slack, agent_api, privileges, 
         ).count()
         == 1
     )
+    # The one processed click is told its progress (and nothing leaks into the next test).
+    assert slack.wait_for(lambda: slack.of("chat.postEphemeral"))
+    assert slack.of("chat.postEphemeral")[0].params["text"] == (
+        "Recorded: 1 of 2, waiting for backup."
+    )
 
 
 def test_a_double_click_is_one_decision_and_one_event(
@@ -262,6 +393,7 @@ def test_a_double_click_is_one_decision_and_one_event(
         ).count()
         == 1
     )
+    assert slack.wait_for(lambda: len(slack.of("chat.postEphemeral")) == 2)
 
 
 def test_an_unknown_slack_user_decides_nothing(slack, agent_api, privileges):
@@ -416,7 +548,9 @@ def test_the_custody_command_lists_pending_approvals(slack, agent_api, privilege
             **signed(body),
         )
 
-    assert f"#{request_id} payments-api:refund" in command("pending").json()["text"]
+    listed = command("pending").json()["text"]
+    assert f"#{request_id} payments-api:refund" in listed
+    assert "(0 of 1 — waiting for sponsor; decide by" in listed
     assert "/custody pending" in command("help").json()["text"]
     assert "does not know" in command("pending", user="UNOBODY00").json()["text"]
     assert command("pending", team="T0EVIL").status_code == 403

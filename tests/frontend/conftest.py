@@ -44,8 +44,9 @@ def pending(agent, privileges):
     return make
 
 
-def approve(user, access_request, verdict="approve", comment=""):
-    """A decision through the service, as the API or Slack would record it."""
+def approve(user, access_request, verdict="approve", comment="decided in a test"):
+    """A decision through the service, as the API or Slack would record it (with a comment:
+    a denial and a critical approval need one)."""
     return services.access_request_decide(
         access_request_id=access_request.pk,
         approver=user,

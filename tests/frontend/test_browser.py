@@ -151,7 +151,7 @@ def test_a_sponsor_approves_an_agents_request_in_the_inbox_and_sees_the_grant(
     screenshot(page, "inbox")
 
     page.evaluate("window.custodyNotReloaded = true")
-    row.get_by_label("Comment (optional)").fill("Refund confirmed with finance.")
+    row.get_by_label("Comment").fill("Refund confirmed with finance.")
     row.get_by_role("button", name="Approve").click()
 
     expect(row).to_contain_text("Approved")
@@ -188,16 +188,17 @@ def test_a_two_approval_request_needs_a_second_person(
     expect(row).to_contain_text("0 of 2")
     expect(row.locator(".risk-high")).to_have_text("high")
     row.get_by_role("button", name="Approve").click()
-    expect(row).to_contain_text("1 of 2")
-    expect(row).to_contain_text("Pending")
+    expect(row).to_contain_text("Recorded: 1 of 2, waiting for backup.")  # progress, ...
+    expect(row).not_to_contain_text("Pending")  # ... not "pending"
+    expect(row).to_contain_text("You have already decided this request.")
     assert AccessRequest.objects.get(pk=pk).status == AccessRequest.Status.PENDING
 
     second = open_page("backup")  # another person, another browser context
     row = second.locator(f"#request-{pk}")
     expect(row).to_contain_text("1 of 2")
-    row.get_by_label("Comment (optional)").fill("Second pair of eyes: fine.")
+    row.get_by_label("Comment").fill("Second pair of eyes: fine.")
     row.get_by_role("button", name="Approve").click()
-    expect(row).to_contain_text("Approved")
+    expect(row).to_contain_text(f"Recorded. Request #{pk} is approved.")
     assert AccessRequest.objects.get(pk=pk).status == AccessRequest.Status.APPROVED
 
     second.get_by_role("link", name=f"#{pk} payments-db:write").click()
@@ -305,12 +306,34 @@ def test_a_decision_that_lost_the_race_says_so_in_its_row(
     expect(row).to_contain_text("0 of 1")
 
     approve(backup_approver, access_request)  # in Slack, say, while the page is open
+    row.get_by_label("Comment").fill("Not this week.")
     row.get_by_role("button", name="Deny").click()
 
     expect(row).to_contain_text("Someone else decided first")
     expect(row).to_contain_text("Approved")
     screenshot(page, "inbox-race", full_page=False)
     assert not access_request.decisions.filter(verdict="deny").exists()
+
+
+def test_a_denial_without_a_reason_is_refused_in_its_row_and_the_reason_then_denies(
+    open_page, agent, pending, backup_approver, privileges
+):
+    access_request = pending(task_id="no-reason")
+    other = pending(task_id="bystander")
+    page = open_page("sponsor")
+    row = page.locator(f"#request-{access_request.pk}")
+
+    row.get_by_role("button", name="Deny").click()
+
+    expect(row).to_contain_text("Give a reason for denying")
+    expect(page.locator(f"#request-{other.pk}")).to_be_visible()  # the page is whole
+    expect(page.locator("h1")).to_have_text("Inbox")
+    screenshot(page, "inbox-deny-needs-reason", full_page=False)
+    assert not access_request.decisions.exists()
+    row.get_by_label("Comment").fill("Refunds wait for the audit.")
+    row.get_by_role("button", name="Deny").click()
+    expect(row).to_contain_text("Denied")
+    assert access_request.decisions.get().comment == "Refunds wait for the audit."
 
 
 def test_a_critical_approval_asks_for_the_password_then_records_the_decision(
@@ -325,7 +348,7 @@ def test_a_critical_approval_asks_for_the_password_then_records_the_decision(
     session.save()
 
     row = page.locator(f"#request-{access_request.pk}")
-    row.get_by_label("Comment (optional)").fill("Change CHG-2231.")
+    row.get_by_label("Comment").fill("Change CHG-2231.")
     row.get_by_role("button", name="Approve").click()
 
     expect(page).to_have_url(re.compile(rf"/step-up/\?next=/requests/{access_request.pk}/$"))
@@ -339,7 +362,7 @@ def test_a_critical_approval_asks_for_the_password_then_records_the_decision(
     page.get_by_role("button", name="Confirm").click()
 
     expect(page).to_have_url(re.compile(rf"/requests/{access_request.pk}/$"))
-    expect(page.locator("#messages")).to_contain_text("Recorded.")
+    expect(page.locator("#messages")).to_contain_text("Recorded: 1 of 2")
     decision = access_request.decisions.get()
     assert (decision.approver, decision.channel, decision.comment) == (
         sponsor,
@@ -361,7 +384,7 @@ def test_the_inbox_refreshes_itself_but_not_under_a_half_written_comment(
     page.clock.run_for(11_000)
     expect(page.locator(f"#request-{second.pk}")).to_be_visible()
 
-    comment = page.locator(f"#request-{first.pk}").get_by_label("Comment (optional)")
+    comment = page.locator(f"#request-{first.pk}").get_by_label("Comment")
     comment.fill("Checked with the finance team, but")
     page.locator("h1").click()  # attention elsewhere; the words stay in the box
     third = pending(task_id="third")

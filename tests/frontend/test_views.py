@@ -188,7 +188,7 @@ def test_the_dashboard_shows_pending_grants_overdue_reviews_and_denials(
     html = text(response)
     assert response.status_code == 200
     assert f'href="/requests/{waiting.pk}/"' in html
-    assert "1 of 2" in html
+    assert "1 of 2 — waiting for sponsor" in html
     assert f"#{grant.pk} payments-api:refund" in html
     assert "Forgotten bot" in html
     assert f'href="/requests/{denied.pk}/"' in html
@@ -297,15 +297,18 @@ def test_it_denies_without_htmx_and_lands_on_the_request(web, sponsor, pending):
     assert "not now" in text(page)
 
 
-def test_a_first_of_two_approvals_keeps_the_request_pending(web, sponsor, pending):
+def test_a_first_of_two_approvals_reads_as_progress_not_pending(
+    web, sponsor, backup_approver, pending
+):
     access_request = pending("payments-db:write")
 
     response = web(sponsor).post(
         f"/requests/{access_request.pk}/decide/", {"verdict": "approve"}, **HTMX
     )
 
-    assert "1 of 2" in text(response)
-    assert "<strong>Pending</strong>" in text(response)
+    assert "Recorded: 1 of 2, waiting for backup." in text(response)
+    assert "<strong>Pending</strong>" not in text(response)
+    assert "You have already decided this request." in text(response)
     access_request.refresh_from_db()
     assert access_request.status == AccessRequest.Status.PENDING
 
@@ -318,7 +321,9 @@ def test_a_decision_that_lost_the_race_says_someone_else_decided_first(
     client.get("/inbox/")  # the sponsor's inbox still shows it ...
     approve(backup_approver, access_request)  # ... when the backup approver decides first
 
-    response = client.post(f"/requests/{access_request.pk}/decide/", {"verdict": "deny"}, **HTMX)
+    response = client.post(
+        f"/requests/{access_request.pk}/decide/", {"verdict": "deny", "comment": "not now"}, **HTMX
+    )
 
     html = text(response)
     assert response.status_code == 409
@@ -401,7 +406,9 @@ def test_a_fresh_login_approves_a_critical_request_at_once(web, sponsor, pending
     access_request = pending("prod-cluster:admin")
 
     response = web(sponsor).post(
-        f"/requests/{access_request.pk}/decide/", {"verdict": "approve"}, **HTMX
+        f"/requests/{access_request.pk}/decide/",
+        {"verdict": "approve", "comment": "change 42"},
+        **HTMX,
     )
 
     assert response.status_code == 200
@@ -455,7 +462,9 @@ def test_ten_minutes_after_the_login_the_step_up_is_asked(web, sponsor, pending)
         client = web(sponsor)
     with time_machine.travel(start + timedelta(minutes=10, seconds=30), tick=True):
         response = client.post(
-            f"/requests/{access_request.pk}/decide/", {"verdict": "approve"}, **HTMX
+            f"/requests/{access_request.pk}/decide/",
+            {"verdict": "approve", "comment": "change 42"},
+            **HTMX,
         )
 
     assert response.status_code == 204
@@ -470,7 +479,9 @@ def test_a_session_without_a_login_time_is_asked_too(web, sponsor, pending):
     del session[SESSION_KEY]
     session.save()
 
-    response = client.post(f"/requests/{access_request.pk}/decide/", {"verdict": "approve"})
+    response = client.post(
+        f"/requests/{access_request.pk}/decide/", {"verdict": "approve", "comment": "change 42"}
+    )
 
     assert response["Location"].startswith("/step-up/")
     assert not access_request.decisions.exists()
@@ -481,7 +492,9 @@ def test_denying_a_critical_request_needs_no_step_up(web, sponsor, pending):
     client = web(sponsor)
     _age_login(client, minutes=60)
 
-    response = client.post(f"/requests/{access_request.pk}/decide/", {"verdict": "deny"})
+    response = client.post(
+        f"/requests/{access_request.pk}/decide/", {"verdict": "deny", "comment": "not this week"}
+    )
 
     assert response["Location"] == f"/requests/{access_request.pk}/"
     access_request.refresh_from_db()
@@ -543,7 +556,7 @@ def test_the_request_page_shows_each_decision_with_channel_and_comment(
 
     assert "<td>backup</td><td>approve</td><td>api</td><td>checked the ledger</td>" in html
     assert 'action="/requests/' in html  # the sponsor may still decide
-    assert "Approvals needed: 2" in html
+    assert "2 approvals: policy high-risk-two-approvals asks 2; the privilege asks 1" in html
 
 
 def test_the_request_page_shows_the_delegation_chain_up_to_the_root(
