@@ -18,7 +18,7 @@ def backfill(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("approvals", "0006_toxic_pair_reason_any_task"),
+        ("approvals", "0007_policy_proposals_and_policy_changed"),
     ]
 
     operations = [
