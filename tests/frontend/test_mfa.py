@@ -163,7 +163,9 @@ def test_a_setting_requires_a_second_factor_and_says_how_to_get_one(
     access_request = pending("prod-cluster:admin")
     client = web(sponsor)  # a fresh sign-in, with the password only
 
-    asked = client.post(f"/requests/{access_request.pk}/decide/", {"verdict": "approve"})
+    asked = client.post(
+        f"/requests/{access_request.pk}/decide/", {"verdict": "approve", "comment": "chg-7"}
+    )
 
     assert asked["Location"].startswith("/step-up/")
     page = client.get(asked["Location"]).content.decode()
@@ -187,7 +189,9 @@ def test_with_the_setting_a_password_sign_in_is_not_enough_but_the_code_is(
     access_request = pending("prod-cluster:admin")
     client = web(sponsor)  # fresh, but no second factor in this session
 
-    asked = client.post(f"/requests/{access_request.pk}/decide/", {"verdict": "approve"})
+    asked = client.post(
+        f"/requests/{access_request.pk}/decide/", {"verdict": "approve", "comment": "chg-7"}
+    )
     assert asked["Location"].startswith("/step-up/")
     assert not access_request.decisions.exists()
     refusal = AuditEvent.objects.get(verb="decision.refused")
@@ -224,13 +228,16 @@ def test_the_decisions_api_holds_the_same_rule(sponsor, pending, settings):
     client.force_login(sponsor)
     url = f"/api/v1/requests/{access_request.pk}/decisions"
 
-    refused = client.post(url, {"verdict": "approve"}, format="json")
+    refused = client.post(url, {"verdict": "approve", "comment": "chg-7"}, format="json")
 
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "second_factor_required"
     assert "second factor" in refused.json()["error"]["message"]
     client.post("/step-up/", {"method": "code", "code": totp_code(secret)})
-    assert client.post(url, {"verdict": "approve"}, format="json").status_code == 201
+    assert (
+        client.post(url, {"verdict": "approve", "comment": "chg-7"}, format="json").status_code
+        == 201
+    )
 
 
 @pytest.mark.parametrize("code", ["", "abc", "1" * 5000, "12345\x00", "١٢٣٤٥٦"])

@@ -115,6 +115,7 @@ def test_a_passkey_is_added_then_confirms_a_critical_approval(
     session.save()
     page.goto("/inbox/")
     row = page.locator(f"#request-{access_request.pk}")
+    row.get_by_label(re.compile("^Comment")).fill("chg-7: rotate the certificates")
     row.get_by_role("button", name="Approve").click()
     expect(page).to_have_url(re.compile(rf"/step-up/\?next=/requests/{access_request.pk}/$"))
     expect(page.get_by_label(re.compile("Password"))).to_have_count(0)
@@ -124,7 +125,7 @@ def test_a_passkey_is_added_then_confirms_a_critical_approval(
     page.get_by_role("button", name="Confirm with your passkey").click()
 
     expect(page).to_have_url(re.compile(rf"^[^?]*/requests/{access_request.pk}/$"))
-    expect(page.locator("#messages")).to_contain_text("Recorded.")
+    expect(page.locator("#messages")).to_contain_text("Recorded: 1 of 2")
     assert access_request.decisions.filter(approver=sponsor, verdict="approve").exists()
     assert SECOND_FACTOR_KEY in session_of(page).load()
     assert violations == []

@@ -268,7 +268,9 @@ def test_an_sso_only_person_steps_up_by_signing_in_through_sso_again(provider, s
     session[SESSION_KEY] = (timezone.now() - timedelta(minutes=11)).isoformat()
     session.save()
 
-    asked = client.post(f"/requests/{access_request.pk}/decide/", {"verdict": "approve"})
+    asked = client.post(
+        f"/requests/{access_request.pk}/decide/", {"verdict": "approve", "comment": "chg-7"}
+    )
     page = client.get(asked["Location"]).content.decode()
 
     assert 'name="password"' not in page
@@ -276,5 +278,7 @@ def test_an_sso_only_person_steps_up_by_signing_in_through_sso_again(provider, s
     assert client.post("/step-up/", {"password": "anything"}).status_code == 400
     sso_login(provider, client, next_url=f"/requests/{access_request.pk}/")
     assert signed_in_as(client) == sponsor
-    client.post(f"/requests/{access_request.pk}/decide/", {"verdict": "approve"})
+    client.post(
+        f"/requests/{access_request.pk}/decide/", {"verdict": "approve", "comment": "chg-7"}
+    )
     assert access_request.decisions.filter(approver=sponsor, verdict="approve").exists()
