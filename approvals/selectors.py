@@ -1,9 +1,10 @@
 """Reads: what an agent or a person may see, restricted before anything else happens."""
 
+import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 from guardian.shortcuts import get_objects_for_user
 
@@ -76,6 +77,123 @@ def requests_pending_for(user) -> QuerySet[AccessRequest]:
         .select_related("agent", "agent__sponsor", "privilege")
         .order_by("decision_deadline", "pk")
     )
+
+
+# --- the inbox: search, filters, groups and pages over requests_pending_for ----------------------
+
+
+@dataclass(frozen=True)
+class InboxFilter:
+    """What a person narrows their inbox to; every field optional."""
+
+    text: str = ""  # words, each found in the agent, privilege, task, intent or request number
+    risk: str = ""
+    agent_id: int | None = None
+    team_id: int | None = None
+    task_id: str = ""  # exact
+    older_than: timedelta | None = None
+
+    @property
+    def narrowed(self) -> bool:
+        return bool(
+            self.text
+            or self.risk
+            or self.agent_id
+            or self.team_id
+            or self.task_id
+            or self.older_than
+        )
+
+
+def _word_matches(word: str) -> Q:
+    """One search word, found in any of the places a person would look for it."""
+    found = (
+        Q(agent__name__icontains=word)
+        | Q(agent__spiffe_id__icontains=word)
+        | Q(task_id__icontains=word)
+        | Q(privilege__resource__icontains=word)
+        | Q(privilege__action__icontains=word)
+        | Q(intent__action__icontains=word)
+        | Q(intent__target__icontains=word)
+        | Q(intent__justification__icontains=word)
+        | Q(initiated_by__icontains=word)
+    )
+    resource, colon, action = word.partition(":")
+    if colon and resource and action and not word.startswith("spiffe:"):
+        found |= Q(privilege__resource__iexact=resource, privilege__action__istartswith=action)
+    if re.fullmatch(r"#?[0-9]{1,18}", word):
+        found |= Q(pk=int(word.lstrip("#")))
+    return found
+
+
+def inbox_requests(user, wanted: InboxFilter, *, now=None) -> QuerySet[AccessRequest]:
+    """The person's inbox (restricted first: `requests_pending_for`), then narrowed."""
+    requests = requests_pending_for(user)
+    for word in wanted.text.split()[:8]:
+        requests = requests.filter(_word_matches(word))
+    if wanted.risk:
+        requests = requests.filter(privilege__risk=wanted.risk)
+    if wanted.agent_id:
+        requests = requests.filter(agent_id=wanted.agent_id)
+    if wanted.team_id:
+        requests = requests.filter(agent__team_id=wanted.team_id)
+    if wanted.task_id:
+        requests = requests.filter(task_id=wanted.task_id)
+    if wanted.older_than:
+        requests = requests.filter(created_at__lte=(now or timezone.now()) - wanted.older_than)
+    return requests
+
+
+def inbox_page(
+    requests: QuerySet[AccessRequest], *, after: tuple[datetime, int] | None, size: int
+) -> tuple[list[AccessRequest], tuple[datetime, int] | None]:
+    """One page in inbox order (soonest deadline, then id), by keyset: `after` is the
+    (deadline, id) of the last row of the page before. Returns the rows and the keyset of the
+    next page, None on the last one. The partial index `request_pending_inbox` serves it."""
+    if after is not None:
+        deadline, last_id = after
+        # The first condition lets the index seek; the second breaks ties by id.
+        requests = requests.filter(decision_deadline__gte=deadline).filter(
+            Q(decision_deadline__gt=deadline) | Q(pk__gt=last_id)
+        )
+    rows = list(requests.order_by("decision_deadline", "pk")[: size + 1])
+    if len(rows) <= size:
+        return rows, None
+    last = rows[size - 1]
+    return rows[:size], (last.decision_deadline, last.pk)
+
+
+def inbox_totals(requests: QuerySet[AccessRequest]) -> dict:
+    """How many match, and the highest id among them: "deny all N matching" acts on those
+    up to that id only, never on requests that arrived after the person looked."""
+    return requests.order_by().aggregate(count=Count("pk"), highest_id=Max("pk"))
+
+
+def inbox_groups(requests: QuerySet[AccessRequest], *, limit: int = 50) -> list[dict]:
+    """The busiest (agent, task) pairs with their pending counts, largest first."""
+    return list(
+        requests.order_by()
+        .values("agent_id", "agent__name", "task_id")
+        .annotate(pending=Count("pk"))
+        .order_by("-pending", "agent__name", "task_id")[:limit]
+    )
+
+
+def inbox_agents_and_teams(user) -> tuple[list[dict], list[dict]]:
+    """The agents and teams with requests in the person's whole inbox, with counts (the
+    filter's choices)."""
+    pending = requests_pending_for(user).order_by()
+    agents = list(
+        pending.values("agent_id", "agent__name")
+        .annotate(pending=Count("pk"))
+        .order_by("agent__name", "agent_id")
+    )
+    teams = list(
+        pending.values("agent__team_id", "agent__team__name")
+        .annotate(pending=Count("pk"))
+        .order_by("agent__team__name")
+    )
+    return agents, teams
 
 
 def approvals_received(access_request_ids) -> dict[int, int]:

@@ -26,8 +26,10 @@ or grant at COMMIT — after the chain head — which a `FOR UPDATE` would block
 
 from approvals.services.catalog import policy_delete, policy_save, privilege_save
 from approvals.services.decisions import (
+    BulkDenyResult,
     DecideResult,
     access_request_decide,
+    access_requests_deny_bulk,
     can_approve,
     is_initiator,
     record_refusal,
@@ -59,6 +61,7 @@ from approvals.services.tokens import (
 )
 
 __all__ = [
+    "BulkDenyResult",
     "DecideResult",
     "SubmitResult",
     "access_request_cancel",
@@ -66,6 +69,7 @@ __all__ = [
     "access_request_escalate",
     "access_request_expire",
     "access_request_submit",
+    "access_requests_deny_bulk",
     "can_approve",
     "delegation_exchange",
     "delegations_cancel_orphaned",
