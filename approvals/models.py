@@ -193,6 +193,13 @@ class AccessRequest(models.Model):
                 name="request_pending_inbox",
                 condition=models.Q(status="pending"),
             ),
+            # One agent's pending requests in inbox order (the agent filter; flood control's
+            # per-agent count).
+            models.Index(
+                fields=["agent", "decision_deadline", "id"],
+                name="request_pending_agent",
+                condition=models.Q(status="pending"),
+            ),
             models.Index(
                 fields=["escalation_at"],
                 name="request_pending_escalation",

@@ -126,9 +126,12 @@ def _word_matches(word: str) -> Q:
     return found
 
 
-def inbox_requests(user, wanted: InboxFilter, *, now=None) -> QuerySet[AccessRequest]:
-    """The person's inbox (restricted first: `requests_pending_for`), then narrowed."""
-    requests = requests_pending_for(user)
+def inbox_requests(
+    user, wanted: InboxFilter, *, pending: QuerySet[AccessRequest] | None = None, now=None
+) -> QuerySet[AccessRequest]:
+    """The person's inbox (restricted first: `requests_pending_for`), then narrowed. `pending`
+    is `requests_pending_for(user)` when the caller has it already (one permission lookup)."""
+    requests = requests_pending_for(user) if pending is None else pending
     for word in wanted.text.split()[:8]:
         requests = requests.filter(_word_matches(word))
     if wanted.risk:
@@ -179,21 +182,41 @@ def inbox_groups(requests: QuerySet[AccessRequest], *, limit: int = 50) -> list[
     )
 
 
-def inbox_agents_and_teams(user) -> tuple[list[dict], list[dict]]:
-    """The agents and teams with requests in the person's whole inbox, with counts (the
-    filter's choices)."""
-    pending = requests_pending_for(user).order_by()
-    agents = list(
-        pending.values("agent_id", "agent__name")
-        .annotate(pending=Count("pk"))
+@dataclass(frozen=True)
+class InboxOverview:
+    """The whole inbox at a glance, from one query: its agents and teams with their counts (the
+    filter's choices), how many wait and the highest id among them."""
+
+    pending: QuerySet[AccessRequest]  # requests_pending_for(user), to narrow further
+    agents: list[dict]
+    teams: list[dict]
+    count: int
+    highest_id: int | None
+
+
+def inbox_overview(user) -> InboxOverview:
+    pending = requests_pending_for(user)
+    rows = list(
+        pending.order_by()
+        .values("agent_id", "agent__name", "agent__team_id", "agent__team__name")
+        .annotate(pending=Count("pk"), highest_id=Max("pk"))
         .order_by("agent__name", "agent_id")
     )
-    teams = list(
-        pending.values("agent__team_id", "agent__team__name")
-        .annotate(pending=Count("pk"))
-        .order_by("agent__team__name")
+    teams: dict[int, dict] = {}
+    for row in rows:
+        team = teams.setdefault(
+            row["agent__team_id"],
+            {"agent__team_id": row["agent__team_id"], "agent__team__name": row["agent__team__name"]}
+            | {"pending": 0},
+        )
+        team["pending"] += row["pending"]
+    return InboxOverview(
+        pending=pending,
+        agents=rows,
+        teams=sorted(teams.values(), key=lambda team: team["agent__team__name"]),
+        count=sum(row["pending"] for row in rows),
+        highest_id=max((row["highest_id"] for row in rows), default=None),
     )
-    return agents, teams
 
 
 def approvals_received(access_request_ids) -> dict[int, int]:

@@ -20,13 +20,13 @@ from frontend.forms import BulkDenyForm, DecisionForm, InboxFilterForm, inbox_cu
 from frontend.views import _with_approvals
 
 INBOX_PAGE = 50
-GROUPS = 200  # (agent, task) pairs shown in "by agent and task"
+GROUPS = 50  # the busiest (agent, task) pairs shown in "by agent and task"
 FILTERS = ("q", "risk", "agent", "team", "age", "task")
 
 
-def _filter_form(request, data) -> InboxFilterForm:
-    agents, teams = selectors.inbox_agents_and_teams(request.user)
-    return InboxFilterForm(data, agents=agents, teams=teams)
+def _filter_form(request, data) -> tuple[InboxFilterForm, selectors.InboxOverview]:
+    overview = selectors.inbox_overview(request.user)
+    return InboxFilterForm(data, agents=overview.agents, teams=overview.teams), overview
 
 
 def _query(data, **extra) -> str:
@@ -66,7 +66,12 @@ def _plain(data) -> dict:
     return {name: data.get(name, "") for name in FILTERS}
 
 
-def _inbox_context(request, filters: InboxFilterForm, bulk: BulkDenyForm | None = None) -> dict:
+def _inbox_context(
+    request,
+    filters: InboxFilterForm,
+    overview: selectors.InboxOverview,
+    bulk: BulkDenyForm | None = None,
+) -> dict:
     context = {
         "filters": filters,
         "bulk": bulk or BulkDenyForm(),
@@ -78,10 +83,13 @@ def _inbox_context(request, filters: InboxFilterForm, bulk: BulkDenyForm | None 
     if not filters.is_valid():
         return context
     wanted = filters.inbox_filter()
-    requests = selectors.inbox_requests(request.user, wanted)
+    requests = selectors.inbox_requests(request.user, wanted, pending=overview.pending)
     after = filters.cleaned_data["after"]
     rows, next_after = selectors.inbox_page(requests, after=after, size=INBOX_PAGE)
-    totals = selectors.inbox_totals(requests)
+    if wanted.narrowed:
+        totals = selectors.inbox_totals(requests)
+    else:
+        totals = {"count": overview.count, "highest_id": overview.highest_id}
     context.update(
         {
             "pending": _with_approvals(rows),
@@ -106,8 +114,8 @@ def _render(request, context: dict, *, status: int = 200):
 
 @login_required
 def inbox(request):
-    filters = _filter_form(request, request.GET)
-    context = _inbox_context(request, filters)
+    filters, overview = _filter_form(request, request.GET)
+    context = _inbox_context(request, filters, overview)
     return _render(request, context, status=200 if filters.is_valid() else 400)
 
 
@@ -116,7 +124,7 @@ def inbox(request):
 def inbox_deny(request):
     """Deny the selected requests (or all matching the filter, up to the highest id the person
     saw) with one reason; each through `access_requests_deny_bulk`, one decision per request."""
-    filters = _filter_form(request, request.POST)
+    filters, overview = _filter_form(request, request.POST)
     bulk = BulkDenyForm(request.POST)
     if not (filters.is_valid() and bulk.is_valid()):
         return _bulk_refused(request, filters, bulk, status=400)
@@ -124,9 +132,9 @@ def inbox_deny(request):
     most = settings.CUSTODY_BULK_DENY_MAX
     leftover = 0
     if wanted["matching"]:
-        matching = selectors.inbox_requests(request.user, filters.inbox_filter()).filter(
-            pk__lte=wanted["upto"]
-        )
+        matching = selectors.inbox_requests(
+            request.user, filters.inbox_filter(), pending=overview.pending
+        ).filter(pk__lte=wanted["upto"])
         ids = list(matching.order_by("pk").values_list("pk", flat=True)[: most + 1])
         if len(ids) > most:
             ids = ids[:most]
@@ -177,8 +185,8 @@ def inbox_deny(request):
 def _after_bulk(request, filters: InboxFilterForm, *, status: int):
     """The list again (htmx), or back to the same filtered inbox (a redirect after a POST)."""
     if request.htmx or status >= 400:
-        fresh = _filter_form(request, {**_plain(filters.data)})
-        return _render(request, _inbox_context(request, fresh), status=status)
+        fresh, overview = _filter_form(request, _plain(filters.data))
+        return _render(request, _inbox_context(request, fresh, overview), status=status)
     return redirect(_url(filters.data))
 
 
@@ -189,5 +197,5 @@ def _bulk_refused(request, filters: InboxFilterForm, bulk: BulkDenyForm, *, stat
             request, "frontend/_bulk_errors.html", {"bulk": bulk, "filters": filters}, status=status
         )
         return retarget(response, "#bulk-message")
-    fresh = _filter_form(request, {**_plain(filters.data)})
-    return _render(request, _inbox_context(request, fresh, bulk), status=status)
+    fresh, overview = _filter_form(request, _plain(filters.data))
+    return _render(request, _inbox_context(request, fresh, overview, bulk), status=status)
