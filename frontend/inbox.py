@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import retarget
 
 from approvals import selectors, services
+from core.errors import InvalidInput
 from frontend.decorators import login_required
 from frontend.forms import BulkDenyForm, DecisionForm, InboxFilterForm, inbox_cursor
 from frontend.views import _with_approvals
@@ -156,9 +157,13 @@ def inbox_deny(request):
         if not ids:
             messages.error(request, "None of the selected requests is one you can see.")
             return _after_bulk(request, filters, status=404)
-    result = services.access_requests_deny_bulk(
-        access_request_ids=ids, approver=request.user, reason=wanted["reason"]
-    )
+    try:
+        result = services.access_requests_deny_bulk(
+            access_request_ids=ids, approver=request.user, reason=wanted["reason"]
+        )
+    except InvalidInput as refusal:  # the form checks the same; the service has the last word
+        bulk.add_error(None, refusal.message)
+        return _bulk_refused(request, filters, bulk, status=400)
     if result.denied:
         count = len(result.denied)
         messages.success(
