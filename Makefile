@@ -53,7 +53,7 @@ chromium:
 	[ -x "$(CHROMIUM)" ] || { echo "make: apt-get ran, but $(CHROMIUM) is still missing." >&2; exit 1; }
 
 screenshots: $(STAMP) chromium
-	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend/test_browser.py -q
+	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend/test_browser.py tests/frontend/test_browser_inbox.py -q
 
 # ruff, then import-linter's contracts in pyproject.toml (the layers between and inside apps).
 lint: $(STAMP)

@@ -11,6 +11,7 @@ from tests.factories import AgentFactory
 from tests.frontend.test_browser import browser, open_page, screenshot  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.browser
+PHONE = {"width": 360, "height": 740}  # the narrowest phone the issue names
 
 NOISY = 62
 QUIET = 8
@@ -98,6 +99,12 @@ def test_a_sponsor_finds_the_noisy_agent_pages_through_and_denies_its_flood(
 
     page.get_by_role("link", name="Clear").click()
     expect(rows).to_have_count(QUIET)
+
+    phone = open_page("sponsor", viewport=PHONE)
+    expect(phone.locator(".inbox-total")).to_contain_text(f"{QUIET} waiting for you")
+    # Search, filters, groups and the bulk form fit a phone: nothing scrolls sideways.
+    assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    screenshot(phone, "inbox-phone-search", full_page=False)
 
 
 def test_the_inbox_search_works_without_javascript(
