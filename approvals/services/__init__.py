@@ -19,6 +19,7 @@ order", is the reference; agents/services.py follows the same):
    under them;
 4. any other row;
 5. the audit chain head, last: `record()` appends at the end of `deferred_evidence()`.
+A bulk deny (`access_requests_deny_bulk`) is one such transaction per request, in pk order.
 Row locks are `FOR NO KEY UPDATE`, never plain `FOR UPDATE`: no transaction here changes a key,
 and PostgreSQL's deferred foreign-key checks take `KEY SHARE` on the referenced agent, request
 or grant at COMMIT — after the chain head — which a `FOR UPDATE` would block into a deadlock.
