@@ -51,6 +51,12 @@ def test_a_sponsor_finds_the_noisy_agent_pages_through_and_denies_its_flood(
     expect(groups).to_contain_text(f"Report bot · {NOISY} pending")
     expect(groups).to_contain_text(f"Report bot · task t-42 · {NOISY // 2} pending")
     screenshot(page, "inbox-flood", full_page=False)
+    groups.get_by_role("link", name=f"Report bot · task t-43 · {NOISY // 2} pending").click()
+    expect(page).to_have_url(re.compile(rf"agent={noisy.pk}&task=t-43"))
+    expect(rows).to_have_count(NOISY // 2)
+    expect(page.locator("#inbox")).to_contain_text(f"Deny all {NOISY // 2} matching")
+    page.go_back()
+    expect(rows).to_have_count(50)
 
     page.get_by_role("link", name="Next 50").click()
     expect(rows).to_have_count(NOISY + QUIET - 50)
