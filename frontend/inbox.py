@@ -12,7 +12,7 @@ from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
-from django_htmx.http import retarget
+from django_htmx.http import reswap, retarget
 
 from approvals import selectors, services
 from core.errors import InvalidInput
@@ -201,6 +201,6 @@ def _bulk_refused(request, filters: InboxFilterForm, bulk: BulkDenyForm, *, stat
         response = render(
             request, "frontend/_bulk_errors.html", {"bulk": bulk, "filters": filters}, status=status
         )
-        return retarget(response, "#bulk-message")
+        return reswap(retarget(response, "#bulk-message"), "innerHTML")
     fresh, overview = _filter_form(request, _plain(filters.data))
     return _render(request, _inbox_context(request, fresh, overview, bulk), status=status)

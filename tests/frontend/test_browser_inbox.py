@@ -73,6 +73,11 @@ def test_a_sponsor_finds_the_noisy_agent_pages_through_and_denies_its_flood(
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "inbox-search", full_page=False)
 
+    page.get_by_label(re.compile("reason")).fill("A runaway export loop; fixed upstream.")
+    page.get_by_role("button", name="Deny selected").click()  # nothing ticked yet
+    expect(page.locator("#bulk-message")).to_contain_text("Select at least one request to deny.")
+    expect(rows).to_have_count(50)  # only the message changed
+
     first, second = flood_rows = [rows.nth(0), rows.nth(1)]
     picked = [int(row.get_attribute("id").removeprefix("request-")) for row in flood_rows]
     for row in (first, second):

@@ -335,7 +335,7 @@ def test_bulk_deny_needs_a_reason(web, sponsor, mixed):
     assert "Give a reason for denying these requests" in text(response)
     # With htmx only the bulk form's message changes, so the ticked boxes stay ticked.
     assert with_htmx.status_code == 400
-    assert with_htmx["HX-Retarget"] == "#bulk-message"
+    assert (with_htmx["HX-Retarget"], with_htmx["HX-Reswap"]) == ("#bulk-message", "innerHTML")
     assert "Give a reason for denying these requests" in text(with_htmx)
     assert AccessRequest.objects.get(pk=mixed["write"].pk).status == "pending"
     assert not Decision.objects.exists()
