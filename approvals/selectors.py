@@ -11,7 +11,7 @@ from guardian.shortcuts import get_objects_for_user
 from agents.models import Agent
 from agents.selectors import agents_visible_to
 from approvals.lineage import grant_ancestors, grant_descendants
-from approvals.models import AccessRequest, Decision, Grant
+from approvals.models import AccessRequest, Decision, Grant, Privilege
 from approvals.tokens import token_claims
 from audit.models import AuditEvent
 
@@ -106,7 +106,15 @@ class InboxFilter:
 
 
 def _word_matches(word: str) -> Q:
-    """One search word, found in any of the places a person would look for it."""
+    """One search word, found in any of the places a person would look for it. A privilege
+    name (`payments-db:write`, or its start `payments-db:wr`) is looked up in the catalog
+    first and matches by privilege alone: the cheap, exact reading of what was meant."""
+    resource, colon, action = word.partition(":")
+    if colon and resource and not action.startswith("//"):
+        privileges = Privilege.objects.filter(
+            resource__iexact=resource, action__istartswith=action
+        ).values_list("pk", flat=True)
+        return Q(privilege_id__in=list(privileges))
     found = (
         Q(agent__name__icontains=word)
         | Q(agent__spiffe_id__icontains=word)
@@ -118,9 +126,6 @@ def _word_matches(word: str) -> Q:
         | Q(intent__justification__icontains=word)
         | Q(initiated_by__icontains=word)
     )
-    resource, colon, action = word.partition(":")
-    if colon and resource and action and not word.startswith("spiffe:"):
-        found |= Q(privilege__resource__iexact=resource, privilege__action__istartswith=action)
     if re.fullmatch(r"#?[0-9]{1,18}", word):
         found |= Q(pk=int(word.lstrip("#")))
     return found
