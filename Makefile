@@ -4,7 +4,13 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
-DEMO_AGENT ?= spiffe://dev.custody.internal/agents/invoice-bot
+# make demo-request [KIND=auto|one|two|critical|delegation] [PRIVILEGE=crm:read] [DURATION=30m]
+#                   [AGENT=spiffe://…] [INITIATOR=alice|none]: presets in approvals/demo.py.
+KIND ?=
+PRIVILEGE ?=
+DURATION ?=
+AGENT ?=
+INITIATOR ?=
 
 # The browser tests drive Debian's Chromium (never a browser download): `make test` installs it.
 CHROMIUM ?= /usr/bin/chromium
@@ -20,12 +26,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	@export DEBUG=$${DEBUG:-true}; \
 	$(BIN)/python manage.py migrate --noinput && \
-	$(BIN)/python manage.py load_demo && \
+	$(BIN)/python manage.py load_demo --print-logins && \
 	echo "" && \
 	echo "  Custody is starting on http://127.0.0.1:$(PORT)/  (admin: http://127.0.0.1:$(PORT)/admin/)" && \
-	echo "  Demo logins: admin / custody-admin (admin), alice / custody-alice and bob / custody-bob" && \
-	echo "               (payments sponsors), carol / custody-carol (research sponsor)" && \
-	echo "  Make a demo agent ask for a privilege:  make demo-request" && \
+	echo "  Make a demo agent ask for a privilege:  make demo-request KIND=two" && \
+	echo "    KIND=auto|one|two|critical|delegation, or PRIVILEGE=crm:read DURATION=30m;" && \
+	echo "    it prints who can approve, with which login (README: your first approval)." && \
 	echo "  Stop everything with Ctrl-C." && echo "" && \
 	PATH="$(BIN):$$PATH" PORT=$(PORT) exec $(BIN)/honcho start -f Procfile
 
@@ -53,7 +59,8 @@ chromium:
 	[ -x "$(CHROMIUM)" ] || { echo "make: apt-get ran, but $(CHROMIUM) is still missing." >&2; exit 1; }
 
 screenshots: $(STAMP) chromium
-	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend/test_browser.py tests/frontend/test_browser_inbox.py -q
+	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend/test_browser.py \
+		tests/frontend/test_first_approval.py tests/frontend/test_browser_inbox.py -q
 
 # ruff, then import-linter's contracts in pyproject.toml (the layers between and inside apps).
 lint: $(STAMP)
@@ -66,7 +73,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 demo-request: $(STAMP)
-	@DEBUG=$${DEBUG:-true} $(BIN)/python manage.py demo_request --url http://127.0.0.1:$(PORT) --agent "$(DEMO_AGENT)"
+	@DEBUG=$${DEBUG:-true} $(BIN)/python manage.py demo_request --url http://127.0.0.1:$(PORT) \
+		$(if $(KIND),--kind "$(KIND)") $(if $(PRIVILEGE),--privilege "$(PRIVILEGE)") \
+		$(if $(DURATION),--duration "$(DURATION)") $(if $(AGENT),--agent "$(AGENT)") \
+		$(if $(INITIATOR),--initiator "$(INITIATOR)")
 
 clean:
 	rm -rf $(VENV) var staticfiles

@@ -1,4 +1,5 @@
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -339,10 +340,36 @@ class TrustDomainAdmin(admin.ModelAdmin):
         )
 
 
+class SponsorProfileForm(forms.ModelForm):
+    class Meta:
+        model = SponsorProfile
+        fields = ["user", "slack_user_id", "time_zone"]
+
+    def clean_time_zone(self):
+        time_zone = self.cleaned_data["time_zone"].strip()
+        if refusal := services.time_zone_refusal(time_zone):
+            raise forms.ValidationError(refusal)
+        return time_zone
+
+
 @admin.register(SponsorProfile)
 class SponsorProfileAdmin(admin.ModelAdmin):
+    form = SponsorProfileForm
     list_display = ["user", "slack_user_id", "time_zone"]
     search_fields = ["user__username", "user__email", "slack_user_id"]
+
+    def save_model(self, request, obj, form, change):
+        # The zone goes through the service (validated, audited); the rest is contact data.
+        # The admin's change view runs in one transaction, so both writes land together.
+        time_zone = obj.time_zone
+        changes_zone = "time_zone" in form.changed_data
+        if changes_zone:
+            obj.time_zone = form.initial.get("time_zone") or settings.TIME_ZONE
+        super().save_model(request, obj, form, change)
+        if changes_zone:
+            services.sponsor_profile_set_time_zone(
+                user=obj.user, time_zone=time_zone, actor=Actor.for_user(request.user)
+            )
 
 
 @admin.register(TeamProfile)

@@ -42,12 +42,17 @@ def bearer_token(request) -> str | None:
 
 
 def _audit_rejection(request, token: str, rejected: IdentityRejected) -> None:
+    address = request.META.get("REMOTE_ADDR", "unknown")
+    # A verified signature names the agent: the evidence is about it, and its sponsor sees it.
+    agent = rejected.agent
     record_throttled(
         bucket=f"auth:{rejected.reason}",
         per_minute=settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE,
-        actor=Actor.anonymous(request.META.get("REMOTE_ADDR", "unknown")),
+        actor=Actor.for_agent(agent) if agent else Actor.anonymous(address),
         verb="auth.rejected",
+        agent_id=agent.pk if agent else None,
         data={
+            "address": address,
             "reason": rejected.reason,
             "token_sha256": token_fingerprint(token),
             "jti": rejected.claims.get("jti"),

@@ -16,6 +16,7 @@ imports approvals).
 from __future__ import annotations
 
 import threading
+import zoneinfo
 from contextlib import contextmanager
 from datetime import date, timedelta
 
@@ -25,7 +26,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
-from agents.models import Agent, BackupApprover, TrustDomain
+from agents.models import Agent, BackupApprover, SponsorProfile, TrustDomain
 from agents.signals import agent_deactivated
 from agents.spiffe import parse_spiffe_id
 from audit.services import Actor, deferred_evidence, record
@@ -525,3 +526,30 @@ def trust_domain_save(*, domain, actor: Actor, created: bool):
             },
         )
     return domain
+
+
+def time_zone_refusal(time_zone: str) -> str | None:
+    """Why this is not a time zone Custody can show times in (an IANA name), or None."""
+    if time_zone not in zoneinfo.available_timezones():
+        return f"{time_zone!r} is not a time zone name such as Europe/Paris or America/New_York."
+    return None
+
+
+def sponsor_profile_set_time_zone(*, user, time_zone: str, actor: Actor):
+    """The zone a person reads times in; the person or an admin sets it."""
+    refusal = time_zone_refusal(time_zone)
+    if refusal:
+        raise InvalidInput(refusal, fields={"time_zone": [refusal]})
+    with transaction.atomic():
+        profile, _ = SponsorProfile.objects.select_for_update().get_or_create(user=user)
+        if profile.time_zone == time_zone:
+            return profile
+        before = profile.time_zone
+        profile.time_zone = time_zone
+        profile.save(update_fields=["time_zone"])
+        record(
+            actor=actor,
+            verb="profile.time_zone_changed",
+            data={"person": user.get_username(), "from": before, "to": time_zone},
+        )
+    return profile

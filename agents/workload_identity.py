@@ -35,11 +35,27 @@ MAX_TOKEN_BYTES = 8192
 
 
 class IdentityRejected(Exception):
-    def __init__(self, reason: str, message: str, *, claims: dict | None = None):
+    """`agent` is set only once the token's signature verified: then the agent it names is
+    known (a suspended agent, a wrong audience, an expired token), and the evidence says so."""
+
+    def __init__(
+        self, reason: str, message: str, *, claims: dict | None = None, agent: Agent | None = None
+    ):
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.claims = claims or {}
+        self.agent = agent
+
+
+def _agent_for(domain: TrustDomain, sub) -> Agent | None:
+    """The agent a (signature-verified) token's `sub` names in its domain, or None."""
+    if not isinstance(sub, str):
+        return None
+    agents = Agent.objects.select_related("sponsor", "team")
+    if domain.kind == TrustDomain.Kind.OIDC:
+        return agents.filter(oidc_trust_domain=domain, oidc_subject=sub).first()
+    return agents.filter(spiffe_id=sub).first()
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,7 @@ def _spend(identity: VerifiedIdentity) -> None:
             "token_replayed",
             "This actor token was already used; an actor token is accepted once (mint a new one).",
             claims=claims,
+            agent=identity.agent,
         )
 
 
@@ -168,8 +185,13 @@ def _verify(token: str, *, delegation: bool) -> VerifiedIdentity:
             leeway=settings.CUSTODY_JWT_LEEWAY_SECONDS,
             options={"require": required},
         )
-    except jwt.ExpiredSignatureError:
-        raise IdentityRejected("token_expired", "The token has expired.", claims=unverified)
+    except jwt.ExpiredSignatureError:  # raised after the signature verified
+        raise IdentityRejected(
+            "token_expired",
+            "The token has expired.",
+            claims=unverified,
+            agent=_agent_for(domain, unverified.get("sub")),
+        )
     except jwt.ImmatureSignatureError:
         raise IdentityRejected("token_not_yet_valid", "The token is not valid yet.")
     except jwt.InvalidAudienceError:
@@ -185,7 +207,12 @@ def _verify(token: str, *, delegation: bool) -> VerifiedIdentity:
             )
         else:
             message = f"The token's audience must include {login_audience!r}."
-        raise IdentityRejected("wrong_audience", message, claims=unverified)
+        raise IdentityRejected(  # raised after the signature verified
+            "wrong_audience",
+            message,
+            claims=unverified,
+            agent=_agent_for(domain, unverified.get("sub")),
+        )
     except jwt.MissingRequiredClaimError as exc:
         raise IdentityRejected("missing_claim", f"The token has no {exc.claim!r} claim.")
     except jwt.InvalidIssuerError:
@@ -197,6 +224,8 @@ def _verify(token: str, *, delegation: bool) -> VerifiedIdentity:
     except (OverflowError, ValueError, TypeError):  # a time claim no clock can hold
         raise IdentityRejected("malformed_token", "The token's time claims are not numbers.")
 
+    # The signature verified: the agent `sub` names is known from here on, even when refused.
+    agent = _agent_for(domain, claims["sub"])
     if other_audience in _audiences(claims):
         # One token naming both audiences would be a login and an actor token at once.
         raise IdentityRejected(
@@ -204,13 +233,16 @@ def _verify(token: str, *, delegation: bool) -> VerifiedIdentity:
             f"The token names both {login_audience!r} and {delegation_audience!r}; a login and "
             "a delegation actor token are never the same token.",
             claims=claims,
+            agent=agent,
         )
     try:
         lifetime = float(claims["exp"]) - float(claims["iat"])
     except (OverflowError, ValueError, TypeError):
         lifetime = math.nan
     if not math.isfinite(lifetime):
-        raise IdentityRejected("malformed_token", "The token's time claims are not numbers.")
+        raise IdentityRejected(
+            "malformed_token", "The token's time claims are not numbers.", agent=agent
+        )
     maximum = (
         settings.CUSTODY_DELEGATION_TOKEN_MAX_SECONDS
         if delegation
@@ -223,28 +255,22 @@ def _verify(token: str, *, delegation: bool) -> VerifiedIdentity:
             f"The token lives {int(lifetime)} s (exp - iat); Custody accepts at most {maximum} s "
             f"for {kind}.",
             claims=claims,
+            agent=agent,
         )
     if delegation and not (isinstance(claims["jti"], str) and 0 < len(claims["jti"]) <= 255):
         raise IdentityRejected(
-            "malformed_token", "An actor token's jti is a string of 1-255 characters."
-        )
-
-    if domain.kind == TrustDomain.Kind.OIDC:
-        agent = (
-            Agent.objects.select_related("sponsor", "team")
-            .filter(oidc_trust_domain=domain, oidc_subject=claims["sub"])
-            .first()
-        )
-    else:
-        agent = (
-            Agent.objects.select_related("sponsor", "team").filter(spiffe_id=claims["sub"]).first()
+            "malformed_token", "An actor token's jti is a string of 1-255 characters.", agent=agent
         )
     if agent is None:
         raise IdentityRejected(
             "unknown_agent", "No agent is registered for this identity.", claims=claims
         )
     if agent.status == Agent.Status.SUSPENDED:
-        raise IdentityRejected("agent_suspended", "This agent is suspended.", claims=claims)
+        raise IdentityRejected(
+            "agent_suspended", "This agent is suspended.", claims=claims, agent=agent
+        )
     if agent.status == Agent.Status.RETIRED:
-        raise IdentityRejected("agent_retired", "This agent is retired.", claims=claims)
+        raise IdentityRejected(
+            "agent_retired", "This agent is retired.", claims=claims, agent=agent
+        )
     return VerifiedIdentity(agent=agent, trust_domain=domain, claims=claims)

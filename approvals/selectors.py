@@ -313,8 +313,10 @@ class ChainOfCustody:
         return self.root.agent.sponsor.get_username()
 
 
-def grant_chain_of_custody(grant: Grant) -> ChainOfCustody:
-    """The chain from the root grant down to `grant`, and what was delegated on from it.
+def grant_chain_of_custody(grant: Grant, *, onward: bool = True) -> ChainOfCustody:
+    """The chain from the root grant down to `grant`, and what was delegated on from it (unless
+    `onward` is False: a request still waiting under `grant` has no descendants of its own, and
+    the parent's other children are its siblings, not its chain).
 
     Fetch `grant` through a restricted selector first (`grants_visible_to`, `agent_grants`):
     the chain around it is shown whole, because accountability needs every link."""
@@ -322,9 +324,9 @@ def grant_chain_of_custody(grant: Grant) -> ChainOfCustody:
     grants = Grant.objects.select_related(*related)
     links = grant_ancestors(grants.get(pk=grant.pk), grants=grants)
     links.reverse()
-    onward = grant_descendants([grant.pk], grants=grants)
+    onward_grants = grant_descendants([grant.pk], grants=grants) if onward else []
 
-    every = links + onward
+    every = links + onward_grants
     decisions: dict[int, list[LinkDecision]] = {}
     for decision in (
         Decision.objects.filter(access_request_id__in=[g.access_request_id for g in every])
@@ -363,9 +365,23 @@ def grant_chain_of_custody(grant: Grant) -> ChainOfCustody:
             tool_calls=tool_calls.get(g.pk, []),
         )
 
-    return ChainOfCustody(links=[link(g) for g in links], onward=[link(g) for g in onward])
+    return ChainOfCustody(links=[link(g) for g in links], onward=[link(g) for g in onward_grants])
 
 
 def grant_token_claims(grant: Grant) -> dict:
     """The claims a token for this grant carries (never the token itself), for people to read."""
     return token_claims(grant)
+
+
+def grant_ending_details(grant_ids) -> dict[int, str]:
+    """Why each grant ended, in the words of whoever ended it (the `detail` its `grant.revoked`
+    evidence holds), for a page of ended grants in one query."""
+    ids = list(grant_ids)
+    if not ids:
+        return {}
+    return {
+        grant_id: str(data.get("detail") or "")
+        for grant_id, data in AuditEvent.objects.filter(
+            verb="grant.revoked", grant_id__in=ids
+        ).values_list("grant_id", "data")
+    }

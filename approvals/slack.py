@@ -17,6 +17,7 @@ from slack_sdk import WebClient
 from approvals import notifications
 from approvals.lineage import grant_ancestors
 from approvals.models import AccessRequest, Decision, Grant, SlackMessage
+from core.formatting import duration_words, moment_words
 
 APPROVE = "custody_approve"
 DENY = "custody_deny"
@@ -69,7 +70,7 @@ def _decided_line(access_request: AccessRequest) -> str:
     parts = [
         f"{'approved' if d.verdict == Decision.Verdict.APPROVE else 'denied'} by "
         f"{d.approver.get_username()} ({d.channel}, "
-        f"{timezone.localtime(d.created_at):%Y-%m-%d %H:%M UTC})"
+        f"{moment_words(d.created_at)})"
         for d in decisions
     ]
     return "; ".join(parts)
@@ -94,7 +95,7 @@ def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Ki
                 plain(f"Agent: {agent.name}"),
                 plain(f"SPIFFE ID: {agent.spiffe_id}"),
                 plain(f"Sponsor: {agent.sponsor.get_username()}"),
-                plain(f"Duration asked: {access_request.duration_seconds} s"),
+                plain(f"Duration asked: {duration_words(access_request.duration_seconds)}"),
                 plain(f"Task: {access_request.task_id}"),
                 plain(f"Approvals: {approvals} of {access_request.approvals_required}"),
             ],
@@ -119,10 +120,8 @@ def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Ki
             }
         )
     if status == AccessRequest.Status.PENDING:
-        deadline = timezone.localtime(access_request.decision_deadline)
-        blocks.append(
-            {"type": "context", "elements": [plain(f"Decide by {deadline:%Y-%m-%d %H:%M} UTC")]}
-        )
+        deadline = moment_words(access_request.decision_deadline)
+        blocks.append({"type": "context", "elements": [plain(f"Decide by {deadline}")]})
         buttons: list[dict] = []
         if slack_approvable(access_request):
             buttons.append(
@@ -197,12 +196,12 @@ def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Ki
 def _grant_line(grant: Grant) -> str:
     if grant.revoked_at is not None:
         return (
-            f"Grant #{grant.pk} ended {timezone.localtime(grant.revoked_at):%Y-%m-%d %H:%M} "
-            f"UTC ({grant.get_revoke_reason_display().lower()})."
+            f"Grant #{grant.pk} ended {moment_words(grant.revoked_at)} "
+            f"({grant.get_revoke_reason_display().lower()})."
         )
     if not grant.is_active():
-        return f"Grant #{grant.pk} expired {timezone.localtime(grant.expires_at):%H:%M} UTC."
-    return f"Grant #{grant.pk} in force until {timezone.localtime(grant.expires_at):%H:%M} UTC."
+        return f"Grant #{grant.pk} expired {moment_words(grant.expires_at)}."
+    return f"Grant #{grant.pk} in force until {moment_words(grant.expires_at)}."
 
 
 def _load(access_request_id: int) -> AccessRequest:
@@ -293,10 +292,11 @@ def post_expiry_notice(grant_id: int) -> int:
         places.append(channel_id)
     text = escape(
         f"Grant #{grant.pk} ({grant.scope}) for {grant.agent.name} ends at "
-        f"{timezone.localtime(grant.expires_at):%H:%M} UTC. "
+        f"{moment_words(grant.expires_at)}. "
         "The agent must ask again for more time."
     )
-    minutes_left = max(round((grant.expires_at - timezone.now()).total_seconds() / 60), 1)
+    # Rounded to the minute: the message is read a little after it is sent.
+    left = max(round((grant.expires_at - timezone.now()).total_seconds() / 60), 1) * 60
     sent = 0
     for place in places:
         message, _ = SlackMessage.objects.get_or_create(
@@ -315,7 +315,7 @@ def post_expiry_notice(grant_id: int) -> int:
                     "type": "section",
                     "text": plain(
                         f"Grant #{grant.pk} ({grant.scope}) for {grant.agent.name} "
-                        f"ends in {minutes_left} minute{'s' if minutes_left != 1 else ''}."
+                        f"ends in {duration_words(left)}."
                     ),
                 }
             ],

@@ -27,7 +27,9 @@ def audit_event_list(
         events = events.filter(actor_type=actor_type)
     if actor_id:
         events = events.filter(actor_id=actor_id)
-    if verb:
+    if verb and verb.endswith(".*"):  # a family: grant.* is grant.issued, grant.revoked, …
+        events = events.filter(verb__startswith=verb[:-1])
+    elif verb:
         events = events.filter(verb=verb)
     if access_request_id is not None:
         events = events.filter(access_request_id=access_request_id)

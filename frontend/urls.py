@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import inbox, views
+from frontend import inbox, views, views_live, views_profile
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -10,7 +10,8 @@ urlpatterns = [
     path("requests/<int:request_id>/", views.request_detail, name="request"),
     path("requests/<int:request_id>/decide/", views.request_decide, name="request-decide"),
     path("step-up/", views.step_up, name="step-up"),
-    path("grants/", views.grants, name="grants"),
+    path("grants/", views_live.grants, name="grants"),
+    path("grants/active/", views_live.dashboard_active, name="grants-active"),
     path("grants/<int:grant_id>/revoke/", views.grant_revoke, name="grant-revoke"),
     path("agents/", views.agents, name="agents"),
     path("agents/<int:agent_id>/", views.agent_detail, name="agent"),
@@ -28,6 +29,7 @@ urlpatterns = [
     path("agents/<int:agent_id>/reactivate/", views.agent_reactivate, name="agent-reactivate"),
     path("audit/", views.audit, name="audit"),
     path("audit/verify/", views.audit_verify, name="audit-verify"),
+    path("profile/", views_profile.profile, name="profile"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

@@ -11,7 +11,6 @@ from datetime import timedelta
 from django.contrib import messages
 from django.contrib.auth import authenticate
 from django.db.models import Count, Q
-from django.db.models.functions import Coalesce
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -36,12 +35,14 @@ from audit.services import Actor
 from core.errors import DomainError
 from core.sessions import authenticated_at, mark_fresh_login
 from frontend import auth
+from frontend.audit_rows import audit_rows
 from frontend.decorators import (
     login_required,
     object_permission_required,
     permission_required_or_404,
 )
 from frontend.forms import AuditFilterForm, BackupApproverForm, DecisionForm, ReasonForm
+from frontend.views_live import dashboard_active_context
 
 PAGE_SIZE = 50
 # A critical approval waiting for the step-up password: {"request_id", "verdict", "comment"}.
@@ -55,12 +56,6 @@ PENDING_DECISION_KEY = "custody_pending_decision"
 def dashboard(request):
     now = timezone.now()
     pending = selectors.requests_pending_for(request.user)
-    active = (
-        selectors.grants_visible_to(request.user)
-        .live(now)
-        .select_related("agent", "privilege")
-        .order_by("expires_at")
-    )
     overdue = agents_review_overdue_for(request.user)
     denials = (
         selectors.requests_visible_to(request.user)
@@ -74,8 +69,7 @@ def dashboard(request):
         {
             "pending": _with_approvals(pending[:5]),
             "pending_count": pending.count(),
-            "active": active[:10],
-            "active_count": active.count(),
+            **dashboard_active_context(request.user),
             "overdue": overdue[:10],
             "denials": denials[:10],
         },
@@ -221,12 +215,20 @@ def request_detail(request, access_request: AccessRequest):
         .select_related("agent", "privilege")
         .first()
     )
-    # The chain of custody through this request's grant (or, while it waits, its parent's).
-    anchor = grant or access_request.parent_grant
-    chain = selectors.grant_chain_of_custody(anchor) if anchor else None
-    trail = audit_trail_of_request(
-        access_request_id=access_request.pk, grant_id=grant.pk if grant else None
-    )[:500]
+    # The chain of custody through this request's grant (or, without one, its parent's: then
+    # only the ancestors, since the parent's other children are siblings, not this chain).
+    if grant is not None:
+        chain = selectors.grant_chain_of_custody(grant)
+    elif access_request.parent_grant_id is not None:
+        chain = selectors.grant_chain_of_custody(access_request.parent_grant, onward=False)
+    else:
+        chain = None
+    trail = audit_rows(
+        audit_trail_of_request(
+            access_request_id=access_request.pk, grant_id=grant.pk if grant else None
+        )[:500],
+        request.user,
+    )
     return render(
         request,
         "frontend/request.html",
@@ -245,29 +247,6 @@ def request_detail(request, access_request: AccessRequest):
 
 
 # --- grants ------------------------------------------------------------------------------------
-
-
-@login_required
-def grants(request):
-    now = timezone.now()
-    visible = selectors.grants_visible_to(request.user).select_related(
-        "agent", "privilege", "parent__agent"
-    )
-    active = visible.live(now).order_by("expires_at")
-    ended = visible.filter(
-        Q(revoked_at__gte=now - timedelta(days=1))
-        | Q(revoked_at__isnull=True, expires_at__lte=now, expires_at__gte=now - timedelta(days=1))
-    ).order_by(Coalesce("revoked_at", "expires_at").desc())
-    return render(
-        request,
-        "frontend/grants.html",
-        {
-            "active": active[:200],
-            "ended": ended[:100],
-            "now": now,
-            "managed": agent_ids_managed_by(request.user),
-        },
-    )
 
 
 @login_required
@@ -482,6 +461,7 @@ def audit(request):
         {
             "form": form,
             "events": rows[:PAGE_SIZE],
+            "rows": audit_rows(rows[:PAGE_SIZE], request.user),
             "next_before": rows[PAGE_SIZE - 1].sequence if len(rows) > PAGE_SIZE else None,
             "query": query.urlencode(),
             "check": chain_check_latest(),

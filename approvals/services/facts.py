@@ -18,6 +18,7 @@ from approvals.models import (
     Grant,
     Privilege,
 )
+from core.formatting import duration_words as words
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,11 @@ def cumulative_limit(
     return policy.PolicyOutcome(
         "request",
         ["cumulative-limit-needs-people"],
-        f"The agent has held {privilege.name} for {held} s in the last {window} s; with the "
-        f"{duration_seconds} s asked for that is {held + duration_seconds} s, over the "
-        f"{limit} s that may be granted automatically in that window "
-        f"({factor:g} × the privilege's maximum of {privilege.max_duration_seconds} s), "
+        f"The agent has held {privilege.name} for {words(held)} in the last {words(window)}; "
+        f"with the {words(duration_seconds)} asked for that is "
+        f"{words(held + duration_seconds)}, over the {words(limit)} that may be granted "
+        f"automatically in that window ({factor:g} × the privilege's maximum of "
+        f"{words(privilege.max_duration_seconds)}), "
         "so people decide.",
         outcome.approvals_required,
     )

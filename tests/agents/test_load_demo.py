@@ -1,5 +1,8 @@
+import io
+
 import pytest
 from django.core.management import call_command
+from django.test import Client
 
 from agents.models import Agent
 
@@ -17,4 +20,15 @@ def test_load_demo_registers_a_resource_server_that_may_introspect_payments_toke
     assert gateway.spiffe_id.endswith("/resource-servers/payments-gateway")
     assert gateway.introspection_audiences == ["payments-db", "payments-api"]
     assert gateway.may_introspect("payments-db") and not gateway.may_introspect("crm")
-    assert Agent.objects.filter(kind=Agent.Kind.AGENT).count() == 3
+    assert Agent.objects.filter(kind=Agent.Kind.AGENT).count() == 4
+
+
+def test_load_demo_prints_every_demo_login_for_make_run(settings, tmp_path):
+    settings.DEBUG = True
+    settings.CUSTODY_DEV_KEY_FILE = tmp_path / "dev_trust_domain_key.pem"
+    out = io.StringIO()
+    call_command("load_demo", "--print-logins", stdout=out)
+    for username in ("admin", "alice", "bob", "carol", "dave", "erin"):
+        assert f"{username} / custody-{username}" in out.getvalue()
+    signed_in = Client().post("/login/", {"username": "dave", "password": "custody-dave"})
+    assert signed_in.status_code == 302

@@ -4,6 +4,7 @@ WebClient talks to; notifications go out through a real Celery worker."""
 import hashlib
 import hmac
 import json
+import re
 import time
 from urllib.parse import urlencode
 
@@ -141,6 +142,9 @@ def test_a_pending_request_reaches_every_approver_and_the_team(
     assert "payments-api:refund (medium)" in rendered
     assert "3 invoices do not match the ledger." in rendered
     assert "Approvals: 0 of 1" in rendered and "task-1" in rendered
+    # Durations in words and the one date format, as on the web pages.
+    assert "Duration asked: 10 min" in rendered
+    assert re.search(r"Decide by \d{1,2} [A-Z][a-z]{2} \d{4}, \d\d:\d\d UTC", rendered)
     actions = [b for b in message["blocks"] if b["type"] == "actions"][0]["elements"]
     assert [a["action_id"] for a in actions] == [
         "custody_approve",
@@ -166,6 +170,10 @@ def test_approving_in_slack_issues_the_grant_and_updates_every_message(
     for update in slack.of("chat.update"):
         assert not [b for b in update.params["blocks"] if b["type"] == "actions"]
         assert "Approved: approved by sponsor (slack" in json.dumps(update.params["blocks"])
+        assert re.search(
+            r"Grant #\d+ in force until \d{1,2} [A-Z][a-z]{2} \d{4}, ",
+            json.dumps(update.params["blocks"]),
+        )
 
 
 def test_denying_in_slack(slack, agent_api, privileges):

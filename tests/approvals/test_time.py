@@ -210,11 +210,11 @@ def test_back_to_back_fresh_requests_stop_being_automatic_past_the_cumulative_li
     assert body["status"] == "pending"
     assert body["decision"]["policies"] == ["cumulative-limit-needs-people"]
     reason = body["decision"]["reason"]
-    assert "held payments-db:read for 3600 s in the last 86400 s" in reason
-    assert "over the 3600 s" in reason
+    assert "held payments-db:read for 1 h in the last 1 day;" in reason
+    assert "that is 1 h 10 min, over the 1 h that may be granted" in reason
     # The approver sees why it came to them.
     page = person_client(sponsor).get(f"/requests/{body['id']}/")
-    assert "held payments-db:read for 3600 s" in page.content.decode()
+    assert "held payments-db:read for 1 h in the last 1 day" in page.content.decode()
 
     # Completing a task early counts only the time it was held.
     with time_machine.travel(start + timedelta(days=1, seconds=601), tick=False):

@@ -1,5 +1,8 @@
-"""`make run`'s demo data: people, teams, agents and the privilege catalog. It lives in approvals,
-the lowest app that knows every one of them (agents never imports approvals)."""
+"""`make run`'s demo data: people, teams, agents, the privilege catalog, backup approvers and
+approver groups, so that every `make demo-request KIND=…` can be finished with the demo logins
+(see approvals/demo.py). It lives in approvals, the lowest app that knows every one of them
+(agents never imports approvals). Idempotent: a rerun adds what is missing and changes nothing
+else; every change of who may approve goes through the services that record it."""
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -8,45 +11,19 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from agents.dev_identity import ensure_dev_trust_domain
-from agents.models import Agent, SponsorProfile, TeamProfile
-from agents.services import agent_register, trust_domain_refusal
+from agents.models import Agent, BackupApprover, SponsorProfile, TeamProfile
+from agents.services import agent_register, backup_approver_add, trust_domain_refusal
+from approvals.demo import (
+    DEMO_AGENTS,
+    DEMO_APPROVER_GROUPS,
+    DEMO_BACKUP_APPROVERS,
+    DEMO_PRIVILEGES,
+    DEMO_RESOURCE_SERVERS,
+    DEMO_USERS,
+)
 from approvals.models import Privilege
 from approvals.services import privilege_save
 from audit.services import Actor
-
-# Development-only logins, printed by `make run`. load_demo refuses to run with DEBUG off.
-DEMO_USERS = [
-    # username, password, superuser, team
-    ("admin", "custody-admin", True, None),
-    ("alice", "custody-alice", False, "payments-platform"),
-    ("bob", "custody-bob", False, "payments-platform"),
-    ("carol", "custody-carol", False, "research-platform"),
-]
-DEMO_AGENTS = [
-    # path, name, sponsor, team
-    ("agents/invoice-bot", "Invoice bot", "alice", "payments-platform"),
-    ("agents/refund-helper", "Refund helper", "alice", "payments-platform"),
-    ("agents/research-agent", "Research agent", "carol", "research-platform"),
-]
-DEMO_RESOURCE_SERVERS = [
-    # path, name, sponsor, team, the token audiences it may introspect
-    (
-        "resource-servers/payments-gateway",
-        "Payments gateway",
-        "alice",
-        "payments-platform",
-        ["payments-db", "payments-api"],
-    ),
-]
-
-DEMO_PRIVILEGES = [
-    # resource, action, risk, max duration (s), description
-    ("payments-db", "read", "low", 3600, "Read the payments database"),
-    ("payments-db", "write", "high", 3600, "Write to the payments database"),
-    ("payments-api", "refund", "medium", 1800, "Issue refunds through the payments API"),
-    ("crm", "read", "low", 3600, "Read customer records"),
-    ("prod-cluster", "admin", "critical", 900, "Administer the production cluster"),
-]
 
 
 def demo_spiffe_id(path: str) -> str:
@@ -54,12 +31,15 @@ def demo_spiffe_id(path: str) -> str:
 
 
 class Command(BaseCommand):
-    help = "Load demo people, teams and agents (idempotent; development only)."
+    help = "Load demo people, teams, agents and approvers (idempotent; development only)."
 
     def add_arguments(self, parser):
         parser.add_argument("--force", action="store_true", help="allow with DEBUG off")
+        parser.add_argument(
+            "--print-logins", action="store_true", help="then print the demo logins (make run)"
+        )
 
-    def handle(self, *args, force, **options):
+    def handle(self, *args, force, print_logins=False, **options):
         if not settings.DEBUG and not force:
             raise CommandError(
                 "load_demo creates well-known passwords; it runs only with DEBUG on."
@@ -67,46 +47,58 @@ class Command(BaseCommand):
         if settings.DEBUG:  # never registered with DEBUG off, even with --force
             ensure_dev_trust_domain()
         actor = Actor.system("load_demo")
-        User = get_user_model()
         with transaction.atomic():
-            for username, password, superuser, team_name in DEMO_USERS:
-                user, created = User.objects.get_or_create(
-                    username=username,
-                    defaults={
-                        "email": f"{username}@example.com",
-                        "is_staff": superuser,
-                        "is_superuser": superuser,
-                    },
-                )
-                if created:
-                    user.set_password(password)
-                    user.save()
-                SponsorProfile.objects.get_or_create(user=user)
-                if team_name:
-                    team, _ = Group.objects.get_or_create(name=team_name)
-                    TeamProfile.objects.get_or_create(group=team)
-                    user.groups.add(team)
-            workloads = [(*row, Agent.Kind.AGENT, []) for row in DEMO_AGENTS] + [
-                (*row[:4], Agent.Kind.RESOURCE_SERVER, row[4]) for row in DEMO_RESOURCE_SERVERS
-            ]
-            for path, name, sponsor, team_name, kind, audiences in workloads:
-                spiffe_id = demo_spiffe_id(path)
-                refusal = trust_domain_refusal(spiffe_id)
-                if refusal is not None:  # DEBUG off: the dev trust domain is never registered
-                    self.stdout.write(f"Skipped {name}: {refusal}")
-                    continue
-                if not Agent.objects.filter(spiffe_id=spiffe_id).exists():
-                    agent_register(
-                        spiffe_id=spiffe_id,
-                        name=name,
-                        actor=actor,
-                        sponsor=User.objects.get(username=sponsor),
-                        team=Group.objects.get(name=team_name),
-                        kind=kind,
-                        introspection_audiences=audiences,
-                    )
+            self._load_people()
+            self._load_agents(actor)
             self._load_catalog(actor)
+            self._load_approvers(actor)
         self.stdout.write("Demo data ready.")
+        if print_logins:
+            self.stdout.write("\n  Demo logins (username / password):")
+            for username, password, _superuser, _team, role in DEMO_USERS:
+                self.stdout.write(f"    {f'{username} / {password}':24} {role}")
+
+    def _load_people(self):
+        User = get_user_model()
+        for username, password, superuser, team_name, _role in DEMO_USERS:
+            user, created = User.objects.get_or_create(
+                username=username,
+                defaults={
+                    "email": f"{username}@example.com",
+                    "is_staff": superuser,
+                    "is_superuser": superuser,
+                },
+            )
+            if created:
+                user.set_password(password)
+                user.save()
+            SponsorProfile.objects.get_or_create(user=user)
+            if team_name:
+                team, _ = Group.objects.get_or_create(name=team_name)
+                TeamProfile.objects.get_or_create(group=team)
+                user.groups.add(team)
+
+    def _load_agents(self, actor):
+        User = get_user_model()
+        workloads = [(*row, Agent.Kind.AGENT, []) for row in DEMO_AGENTS] + [
+            (*row[:4], Agent.Kind.RESOURCE_SERVER, row[4]) for row in DEMO_RESOURCE_SERVERS
+        ]
+        for path, name, sponsor, team_name, kind, audiences in workloads:
+            spiffe_id = demo_spiffe_id(path)
+            refusal = trust_domain_refusal(spiffe_id)
+            if refusal is not None:  # DEBUG off: the dev trust domain is never registered
+                self.stdout.write(f"Skipped {name}: {refusal}")
+                continue
+            if not Agent.objects.filter(spiffe_id=spiffe_id).exists():
+                agent_register(
+                    spiffe_id=spiffe_id,
+                    name=name,
+                    actor=actor,
+                    sponsor=User.objects.get(username=sponsor),
+                    team=Group.objects.get(name=team_name),
+                    kind=kind,
+                    introspection_audiences=audiences,
+                )
 
     def _load_catalog(self, actor):
         for resource, action, risk, max_duration, description in DEMO_PRIVILEGES:
@@ -125,3 +117,25 @@ class Command(BaseCommand):
         write = Privilege.objects.get(resource="payments-db", action="write")
         refund = Privilege.objects.get(resource="payments-api", action="refund")
         write.toxic_with.add(refund)
+
+    def _load_approvers(self, actor):
+        """Approver groups first set on their privileges (privilege.changed), then joined (the
+        membership receivers record approvers.group_member_added); backup approvers added by
+        the admin through agents.services (approvers.backup_added)."""
+        User = get_user_model()
+        for group_name, members, privilege_names in DEMO_APPROVER_GROUPS:
+            group, _ = Group.objects.get_or_create(name=group_name)
+            for name in privilege_names:
+                resource, action = name.split(":")
+                privilege = Privilege.objects.get(resource=resource, action=action)
+                if privilege.approver_group_id is None:
+                    privilege.approver_group = group
+                    privilege_save(privilege=privilege, actor=actor, created=False)
+            group.user_set.add(*User.objects.filter(username__in=members))
+        admin = User.objects.get(username="admin")
+        for path, username in DEMO_BACKUP_APPROVERS:
+            agent = Agent.objects.filter(spiffe_id=demo_spiffe_id(path)).first()
+            person = User.objects.get(username=username)
+            if agent is None or BackupApprover.objects.filter(agent=agent, user=person).exists():
+                continue
+            backup_approver_add(agent=agent, user=person, by=admin)
