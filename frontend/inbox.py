@@ -70,34 +70,41 @@ def _plain(data) -> dict:
 def _inbox_context(
     request,
     filters: InboxFilterForm,
-    overview: selectors.InboxOverview,
+    overview: selectors.InboxOverview | None,
     bulk: BulkDenyForm | None = None,
 ) -> dict:
+    """Everything the inbox shows. Without `overview` (the list's own 10-second refresh) the
+    filter's choices and the groups, which live outside the list, are neither read nor sent."""
     context = {
         "filters": filters,
         "bulk": bulk or BulkDenyForm(),
         "form": DecisionForm(),
         "here": reverse("inbox"),
         "pending": [],
+        "groups": None,
         "bulk_max": settings.CUSTODY_BULK_DENY_MAX,
     }
     if not filters.is_valid():
         return context
     wanted = filters.inbox_filter()
-    requests = selectors.inbox_requests(request.user, wanted, pending=overview.pending)
+    pending = overview.pending if overview else None
+    requests = selectors.inbox_requests(request.user, wanted, pending=pending)
     after = filters.cleaned_data["after"]
     rows, next_after = selectors.inbox_page(requests, after=after, size=INBOX_PAGE)
-    if wanted.narrowed:
+    if wanted.narrowed or overview is None:
         totals = selectors.inbox_totals(requests)
     else:
         totals = {"count": overview.count, "highest_id": overview.highest_id}
+    groups = None
+    if overview is not None:
+        groups = _grouped(selectors.inbox_groups(requests, limit=GROUPS), filters.data)
     context.update(
         {
             "pending": _with_approvals(rows),
             "narrowed": wanted.narrowed,
             "total": totals["count"],
             "highest_id": totals["highest_id"],
-            "groups": _grouped(selectors.inbox_groups(requests, limit=GROUPS), filters.data),
+            "groups": groups,
             "here": _url(filters.data, **({"after": filters.data["after"]} if after else {})),
             "first_url": _url(filters.data) if after else "",
             "next_url": _url(filters.data, after=inbox_cursor(next_after)) if next_after else "",
@@ -115,7 +122,10 @@ def _render(request, context: dict, *, status: int = 200):
 
 @login_required
 def inbox(request):
-    filters, overview = _filter_form(request, request.GET)
+    if request.htmx and request.htmx.trigger == "inbox":  # the list refreshing itself
+        filters, overview = InboxFilterForm(request.GET), None
+    else:
+        filters, overview = _filter_form(request, request.GET)
     context = _inbox_context(request, filters, overview)
     return _render(request, context, status=200 if filters.is_valid() else 400)
 

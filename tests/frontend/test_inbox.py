@@ -145,6 +145,35 @@ def test_a_search_with_htmx_answers_with_the_list_only(web, sponsor, mixed):
     assert shown(response) == [mixed["ledger"].pk]
 
 
+def test_a_search_with_htmx_brings_its_groups_along_out_of_band(web, sponsor, mixed):
+    html = text(web(sponsor).get("/inbox/", {"q": "payments-api:refund"}, **HTMX))
+
+    groups = html[html.index('<div id="inbox-groups" hx-swap-oob="true">') :]
+    assert "Invoice bot · task t-42 · 1 pending" in groups
+    assert "Ledger sync · task sync-9 · 1 pending" in groups
+    assert "close-books" not in groups  # not matching the search
+
+
+def test_the_lists_own_refresh_skips_the_filter_choices_and_groups(web, sponsor, mixed):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = web(sponsor)
+    url = "/inbox/?q=payments-api%3Arefund"
+    client.get(url, **HTMX)
+    with CaptureQueriesContext(connection) as searched:
+        client.get(url, **HTMX)
+    with CaptureQueriesContext(connection) as refreshed:
+        response = client.get(url, HTTP_HX_TRIGGER="inbox", **HTMX)
+
+    html = text(response)
+    assert sorted(shown(response)) == sorted([mixed["refund"].pk, mixed["ledger"].pk])
+    assert "<strong>2</strong> waiting for you match this search." in html
+    assert 'name="upto"' in html  # the bulk form still knows what the person sees
+    assert "inbox-groups" not in html  # the groups outside the list stay as they are
+    assert len(refreshed) < len(searched)
+
+
 def test_search_never_reaches_past_what_the_person_may_decide(
     web, sponsor, outsider, teammate, mixed
 ):
