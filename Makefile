@@ -60,7 +60,7 @@ chromium:
 
 screenshots: $(STAMP) chromium
 	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend/test_browser.py \
-		tests/frontend/test_first_approval.py -q
+		tests/frontend/test_first_approval.py tests/frontend/test_browser_inbox.py -q
 
 # ruff, then import-linter's contracts in pyproject.toml (the layers between and inside apps).
 lint: $(STAMP)

@@ -232,10 +232,18 @@ class AccessRequest(models.Model):
             ),
         ]
         indexes = [
-            # The deadline sweep and the inbox read pending requests by deadline.
+            # The deadline sweep reads pending requests by deadline; the inbox pages them by
+            # keyset (deadline, id), which the id column lets the index answer in order.
             models.Index(
-                fields=["decision_deadline"],
-                name="request_pending_deadline",
+                fields=["decision_deadline", "id"],
+                name="request_pending_inbox",
+                condition=models.Q(status="pending"),
+            ),
+            # One agent's pending requests in inbox order (the agent filter; flood control's
+            # per-agent count).
+            models.Index(
+                fields=["agent", "decision_deadline", "id"],
+                name="request_pending_agent",
                 condition=models.Q(status="pending"),
             ),
             models.Index(

@@ -1,9 +1,10 @@
 """Reads: what an agent or a person may see, restricted before anything else happens."""
 
+import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 from guardian.shortcuts import get_objects_for_user
 
@@ -22,7 +23,7 @@ from approvals.approvers import (
     recorded_message as recorded_message,
 )
 from approvals.lineage import grant_ancestors, grant_descendants
-from approvals.models import AccessRequest, Decision, Grant
+from approvals.models import AccessRequest, Decision, Grant, Privilege
 from approvals.tokens import token_claims
 from audit.models import AuditEvent
 
@@ -87,6 +88,151 @@ def requests_pending_for(user) -> QuerySet[AccessRequest]:
         .exclude(Exists(decided))
         .select_related("agent", "agent__sponsor", "privilege")
         .order_by("decision_deadline", "pk")
+    )
+
+
+# --- the inbox: search, filters, groups and pages over requests_pending_for ----------------------
+
+
+@dataclass(frozen=True)
+class InboxFilter:
+    """What a person narrows their inbox to; every field optional."""
+
+    text: str = ""  # words, each found in the agent, privilege, task, intent or request number
+    risk: str = ""
+    agent_id: int | None = None
+    team_id: int | None = None
+    task_id: str = ""  # exact
+    older_than: timedelta | None = None
+
+    @property
+    def narrowed(self) -> bool:
+        return bool(
+            self.text
+            or self.risk
+            or self.agent_id
+            or self.team_id
+            or self.task_id
+            or self.older_than
+        )
+
+
+def _word_matches(word: str) -> Q:
+    """One search word, found in any of the places a person would look for it. A privilege
+    name (`payments-db:write`, or its start `payments-db:wr`) is looked up in the catalog
+    first and matches by privilege alone: the cheap, exact reading of what was meant."""
+    resource, colon, action = word.partition(":")
+    if colon and resource and not action.startswith("//"):
+        privileges = Privilege.objects.filter(
+            resource__iexact=resource, action__istartswith=action
+        ).values_list("pk", flat=True)
+        return Q(privilege_id__in=list(privileges))
+    found = (
+        Q(agent__name__icontains=word)
+        | Q(agent__spiffe_id__icontains=word)
+        | Q(task_id__icontains=word)
+        | Q(privilege__resource__icontains=word)
+        | Q(privilege__action__icontains=word)
+        | Q(intent__action__icontains=word)
+        | Q(intent__target__icontains=word)
+        | Q(intent__justification__icontains=word)
+        | Q(initiated_by__icontains=word)
+    )
+    if re.fullmatch(r"#?[0-9]{1,18}", word):
+        found |= Q(pk=int(word.lstrip("#")))
+    return found
+
+
+def inbox_requests(
+    user, wanted: InboxFilter, *, pending: QuerySet[AccessRequest] | None = None, now=None
+) -> QuerySet[AccessRequest]:
+    """The person's inbox (restricted first: `requests_pending_for`), then narrowed. `pending`
+    is `requests_pending_for(user)` when the caller has it already (one permission lookup)."""
+    requests = requests_pending_for(user) if pending is None else pending
+    for word in wanted.text.split()[:8]:
+        requests = requests.filter(_word_matches(word))
+    if wanted.risk:
+        requests = requests.filter(privilege__risk=wanted.risk)
+    if wanted.agent_id:
+        requests = requests.filter(agent_id=wanted.agent_id)
+    if wanted.team_id:
+        requests = requests.filter(agent__team_id=wanted.team_id)
+    if wanted.task_id:
+        requests = requests.filter(task_id=wanted.task_id)
+    if wanted.older_than:
+        requests = requests.filter(created_at__lte=(now or timezone.now()) - wanted.older_than)
+    return requests
+
+
+def inbox_page(
+    requests: QuerySet[AccessRequest], *, after: tuple[datetime, int] | None, size: int
+) -> tuple[list[AccessRequest], tuple[datetime, int] | None]:
+    """One page in inbox order (soonest deadline, then id), by keyset: `after` is the
+    (deadline, id) of the last row of the page before. Returns the rows and the keyset of the
+    next page, None on the last one. The partial index `request_pending_inbox` serves it."""
+    if after is not None:
+        deadline, last_id = after
+        # The first condition lets the index seek; the second breaks ties by id.
+        requests = requests.filter(decision_deadline__gte=deadline).filter(
+            Q(decision_deadline__gt=deadline) | Q(pk__gt=last_id)
+        )
+    rows = list(requests.order_by("decision_deadline", "pk")[: size + 1])
+    if len(rows) <= size:
+        return rows, None
+    last = rows[size - 1]
+    return rows[:size], (last.decision_deadline, last.pk)
+
+
+def inbox_totals(requests: QuerySet[AccessRequest]) -> dict:
+    """How many match, and the highest id among them: "deny all N matching" acts on those
+    up to that id only, never on requests that arrived after the person looked."""
+    return requests.order_by().aggregate(count=Count("pk"), highest_id=Max("pk"))
+
+
+def inbox_groups(requests: QuerySet[AccessRequest], *, limit: int = 50) -> list[dict]:
+    """The busiest (agent, task) pairs with their pending counts, largest first."""
+    return list(
+        requests.order_by()
+        .values("agent_id", "agent__name", "task_id")
+        .annotate(pending=Count("pk"))
+        .order_by("-pending", "agent__name", "task_id")[:limit]
+    )
+
+
+@dataclass(frozen=True)
+class InboxOverview:
+    """The whole inbox at a glance, from one query: its agents and teams with their counts (the
+    filter's choices), how many wait and the highest id among them."""
+
+    pending: QuerySet[AccessRequest]  # requests_pending_for(user), to narrow further
+    agents: list[dict]
+    teams: list[dict]
+    count: int
+    highest_id: int | None
+
+
+def inbox_overview(user) -> InboxOverview:
+    pending = requests_pending_for(user)
+    rows = list(
+        pending.order_by()
+        .values("agent_id", "agent__name", "agent__team_id", "agent__team__name")
+        .annotate(pending=Count("pk"), highest_id=Max("pk"))
+        .order_by("agent__name", "agent_id")
+    )
+    teams: dict[int, dict] = {}
+    for row in rows:
+        team = teams.setdefault(
+            row["agent__team_id"],
+            {"agent__team_id": row["agent__team_id"], "agent__team__name": row["agent__team__name"]}
+            | {"pending": 0},
+        )
+        team["pending"] += row["pending"]
+    return InboxOverview(
+        pending=pending,
+        agents=rows,
+        teams=sorted(teams.values(), key=lambda team: team["agent__team__name"]),
+        count=sum(row["pending"] for row in rows),
+        highest_id=max((row["highest_id"] for row in rows), default=None),
     )
 
 

@@ -396,6 +396,8 @@ if CUSTODY_ACCESS_TOKEN_SECONDS > 900:
 CUSTODY_MAX_WAIT_SECONDS = 30
 # Flood control: an agent with this many requests waiting for people gets 429 for one more.
 CUSTODY_MAX_PENDING_PER_AGENT = env_int("CUSTODY_MAX_PENDING_PER_AGENT", 20, minimum=1)
+# The inbox's bulk deny: at most this many requests per click (each is its own decision).
+CUSTODY_BULK_DENY_MAX = env_int("CUSTODY_BULK_DENY_MAX", 500, minimum=1)
 # Back-to-back requests cannot renew a privilege forever: within any window of this many
 # seconds, an agent gets a privilege automatically for at most FACTOR × its maximum duration
 # (counting what it held and still holds); beyond that people decide. FACTOR 0 turns it off.

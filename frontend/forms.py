@@ -1,9 +1,14 @@
+import re
+from datetime import datetime, timedelta
+
 from django import forms
 from django.contrib.auth import get_user_model
+from django.core import signing
 
 from agents.selectors import agents_visible_to
 from agents.services import time_zone_refusal
-from approvals.models import Decision
+from approvals.models import Decision, Risk
+from approvals.selectors import InboxFilter
 from audit.verbs import verb_choices, verb_filter_refusal
 
 
@@ -82,3 +87,122 @@ class TimeZoneForm(forms.Form):
         if refusal := time_zone_refusal(time_zone):
             raise forms.ValidationError(refusal)
         return time_zone
+
+
+# --- the inbox ---------------------------------------------------------------------------------
+
+INBOX_AGES = {
+    "1h": ("Older than 1 hour", timedelta(hours=1)),
+    "1d": ("Older than 1 day", timedelta(days=1)),
+    "7d": ("Older than 7 days", timedelta(days=7)),
+}
+CURSOR_SALT = "custody.inbox.cursor"
+BAD_CURSOR = (
+    "That page link is broken or was changed by hand; start again from the first page of the inbox."
+)
+
+
+class InboxFilterForm(forms.Form):
+    """Search and filters of the inbox, as GET parameters (a URL people can share)."""
+
+    q = forms.CharField(max_length=200, required=False, label="Search")
+    risk = forms.ChoiceField(choices=[("", "Any risk"), *Risk.choices], required=False)
+    agent = forms.IntegerField(min_value=1, required=False, widget=forms.Select)
+    team = forms.IntegerField(min_value=1, required=False, widget=forms.Select)
+    age = forms.ChoiceField(
+        choices=[("", "Any age")] + [(key, label) for key, (label, _) in INBOX_AGES.items()],
+        required=False,
+    )
+    task = forms.CharField(max_length=200, required=False, label="Task id")
+    after = forms.CharField(max_length=400, required=False)
+
+    choice_errors = {
+        "agent": "Pick an agent from the list.",
+        "team": "Pick a team from the list.",
+    }
+
+    def __init__(self, *args, agents=(), teams=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["agent"].widget.choices = [("", "Any agent")] + [
+            (row["agent_id"], f"{row['agent__name']} ({row['pending']})") for row in agents
+        ]
+        self.fields["team"].widget.choices = [("", "Any team")] + [
+            (row["agent__team_id"], f"{row['agent__team__name']} ({row['pending']})")
+            for row in teams
+        ]
+        for name in ("agent", "team"):
+            self.fields[name].error_messages.update(
+                invalid=self.choice_errors[name], min_value=self.choice_errors[name]
+            )
+
+    def clean_after(self):
+        """The keyset of the page before, signed so it cannot be made up."""
+        after = self.cleaned_data["after"]
+        if not after:
+            return None
+        try:
+            deadline, request_id = signing.loads(after, salt=CURSOR_SALT)
+            return datetime.fromisoformat(deadline), int(request_id)
+        except (signing.BadSignature, TypeError, ValueError) as exc:
+            raise forms.ValidationError(BAD_CURSOR) from exc
+
+    def inbox_filter(self) -> InboxFilter:
+        wanted = self.cleaned_data
+        return InboxFilter(
+            text=wanted.get("q", "").strip(),
+            risk=wanted.get("risk", ""),
+            agent_id=wanted.get("agent"),
+            team_id=wanted.get("team"),
+            task_id=wanted.get("task", "").strip(),
+            older_than=INBOX_AGES[wanted["age"]][1] if wanted.get("age") else None,
+        )
+
+
+def inbox_cursor(after: tuple[datetime, int]) -> str:
+    deadline, request_id = after
+    return signing.dumps([deadline.isoformat(), request_id], salt=CURSOR_SALT, compress=True)
+
+
+class RequestIdsField(forms.Field):
+    """Request numbers from checkboxes; whether the person may act on them is the view's and
+    the service's business."""
+
+    widget = forms.MultipleHiddenInput
+
+    def to_python(self, value):
+        chosen = []
+        for number in value or []:
+            if not re.fullmatch(r"[0-9]{1,18}", str(number)):
+                raise forms.ValidationError("Selected requests are named by their numbers.")
+            chosen.append(int(number))
+        return chosen
+
+
+class BulkDenyForm(forms.Form):
+    """Deny the selected requests, or every one matching the inbox's filter up to `upto`."""
+
+    reason = forms.CharField(
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        label="Reason (recorded on each request)",
+        error_messages={
+            "required": "Give a reason for denying these requests; it is recorded on each of them."
+        },
+    )
+    request = RequestIdsField(required=False)
+    matching = forms.BooleanField(required=False)
+    upto = forms.IntegerField(min_value=1, required=False)
+
+    def clean(self):
+        wanted = super().clean()
+        if self.errors:
+            return wanted
+        if wanted.get("matching"):
+            if not wanted.get("upto"):
+                raise forms.ValidationError(
+                    "Denying every matching request needs the inbox page it was asked from; "
+                    "reload the inbox and try again."
+                )
+        elif not wanted.get("request"):
+            raise forms.ValidationError("Select at least one request to deny.")
+        return wanted

@@ -1,11 +1,12 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import views, views_live, views_profile, views_signin
+from frontend import inbox, views, views_live, views_profile, views_signin
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
-    path("inbox/", views.inbox, name="inbox"),
+    path("inbox/", inbox.inbox, name="inbox"),
+    path("inbox/deny/", inbox.inbox_deny, name="inbox-deny"),
     path("requests/<int:request_id>/", views.request_detail, name="request"),
     path("requests/<int:request_id>/decide/", views.request_decide, name="request-decide"),
     path("step-up/", views_signin.step_up, name="step-up"),

@@ -85,21 +85,6 @@ def _with_approvals(requests, viewer) -> list[AccessRequest]:
     return page
 
 
-INBOX_PAGE = 50
-
-
-@login_required
-def inbox(request):
-    pending = selectors.requests_pending_for(request.user)
-    page = _with_approvals(pending[: INBOX_PAGE + 1], request.user)
-    template = "frontend/_inbox_list.html" if request.htmx else "frontend/inbox.html"
-    return render(
-        request,
-        template,
-        {"pending": page[:INBOX_PAGE], "more": len(page) > INBOX_PAGE, "form": DecisionForm()},
-    )
-
-
 @login_required
 @require_POST
 @object_permission_required(None, AccessRequest, "request_id")

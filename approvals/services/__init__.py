@@ -19,6 +19,7 @@ order", is the reference; agents/services.py follows the same):
    under them;
 4. any other row;
 5. the audit chain head, last: `record()` appends at the end of `deferred_evidence()`.
+A bulk deny (`access_requests_deny_bulk`) is one such transaction per request, in pk order.
 Row locks are `FOR NO KEY UPDATE`, never plain `FOR UPDATE`: no transaction here changes a key,
 and PostgreSQL's deferred foreign-key checks take `KEY SHARE` on the referenced agent, request
 or grant at COMMIT — after the chain head — which a `FOR UPDATE` would block into a deadlock.
@@ -26,8 +27,10 @@ or grant at COMMIT — after the chain head — which a `FOR UPDATE` would block
 
 from approvals.services.catalog import policy_delete, policy_save, privilege_save
 from approvals.services.decisions import (
+    BulkDenyResult,
     DecideResult,
     access_request_decide,
+    access_requests_deny_bulk,
     can_approve,
     comment_refusal,
     is_initiator,
@@ -72,6 +75,7 @@ from approvals.services.tokens import (
 )
 
 __all__ = [
+    "BulkDenyResult",
     "DecideResult",
     "PolicySimulation",
     "SubmitResult",
@@ -80,6 +84,7 @@ __all__ = [
     "access_request_escalate",
     "access_request_expire",
     "access_request_submit",
+    "access_requests_deny_bulk",
     "can_approve",
     "comment_refusal",
     "delegation_exchange",

@@ -3,7 +3,7 @@ attempts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
@@ -27,7 +27,7 @@ from approvals.services.facts import request_policy_facts
 from approvals.services.grants import grant_issue
 from approvals.services.requests import access_request_mark_expired
 from audit.services import Actor, deferred_evidence, record
-from core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 
 Status = AccessRequest.Status
 
@@ -223,6 +223,59 @@ def access_request_decide(
                 refusal = refused
     if refusal is not None:
         raise refusal
+    return result
+
+
+@dataclass
+class BulkDenyResult:
+    denied: list[int] = field(default_factory=list)
+    refused: dict[int, DomainError] = field(default_factory=dict)  # request id -> why not
+
+
+def access_requests_deny_bulk(
+    *, access_request_ids, approver, reason: str, channel: str = Decision.Channel.WEB
+) -> BulkDenyResult:
+    """Deny several requests with one reason, each through `access_request_decide` (every
+    per-request rule, its own audit events, its Slack messages updated) in its own transaction,
+    in primary-key order: one request locked at a time, in the documented lock order, so a bulk
+    deny racing a single decision on one of the same requests serializes on that request and
+    each is decided once. A request someone else decided first is reported, not denied twice.
+    There is no bulk approve: approval stays one request, one look, one person at a time."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput(
+            "Give a reason for denying these requests; it is recorded on each of them.",
+            code="reason_required",
+            fields={"reason": ["Required."]},
+        )
+    ids = sorted({int(access_request_id) for access_request_id in access_request_ids})
+    if not ids:
+        raise InvalidInput(
+            "Select at least one request to deny.",
+            code="nothing_selected",
+            fields={"request": ["Select at least one request."]},
+        )
+    most = settings.CUSTODY_BULK_DENY_MAX
+    if len(ids) > most:
+        raise InvalidInput(
+            f"At most {most} requests can be denied at once; {len(ids)} were selected.",
+            code="too_many_selected",
+            fields={"request": [f"At most {most}."]},
+        )
+    result = BulkDenyResult()
+    for access_request_id in ids:
+        try:
+            access_request_decide(
+                access_request_id=access_request_id,
+                approver=approver,
+                verdict=Decision.Verdict.DENY,
+                channel=channel,
+                comment=reason,
+            )
+        except DomainError as refusal:  # its evidence is committed; the others go on
+            result.refused[access_request_id] = refusal
+        else:
+            result.denied.append(access_request_id)
     return result
 
 

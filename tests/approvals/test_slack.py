@@ -318,6 +318,24 @@ def test_a_decision_on_the_web_updates_the_slack_messages(slack, agent_api, priv
     assert "approved by sponsor (api" in json.dumps(slack.of("chat.update")[0].params["blocks"])
 
 
+def test_a_bulk_deny_in_the_inbox_updates_every_message_of_each_request(
+    slack, agent_api, privileges, sponsor
+):
+    ids = [submit(agent_api, "payments-api:refund", task_id=f"t-{n}").json()["id"] for n in (1, 2)]
+    assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 4)
+    web = Client()
+    web.force_login(sponsor)
+
+    response = web.post("/inbox/deny/", {"reason": "A flood.", "request": [str(i) for i in ids]})
+
+    assert response.status_code == 302
+    assert slack.wait_for(lambda: len(slack.of("chat.update")) == 4)
+    updated = {(c.params["channel"], c.params["ts"]) for c in slack.of("chat.update")}
+    assert len(updated) == 4  # each of the four messages, once
+    for update in slack.of("chat.update"):
+        assert "Denied" in json.dumps(update.params["blocks"])
+
+
 def test_expiry_and_cancel_also_reach_slack(slack, agent_api, privileges):
     request_id = submit(agent_api, "payments-api:refund").json()["id"]
     assert slack.wait_for(lambda: len(slack.of("chat.postMessage")) == 2)

@@ -34,7 +34,9 @@
   document.addEventListener("htmx:beforeRequest", function (event) {
     var list = event.detail.elt;
     if (!list || list.id !== "inbox") { return; }
+    // Ticked boxes for a bulk deny are someone's place too.
     var busy = list.contains(document.activeElement) ||
+      list.querySelector("input[type=checkbox]:checked") !== null ||
       Array.prototype.some.call(list.querySelectorAll("textarea"), function (area) {
         return area.value.trim() !== "";
       });
