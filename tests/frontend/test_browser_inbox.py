@@ -16,6 +16,9 @@ PHONE = {"width": 360, "height": 740}  # the narrowest phone the issue names
 NOISY = 62
 QUIET = 8
 
+# The bulk deny's reason, not the per-row comments (whose label mentions a denial's reason too).
+BULK_REASON = "Deny several at once — reason"
+
 
 def test_a_sponsor_finds_the_noisy_agent_pages_through_and_denies_its_flood(
     open_page,  # noqa: F811
@@ -73,7 +76,7 @@ def test_a_sponsor_finds_the_noisy_agent_pages_through_and_denies_its_flood(
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "inbox-search", full_page=False)
 
-    page.get_by_label(re.compile("reason")).fill("A runaway export loop; fixed upstream.")
+    page.get_by_label(BULK_REASON).fill("A runaway export loop; fixed upstream.")
     page.get_by_role("button", name="Deny selected").click()  # nothing ticked yet
     expect(page.locator("#bulk-message")).to_contain_text("Select at least one request to deny.")
     expect(rows).to_have_count(50)  # only the message changed
@@ -82,7 +85,7 @@ def test_a_sponsor_finds_the_noisy_agent_pages_through_and_denies_its_flood(
     picked = [int(row.get_attribute("id").removeprefix("request-")) for row in flood_rows]
     for row in (first, second):
         row.get_by_role("checkbox").check()
-    page.get_by_label(re.compile("reason")).fill("A runaway export loop; fixed upstream.")
+    page.get_by_label(BULK_REASON).fill("A runaway export loop; fixed upstream.")
     page.get_by_role("button", name="Deny selected").click()
     expect(page.locator("#inbox .message.success")).to_contain_text("Denied 2 requests")
     expect(page.locator(".inbox-total")).to_contain_text(f"{NOISY - 2} waiting for you match")
@@ -90,7 +93,7 @@ def test_a_sponsor_finds_the_noisy_agent_pages_through_and_denies_its_flood(
         AccessRequest.objects.filter(status="denied").values_list("pk", flat=True)
     ) == sorted(picked)
 
-    page.get_by_label(re.compile("reason")).fill("A runaway export loop; fixed upstream.")
+    page.get_by_label(BULK_REASON).fill("A runaway export loop; fixed upstream.")
     page.get_by_role("button", name=f"Deny all {NOISY - 2} matching").click()
     expect(page.locator("#inbox .message.success")).to_contain_text(f"Denied {NOISY - 2} requests")
     expect(page.locator("#inbox")).to_contain_text("Nothing waiting for you matches this search.")
@@ -143,7 +146,7 @@ def test_the_inbox_search_works_without_javascript(
         expect(page).to_have_url(re.compile(r"/inbox/\?q=t-find-me"))
         expect(page.locator("tr[id^=request-]")).to_have_count(1)
         page.locator(f"#request-{wanted.pk}").get_by_role("checkbox").check()
-        page.get_by_label(re.compile("reason")).fill("Not needed.")
+        page.get_by_label(BULK_REASON).fill("Not needed.")
         page.get_by_role("button", name="Deny selected").click()
         expect(page.locator("#messages")).to_contain_text("Denied 1 request")
         expect(page).to_have_url(re.compile(r"/inbox/\?q=t-find-me$"))
