@@ -58,8 +58,36 @@ def warn_shortfalls(request, shortfalls) -> None:
     )
 
 
+class ShortfallWarnings:
+    """Admin list and change pages warn when an approval count cannot be met: every active
+    agent against every enabled privilege on the list, the one object's scope on its page."""
+
+    def shortfall_scope(self, obj):
+        raise NotImplementedError
+
+    def changelist_view(self, request, extra_context=None):
+        if request.method == "GET":
+            warn_shortfalls(
+                request,
+                approvers.approval_shortfalls(
+                    agents=Agent.objects.filter(status=Agent.Status.ACTIVE),
+                    privileges=Privilege.objects.filter(enabled=True),
+                ),
+            )
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = self.get_object(request, object_id)
+        if request.method == "GET" and obj is not None:
+            agents, privileges = self.shortfall_scope(obj)
+            warn_shortfalls(
+                request, approvers.approval_shortfalls(agents=agents, privileges=privileges)
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
 @admin.register(Privilege)
-class PrivilegeAdmin(admin.ModelAdmin):
+class PrivilegeAdmin(ShortfallWarnings, admin.ModelAdmin):
     list_display = [
         "__str__",
         "risk",
@@ -82,38 +110,16 @@ class PrivilegeAdmin(admin.ModelAdmin):
             return "Shown once saved."
         return approvers.count_rule(privilege, approvers.typical_outcome(privilege))
 
-    def changelist_view(self, request, extra_context=None):
-        if request.method == "GET":
-            warn_shortfalls(
-                request,
-                approvers.approval_shortfalls(
-                    agents=Agent.objects.filter(status=Agent.Status.ACTIVE),
-                    privileges=Privilege.objects.filter(enabled=True),
-                ),
-            )
-        return super().changelist_view(request, extra_context)
-
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        privilege = self.get_object(request, object_id)
-        if request.method == "GET" and privilege is not None:
-            warn_shortfalls(
-                request,
-                approvers.approval_shortfalls(
-                    agents=Agent.objects.filter(status=Agent.Status.ACTIVE),
-                    privileges=[privilege],
-                ),
-            )
-        return super().change_view(request, object_id, form_url, extra_context)
+    def shortfall_scope(self, privilege: Privilege):
+        return Agent.objects.filter(status=Agent.Status.ACTIVE), [privilege]
 
     def save_model(self, request, obj, form, change):
         services.privilege_save(
             privilege=obj, actor=Actor.for_user(request.user), created=not change
         )
+        agents, privileges = self.shortfall_scope(obj)
         warn_shortfalls(
-            request,
-            approvers.approval_shortfalls(
-                agents=Agent.objects.filter(status=Agent.Status.ACTIVE), privileges=[obj]
-            ),
+            request, approvers.approval_shortfalls(agents=agents, privileges=privileges)
         )
 
 
@@ -123,7 +129,7 @@ admin.site.unregister(Agent)
 
 
 @admin.register(Agent)
-class AgentAdmin(AgentAdminBase):
+class AgentAdmin(ShortfallWarnings, AgentAdminBase):
     readonly_fields = [*AgentAdminBase.readonly_fields, "approval_coverage"]
 
     @admin.display(description="Approval count")
@@ -139,27 +145,8 @@ class AgentAdmin(AgentAdminBase):
             f"{s.privilege_name} needs {s.required}, {s.eligible} may approve" for s in shortfalls
         )
 
-    def changelist_view(self, request, extra_context=None):
-        if request.method == "GET":
-            warn_shortfalls(
-                request,
-                approvers.approval_shortfalls(
-                    agents=Agent.objects.filter(status=Agent.Status.ACTIVE),
-                    privileges=Privilege.objects.filter(enabled=True),
-                ),
-            )
-        return super().changelist_view(request, extra_context)
-
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        agent = self.get_object(request, object_id)
-        if request.method == "GET" and agent is not None:
-            warn_shortfalls(
-                request,
-                approvers.approval_shortfalls(
-                    agents=[agent], privileges=Privilege.objects.filter(enabled=True)
-                ),
-            )
-        return super().change_view(request, object_id, form_url, extra_context)
+    def shortfall_scope(self, agent: Agent):
+        return [agent], Privilege.objects.filter(enabled=True)
 
 
 REVIEW_FIRST = (
