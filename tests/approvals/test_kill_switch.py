@@ -259,6 +259,56 @@ def _until(condition, timeout: float = 10) -> bool:
     return False
 
 
+def race_a_submit_held_at_its_insert(signer, agent, rival) -> tuple:
+    """PostgreSQL: an agent's submission is held at its first write (another session holds the
+    requests table in SHARE mode) while `rival()` runs in a second thread, which either commits
+    at once or waits for the submission in flight; then the table is released. Answers
+    (submission, rival)."""
+    table = AccessRequest._meta.db_table
+    holding, release = threading.Event(), threading.Event()
+    answers = {}
+
+    def hold_the_requests_table():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(f"LOCK TABLE {table} IN SHARE MODE")  # noqa: S608
+                holding.set()
+                release.wait(30)
+                cursor.execute("COMMIT")
+        finally:
+            connection.close()
+
+    def in_thread(name, call):
+        def run():
+            try:
+                answers[name] = call()
+            finally:
+                connection.close()
+
+        return threading.Thread(target=run)
+
+    blocker = threading.Thread(target=hold_the_requests_table)
+    blocker.start()
+    assert holding.wait(10)
+    submitter = in_thread(
+        "submit",
+        lambda: agent_client(signer, agent).post(
+            "/api/v1/requests", request_body("payments-db:read", "in-flight"), format="json"
+        ),
+    )
+    submitter.start()
+    assert _until(lambda: _waiting_on_locks() >= 1)  # the submission waits at its INSERT
+    rival_thread = in_thread("rival", rival)
+    rival_thread.start()
+    # The rival either commits right now, or waits for the request in flight.
+    _until(lambda: not rival_thread.is_alive() or _waiting_on_locks() >= 2, timeout=5)
+    release.set()
+    for thread in (blocker, submitter, rival_thread):
+        thread.join(timeout=30)
+    return answers["submit"], answers["rival"]
+
+
 def test_a_suspension_committing_while_a_request_is_in_flight_leaves_no_live_grant(
     trust_domain, signer, sponsor, agent, privileges
 ):
@@ -283,54 +333,15 @@ def test_a_suspension_committing_while_a_request_is_in_flight_leaves_no_live_gra
         assert agent.status == Agent.Status.SUSPENDED
         assert live_grants(agent) == 0
         return
-    table = AccessRequest._meta.db_table
-    holding, release = threading.Event(), threading.Event()
-    answers = {}
-
-    def hold_the_requests_table():
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("BEGIN")
-                cursor.execute(f"LOCK TABLE {table} IN SHARE MODE")  # noqa: S608
-                holding.set()
-                release.wait(30)
-                cursor.execute("COMMIT")
-        finally:
-            connection.close()
-
-    def submit():
-        try:
-            answers["submit"] = agent_client(signer, agent).post(
-                "/api/v1/requests", request_body("payments-db:read", "in-flight"), format="json"
-            )
-        finally:
-            connection.close()
-
-    def suspend():
-        try:
-            answers["suspend"] = web_client(sponsor).post(
-                f"/agents/{agent.pk}/suspend/", {"reason": "leak seen"}
-            )
-        finally:
-            connection.close()
-
-    blocker = threading.Thread(target=hold_the_requests_table)
-    blocker.start()
-    assert holding.wait(10)
-    submitter = threading.Thread(target=submit)
-    submitter.start()
-    assert _until(lambda: _waiting_on_locks() >= 1)  # the submission waits at its INSERT
-    kill_switch = threading.Thread(target=suspend)
-    kill_switch.start()
-    # Either the suspension commits right now, or it waits for the request in flight.
-    _until(lambda: not kill_switch.is_alive() or _waiting_on_locks() >= 2, timeout=5)
-    release.set()
-    for thread in (blocker, submitter, kill_switch):
-        thread.join(timeout=30)
+    submitted, suspended = race_a_submit_held_at_its_insert(
+        signer,
+        agent,
+        lambda: web_client(sponsor).post(f"/agents/{agent.pk}/suspend/", {"reason": "leak seen"}),
+    )
 
     agent.refresh_from_db()
-    assert answers["suspend"].status_code == 302
-    assert answers["submit"].status_code in (201, 409), answers["submit"].content
+    assert suspended.status_code == 302
+    assert submitted.status_code in (201, 409), submitted.content
     assert agent.status == Agent.Status.SUSPENDED
     assert live_grants(agent) == 0
 

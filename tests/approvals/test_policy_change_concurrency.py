@@ -14,14 +14,13 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from approvals.models import AccessRequest, Grant, Policy
+from approvals.models import Grant, Policy
 from audit.services import verify_chain
 from tests.approvals.test_kill_switch import (
     Submitters,
-    _until,
-    _waiting_on_locks,
     agent_client,
     live_grants,
+    race_a_submit_held_at_its_insert,
     request_body,
     server_errors,
     web_client,
@@ -180,52 +179,13 @@ def test_a_grant_decided_under_the_old_policy_while_the_change_commits_is_ended(
         assert after.json()["status"] == "denied", after.content
         assert live_grants(agent) == 0
         return
-    table = AccessRequest._meta.db_table
-    holding, release = threading.Event(), threading.Event()
-    answers = {}
+    submitted, changed = race_a_submit_held_at_its_insert(
+        signer, agent, lambda: admin_client.post("/admin/approvals/policy/add/", data)
+    )
 
-    def hold_the_requests_table():
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("BEGIN")
-                cursor.execute(f"LOCK TABLE {table} IN SHARE MODE")  # noqa: S608
-                holding.set()
-                release.wait(30)
-                cursor.execute("COMMIT")
-        finally:
-            connection.close()
-
-    def submit():
-        try:
-            answers["submit"] = agent_client(signer, agent).post(
-                "/api/v1/requests", request_body("payments-db:read", "in-flight"), format="json"
-            )
-        finally:
-            connection.close()
-
-    def change():
-        try:
-            answers["change"] = admin_client.post("/admin/approvals/policy/add/", data)
-        finally:
-            connection.close()
-
-    blocker = threading.Thread(target=hold_the_requests_table)
-    blocker.start()
-    assert holding.wait(10)
-    submitter = threading.Thread(target=submit)
-    submitter.start()
-    assert _until(lambda: _waiting_on_locks() >= 1)  # the submission waits at its INSERT
-    changer = threading.Thread(target=change)
-    changer.start()
-    # The change either waits for the decision in flight, or (wrongly) commits right now.
-    _until(lambda: not changer.is_alive() or _waiting_on_locks() >= 2, timeout=5)
-    release.set()
-    for thread in (blocker, submitter, changer):
-        thread.join(timeout=30)
-
-    assert answers["change"].status_code == 302
-    assert answers["submit"].status_code == 201, answers["submit"].content
-    assert answers["submit"].json()["status"] == "approved"  # decided under the old set
-    grant = Grant.objects.get(pk=answers["submit"].json()["grant"]["id"])
+    assert changed.status_code == 302
+    assert submitted.status_code == 201, submitted.content
+    assert submitted.json()["status"] == "approved"  # decided under the old set
+    grant = Grant.objects.get(pk=submitted.json()["grant"]["id"])
     assert grant.revoke_reason == "policy_changed"
     assert live_grants(agent) == 0
