@@ -10,3 +10,9 @@ that raises rolls the whole transition back.
 from django.dispatch import Signal
 
 agent_deactivated = Signal()
+
+agent_flagged = Signal()
+"""An agent's life needs people: sent with `agent`, `actor` and `flag` (`orphaned` or `dormant`)
+inside the transaction that flags it. approvals/receivers.py escalates an orphan's pending
+requests to its backups and team (in that transaction) and tells the people by Slack on commit.
+"""
