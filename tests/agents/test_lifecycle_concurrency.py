@@ -3,11 +3,13 @@ writer at a time makes these the two orders a whole-database lock allows). Whoev
 agent ends owned or suspended, each transition recorded once, and the chain verifies."""
 
 import threading
+import time
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 
+from agents.lifecycle import agent_take_ownership
 from agents.models import Agent
 from agents.tasks import sweep_agent_lifecycle
 from audit.models import AuditEvent
@@ -103,4 +105,71 @@ def test_reactivation_racing_a_take_over_never_activates_an_orphan(orphans, admi
             assert reactivations.get().sequence > cleared.sequence
         else:
             assert not reactivations.exists()
+    assert verify_chain().ok
+
+
+def _waiting_on_locks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+def _until(condition, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_take_over_committing_while_the_sweep_waits_for_the_row_wins(orphans):
+    """The sweep has chosen its orphans and waits for one's row, which a take-over holds; when
+    the take-over commits, the sweep re-reads the row and leaves the (now owned) agent be."""
+    operator, agents = orphans
+    agent = agents[0]
+    if connection.vendor != "postgresql":
+        # SQLite has one writer at a time: nothing waits mid-sweep, so the order is checked.
+        agent_take_ownership(agent=agent, person=operator)
+        assert sweep_agent_lifecycle.apply().get()["orphans_suspended"] == REPETITIONS - 1
+        assert Agent.objects.get(pk=agent.pk).status == Agent.Status.ACTIVE
+        return
+    held, release, answers = threading.Event(), threading.Event(), {}
+
+    def take_over_slowly():
+        try:
+            with transaction.atomic():
+                Agent.objects.select_for_update(no_key=True).get(pk=agent.pk)
+                held.set()
+                release.wait(30)
+                answers["taken"] = agent_take_ownership(agent=agent, person=operator)
+        finally:
+            connection.close()
+
+    def sweep():
+        try:
+            answers["sweep"] = sweep_agent_lifecycle.apply().get()
+        except Exception as exc:
+            answers["sweep"] = exc
+        finally:
+            connection.close()
+
+    taker = threading.Thread(target=take_over_slowly)
+    taker.start()
+    assert held.wait(10)
+    sweeper = threading.Thread(target=sweep)
+    sweeper.start()
+    assert _until(lambda: _waiting_on_locks() >= 1)  # the sweep waits at the agent's row
+    release.set()
+    taker.join(30)
+    sweeper.join(30)
+
+    assert isinstance(answers["sweep"], dict), answers["sweep"]
+    assert answers["sweep"]["orphans_suspended"] == REPETITIONS - 1
+    agent.refresh_from_db()
+    assert agent.status == Agent.Status.ACTIVE and agent.sponsor == operator
+    assert not AuditEvent.objects.filter(agent_id=agent.pk, verb="agent.suspended").exists()
     assert verify_chain().ok

@@ -32,10 +32,10 @@ def test_the_sponsor_of_a_dormant_agent_hears_of_it_in_slack(slack, agent, setti
 
 
 def test_the_team_and_backups_of_an_orphan_hear_of_it_in_slack(
-    slack,
+    slack,  # noqa: F811
     agent,
     sponsor,
-    backup_approver,  # noqa: F811
+    backup_approver,
 ):
     sponsor.is_active = False
     sponsor.save()
