@@ -468,7 +468,9 @@ def _transition(agent: Agent, target: str, *, actor: Actor, verb: str, reason: s
 def _end_privileges(agent: Agent, *, actor: Actor, reason: str) -> None:
     # Invariant 5: a suspended or retired agent holds no active grant, in the same transaction:
     # approvals ends them in its receiver (agents/signals.py), under the agent row lock held here.
-    agent_deactivated.send(sender=Agent, agent=agent, actor=actor, detail=reason)
+    agent_deactivated.send(
+        sender=Agent, agent=agent, actor=actor, detail=reason, status=agent.status
+    )
 
 
 def agent_suspend(*, agent: Agent, actor: Actor, reason: str = "") -> Agent:

@@ -4,7 +4,9 @@
 `detail` inside the suspend/retire transaction, after the agent row is locked, so that receivers
 (approvals/receivers.py: its grants and pending requests end) write in that same transaction and
 keep the lock order (agent, then requests, then grants, the audit chain head last). A receiver
-that raises rolls the whole transition back.
+that raises rolls the whole transition back. `status` says which: `suspended` or `retired`;
+on `retired` a receiver also removes what the agent was eligible for (the eligibility model's
+app hooks here: retirement keeps history, it never deletes evidence).
 """
 
 from django.dispatch import Signal
