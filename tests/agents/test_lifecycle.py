@@ -335,3 +335,23 @@ def test_a_retired_spiffe_id_registered_again_is_a_new_agent_linked_to_the_old(
             actor=Actor.for_user(admin_user),
         )
     assert "spiffe_id" in refused.value.message_dict
+
+
+@pytest.mark.parametrize("leaves", ["deactivated", "deleted"])
+def test_a_team_whose_last_member_is_deactivated_or_deleted_orphans_its_agents(
+    db, trust_domain, team, leaves
+):
+    from tests.factories import GroupFactory
+
+    sponsor = UserFactory(username="elsewhere")
+    sponsor.groups.add(GroupFactory(name="other"))
+    last_member = UserFactory(username="last")
+    last_member.groups.add(team)
+    agent = AgentFactory(sponsor=sponsor, team=team)
+    if leaves == "deactivated":
+        deactivate(last_member)
+    else:
+        last_member.delete()
+    agent.refresh_from_db()
+    assert agent.orphan_reason == Agent.OrphanReason.TEAM_EMPTY
+    assert verbs(agent)[-1] == "agent.orphaned"
