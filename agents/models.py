@@ -1,6 +1,8 @@
+from datetime import timedelta
+
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -112,7 +114,13 @@ class Agent(models.Model):
         Status.RETIRED: set(),
     }
 
-    spiffe_id = models.CharField(max_length=2048, unique=True, validators=[validate_spiffe_id])
+    class OrphanReason(models.TextChoices):
+        SPONSOR_INACTIVE = "sponsor_inactive", "Its sponsor can no longer sign in"
+        TEAM_EMPTY = "team_empty", "Its team has no members left"
+
+    # Unique among agents that are not retired: a retired identity registered again is a new
+    # agent, linked to the one before it (`previous_incarnation`).
+    spiffe_id = models.CharField(max_length=2048, validators=[validate_spiffe_id])
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     sponsor = models.ForeignKey(
@@ -139,6 +147,22 @@ class Agent(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     status_changed_at = models.DateTimeField(default=timezone.now)
+    # Invariant 13: an agent whose sponsor left (or whose team emptied) is flagged at once and,
+    # unless someone from its team takes ownership within CUSTODY_ORPHAN_GRACE_DAYS, suspended.
+    orphaned_at = models.DateTimeField(null=True, blank=True)
+    orphan_reason = models.CharField(
+        max_length=20, choices=OrphanReason.choices, blank=True, default=""
+    )
+    # Not authenticated for CUSTODY_DORMANT_AFTER_DAYS: flagged; authenticating clears it.
+    dormant_at = models.DateTimeField(null=True, blank=True)
+    previous_incarnation = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="next_incarnations",
+        help_text="The retired agent that held this SPIFFE ID before.",
+    )
 
     class Meta:
         permissions = [
@@ -158,8 +182,32 @@ class Agent(models.Model):
             ),
             models.UniqueConstraint(
                 fields=["oidc_trust_domain", "oidc_subject"],
-                condition=~models.Q(oidc_subject=""),
+                condition=~models.Q(oidc_subject="") & ~models.Q(status="retired"),
                 name="agent_unique_oidc_subject",
+            ),
+            models.UniqueConstraint(
+                fields=["spiffe_id"],
+                condition=~models.Q(status="retired"),
+                name="agent_unique_live_spiffe_id",
+                violation_error_message="An agent with this SPIFFE ID already exists.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(orphaned_at__isnull=True, orphan_reason="")
+                | models.Q(orphaned_at__isnull=False) & ~models.Q(orphan_reason=""),
+                name="agent_orphan_has_reason",
+            ),
+        ]
+        indexes = [
+            # The lifecycle sweeps: orphans past their grace, and agents gone quiet.
+            models.Index(
+                fields=["orphaned_at"],
+                condition=models.Q(orphaned_at__isnull=False, status="active"),
+                name="agent_orphaned_active",
+            ),
+            models.Index(
+                fields=["last_seen_at"],
+                condition=models.Q(status="active"),
+                name="agent_active_last_seen",
             ),
         ]
 
@@ -169,6 +217,20 @@ class Agent(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+    @property
+    def is_orphaned(self) -> bool:
+        return self.orphaned_at is not None
+
+    @property
+    def is_dormant(self) -> bool:
+        return self.dormant_at is not None
+
+    def orphan_deadline(self):
+        """When an orphan is suspended unless someone takes ownership first."""
+        if self.orphaned_at is None:
+            return None
+        return self.orphaned_at + timedelta(days=settings.CUSTODY_ORPHAN_GRACE_DAYS)
 
     @property
     def is_resource_server(self) -> bool:
@@ -197,6 +259,24 @@ class Agent(models.Model):
             raise ValidationError(
                 {"introspection_audiences": "Only a resource server introspects tokens."}
             )
+
+    LIVE_SPIFFE_ID_TAKEN = "An agent with this SPIFFE ID already exists."
+
+    def validate_constraints(self, exclude=None) -> None:
+        # A conditional unique constraint reports on the whole form; this one is the field's.
+        try:
+            super().validate_constraints(exclude=exclude)
+        except ValidationError as refused:
+            errors = refused.update_error_dict({})
+            general = errors.get(NON_FIELD_ERRORS, [])
+            if any(self.LIVE_SPIFFE_ID_TAKEN in message for message in general):
+                errors[NON_FIELD_ERRORS] = [
+                    message for message in general if self.LIVE_SPIFFE_ID_TAKEN not in message
+                ] or None
+                if errors[NON_FIELD_ERRORS] is None:
+                    del errors[NON_FIELD_ERRORS]
+                errors.setdefault("spiffe_id", []).append(self.LIVE_SPIFFE_ID_TAKEN)
+            raise ValidationError(errors)
 
     def review_overdue(self, today=None) -> bool:
         today = today or timezone.localdate()

@@ -1,6 +1,10 @@
 """Every change of who may approve for an agent is evidence (invariant 11), whichever page or
 tool made it. The services audit their own writes; these receivers catch the rest, inside the
-transaction that makes the change (m2m_changed and post_save run inside the admin's save)."""
+transaction that makes the change (m2m_changed and post_save run inside the admin's save).
+
+An agent's life is owned (invariant 13): a sponsor who can no longer sign in (deactivated in
+admin, by a service or by SSO deprovisioning), or a team whose last member left, orphans the
+agents at once, here, in the transaction that made the change."""
 
 from __future__ import annotations
 
@@ -9,11 +13,11 @@ from functools import partial
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
-from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 from django.dispatch import receiver
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
-from agents import services
+from agents import lifecycle, services
 from agents.acting import ApprovalRightRefused, acting_person
 from agents.models import Agent
 from audit.services import Actor
@@ -202,3 +206,44 @@ def audit_approver_managers(sender, instance, action, reverse, pk_set, **kwargs)
     services.approver_managers_changed_record(
         holder=holder, added=action == "post_add", actor=acting_actor()
     )
+
+
+# --- ownership (invariant 13) ------------------------------------------------------------------
+
+
+@receiver(post_save, sender=get_user_model())
+def orphan_agents_of_deactivated_person(sender, instance, created, update_fields=None, **kwargs):
+    if created or (update_fields is not None and "is_active" not in update_fields):
+        return  # a sign-in saves last_login only: nothing about ownership changed
+    actor = acting_actor()
+    if instance.is_active:
+        lifecycle.agents_unorphan_for_sponsor(sponsor=instance, actor=actor)
+        return
+    lifecycle.agents_orphan_for_sponsor(sponsor=instance, actor=actor)
+    lifecycle.agents_orphan_for_empty_teams(
+        team_ids=instance.groups.values_list("pk", flat=True), actor=actor
+    )
+
+
+@receiver(pre_delete, sender=get_user_model())
+def orphan_agents_of_deleted_person(sender, instance, **kwargs):
+    # A sponsor cannot be deleted (Agent.sponsor is PROTECT: deactivate them instead); a team's
+    # last member can, and their membership rows go without an m2m_changed signal.
+    lifecycle.agents_orphan_for_empty_teams(
+        team_ids=list(instance.groups.values_list("pk", flat=True)),
+        actor=acting_actor(),
+        leaving_user_id=instance.pk,
+    )
+
+
+@receiver(m2m_changed, sender=get_user_model().groups.through)
+def orphan_agents_of_emptied_team(sender, instance, action, reverse, pk_set, **kwargs):
+    if action not in {"post_remove", "post_clear"}:
+        return
+    pairs = membership_pairs(instance=instance, action=action, reverse=reverse, pk_set=pk_set)
+    if action == "post_clear" and reverse:
+        team_ids = {instance.pk}
+    else:
+        team_ids = {group_id for _, group_id in pairs}
+    if team_ids:
+        lifecycle.agents_orphan_for_empty_teams(team_ids=team_ids, actor=acting_actor())

@@ -49,3 +49,43 @@ def audit_events_visible_to(user, **filters) -> QuerySet[AuditEvent]:
     if not sees_whole_audit_log(user):
         events = events.filter(agent_id__in=agents_visible_to(user).values("pk"))
     return events
+
+
+OWNERSHIP_VERBS = (
+    "agent.registered",
+    "agent.sponsor_reassigned",
+    "agent.team_changed",
+    "agent.orphaned",
+    "agent.orphan_cleared",
+    "approvers.backup_added",
+    "approvers.backup_removed",
+)
+
+
+def agent_ownership_history(agent: Agent) -> QuerySet[AuditEvent]:
+    """Who owned the agent when, from the evidence itself: newest first."""
+    return AuditEvent.objects.filter(agent_id=agent.pk, verb__in=OWNERSHIP_VERBS).order_by(
+        "-sequence"
+    )
+
+
+def agents_orphaned_for(user) -> QuerySet[Agent]:
+    """Live orphans the person may see, the longest-orphaned (soonest suspended) first."""
+    return (
+        agents_visible_to(user)
+        .filter(orphaned_at__isnull=False)
+        .exclude(status=Agent.Status.RETIRED)
+        .select_related("sponsor", "team")
+        .order_by("orphaned_at")
+    )
+
+
+def agents_dormant_for(user) -> QuerySet[Agent]:
+    """Agents flagged dormant the person may see, the quietest first."""
+    return (
+        agents_visible_to(user)
+        .filter(dormant_at__isnull=False)
+        .exclude(status=Agent.Status.RETIRED)
+        .select_related("sponsor", "team")
+        .order_by("last_seen_at", "pk")
+    )

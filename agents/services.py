@@ -27,6 +27,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from agents.models import Agent, BackupApprover, SponsorProfile, TrustDomain
+from agents.ownership import clear_orphan_if_owned, ownership_refusal, take_ownership_refusal
 from agents.signals import agent_deactivated
 from agents.spiffe import parse_spiffe_id
 from audit.services import Actor, deferred_evidence, record
@@ -96,7 +97,15 @@ def agent_register(
     refusal = sponsor_refusal(sponsor)
     if refusal is not None:
         raise InvalidInput(refusal, code="inactive_sponsor", fields={"sponsor": [refusal]})
+    # A retired SPIFFE ID registered again is a new agent, never the old one brought back: it
+    # starts with no history of its own, and points at the incarnation before it.
+    previous = (
+        Agent.objects.filter(spiffe_id=spiffe_id, status=Agent.Status.RETIRED)
+        .order_by("-pk")
+        .first()
+    )
     agent = Agent(
+        previous_incarnation=previous,
         spiffe_id=spiffe_id,
         name=name,
         description=description,
@@ -137,20 +146,26 @@ def agent_register(
                 "oidc_subject": agent.oidc_subject,
                 "kind": agent.kind,
                 "introspection_audiences": agent.introspection_audiences,
+                **({"previous_incarnation": previous.pk} if previous else {}),
             },
         )
     return agent
 
 
-def agent_reassign_sponsor(*, agent: Agent, sponsor, actor: Actor) -> Agent:
+def agent_reassign_sponsor(
+    *, agent: Agent, sponsor, actor: Actor, take_ownership: bool = False
+) -> Agent:
     """The new sponsor becomes accountable and gains the sponsor's object permissions, the right
     to approve among them; the event says whose approval rights moved. Nobody makes themselves
-    the sponsor (callers check the 'manage approvers' permission of the person acting)."""
+    the sponsor (callers check the 'manage approvers' permission of the person acting), with one
+    exception: a member of an orphan's team takes ownership of it (`take_ownership`, checked
+    under the row lock: only an orphan, only its team)."""
     refusal = sponsor_refusal(sponsor)
     if refusal is not None:
         raise Conflict(refusal, code="inactive_sponsor")
     if (
-        actor.type == "user"
+        not take_ownership
+        and actor.type == "user"
         and actor.id == sponsor.get_username()
         and agent.sponsor_id != sponsor.pk
     ):
@@ -172,8 +187,13 @@ def agent_reassign_sponsor(*, agent: Agent, sponsor, actor: Actor) -> Agent:
         raise refused
     with transaction.atomic():
         agent = _lock(agent)
+        if take_ownership:
+            refused_takeover = take_ownership_refusal(agent, sponsor)
+            if refused_takeover is not None:
+                raise refused_takeover
         previous = agent.sponsor
         if previous.pk == sponsor.pk:
+            clear_orphan_if_owned(agent, actor=actor, how="sponsor_confirmed")
             return agent
         # A previous sponsor who is also a backup approver keeps approving as one.
         previous_is_backup = BackupApprover.objects.filter(agent=agent, user=previous).exists()
@@ -197,7 +217,11 @@ def agent_reassign_sponsor(*, agent: Agent, sponsor, actor: Actor) -> Agent:
                     "granted_to": [] if sponsor_was_backup else [sponsor.get_username()],
                     "revoked_from": [] if previous_is_backup else [previous.get_username()],
                 },
+                **({"took_ownership": True} if take_ownership else {}),
             },
+        )
+        clear_orphan_if_owned(
+            agent, actor=actor, how="ownership_taken" if take_ownership else "sponsor_reassigned"
         )
     return agent
 
@@ -220,6 +244,7 @@ def agent_change_team(*, agent: Agent, team: Group, actor: Actor) -> Agent:
             agent_id=agent.pk,
             data={"from": previous.name, "to": team.name},
         )
+        clear_orphan_if_owned(agent, actor=actor, how="team_changed")
     return agent
 
 
@@ -417,10 +442,18 @@ def _transition(agent: Agent, target: str, *, actor: Actor, verb: str, reason: s
                 f"Agent {agent.name} is {agent.status}; it cannot become {target}.",
                 code="invalid_transition",
             )
+        if target == Agent.Status.ACTIVE and (unowned := ownership_refusal(agent)):
+            raise Conflict(unowned, code="unowned")
         previous = agent.status
         agent.status = target
         agent.status_changed_at = timezone.now()
-        agent.save(update_fields=["status", "status_changed_at"])
+        fields = ["status", "status_changed_at"]
+        if target == Agent.Status.ACTIVE and agent.dormant_at is not None:
+            # Brought back on purpose: its quiet days start again from now.
+            agent.dormant_at = None
+            agent.last_seen_at = agent.status_changed_at
+            fields += ["dormant_at", "last_seen_at"]
+        agent.save(update_fields=fields)
         record(
             actor=actor,
             verb=verb,
@@ -435,7 +468,9 @@ def _transition(agent: Agent, target: str, *, actor: Actor, verb: str, reason: s
 def _end_privileges(agent: Agent, *, actor: Actor, reason: str) -> None:
     # Invariant 5: a suspended or retired agent holds no active grant, in the same transaction:
     # approvals ends them in its receiver (agents/signals.py), under the agent row lock held here.
-    agent_deactivated.send(sender=Agent, agent=agent, actor=actor, detail=reason)
+    agent_deactivated.send(
+        sender=Agent, agent=agent, actor=actor, detail=reason, status=agent.status
+    )
 
 
 def agent_suspend(*, agent: Agent, actor: Actor, reason: str = "") -> Agent:
@@ -458,7 +493,12 @@ def agent_retire(*, agent: Agent, actor: Actor, reason: str = "") -> Agent:
 
 
 def agent_mark_seen(*, agent: Agent) -> None:
-    """Telemetry, not evidence: one conditional UPDATE a minute at most, no audit event."""
+    """Telemetry, not evidence: one conditional UPDATE a minute at most, no audit event; except
+    that a dormant agent authenticating again clears its flag, with evidence."""
+    if agent.dormant_at is not None:
+        from agents.lifecycle import agent_clear_dormancy  # lifecycle builds on this module
+
+        agent_clear_dormancy(agent=agent)
     now = timezone.now()
     if agent.last_seen_at and now - agent.last_seen_at < LAST_SEEN_GRANULARITY:
         return

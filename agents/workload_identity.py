@@ -52,7 +52,8 @@ def _agent_for(domain: TrustDomain, sub) -> Agent | None:
     """The agent a (signature-verified) token's `sub` names in its domain, or None."""
     if not isinstance(sub, str):
         return None
-    agents = Agent.objects.select_related("sponsor", "team")
+    # The newest incarnation: a retired identity registered again is a new agent (one live).
+    agents = Agent.objects.select_related("sponsor", "team").order_by("-pk")
     if domain.kind == TrustDomain.Kind.OIDC:
         return agents.filter(oidc_trust_domain=domain, oidc_subject=sub).first()
     return agents.filter(spiffe_id=sub).first()

@@ -36,6 +36,12 @@ DEMO_AGENTS = [
     ("agents/research-agent", "Research agent", "carol", "research-platform"),
     ("agents/deploy-bot", "Deploy bot", "erin", "platform-ops"),
 ]
+# An agent's life (invariant 13), shown on the dashboard: an orphan (its sponsor left the company:
+# deactivated, so its team is asked to take ownership) and a dormant agent (quiet for weeks).
+DEMO_LEAVER = ("frank", "research-platform")  # sponsored the reporting bot, then left
+DEMO_ORPHAN = ("agents/reporting-bot", "Reporting bot", "frank", "research-platform")
+DEMO_DORMANT = ("agents/nightly-export", "Nightly export", "carol", "research-platform")
+DEMO_DORMANT_QUIET_DAYS = 45
 DEMO_RESOURCE_SERVERS = [
     # path, name, sponsor, team, the token audiences it may introspect
     (

@@ -64,3 +64,8 @@ def grants_ended(access_request_ids: list[int]) -> None:
     """Grants ended (expired, completed, revoked, cascaded): their messages say so."""
     for access_request_id in access_request_ids:
         _send_on_commit("approvals.tasks.notify_request_changed", access_request_id)
+
+
+def agent_flagged(agent_id: int, flag: str) -> None:
+    """An agent was orphaned (its team and backups hear) or went dormant (its sponsor hears)."""
+    _send_on_commit("approvals.tasks.notify_agent_flagged", agent_id, flag)

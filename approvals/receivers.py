@@ -2,6 +2,8 @@
 
 - An agent suspended or retired (`agents.signals.agent_deactivated`, the one seam from agents to
   approvals): its pending requests and live grants end, in the sender's transaction (invariant 5).
+- An agent orphaned or dormant (`agents.signals.agent_flagged`): an orphan's pending requests
+  escalate to its backups and team in the sender's transaction; the people hear by Slack on commit.
 - A privilege's approver group confers the right to approve: joining or leaving it is evidence
   (invariant 11), written in the transaction that changes the membership.
 """
@@ -13,15 +15,23 @@ from django.db.models.signals import m2m_changed
 from django.dispatch import receiver
 
 from agents.receivers import audit_conferring_membership
-from agents.signals import agent_deactivated
+from agents.signals import agent_deactivated, agent_flagged
+from approvals import notifications
 from approvals.models import Privilege
-from approvals.services import grants_revoke_for_agent
+from approvals.services import access_requests_escalate_for_orphan, grants_revoke_for_agent
 
 
 @receiver(agent_deactivated)
 def end_privileges_of_deactivated_agent(sender, agent, actor, detail, **kwargs):
     # Called with the agent row locked; takes requests, then grants, the chain head last.
     grants_revoke_for_agent(agent=agent, actor=actor, reason_detail=detail)
+
+
+@receiver(agent_flagged)
+def escalate_for_flagged_agent(sender, agent, actor, flag, **kwargs):
+    if flag == "orphaned":
+        access_requests_escalate_for_orphan(agent=agent, actor=actor)
+    notifications.agent_flagged(agent.pk, flag)
 
 
 def privileges_by_approver_group(group_ids) -> dict[int, list[str]]:

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 from slack_sdk import WebClient
 
+from agents.models import Agent
 from approvals import approvers, notifications
 from approvals.lineage import grant_ancestors
 from approvals.models import AccessRequest, Decision, Grant, SlackMessage
@@ -331,6 +332,53 @@ def post_expiry_notice(grant_id: int) -> int:
         message.save(update_fields=["ts", "updated_at"])
         sent += 1
     return sent
+
+
+def agent_url(agent: Agent) -> str:
+    return f"{settings.CUSTODY_PUBLIC_URL}/agents/{agent.pk}/"
+
+
+def post_agent_notice(agent_id: int, flag: str) -> int:
+    """Dormant: its sponsor hears. Orphaned: its backup approvers and its team's channel hear,
+    with how long they have to take ownership. One message per person or channel."""
+    agent = Agent.objects.select_related("sponsor__sponsor_profile", "team__team_profile").get(
+        pk=agent_id
+    )
+    places: list[str] = []
+    if flag == "dormant":
+        profile = getattr(agent.sponsor, "sponsor_profile", None)
+        if profile is not None and profile.slack_user_id:
+            places.append(profile.slack_user_id)
+        text = (
+            f"{agent.name} ({agent.spiffe_id}) has not authenticated for "
+            f"{settings.CUSTODY_DORMANT_AFTER_DAYS} days. If it is still needed, nothing to do "
+            f"but let it run; otherwise retire it. It is suspended after "
+            f"{settings.CUSTODY_DORMANT_SUSPEND_AFTER_DAYS} quiet days. {agent_url(agent)}"
+        )
+    else:
+        for backup in agent.backup_approvers.select_related("user__sponsor_profile"):
+            profile = getattr(backup.user, "sponsor_profile", None)
+            if profile is not None and profile.slack_user_id:
+                places.append(profile.slack_user_id)
+        team_profile = getattr(agent.team, "team_profile", None)
+        if team_profile is not None and team_profile.slack_channel_id:
+            places.append(team_profile.slack_channel_id)
+        deadline = agent.orphan_deadline()
+        text = (
+            f"{agent.name} ({agent.spiffe_id}) is orphaned: "
+            f"{agent.get_orphan_reason_display().lower()}. Someone from {agent.team.name} takes "
+            f"ownership by {moment_words(deadline) if deadline else 'the deadline'}, or it is "
+            f"suspended. Its pending requests now wait for its backups and team. "
+            f"{agent_url(agent)}"
+        )
+    for place in places:
+        client().chat_postMessage(
+            channel=place,
+            text=escape(text),
+            blocks=[{"type": "section", "text": plain(text)}],
+            unfurl_links=False,
+        )
+    return len(places)
 
 
 def post_ephemeral(channel: str, user: str, text: str) -> None:

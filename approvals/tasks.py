@@ -176,3 +176,8 @@ def notify_grant_expiring(self, grant_id: int):
 @shared_task(bind=True, max_retries=5, acks_late=True)
 def notify_ephemeral(self, channel: str, user: str, text: str):
     return _notify(self, slack.post_ephemeral, channel, user, text)
+
+
+@shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
+def notify_agent_flagged(self, agent_id: int, flag: str):
+    return _notify(self, slack.post_agent_notice, agent_id, flag)

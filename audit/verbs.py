@@ -3,6 +3,10 @@ their families, `grant.*`), and a test holds the code to it (tests/audit/test_ve
 every `verb=` in the source). A new kind of evidence adds its verb here."""
 
 KNOWN_VERBS: tuple[str, ...] = (
+    "agent.dormancy_cleared",
+    "agent.dormant",
+    "agent.orphan_cleared",
+    "agent.orphaned",
     "agent.reactivated",
     "agent.registered",
     "agent.retired",

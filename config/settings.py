@@ -445,6 +445,20 @@ CUSTODY_SWEEP_SECONDS = env_int("CUSTODY_SWEEP_SECONDS", 10, minimum=1)
 # and a long grant (up to the privilege maximum, days) is never lost in a worker's memory.
 CUSTODY_ETA_HORIZON_SECONDS = env_int("CUSTODY_ETA_HORIZON_SECONDS", 3600, minimum=60)
 CUSTODY_EXPIRY_NOTICE_SECONDS = 600
+# --- An agent's life: orphans and dormancy (invariant 13) --------------------------------------
+# An agent whose sponsor can no longer sign in (or whose team emptied) is suspended after this
+# many days unless someone from its team takes ownership.
+CUSTODY_ORPHAN_GRACE_DAYS = env_int("CUSTODY_ORPHAN_GRACE_DAYS", 7, minimum=0)
+# Not authenticated for this many days: flagged dormant, its sponsor told; after the second, it
+# is suspended.
+CUSTODY_DORMANT_AFTER_DAYS = env_int("CUSTODY_DORMANT_AFTER_DAYS", 30, minimum=1)
+CUSTODY_DORMANT_SUSPEND_AFTER_DAYS = env_int("CUSTODY_DORMANT_SUSPEND_AFTER_DAYS", 90, minimum=1)
+if CUSTODY_DORMANT_SUSPEND_AFTER_DAYS <= CUSTODY_DORMANT_AFTER_DAYS:
+    raise ImproperlyConfigured(
+        "CUSTODY_DORMANT_SUSPEND_AFTER_DAYS must be more than CUSTODY_DORMANT_AFTER_DAYS: an agent "
+        "is flagged dormant (and its sponsor told) before it is suspended."
+    )
+CUSTODY_LIFECYCLE_SWEEP_SECONDS = env_int("CUSTODY_LIFECYCLE_SWEEP_SECONDS", 300, minimum=1)
 CUSTODY_EXPIRY_NOTICE_MIN_GRANT_SECONDS = 3600
 CELERY_BROKER_TRANSPORT_OPTIONS.update(
     {
@@ -467,6 +481,7 @@ _SWEEP_TASKS = (
     "approvals.tasks.sweep_expired_grants",
     "approvals.tasks.sweep_request_deadlines",
     "approvals.tasks.enqueue_upcoming_expiries",
+    "agents.tasks.sweep_agent_lifecycle",
 )
 CELERY_TASK_ROUTES = {
     **{task: {"queue": "sweeps"} for task in _SWEEP_TASKS},
@@ -487,6 +502,10 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-request-deadlines": {
         "task": "approvals.tasks.sweep_request_deadlines",
         "schedule": float(CUSTODY_SWEEP_SECONDS),
+    },
+    "sweep-agent-lifecycle": {
+        "task": "agents.tasks.sweep_agent_lifecycle",
+        "schedule": float(CUSTODY_LIFECYCLE_SWEEP_SECONDS),
     },
     "enqueue-upcoming-expiries": {
         "task": "approvals.tasks.enqueue_upcoming_expiries",

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import inbox, views, views_live, views_profile, views_signin
+from frontend import inbox, views, views_lifecycle, views_live, views_profile, views_signin
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -28,6 +28,11 @@ urlpatterns = [
     ),
     path("agents/<int:agent_id>/suspend/", views.agent_suspend, name="agent-suspend"),
     path("agents/<int:agent_id>/reactivate/", views.agent_reactivate, name="agent-reactivate"),
+    path(
+        "agents/<int:agent_id>/take-ownership/",
+        views_lifecycle.agent_take_ownership,
+        name="agent-take-ownership",
+    ),
     path("audit/", views.audit, name="audit"),
     path("audit/verify/", views.audit_verify, name="audit-verify"),
     path("profile/", views_profile.profile, name="profile"),

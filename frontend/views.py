@@ -38,6 +38,7 @@ from frontend.decorators import (
     permission_required_or_404,
 )
 from frontend.forms import AuditFilterForm, BackupApproverForm, DecisionForm, ReasonForm
+from frontend.views_lifecycle import agent_lifecycle_context, dashboard_lifecycle_context
 from frontend.views_live import dashboard_active_context
 
 PAGE_SIZE = 50
@@ -68,6 +69,7 @@ def dashboard(request):
             "pending": _with_approvals(pending[:5], request.user),
             "pending_count": pending.count(),
             **dashboard_active_context(request.user),
+            **dashboard_lifecycle_context(request.user),
             "overdue": overdue[:10],
             "denials": denials[:10],
         },
@@ -336,6 +338,7 @@ def _agent_page(
             "can_manage_approvers": agent_services.may_manage_approvers(request.user, agent),
             "form": form,
             "refusal": refusal,
+            **agent_lifecycle_context(request.user, agent),
         },
         status=status,
     )

@@ -60,6 +60,7 @@ from approvals.services.requests import (
     access_request_escalate,
     access_request_expire,
     access_request_submit,
+    access_requests_escalate_for_orphan,
     grant_extension_request,
 )
 from approvals.services.simulation import (
@@ -82,6 +83,7 @@ __all__ = [
     "access_request_cancel",
     "access_request_decide",
     "access_request_escalate",
+    "access_requests_escalate_for_orphan",
     "access_request_expire",
     "access_request_submit",
     "access_requests_deny_bulk",

@@ -395,6 +395,36 @@ def access_request_escalate(*, access_request_id: int) -> bool:
     return True
 
 
+def access_requests_escalate_for_orphan(*, agent: Agent, actor: Actor) -> int:
+    """An agent lost its sponsor or its team: each of its pending requests goes to its backup
+    approvers and its team now, not at its escalation point. Called with the agent row locked
+    (agents.signals.agent_flagged); the requests are locked next, in primary-key order."""
+    now = timezone.now()
+    pending = list(
+        AccessRequest.objects.select_for_update(no_key=True)
+        .filter(agent=agent, status=Status.PENDING, decision_deadline__gt=now)
+        .order_by("pk")
+    )
+    for access_request in pending:
+        if access_request.escalated_at is None:
+            access_request.escalated_at = now
+            access_request.save(update_fields=["escalated_at"])
+        record(
+            actor=actor,
+            verb="request.escalated",
+            agent_id=agent.pk,
+            access_request_id=access_request.pk,
+            data={
+                "why": "agent_orphaned",
+                "orphan_reason": agent.orphan_reason,
+                "team": agent.team.name,
+                "backups": sorted(agent.backup_approvers.values_list("user__username", flat=True)),
+            },
+        )
+        notifications.request_escalated(access_request.pk)
+    return len(pending)
+
+
 def grant_extension_request(
     *, grant: Grant, agent: Agent, duration_seconds: int, intent: dict, context: dict | None = None
 ) -> SubmitResult:

@@ -186,6 +186,7 @@ def test_expiry_and_notifications_run_on_separate_queues():
     assert queue("approvals.tasks.sweep_expired_grants") == "sweeps"
     notifications = sorted(name for name in app.tasks if name.startswith("approvals.tasks.notify"))
     assert notifications == [
+        "approvals.tasks.notify_agent_flagged",
         "approvals.tasks.notify_ephemeral",
         "approvals.tasks.notify_grant_expiring",
         "approvals.tasks.notify_request_changed",
@@ -194,6 +195,7 @@ def test_expiry_and_notifications_run_on_separate_queues():
     ]
     for name in notifications:
         assert queue(name) == "notifications", name
+    assert queue("agents.tasks.sweep_agent_lifecycle") == "sweeps"
 
 
 def test_back_to_back_fresh_requests_stop_being_automatic_past_the_cumulative_limit(

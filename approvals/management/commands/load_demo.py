@@ -4,19 +4,27 @@ approver groups, so that every `make demo-request KIND=…` can be finished with
 (agents never imports approvals). Idempotent: a rerun adds what is missing and changes nothing
 else; every change of who may approve goes through the services that record it."""
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils import timezone
 
 from agents.dev_identity import ensure_dev_trust_domain
+from agents.lifecycle import agents_flag_dormant
 from agents.models import Agent, BackupApprover, SponsorProfile, TeamProfile
 from agents.services import agent_register, backup_approver_add, trust_domain_refusal
 from approvals.demo import (
     DEMO_AGENTS,
     DEMO_APPROVER_GROUPS,
     DEMO_BACKUP_APPROVERS,
+    DEMO_DORMANT,
+    DEMO_DORMANT_QUIET_DAYS,
+    DEMO_LEAVER,
+    DEMO_ORPHAN,
     DEMO_PRIVILEGES,
     DEMO_RESOURCE_SERVERS,
     DEMO_USERS,
@@ -52,6 +60,7 @@ class Command(BaseCommand):
             self._load_agents(actor)
             self._load_catalog(actor)
             self._load_approvers(actor)
+            self._load_lifecycle(actor)
         self.stdout.write("Demo data ready.")
         if print_logins:
             self.stdout.write("\n  Demo logins (username / password):")
@@ -99,6 +108,42 @@ class Command(BaseCommand):
                     kind=kind,
                     introspection_audiences=audiences,
                 )
+
+    def _load_lifecycle(self, actor):
+        """An orphan and a dormant agent for the dashboard, each reached the way production
+        reaches it: the sponsor deactivated (the receiver orphans the agent, agent.orphaned);
+        the agent quiet for weeks (the dormancy sweep flags it, agent.dormant)."""
+        User = get_user_model()
+        username, team_name = DEMO_LEAVER
+        leaver, created = User.objects.get_or_create(
+            username=username, defaults={"email": f"{username}@example.com"}
+        )
+        if created:
+            leaver.set_unusable_password()
+            leaver.save()
+            leaver.groups.add(Group.objects.get(name=team_name))
+        for path, name, sponsor, team in (DEMO_ORPHAN, DEMO_DORMANT):
+            spiffe_id = demo_spiffe_id(path)
+            if (
+                trust_domain_refusal(spiffe_id) is None
+                and not Agent.objects.filter(spiffe_id=spiffe_id).exists()
+            ):
+                agent_register(
+                    spiffe_id=spiffe_id,
+                    name=name,
+                    actor=actor,
+                    sponsor=User.objects.get(username=sponsor),
+                    team=Group.objects.get(name=team),
+                )
+        if leaver.is_active:
+            leaver.is_active = False  # left the company: post_save orphans the reporting bot
+            leaver.save()
+        quiet = timezone.now() - timedelta(days=DEMO_DORMANT_QUIET_DAYS)
+        # Last seen weeks ago (telemetry, not evidence); then the sweep flags it, as beat would.
+        Agent.objects.filter(
+            spiffe_id=demo_spiffe_id(DEMO_DORMANT[0]), last_seen_at__isnull=True
+        ).update(last_seen_at=quiet)
+        agents_flag_dormant()
 
     def _load_catalog(self, actor):
         for resource, action, risk, max_duration, description in DEMO_PRIVILEGES:

@@ -1,0 +1,175 @@
+"""The lifecycle sweep racing people: real threads (real PostgreSQL in CI; on SQLite the one
+writer at a time makes these the two orders a whole-database lock allows). Whoever wins, the
+agent ends owned or suspended, each transition recorded once, and the chain verifies."""
+
+import threading
+import time
+
+import pytest
+from django.db import connection, transaction
+from django.test import Client
+
+from agents.lifecycle import agent_take_ownership
+from agents.models import Agent
+from agents.tasks import sweep_agent_lifecycle
+from audit.models import AuditEvent
+from audit.services import verify_chain
+from tests.factories import AgentFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REPETITIONS = 8
+
+
+def web(user) -> Client:
+    client = Client(raise_request_exception=False)
+    client.force_login(user)
+    return client
+
+
+def race(*actions) -> list:
+    barrier = threading.Barrier(len(actions))
+    results: list = [None] * len(actions)
+
+    def run(index, action):
+        try:
+            barrier.wait()
+            results[index] = action()
+        except Exception as exc:  # an exception is an answer to check, not a lost thread
+            results[index] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.fixture
+def orphans(db, trust_domain, team, settings):
+    """Orphans already past their (zero-day) grace period, and a team member to take them."""
+    settings.CUSTODY_ORPHAN_GRACE_DAYS = 0
+    operator = UserFactory(username="operator")
+    operator.groups.add(team)
+    made = []
+    for n in range(REPETITIONS):
+        sponsor = UserFactory(username=f"leaver-{n}")
+        made.append(AgentFactory(sponsor=sponsor, team=team))
+        sponsor.is_active = False
+        sponsor.save()
+    assert Agent.objects.filter(orphaned_at__isnull=False).count() == REPETITIONS
+    return operator, made
+
+
+def test_the_orphan_sweep_racing_a_take_over_leaves_each_agent_owned_once(orphans):
+    operator, agents = orphans
+    for agent in agents:
+        sweep, taken = race(
+            lambda: sweep_agent_lifecycle.apply().get(),
+            lambda agent=agent: web(operator).post(f"/agents/{agent.pk}/take-ownership/"),
+        )
+        assert isinstance(sweep, dict), sweep
+        assert taken.status_code == 302
+        agent.refresh_from_db()
+        # The take-over always succeeds (an orphan suspended a moment earlier is still taken).
+        assert agent.sponsor == operator and agent.orphaned_at is None
+        suspensions = AuditEvent.objects.filter(agent_id=agent.pk, verb="agent.suspended")
+        if agent.status == Agent.Status.ACTIVE:
+            assert not suspensions.exists()  # the take-over came first; the sweep let it be
+        else:
+            assert suspensions.count() == 1
+        assert (
+            AuditEvent.objects.filter(agent_id=agent.pk, verb="agent.orphan_cleared").count() == 1
+        )
+    assert verify_chain().ok
+
+
+def test_reactivation_racing_a_take_over_never_activates_an_orphan(orphans, admin_user):
+    operator, agents = orphans
+    sweep_agent_lifecycle.apply().get()  # every orphan is suspended now
+    for agent in agents:
+        reactivated, taken = race(
+            lambda agent=agent: web(admin_user).post(f"/agents/{agent.pk}/reactivate/"),
+            lambda agent=agent: web(operator).post(f"/agents/{agent.pk}/take-ownership/"),
+        )
+        assert reactivated.status_code == 302 and taken.status_code == 302
+        agent.refresh_from_db()
+        assert agent.orphaned_at is None and agent.sponsor == operator
+        reactivations = AuditEvent.objects.filter(agent_id=agent.pk, verb="agent.reactivated")
+        if agent.status == Agent.Status.ACTIVE:
+            # Only after the take-over committed: the event follows the owner's.
+            cleared = AuditEvent.objects.get(agent_id=agent.pk, verb="agent.orphan_cleared")
+            assert reactivations.get().sequence > cleared.sequence
+        else:
+            assert not reactivations.exists()
+    assert verify_chain().ok
+
+
+def _waiting_on_locks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+def _until(condition, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_take_over_committing_while_the_sweep_waits_for_the_row_wins(orphans):
+    """The sweep has chosen its orphans and waits for one's row, which a take-over holds; when
+    the take-over commits, the sweep re-reads the row and leaves the (now owned) agent be."""
+    operator, agents = orphans
+    agent = agents[0]
+    if connection.vendor != "postgresql":
+        # SQLite has one writer at a time: nothing waits mid-sweep, so the order is checked.
+        agent_take_ownership(agent=agent, person=operator)
+        assert sweep_agent_lifecycle.apply().get()["orphans_suspended"] == REPETITIONS - 1
+        assert Agent.objects.get(pk=agent.pk).status == Agent.Status.ACTIVE
+        return
+    held, release, answers = threading.Event(), threading.Event(), {}
+
+    def take_over_slowly():
+        try:
+            with transaction.atomic():
+                Agent.objects.select_for_update(no_key=True).get(pk=agent.pk)
+                held.set()
+                release.wait(30)
+                answers["taken"] = agent_take_ownership(agent=agent, person=operator)
+        finally:
+            connection.close()
+
+    def sweep():
+        try:
+            answers["sweep"] = sweep_agent_lifecycle.apply().get()
+        except Exception as exc:
+            answers["sweep"] = exc
+        finally:
+            connection.close()
+
+    taker = threading.Thread(target=take_over_slowly)
+    taker.start()
+    assert held.wait(10)
+    sweeper = threading.Thread(target=sweep)
+    sweeper.start()
+    assert _until(lambda: _waiting_on_locks() >= 1)  # the sweep waits at the agent's row
+    release.set()
+    taker.join(30)
+    sweeper.join(30)
+
+    assert isinstance(answers["sweep"], dict), answers["sweep"]
+    assert answers["sweep"]["orphans_suspended"] == REPETITIONS - 1
+    agent.refresh_from_db()
+    assert agent.status == Agent.Status.ACTIVE and agent.sponsor == operator
+    assert not AuditEvent.objects.filter(agent_id=agent.pk, verb="agent.suspended").exists()
+    assert verify_chain().ok
