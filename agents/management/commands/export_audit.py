@@ -45,7 +45,7 @@ class Command(BaseCommand):
             agent = (
                 Agent.objects.filter(pk=int(options["agent"])).first()
                 if options["agent"].isdecimal()
-                else Agent.objects.filter(spiffe_id=options["agent"]).first()
+                else Agent.objects.filter(spiffe_id=options["agent"]).order_by("-pk").first()
             )
             if agent is None:
                 raise CommandError(f"No agent {options['agent']!r} is registered.")

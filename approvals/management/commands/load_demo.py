@@ -179,7 +179,7 @@ class Command(BaseCommand):
             group.user_set.add(*User.objects.filter(username__in=members))
         admin = User.objects.get(username="admin")
         for path, username in DEMO_BACKUP_APPROVERS:
-            agent = Agent.objects.filter(spiffe_id=demo_spiffe_id(path)).first()
+            agent = Agent.objects.filter(spiffe_id=demo_spiffe_id(path)).order_by("-pk").first()
             person = User.objects.get(username=username)
             if agent is None or BackupApprover.objects.filter(agent=agent, user=person).exists():
                 continue
