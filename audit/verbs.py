@@ -24,6 +24,8 @@ KNOWN_VERBS: tuple[str, ...] = (
     "decision.refused",
     "delegation.created",
     "delegation.refused",
+    "eligibility.granted",
+    "eligibility.removed",
     "grant.expired",
     "grant.expiry_notice",
     "grant.issued",

@@ -37,6 +37,11 @@ from approvals.services.decisions import (
     record_refusal,
 )
 from approvals.services.delegation import delegation_exchange
+from approvals.services.eligibility import (
+    eligibility_grant,
+    eligibility_remove,
+    may_manage_eligibility,
+)
 from approvals.services.grants import (
     delegations_cancel_orphaned,
     grant_complete,
@@ -89,6 +94,8 @@ __all__ = [
     "comment_refusal",
     "delegation_exchange",
     "delegations_cancel_orphaned",
+    "eligibility_grant",
+    "eligibility_remove",
     "grant_complete",
     "grant_end",
     "grant_expire",
@@ -101,6 +108,7 @@ __all__ = [
     "grants_expire_due",
     "grants_revoke_for_agent",
     "is_initiator",
+    "may_manage_eligibility",
     "policies_without",
     "policy_change_simulate",
     "policy_delete",

@@ -17,12 +17,13 @@ from approvals.demo import (
     DEMO_AGENTS,
     DEMO_APPROVER_GROUPS,
     DEMO_BACKUP_APPROVERS,
+    DEMO_ELIGIBILITY,
     DEMO_PRIVILEGES,
     DEMO_RESOURCE_SERVERS,
     DEMO_USERS,
 )
-from approvals.models import Privilege
-from approvals.services import privilege_save
+from approvals.models import Eligibility, Privilege
+from approvals.services import eligibility_grant, privilege_save
 from audit.services import Actor
 
 
@@ -52,6 +53,7 @@ class Command(BaseCommand):
             self._load_agents(actor)
             self._load_catalog(actor)
             self._load_approvers(actor)
+            self._load_eligibility()
         self.stdout.write("Demo data ready.")
         if print_logins:
             self.stdout.write("\n  Demo logins (username / password):")
@@ -139,3 +141,23 @@ class Command(BaseCommand):
             if agent is None or BackupApprover.objects.filter(agent=agent, user=person).exists():
                 continue
             backup_approver_add(agent=agent, user=person, by=admin)
+
+    def _load_eligibility(self):
+        """Each demo agent's sponsor makes it eligible for what its presets ask for
+        (eligibility.granted)."""
+        for path, name, max_duration in DEMO_ELIGIBILITY:
+            agent = Agent.objects.filter(spiffe_id=demo_spiffe_id(path)).first()
+            resource, action = name.split(":")
+            privilege = Privilege.objects.get(resource=resource, action=action)
+            if (
+                agent is None
+                or Eligibility.objects.in_force().filter(agent=agent, privilege=privilege).exists()
+            ):
+                continue
+            eligibility_grant(
+                agent=agent,
+                privilege=privilege,
+                by=agent.sponsor,
+                max_duration_seconds=max_duration,
+                reason="Demo: what this agent's tasks need.",
+            )
