@@ -553,3 +553,51 @@ class Eligibility(models.Model):
         if self.ends_at:
             parts.append(f"until {self.ends_at:%Y-%m-%d %H:%M} UTC")
         return ", ".join(parts) or "no limits beyond the privilege's"
+
+
+class EligibilityRequest(models.Model):
+    """An agent asks to become eligible for a privilege; the people who decide its requests
+    (approvers.may_approve) approve or deny it once. Approved, it becomes an Eligibility."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        DENIED = "denied", "Denied"
+
+    TRANSITIONS = {
+        Status.PENDING: {Status.APPROVED, Status.DENIED},
+        Status.APPROVED: set(),
+        Status.DENIED: set(),
+    }
+
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="eligibility_requests")
+    privilege = models.ForeignKey(Privilege, on_delete=models.PROTECT, related_name="+")
+    max_duration_seconds = models.PositiveIntegerField(null=True, blank=True)
+    environment = models.CharField(max_length=100, blank=True)
+    ends_at = models.DateTimeField(null=True, blank=True)
+    justification = models.CharField(max_length=2000)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.CharField(max_length=254, blank=True)
+    comment = models.CharField(max_length=1000, blank=True)
+    eligibility = models.OneToOneField(
+        Eligibility, null=True, blank=True, on_delete=models.PROTECT, related_name="request"
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["pending", "approved", "denied"]),
+                name="eligibility_request_status_valid",
+            ),
+            # One question at a time per agent and privilege.
+            models.UniqueConstraint(
+                fields=["agent", "privilege"],
+                condition=models.Q(status="pending"),
+                name="eligibility_request_one_pending",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name} asks to be eligible for {self.privilege.name}"

@@ -26,6 +26,8 @@ KNOWN_VERBS: tuple[str, ...] = (
     "delegation.refused",
     "eligibility.granted",
     "eligibility.removed",
+    "eligibility.request_decided",
+    "eligibility.requested",
     "grant.expired",
     "grant.expiry_notice",
     "grant.issued",

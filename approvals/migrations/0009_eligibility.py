@@ -128,14 +128,87 @@ class Migration(migrations.Migration):
             ],
             options={
                 "verbose_name_plural": "eligibilities",
-                "constraints": [
-                    models.UniqueConstraint(
-                        condition=models.Q(("removed_at__isnull", True)),
-                        fields=("agent", "privilege"),
-                        name="eligibility_one_current",
-                    )
-                ],
             },
+        ),
+        migrations.CreateModel(
+            name="EligibilityRequest",
+            fields=[
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("max_duration_seconds", models.PositiveIntegerField(blank=True, null=True)),
+                ("environment", models.CharField(blank=True, max_length=100)),
+                ("ends_at", models.DateTimeField(blank=True, null=True)),
+                ("justification", models.CharField(max_length=2000)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("approved", "Approved"),
+                            ("denied", "Denied"),
+                        ],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("decided_at", models.DateTimeField(blank=True, null=True)),
+                ("decided_by", models.CharField(blank=True, max_length=254)),
+                ("comment", models.CharField(blank=True, max_length=1000)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="eligibility_requests",
+                        to="agents.agent",
+                    ),
+                ),
+                (
+                    "eligibility",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="request",
+                        to="approvals.eligibility",
+                    ),
+                ),
+                (
+                    "privilege",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="approvals.privilege",
+                    ),
+                ),
+            ],
+        ),
+        migrations.AddConstraint(
+            model_name="eligibility",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("removed_at__isnull", True)),
+                fields=("agent", "privilege"),
+                name="eligibility_one_current",
+            ),
+        ),
+        migrations.AddConstraint(
+            model_name="eligibilityrequest",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["pending", "approved", "denied"])),
+                name="eligibility_request_status_valid",
+            ),
+        ),
+        migrations.AddConstraint(
+            model_name="eligibilityrequest",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "pending")),
+                fields=("agent", "privilege"),
+                name="eligibility_request_one_pending",
+            ),
         ),
         migrations.RunPython(eligible_for_what_was_asked, migrations.RunPython.noop),
         migrations.RunPython(ship_eligibility_policies, migrations.RunPython.noop),

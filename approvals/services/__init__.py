@@ -40,6 +40,8 @@ from approvals.services.delegation import delegation_exchange
 from approvals.services.eligibility import (
     eligibility_grant,
     eligibility_remove,
+    eligibility_request_decide,
+    eligibility_request_submit,
     may_manage_eligibility,
 )
 from approvals.services.grants import (
@@ -96,6 +98,8 @@ __all__ = [
     "delegations_cancel_orphaned",
     "eligibility_grant",
     "eligibility_remove",
+    "eligibility_request_decide",
+    "eligibility_request_submit",
     "grant_complete",
     "grant_end",
     "grant_expire",

@@ -13,12 +13,13 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent
-from approvals.models import Eligibility, Privilege
-from approvals.services.common import lock_agents
+from approvals.approvers import NOT_AN_APPROVER, may_approve
+from approvals.models import Eligibility, EligibilityRequest, Privilege
+from approvals.services.common import lock_agents, privilege_by_name
 from audit.services import Actor, deferred_evidence, record
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.formatting import duration_words
@@ -95,57 +96,75 @@ def eligibility_grant(
     refusal = _limits_refusal(privilege, max_duration_seconds, environment, ends_at)
     if refusal is not None:
         raise refusal
-    now = timezone.now()
     with transaction.atomic(), deferred_evidence():
         agent = lock_agents([agent.pk], exclusive=True)[agent.pk]
-        if agent.status == Agent.Status.RETIRED:
-            raise Conflict(
-                f"Agent {agent.name} is retired; it is never eligible for anything again.",
-                code="agent_retired",
-            )
-        current = (
-            Eligibility.objects.select_for_update(no_key=True)
-            .filter(agent=agent, privilege=privilege, removed_at__isnull=True)
-            .first()
-        )
-        if current is not None:
-            if current.ends_at is None or current.ends_at > now:
-                raise Conflict(
-                    f"{agent.name} is already eligible for {privilege.name} "
-                    f"({current.limits()}); remove that first to change its limits.",
-                    code="already_eligible",
-                )
-            current.removed_at, current.removed_by = now, "ended"
-            current.save(update_fields=["removed_at", "removed_by"])
-        try:
-            with transaction.atomic():
-                eligibility = Eligibility.objects.create(
-                    agent=agent,
-                    privilege=privilege,
-                    max_duration_seconds=max_duration_seconds,
-                    environment=environment,
-                    ends_at=ends_at,
-                    granted_by=by.get_username(),
-                    reason=(reason or "")[:500],
-                    created_at=now,
-                )
-        except IntegrityError:  # unreachable under the agent lock; kept as a clear 409
-            raise Conflict(
-                f"{agent.name} is already eligible for {privilege.name}.", code="already_eligible"
-            )
-        record(
+        return _eligibility_create(
+            agent=agent,
+            privilege=privilege,
             actor=Actor.for_user(by),
-            verb="eligibility.granted",
-            agent_id=agent.pk,
-            data={
-                "eligibility_id": eligibility.pk,
-                "privilege": privilege.name,
-                "max_duration_seconds": max_duration_seconds,
-                "environment": environment,
-                "ends_at": ends_at.isoformat() if ends_at else None,
-                "reason": eligibility.reason,
-            },
+            max_duration_seconds=max_duration_seconds,
+            environment=environment,
+            ends_at=ends_at,
+            reason=reason,
         )
+
+
+def _eligibility_create(
+    *,
+    agent: Agent,
+    privilege: Privilege,
+    actor: Actor,
+    max_duration_seconds: int | None,
+    environment: str,
+    ends_at: datetime | None,
+    reason: str,
+    eligibility_request_id: int | None = None,
+) -> Eligibility:
+    """Inside the caller's transaction, with the agent row already locked exclusively."""
+    now = timezone.now()
+    if agent.status == Agent.Status.RETIRED:
+        raise Conflict(
+            f"Agent {agent.name} is retired; it is never eligible for anything again.",
+            code="agent_retired",
+        )
+    current = (
+        Eligibility.objects.select_for_update(no_key=True)
+        .filter(agent=agent, privilege=privilege, removed_at__isnull=True)
+        .first()
+    )
+    if current is not None:
+        if current.ends_at is None or current.ends_at > now:
+            raise Conflict(
+                f"{agent.name} is already eligible for {privilege.name} "
+                f"({current.limits()}); remove that first to change its limits.",
+                code="already_eligible",
+            )
+        current.removed_at, current.removed_by = now, "ended"
+        current.save(update_fields=["removed_at", "removed_by"])
+    eligibility = Eligibility.objects.create(
+        agent=agent,
+        privilege=privilege,
+        max_duration_seconds=max_duration_seconds,
+        environment=environment,
+        ends_at=ends_at,
+        granted_by=actor.id,
+        reason=(reason or "")[:500],
+        created_at=now,
+    )
+    record(
+        actor=actor,
+        verb="eligibility.granted",
+        agent_id=agent.pk,
+        data={
+            "eligibility_id": eligibility.pk,
+            "privilege": privilege.name,
+            "max_duration_seconds": max_duration_seconds,
+            "environment": environment,
+            "ends_at": ends_at.isoformat() if ends_at else None,
+            "reason": eligibility.reason,
+            "eligibility_request_id": eligibility_request_id,
+        },
+    )
     return eligibility
 
 
@@ -184,3 +203,130 @@ def eligibility_remove(*, eligibility_id: int, agent: Agent, by, reason: str = "
             },
         )
     return eligibility
+
+
+# --- an agent asks to become eligible; the people who decide its requests answer -------------
+
+
+def eligibility_request_submit(
+    *,
+    agent: Agent,
+    privilege_name: str,
+    justification: str,
+    max_duration_seconds: int | None = None,
+    environment: str = "",
+    ends_at: datetime | None = None,
+) -> EligibilityRequest:
+    privilege = privilege_by_name(privilege_name)
+    environment = (environment or "").strip()
+    refusal = _limits_refusal(privilege, max_duration_seconds, environment, ends_at)
+    if refusal is not None:
+        raise refusal
+    with transaction.atomic(), deferred_evidence():
+        agent = lock_agents([agent.pk], exclusive=True)[agent.pk]
+        if agent.status != Agent.Status.ACTIVE:
+            raise Conflict(
+                f"Agent {agent.name} is {agent.status}; it may not ask for anything.",
+                code="agent_not_active",
+            )
+        if Eligibility.objects.in_force().filter(agent=agent, privilege=privilege).exists():
+            raise Conflict(
+                f"{agent.name} is already eligible for {privilege.name}.",
+                code="already_eligible",
+            )
+        pending = EligibilityRequest.objects.filter(
+            agent=agent, privilege=privilege, status=EligibilityRequest.Status.PENDING
+        ).first()
+        if pending is not None:
+            raise Conflict(
+                f"{agent.name} already asked to be eligible for {privilege.name} "
+                f"(eligibility request #{pending.pk}, pending).",
+                code="eligibility_request_pending",
+            )
+        eligibility_request = EligibilityRequest.objects.create(
+            agent=agent,
+            privilege=privilege,
+            max_duration_seconds=max_duration_seconds,
+            environment=environment,
+            ends_at=ends_at,
+            justification=justification,
+        )
+        record(
+            actor=Actor.for_agent(agent),
+            verb="eligibility.requested",
+            agent_id=agent.pk,
+            data={
+                "eligibility_request_id": eligibility_request.pk,
+                "privilege": privilege.name,
+                "max_duration_seconds": max_duration_seconds,
+                "environment": environment,
+                "ends_at": ends_at.isoformat() if ends_at else None,
+                "justification": justification,
+            },
+        )
+    return eligibility_request
+
+
+def eligibility_request_decide(
+    *, eligibility_request_id: int, by, verdict: str, comment: str = ""
+) -> EligibilityRequest:
+    """Decided once, by a person who may decide the agent's requests (`may_approve`, the same
+    rule as access requests); approved, the agent becomes eligible with the limits it asked."""
+    if verdict not in ("approve", "deny"):
+        raise InvalidInput("verdict is 'approve' or 'deny'.", code="invalid_verdict")
+    agent_id = (
+        EligibilityRequest.objects.filter(pk=eligibility_request_id)
+        .values_list("agent_id", flat=True)
+        .first()
+    )
+    if agent_id is None:
+        raise NotFound(f"There is no eligibility request #{eligibility_request_id}.")
+    with transaction.atomic(), deferred_evidence():
+        agent = lock_agents([agent_id], exclusive=True)[agent_id]
+        eligibility_request = (
+            EligibilityRequest.objects.select_for_update(no_key=True)
+            .select_related("privilege")
+            .get(pk=eligibility_request_id)
+        )
+        eligibility_request.agent = agent
+        if not may_approve(by, eligibility_request):
+            raise Forbidden(NOT_AN_APPROVER, code="not_an_approver")
+        if eligibility_request.status != EligibilityRequest.Status.PENDING:
+            raise Conflict(
+                f"Eligibility request #{eligibility_request.pk} is already "
+                f"{eligibility_request.status}.",
+                code="eligibility_request_decided",
+            )
+        approved = verdict == "approve"
+        eligibility_request.status = (
+            EligibilityRequest.Status.APPROVED if approved else EligibilityRequest.Status.DENIED
+        )
+        eligibility_request.decided_at = timezone.now()
+        eligibility_request.decided_by = by.get_username()
+        eligibility_request.comment = (comment or "")[:1000]
+        record(
+            actor=Actor.for_user(by),
+            verb="eligibility.request_decided",
+            agent_id=agent.pk,
+            data={
+                "eligibility_request_id": eligibility_request.pk,
+                "privilege": eligibility_request.privilege.name,
+                "verdict": verdict,
+                "comment": eligibility_request.comment,
+            },
+        )
+        if approved:
+            eligibility_request.eligibility = _eligibility_create(
+                agent=agent,
+                privilege=eligibility_request.privilege,
+                actor=Actor.for_user(by),
+                max_duration_seconds=eligibility_request.max_duration_seconds,
+                environment=eligibility_request.environment,
+                ends_at=eligibility_request.ends_at,
+                reason=eligibility_request.justification,
+                eligibility_request_id=eligibility_request.pk,
+            )
+        eligibility_request.save(
+            update_fields=["status", "decided_at", "decided_by", "comment", "eligibility"]
+        )
+    return eligibility_request
