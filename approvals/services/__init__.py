@@ -38,6 +38,7 @@ from approvals.services.decisions import (
 )
 from approvals.services.delegation import delegation_exchange
 from approvals.services.eligibility import (
+    NOT_A_MANAGER,
     eligibility_grant,
     eligibility_remove,
     eligibility_request_decide,
@@ -83,6 +84,7 @@ from approvals.services.tokens import (
 
 __all__ = [
     "BulkDenyResult",
+    "NOT_A_MANAGER",
     "DecideResult",
     "PolicySimulation",
     "SubmitResult",
