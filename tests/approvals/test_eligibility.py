@@ -3,14 +3,17 @@ requests outside it (with a reason that says so), over its maximum duration, in 
 environment and after its end date; agents list it and ask to become eligible, and the people
 who decide the agent's requests answer. Agents here are eligible only for what a test grants."""
 
+import importlib
 from datetime import timedelta
 
 import pytest
 import time_machine
+from django.apps import apps as django_apps
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from approvals.models import Eligibility, EligibilityRequest
+from approvals.models import Eligibility, EligibilityRequest, Policy, PolicyRevision
+from approvals.policy import DEFAULT_POLICY_TEXT
 from approvals.services import eligibility_grant, eligibility_remove
 from audit.models import AuditEvent
 from audit.services import verify_chain
@@ -277,3 +280,71 @@ def test_only_the_sponsor_a_manager_or_an_admin_may_grant(agent, privileges, out
     admin = UserFactory(username="root", is_superuser=True)
     assert eligibility_grant(agent=agent, privilege=privileges["refund"], by=admin).pk
     assert AuditEvent.objects.filter(verb="eligibility.granted", actor_id="manager").exists()
+
+
+def test_a_team_member_who_may_not_approve_cannot_decide(agent_api, agent, privileges, team):
+    request_id = ask(agent_api).json()["id"]
+    member = UserFactory(username="teammate")
+    member.groups.add(team)  # sees the agent, holds no approve right on it
+
+    response = person_client(member).post(
+        f"/agents/{agent.pk}/eligibility/requests/{request_id}/decide/", {"verdict": "approve"}
+    )
+
+    assert response.status_code == 403
+    assert "You may not decide requests for this agent." in response.content.decode()
+    assert EligibilityRequest.objects.get(pk=request_id).status == "pending"
+
+
+# --- the migration path --------------------------------------------------------------------------
+
+
+def migration_0009():
+    return importlib.import_module("approvals.migrations.0009_eligibility")
+
+
+def test_existing_agents_become_eligible_for_what_they_asked_before(agent, privileges):
+    from approvals.models import AccessRequest
+
+    other = AgentFactory()
+    for who, privilege in ((agent, "read"), (agent, "read"), (agent, "write"), (other, "refund")):
+        AccessRequest.objects.create(
+            agent=who,
+            privilege=privileges[privilege],
+            task_id="before",
+            intent={},
+            duration_seconds=60,
+            decision_deadline=timezone.now(),
+            escalation_at=timezone.now(),
+        )
+
+    migration_0009().eligible_for_what_was_asked(django_apps, None)
+
+    assert sorted(
+        Eligibility.objects.values_list("agent__name", "privilege__action", "granted_by")
+    ) == sorted(
+        [
+            ("Invoice bot", "read", "migration"),
+            ("Invoice bot", "write", "migration"),
+            (other.name, "refund", "migration"),
+        ]
+    )
+
+
+def test_the_eligibility_policies_ship_to_an_untouched_default_policy_only(privileges):
+    migration = migration_0009()
+    policy = Policy.objects.get(name="default")
+    shipped_before = migration.ELIGIBILITY_BLOCK.sub("", DEFAULT_POLICY_TEXT)
+    assert "not-eligible" not in shipped_before and "not-eligible" in DEFAULT_POLICY_TEXT
+    Policy.objects.filter(pk=policy.pk).update(text=shipped_before)
+
+    migration.ship_eligibility_policies(django_apps, None)
+
+    policy.refresh_from_db()
+    assert policy.text == DEFAULT_POLICY_TEXT
+    assert PolicyRevision.objects.filter(policy=policy, version=policy.version).exists()
+    assert AuditEvent.objects.filter(verb="policy.changed", actor_id="migration").exists()
+    edited = "// edited by an admin\n" + shipped_before
+    Policy.objects.filter(pk=policy.pk).update(text=edited)
+    migration.ship_eligibility_policies(django_apps, None)
+    assert Policy.objects.get(pk=policy.pk).text == edited
