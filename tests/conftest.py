@@ -31,7 +31,7 @@ def _checkpoint_file(settings, tmp_path):
 @pytest.fixture(autouse=True)
 def _eligible_by_default(request):
     """Most tests are not about eligibility: every agent is made eligible, without limits, for
-    every catalogued privilege as the rows appear (directly, like migration 0009 would have
+    every catalogued privilege as the rows appear (directly, like migration 0010 would have
     for what they ask). A test marked `eligibility` sees only the eligibility it grants."""
     if request.node.get_closest_marker("eligibility"):
         yield

@@ -299,8 +299,8 @@ def test_a_team_member_who_may_not_approve_cannot_decide(agent_api, agent, privi
 # --- the migration path --------------------------------------------------------------------------
 
 
-def migration_0009():
-    return importlib.import_module("approvals.migrations.0009_eligibility")
+def migration_0010():
+    return importlib.import_module("approvals.migrations.0010_eligibility")
 
 
 def test_existing_agents_become_eligible_for_what_they_asked_before(agent, privileges):
@@ -318,7 +318,7 @@ def test_existing_agents_become_eligible_for_what_they_asked_before(agent, privi
             escalation_at=timezone.now(),
         )
 
-    migration_0009().eligible_for_what_was_asked(django_apps, None)
+    migration_0010().eligible_for_what_was_asked(django_apps, None)
 
     assert sorted(
         Eligibility.objects.values_list("agent__name", "privilege__action", "granted_by")
@@ -332,7 +332,7 @@ def test_existing_agents_become_eligible_for_what_they_asked_before(agent, privi
 
 
 def test_the_eligibility_policies_ship_to_an_untouched_default_policy_only(privileges):
-    migration = migration_0009()
+    migration = migration_0010()
     policy = Policy.objects.get(name="default")
     shipped_before = migration.ELIGIBILITY_BLOCK.sub("", DEFAULT_POLICY_TEXT)
     assert "not-eligible" not in shipped_before and "not-eligible" in DEFAULT_POLICY_TEXT

@@ -33,7 +33,7 @@ def eligible_for_what_was_asked(apps, schema_editor):
                 agent_id=agent_id,
                 privilege_id=privilege_id,
                 granted_by="migration",
-                reason="Asked for before eligibility existed (migration 0009).",
+                reason="Asked for before eligibility existed (migration 0010).",
             )
             for agent_id, privilege_id in sorted(set(pairs))
         ],
@@ -80,7 +80,7 @@ def ship_eligibility_policies(apps, schema_editor):
 class Migration(migrations.Migration):
     dependencies = [
         ("agents", "0004_agent_resource_server_role"),
-        ("approvals", "0008_approval_count_inputs"),
+        ("approvals", "0009_inbox_indexes"),
         ("audit", "0005_refuse_truncate"),  # the live record() writes to the current chain
     ]
 
