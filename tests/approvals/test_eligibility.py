@@ -348,3 +348,19 @@ def test_the_eligibility_policies_ship_to_an_untouched_default_policy_only(privi
     Policy.objects.filter(pk=policy.pk).update(text=edited)
     migration.ship_eligibility_policies(django_apps, None)
     assert Policy.objects.get(pk=policy.pk).text == edited
+
+
+def test_a_live_grant_ends_at_its_next_token_refresh_once_its_eligibility_is_removed(
+    agent_api, agent, privileges, sponsor
+):
+    eligibility = make_eligible(agent, privileges["read"])
+    grant_id = submit(agent_api, "payments-db:read").json()["grant"]["id"]
+    assert agent_api.post(f"/api/v1/grants/{grant_id}/token").status_code == 200
+
+    eligibility_remove(eligibility_id=eligibility.pk, agent=agent, by=sponsor)
+    refused = agent_api.post(f"/api/v1/grants/{grant_id}/token")
+
+    assert refused.status_code == 409
+    assert "Invoice bot is not eligible for payments-db:read" in refused.json()["error"]["message"]
+    grant = agent.grants.get(pk=grant_id)
+    assert (grant.is_active(), grant.revoke_reason) == (False, "policy")
