@@ -522,3 +522,6 @@ class SigningKeyAdmin(ReadOnlyAdmin):
     def rotate(self, request, queryset):
         key = signing_key_rotate(actor=Actor.for_user(request.user))
         self.message_user(request, f"New signing key {key.kid} is current.")
+
+
+from approvals import admin_eligibility  # noqa: E402, F401  (registers the eligibility admin)

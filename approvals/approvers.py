@@ -261,6 +261,8 @@ def typical_outcome(privilege, compiled=None) -> policy.PolicyOutcome:
         weekday=3,
         initiated_by="",
         held_privileges=(),
+        eligible_for=(privilege.name,),
+        eligible=True,  # a plain request from an agent eligible for it
     )
     return policy.decide(compiled, facts)
 

@@ -75,6 +75,18 @@ DEMO_APPROVER_GROUPS = [
     ("change-advisory-board", ["dave"], ["prod-cluster:admin"]),
 ]
 
+# What each demo agent may ask for at all, made eligible by its sponsor (agent path, privilege,
+# maximum duration in seconds or None for the privilege's own). Every preset below asks within
+# it; the delegation preset's sub-agent is itself eligible, for at most 15 minutes.
+DEMO_ELIGIBILITY = [
+    ("agents/invoice-bot", "payments-db:read", None),
+    ("agents/invoice-bot", "payments-db:write", None),
+    ("agents/invoice-bot", "crm:read", None),
+    ("agents/refund-helper", "payments-api:refund", None),
+    ("agents/research-agent", "payments-db:read", 900),
+    ("agents/deploy-bot", "prod-cluster:admin", None),
+]
+
 
 @dataclass(frozen=True)
 class Preset:

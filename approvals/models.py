@@ -5,6 +5,7 @@ from django.db import models
 from django.utils import timezone
 
 from agents.models import Agent
+from core.formatting import duration_words
 
 _SLUG = RegexValidator(r"^[a-z0-9][a-z0-9._-]*$", "Use lower-case letters, digits, '.', '-', '_'.")
 
@@ -497,3 +498,106 @@ class SlackInteraction(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class EligibilityQuerySet(models.QuerySet):
+    def in_force(self, now=None):
+        """Not removed and not past its end date: what the agent may ask for now."""
+        now = now or timezone.now()
+        return self.filter(removed_at__isnull=True).filter(
+            models.Q(ends_at__isnull=True) | models.Q(ends_at__gt=now)
+        )
+
+
+class Eligibility(models.Model):
+    """What an agent may ask for at all (PIM's eligible assignment): requests activate it per
+    task. Removed, never deleted: the history of who made an agent eligible stays."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="eligibilities")
+    privilege = models.ForeignKey(Privilege, on_delete=models.PROTECT, related_name="+")
+    # Each limit is optional: empty means the privilege's own maximum, any environment, no end.
+    max_duration_seconds = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)]
+    )
+    environment = models.CharField(max_length=100, blank=True)
+    ends_at = models.DateTimeField(null=True, blank=True)
+    granted_by = models.CharField(max_length=254)
+    reason = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    removed_at = models.DateTimeField(null=True, blank=True)
+    removed_by = models.CharField(max_length=254, blank=True)
+
+    objects = EligibilityQuerySet.as_manager()
+
+    class Meta:
+        verbose_name_plural = "eligibilities"
+        constraints = [
+            # One eligibility in force per agent and privilege; removed ones stay as history.
+            models.UniqueConstraint(
+                fields=["agent", "privilege"],
+                condition=models.Q(removed_at__isnull=True),
+                name="eligibility_one_current",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name} eligible for {self.privilege.name}"
+
+    def limits(self) -> str:
+        """ "at most 15 minutes, production only, until 2026-12-31" (or "no limits")."""
+        parts = []
+        if self.max_duration_seconds:
+            parts.append(f"at most {duration_words(self.max_duration_seconds)}")
+        if self.environment:
+            parts.append(f"{self.environment} only")
+        if self.ends_at:
+            parts.append(f"until {self.ends_at:%Y-%m-%d %H:%M} UTC")
+        return ", ".join(parts) or "no limits beyond the privilege's"
+
+
+class EligibilityRequest(models.Model):
+    """An agent asks to become eligible for a privilege; the people who decide its requests
+    (approvers.may_approve) approve or deny it once. Approved, it becomes an Eligibility."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        DENIED = "denied", "Denied"
+
+    TRANSITIONS = {
+        Status.PENDING: {Status.APPROVED, Status.DENIED},
+        Status.APPROVED: set(),
+        Status.DENIED: set(),
+    }
+
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="eligibility_requests")
+    privilege = models.ForeignKey(Privilege, on_delete=models.PROTECT, related_name="+")
+    max_duration_seconds = models.PositiveIntegerField(null=True, blank=True)
+    environment = models.CharField(max_length=100, blank=True)
+    ends_at = models.DateTimeField(null=True, blank=True)
+    justification = models.CharField(max_length=2000)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.CharField(max_length=254, blank=True)
+    comment = models.CharField(max_length=1000, blank=True)
+    eligibility = models.OneToOneField(
+        Eligibility, null=True, blank=True, on_delete=models.PROTECT, related_name="request"
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["pending", "approved", "denied"]),
+                name="eligibility_request_status_valid",
+            ),
+            # One question at a time per agent and privilege.
+            models.UniqueConstraint(
+                fields=["agent", "privilege"],
+                condition=models.Q(status="pending"),
+                name="eligibility_request_one_pending",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name} asks to be eligible for {self.privilege.name}"

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import cedarpy
 
+from core.formatting import duration_words
+
 POLICY_DIR = Path(__file__).resolve().parent / "policies"
 SCHEMA_TEXT = (POLICY_DIR / "schema.cedarschema").read_text()
 DEFAULT_POLICY_TEXT = (POLICY_DIR / "default.cedar").read_text()
@@ -190,6 +192,32 @@ class PolicyFacts:
     root_approver: str = ""
     chain: tuple[str, ...] = ()
     crosses_sponsor: bool = False
+    # Eligibility (approvals/services/facts.py): absent means not eligible, so policy denies.
+    eligible_for: tuple[str, ...] = ()
+    eligible: bool = False
+    eligibility_ended: bool = False
+    eligibility_max_duration_seconds: int = 0
+    eligibility_environment: str = ""
+    eligibility_ends: str = ""
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def fill_reason(reason: str, facts: PolicyFacts) -> str:
+    """A policy's @reason with the request's words put in: {agent}, {privilege}, {duration},
+    {environment}, {eligibility_max_duration}, {eligibility_environment}, {eligibility_ends}.
+    Anything else in braces stays as written."""
+    words = {
+        "agent": facts.agent_name,
+        "privilege": facts.privilege_name,
+        "duration": duration_words(facts.duration_seconds),
+        "environment": facts.environment or "no environment",
+        "eligibility_max_duration": duration_words(facts.eligibility_max_duration_seconds),
+        "eligibility_environment": facts.eligibility_environment,
+        "eligibility_ends": facts.eligibility_ends,
+    }
+    return _PLACEHOLDER.sub(lambda found: words.get(found.group(1), found.group(0)), reason)
 
 
 @dataclass(frozen=True)
@@ -247,6 +275,7 @@ def _entities_json(facts: PolicyFacts) -> str:
                     "status": facts.agent_status,
                     "sponsor": {"__entity": {"type": "Sponsor", "id": facts.sponsor}},
                     "team": {"__entity": {"type": "Team", "id": facts.team}},
+                    "eligible_for": list(facts.eligible_for),
                 },
                 "parents": [{"type": "Team", "id": facts.team}],
             },
@@ -288,6 +317,12 @@ def _context(facts: PolicyFacts) -> dict:
         "root_approver": facts.root_approver,
         "chain": list(facts.chain),
         "crosses_sponsor": facts.crosses_sponsor,
+        "eligibility": {
+            "eligible": facts.eligible,
+            "ended": facts.eligibility_ended,
+            "max_duration_seconds": facts.eligibility_max_duration_seconds,
+            "environment": facts.eligibility_environment,
+        },
     }
 
 
@@ -329,14 +364,17 @@ def decide(compiled: CompiledPolicies, facts: PolicyFacts) -> PolicyOutcome:
         ids = asked.diagnostics.reasons
         reason = " ".join(compiled.reasons(ids)) if ids else "No policy permits this request."
         return PolicyOutcome(
-            "deny", [compiled.label(pid) for pid in ids], reason, facts.approvals_required
+            "deny",
+            [compiled.label(pid) for pid in ids],
+            fill_reason(reason, facts),
+            facts.approvals_required,
         )
     if automatic.allowed:
         ids = automatic.diagnostics.reasons
         return PolicyOutcome(
             "auto_approve",
             [compiled.label(pid) for pid in ids],
-            " ".join(compiled.reasons(ids)),
+            fill_reason(" ".join(compiled.reasons(ids)), facts),
             facts.approvals_required,
         )
     ids = asked.diagnostics.reasons
@@ -351,7 +389,7 @@ def decide(compiled: CompiledPolicies, facts: PolicyFacts) -> PolicyOutcome:
     return PolicyOutcome(
         "request",
         [compiled.label(pid) for pid in [*blockers, *ids]],
-        " ".join(compiled.reasons([*blockers, *ids])),
+        fill_reason(" ".join(compiled.reasons([*blockers, *ids])), facts),
         max(facts.approvals_required, asks),
         asks,
         asked_by,

@@ -23,7 +23,14 @@ from approvals.approvers import (
     recorded_message as recorded_message,
 )
 from approvals.lineage import grant_ancestors, grant_descendants
-from approvals.models import AccessRequest, Decision, Grant, Privilege
+from approvals.models import (
+    AccessRequest,
+    Decision,
+    Eligibility,
+    EligibilityRequest,
+    Grant,
+    Privilege,
+)
 from approvals.tokens import token_claims
 from audit.models import AuditEvent
 
@@ -39,6 +46,29 @@ def agent_grants(agent: Agent, *, active: bool | None = None) -> QuerySet[Grant]
     elif active is False:
         grants = grants.ended()
     return grants
+
+
+def agent_eligibility(agent: Agent) -> QuerySet[Eligibility]:
+    """What the agent may ask for now: not removed, not past its end date."""
+    return (
+        Eligibility.objects.in_force()
+        .filter(agent=agent)
+        .select_related("privilege")
+        .order_by("privilege__resource", "privilege__action")
+    )
+
+
+def agent_eligibility_history(agent: Agent) -> QuerySet[Eligibility]:
+    """Every eligibility the agent ever had, newest first (the page's history)."""
+    return (
+        Eligibility.objects.filter(agent=agent)
+        .select_related("privilege")
+        .order_by("-created_at", "-pk")
+    )
+
+
+def agent_eligibility_requests(agent: Agent) -> QuerySet[EligibilityRequest]:
+    return EligibilityRequest.objects.filter(agent=agent).select_related("privilege", "agent")
 
 
 def agents_approvable_by(user) -> QuerySet[Agent]:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from approvals import apis, exchange_apis
+from approvals import apis, eligibility_apis, exchange_apis
 
 urlpatterns = [
     path("requests", apis.RequestCreateApi.as_view(), name="api-request-create"),
@@ -27,6 +27,17 @@ urlpatterns = [
         "grants/<int:grant_id>/tool-calls",
         apis.GrantToolCallApi.as_view(),
         name="api-grant-tool-calls",
+    ),
+    path("eligibility", eligibility_apis.EligibilityListApi.as_view(), name="api-eligibility"),
+    path(
+        "eligibility/requests",
+        eligibility_apis.EligibilityRequestCreateApi.as_view(),
+        name="api-eligibility-request-create",
+    ),
+    path(
+        "eligibility/requests/<int:eligibility_request_id>",
+        eligibility_apis.EligibilityRequestDetailApi.as_view(),
+        name="api-eligibility-request",
     ),
     path("introspect", apis.IntrospectApi.as_view(), name="api-introspect"),
     path("token", exchange_apis.TokenExchangeApi.as_view(), name="api-token"),

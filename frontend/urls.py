@@ -1,7 +1,15 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import inbox, views, views_lifecycle, views_live, views_profile, views_signin
+from frontend import (
+    inbox,
+    views,
+    views_eligibility,
+    views_lifecycle,
+    views_live,
+    views_profile,
+    views_signin,
+)
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -25,6 +33,21 @@ urlpatterns = [
         "agents/<int:agent_id>/approvers/<int:user_id>/remove/",
         views.agent_approver_remove,
         name="agent-approver-remove",
+    ),
+    path(
+        "agents/<int:agent_id>/eligibility/",
+        views_eligibility.agent_eligibility_grant,
+        name="agent-eligibility-grant",
+    ),
+    path(
+        "agents/<int:agent_id>/eligibility/<int:eligibility_id>/remove/",
+        views_eligibility.agent_eligibility_remove,
+        name="agent-eligibility-remove",
+    ),
+    path(
+        "agents/<int:agent_id>/eligibility/requests/<int:eligibility_request_id>/decide/",
+        views_eligibility.agent_eligibility_request_decide,
+        name="agent-eligibility-request-decide",
     ),
     path("agents/<int:agent_id>/suspend/", views.agent_suspend, name="agent-suspend"),
     path("agents/<int:agent_id>/reactivate/", views.agent_reactivate, name="agent-reactivate"),

@@ -38,6 +38,7 @@ from frontend.decorators import (
     permission_required_or_404,
 )
 from frontend.forms import AuditFilterForm, BackupApproverForm, DecisionForm, ReasonForm
+from frontend.views_eligibility import eligibility_context
 from frontend.views_lifecycle import agent_lifecycle_context, dashboard_lifecycle_context
 from frontend.views_live import dashboard_active_context
 
@@ -327,6 +328,19 @@ def agent_detail(request, agent: Agent):
 def _agent_page(
     request, agent: Agent, form: BackupApproverForm, status: int = 200, refusal: str = ""
 ):
+    return agent_page(request, agent, form=form, status=status, refusal=refusal)
+
+
+def agent_page(
+    request,
+    agent: Agent,
+    *,
+    form: BackupApproverForm | None = None,
+    status: int = 200,
+    refusal: str = "",
+    eligibility_refusal: str = "",
+    eligibility_form=None,
+):
     return render(
         request,
         "frontend/agent.html",
@@ -336,9 +350,11 @@ def _agent_page(
                 "user__username"
             ),
             "can_manage_approvers": agent_services.may_manage_approvers(request.user, agent),
-            "form": form,
+            "form": form or BackupApproverForm(),
             "refusal": refusal,
             **agent_lifecycle_context(request.user, agent),
+            "eligibility_refusal": eligibility_refusal,
+            **eligibility_context(request.user, agent, eligibility_form),
         },
         status=status,
     )

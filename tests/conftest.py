@@ -28,6 +28,48 @@ def _checkpoint_file(settings, tmp_path):
     return settings.CUSTODY_CHECKPOINT_FILE
 
 
+@pytest.fixture(autouse=True)
+def _eligible_by_default(request):
+    """Most tests are not about eligibility: every agent is made eligible, without limits, for
+    every catalogued privilege as the rows appear (directly, like migration 0010 would have
+    for what they ask). A test marked `eligibility` sees only the eligibility it grants."""
+    if request.node.get_closest_marker("eligibility"):
+        yield
+        return
+    from django.db.models.signals import post_save
+
+    from agents.models import Agent
+    from approvals.models import Eligibility, Privilege
+
+    def agent_saved(sender, instance, created, raw=False, **kwargs):
+        if created and not raw:
+            Eligibility.objects.bulk_create(
+                [
+                    Eligibility(agent=instance, privilege=privilege, granted_by="test")
+                    for privilege in Privilege.objects.all()
+                ],
+                ignore_conflicts=True,
+            )
+
+    def privilege_saved(sender, instance, created, raw=False, **kwargs):
+        if created and not raw:
+            Eligibility.objects.bulk_create(
+                [
+                    Eligibility(agent=agent, privilege=instance, granted_by="test")
+                    for agent in Agent.objects.all()
+                ],
+                ignore_conflicts=True,
+            )
+
+    post_save.connect(agent_saved, sender=Agent, dispatch_uid="test-eligible-agent")
+    post_save.connect(privilege_saved, sender=Privilege, dispatch_uid="test-eligible-privilege")
+    try:
+        yield
+    finally:
+        post_save.disconnect(sender=Agent, dispatch_uid="test-eligible-agent")
+        post_save.disconnect(sender=Privilege, dispatch_uid="test-eligible-privilege")
+
+
 @pytest.fixture
 def signer():
     return SigningIdentity("ES256")

@@ -37,6 +37,14 @@ from approvals.services.decisions import (
     record_refusal,
 )
 from approvals.services.delegation import delegation_exchange
+from approvals.services.eligibility import (
+    NOT_A_MANAGER,
+    eligibility_grant,
+    eligibility_remove,
+    eligibility_request_decide,
+    eligibility_request_submit,
+    may_manage_eligibility,
+)
 from approvals.services.grants import (
     delegations_cancel_orphaned,
     grant_complete,
@@ -77,6 +85,7 @@ from approvals.services.tokens import (
 
 __all__ = [
     "BulkDenyResult",
+    "NOT_A_MANAGER",
     "DecideResult",
     "PolicySimulation",
     "SubmitResult",
@@ -91,6 +100,10 @@ __all__ = [
     "comment_refusal",
     "delegation_exchange",
     "delegations_cancel_orphaned",
+    "eligibility_grant",
+    "eligibility_remove",
+    "eligibility_request_decide",
+    "eligibility_request_submit",
     "grant_complete",
     "grant_end",
     "grant_expire",
@@ -103,6 +116,7 @@ __all__ = [
     "grants_expire_due",
     "grants_revoke_for_agent",
     "is_initiator",
+    "may_manage_eligibility",
     "policies_without",
     "policy_change_simulate",
     "policy_delete",

@@ -15,10 +15,55 @@ from approvals import policy
 from approvals.lineage import grant_ancestors, grant_approvers
 from approvals.models import (
     AccessRequest,
+    Eligibility,
     Grant,
     Privilege,
 )
 from core.formatting import duration_words as words
+
+
+@dataclass(frozen=True)
+class EligibilityFacts:
+    eligible_for: tuple[str, ...] = ()
+    eligible: bool = False
+    ended: bool = False
+    max_duration_seconds: int = 0
+    environment: str = ""
+    ends: str = ""
+
+
+def eligibility_facts(agent: Agent, privilege: Privilege) -> EligibilityFacts:
+    """The agent's eligibility, as policy sees it: every privilege it may ask for now, and the
+    limits of its eligibility for `privilege` (one not removed; an ended one says when)."""
+    now = timezone.now()
+    rows = list(
+        Eligibility.objects.filter(agent=agent, removed_at__isnull=True).values_list(
+            "privilege_id",
+            "privilege__resource",
+            "privilege__action",
+            "max_duration_seconds",
+            "environment",
+            "ends_at",
+        )
+    )
+    eligible_for = tuple(
+        sorted(
+            f"{resource}:{action}"
+            for _, resource, action, *_, ends in rows
+            if not ends or ends > now
+        )
+    )
+    for privilege_id, _, _, max_duration, environment, ends_at in rows:
+        if privilege_id == privilege.pk:
+            return EligibilityFacts(
+                eligible_for=eligible_for,
+                eligible=True,
+                ended=ends_at is not None and ends_at <= now,
+                max_duration_seconds=max_duration or 0,
+                environment=environment,
+                ends=f"{ends_at:%Y-%m-%d %H:%M} UTC" if ends_at else "",
+            )
+    return EligibilityFacts(eligible_for=eligible_for)
 
 
 @dataclass(frozen=True)
@@ -55,6 +100,7 @@ def policy_facts(
     exclude_grant_id: int | None = None,
     held_privileges: tuple[str, ...] | None = None,
     toxic_with: tuple[str, ...] | None = None,
+    eligibility: EligibilityFacts | None = None,
 ) -> policy.PolicyFacts:
     """`held_privileges` and `toxic_with`, when the caller already read them (the policy
     simulation, for many requests at once), are not read again."""
@@ -64,6 +110,8 @@ def policy_facts(
         toxic_with = privilege_toxic_with(privilege)
     if held_privileges is None:
         held_privileges = _held_live(chain.agent_pks, exclude_grant_id=exclude_grant_id)
+    if eligibility is None:
+        eligibility = eligibility_facts(agent, privilege)
     return policy.PolicyFacts(
         agent_id=agent.spiffe_id,
         agent_name=agent.name,
@@ -91,6 +139,12 @@ def policy_facts(
         root_approver=chain.root_approver,
         chain=chain.agents,
         crosses_sponsor=chain.crosses_sponsor,
+        eligible_for=eligibility.eligible_for,
+        eligible=eligibility.eligible,
+        eligibility_ended=eligibility.ended,
+        eligibility_max_duration_seconds=eligibility.max_duration_seconds,
+        eligibility_environment=eligibility.environment,
+        eligibility_ends=eligibility.ends,
     )
 
 

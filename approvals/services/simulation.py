@@ -202,7 +202,15 @@ def _probes(privilege: Privilege, agents: list[Agent]) -> Iterator[tuple[policy.
                     where = f" in {environment}" if environment else ""
                     yield (
                         dataclasses.replace(
-                            base, hour_utc=hour, weekday=weekday, held_privileges=()
+                            base,
+                            hour_utc=hour,
+                            weekday=weekday,
+                            held_privileges=(),
+                            # the policy's answer to an agent eligible for it
+                            eligible=True,
+                            eligibility_ended=False,
+                            eligibility_max_duration_seconds=0,
+                            eligibility_environment="",
                         ),
                         f"e.g. {agent.name} asking for {duration} s{where} at {hour:02d}:00 UTC",
                     )

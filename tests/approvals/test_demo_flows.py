@@ -22,6 +22,8 @@ from approvals.policy import DEFAULT_POLICY_TEXT
 from core.sessions import SESSION_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
+# The demo carries its own eligibility (load_demo seeds it): no test default here.
+pytestmark = pytest.mark.eligibility
 
 
 @pytest.fixture
@@ -166,6 +168,18 @@ def test_a_privilege_and_duration_of_ones_own_and_no_initiator(demo):
     assert access_request.initiated_by == ""
     assert access_request.status == "pending"  # a low-risk read, but longer than 15 min
     assert "alice / custody-alice" in output and "bob / custody-bob" in output
+
+
+def test_the_demo_agents_are_eligible_for_their_presets_and_nothing_else(demo):
+    output, (request_id,) = demo("--privilege", "prod-cluster:admin", "--duration", "10m")
+    access_request = AccessRequest.objects.get(pk=request_id)
+    assert access_request.status == "denied"
+    assert access_request.policy_reason.startswith(
+        "Invoice bot is not eligible for prod-cluster:admin"
+    )
+    invoice_bot = Agent.objects.get(spiffe_id__endswith="/agents/invoice-bot")
+    page = signed_in("alice").get(f"/agents/{invoice_bot.pk}/").content.decode()
+    assert "payments-db:write" in page and "crm:read" in page
 
 
 def test_bad_kinds_and_durations_are_refused_with_a_sentence(demo):

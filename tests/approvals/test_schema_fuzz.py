@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
+from approvals.models import Eligibility
 from tests.approvals.conftest import intent, submit
 from tests.factories import ResourceServerFactory
 
@@ -35,6 +36,14 @@ def workloads(agent, agent_api, privileges, signer, sponsor, team, settings):
     granted = submit(agent_api, "payments-db:read", task_id="fuzz-granted").json()
     pending = submit(agent_api, "payments-api:refund", task_id="fuzz-pending").json()
     assert (granted["status"], pending["status"]) == ("approved", "pending")
+    # A pending eligibility request to find: the test default made the agent eligible for all.
+    Eligibility.objects.filter(agent=agent, privilege=privileges["write"]).delete()
+    asked = agent_api.post(
+        "/api/v1/eligibility/requests",
+        {"privilege": "payments-db:write", "justification": "fuzz"},
+        format="json",
+    )
+    assert asked.status_code == 201, asked.content
     server = ResourceServerFactory(
         sponsor=sponsor, team=team, introspection_audiences=["payments-db"]
     )
@@ -49,6 +58,7 @@ def workloads(agent, agent_api, privileges, signer, sponsor, team, settings):
         "ids": {
             "request_id": [granted["id"], pending["id"]],
             "grant_id": [granted["grant"]["id"]],
+            "eligibility_request_id": [asked.json()["id"]],
         },
         "privileges": [privilege.name for privilege in privileges.values()],
     }

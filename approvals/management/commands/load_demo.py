@@ -23,14 +23,15 @@ from approvals.demo import (
     DEMO_BACKUP_APPROVERS,
     DEMO_DORMANT,
     DEMO_DORMANT_QUIET_DAYS,
+    DEMO_ELIGIBILITY,
     DEMO_LEAVER,
     DEMO_ORPHAN,
     DEMO_PRIVILEGES,
     DEMO_RESOURCE_SERVERS,
     DEMO_USERS,
 )
-from approvals.models import Privilege
-from approvals.services import privilege_save
+from approvals.models import Eligibility, Privilege
+from approvals.services import eligibility_grant, privilege_save
 from audit.services import Actor
 
 
@@ -61,6 +62,7 @@ class Command(BaseCommand):
             self._load_catalog(actor)
             self._load_approvers(actor)
             self._load_lifecycle(actor)
+            self._load_eligibility()
         self.stdout.write("Demo data ready.")
         if print_logins:
             self.stdout.write("\n  Demo logins (username / password):")
@@ -184,3 +186,23 @@ class Command(BaseCommand):
             if agent is None or BackupApprover.objects.filter(agent=agent, user=person).exists():
                 continue
             backup_approver_add(agent=agent, user=person, by=admin)
+
+    def _load_eligibility(self):
+        """Each demo agent's sponsor makes it eligible for what its presets ask for
+        (eligibility.granted)."""
+        for path, name, max_duration in DEMO_ELIGIBILITY:
+            agent = Agent.objects.filter(spiffe_id=demo_spiffe_id(path)).first()
+            resource, action = name.split(":")
+            privilege = Privilege.objects.get(resource=resource, action=action)
+            if (
+                agent is None
+                or Eligibility.objects.in_force().filter(agent=agent, privilege=privilege).exists()
+            ):
+                continue
+            eligibility_grant(
+                agent=agent,
+                privilege=privilege,
+                by=agent.sponsor,
+                max_duration_seconds=max_duration,
+                reason="Demo: what this agent's tasks need.",
+            )

@@ -1,0 +1,124 @@
+"""REST API for eligibility: an agent lists what it may ask for at all, and asks to become
+eligible for more (its sponsor decides). One small view per operation."""
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents.permissions import IsAgent
+from approvals import selectors, services
+from approvals.models import Eligibility, EligibilityRequest
+
+
+class EligibilityOutputSerializer(serializers.ModelSerializer):
+    privilege = serializers.CharField(source="privilege.name")
+    risk = serializers.CharField(source="privilege.risk")
+    max_duration_seconds = serializers.SerializerMethodField(
+        help_text="The longest one request may ask for: the eligibility's own limit, else the "
+        "privilege's maximum."
+    )
+    environment = serializers.CharField(help_text="Empty: any environment.")
+
+    class Meta:
+        model = Eligibility
+        fields = [
+            "id",
+            "privilege",
+            "risk",
+            "max_duration_seconds",
+            "environment",
+            "ends_at",
+            "granted_by",
+            "created_at",
+        ]
+
+    def get_max_duration_seconds(self, eligibility) -> int:
+        return eligibility.max_duration_seconds or eligibility.privilege.max_duration_seconds
+
+
+class EligibilityListOutputSerializer(serializers.Serializer):
+    results = EligibilityOutputSerializer(many=True)
+
+
+class EligibilityRequestOutputSerializer(serializers.ModelSerializer):
+    privilege = serializers.CharField(source="privilege.name")
+    eligibility_id = serializers.IntegerField(allow_null=True)
+
+    class Meta:
+        model = EligibilityRequest
+        fields = [
+            "id",
+            "privilege",
+            "status",
+            "max_duration_seconds",
+            "environment",
+            "ends_at",
+            "justification",
+            "created_at",
+            "decided_at",
+            "comment",
+            "eligibility_id",
+        ]
+
+
+class EligibilityListApi(APIView):
+    permission_classes = [IsAgent]
+
+    @extend_schema(
+        responses=EligibilityListOutputSerializer,
+        summary="What the calling agent may ask for at all",
+    )
+    def get(self, request):
+        eligibility = selectors.agent_eligibility(request.user.agent)
+        return Response({"results": EligibilityOutputSerializer(eligibility[:500], many=True).data})
+
+
+class EligibilityRequestCreateApi(APIView):
+    permission_classes = [IsAgent]
+
+    @extend_schema_serializer(component_name="EligibilityRequestInput")
+    class InputSerializer(serializers.Serializer):
+        privilege = serializers.CharField(max_length=201)
+        justification = serializers.CharField(max_length=2000)
+        max_duration_seconds = serializers.IntegerField(
+            required=False, allow_null=True, min_value=1, max_value=7 * 24 * 3600
+        )
+        environment = serializers.CharField(
+            required=False, allow_blank=True, default="", max_length=100
+        )
+        ends_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: EligibilityRequestOutputSerializer},
+        summary="Ask to become eligible for a privilege; the agent's sponsor decides",
+    )
+    def post(self, request):
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        eligibility_request = services.eligibility_request_submit(
+            agent=request.user.agent,
+            privilege_name=data["privilege"],
+            justification=data["justification"],
+            max_duration_seconds=data.get("max_duration_seconds"),
+            environment=data.get("environment", ""),
+            ends_at=data.get("ends_at"),
+        )
+        return Response(
+            EligibilityRequestOutputSerializer(eligibility_request).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class EligibilityRequestDetailApi(APIView):
+    permission_classes = [IsAgent]
+
+    @extend_schema(responses=EligibilityRequestOutputSerializer)
+    def get(self, request, eligibility_request_id: int):
+        eligibility_request = get_object_or_404(
+            selectors.agent_eligibility_requests(request.user.agent), pk=eligibility_request_id
+        )
+        return Response(EligibilityRequestOutputSerializer(eligibility_request).data)
