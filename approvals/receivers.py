@@ -1,7 +1,8 @@
 """What approvals does when something below it changes.
 
 - An agent suspended or retired (`agents.signals.agent_deactivated`, the one seam from agents to
-  approvals): its pending requests and live grants end, in the sender's transaction (invariant 5).
+  approvals): its pending requests and live grants end, in the sender's transaction (invariant 5);
+  retired, what it was eligible for ends too (kept as history).
 - An agent orphaned or dormant (`agents.signals.agent_flagged`): an orphan's pending requests
   escalate to its backups and team in the sender's transaction; the people hear by Slack on commit.
 - A privilege's approver group confers the right to approve: joining or leaving it is evidence
@@ -18,13 +19,20 @@ from agents.receivers import audit_conferring_membership
 from agents.signals import agent_deactivated, agent_flagged
 from approvals import notifications
 from approvals.models import Privilege
-from approvals.services import access_requests_escalate_for_orphan, grants_revoke_for_agent
+from approvals.services import (
+    access_requests_escalate_for_orphan,
+    eligibility_end_for_retired_agent,
+    grants_revoke_for_agent,
+)
 
 
 @receiver(agent_deactivated)
-def end_privileges_of_deactivated_agent(sender, agent, actor, detail, **kwargs):
-    # Called with the agent row locked; takes requests, then grants, the chain head last.
+def end_privileges_of_deactivated_agent(sender, agent, actor, detail, status=None, **kwargs):
+    # Called with the agent row locked; takes requests, then grants, other rows (eligibility),
+    # the chain head last.
     grants_revoke_for_agent(agent=agent, actor=actor, reason_detail=detail)
+    if status == "retired":
+        eligibility_end_for_retired_agent(agent=agent, actor=actor)
 
 
 @receiver(agent_flagged)

@@ -38,6 +38,7 @@ from approvals.services.decisions import (
 )
 from approvals.services.delegation import delegation_exchange
 from approvals.services.eligibility import (
+    eligibility_end_for_retired_agent,
     NOT_A_MANAGER,
     eligibility_grant,
     eligibility_remove,
@@ -100,6 +101,7 @@ __all__ = [
     "comment_refusal",
     "delegation_exchange",
     "delegations_cancel_orphaned",
+    "eligibility_end_for_retired_agent",
     "eligibility_grant",
     "eligibility_remove",
     "eligibility_request_decide",

@@ -205,6 +205,57 @@ def eligibility_remove(*, eligibility_id: int, agent: Agent, by, reason: str = "
     return eligibility
 
 
+def eligibility_end_for_retired_agent(*, agent: Agent, actor: Actor) -> int:
+    """Retirement removes what the agent was eligible for and denies what it asked to become
+    eligible for, keeping both as history. Runs in the retirement's transaction, under the agent
+    row lock its sender holds (then these rows, the chain head last). Answers how many ended."""
+    now = timezone.now()
+    ended = list(
+        Eligibility.objects.select_for_update(no_key=True)
+        .select_related("privilege")
+        .filter(agent=agent, removed_at__isnull=True)
+        .order_by("pk")
+    )
+    for eligibility in ended:
+        eligibility.removed_at = now
+        eligibility.removed_by = actor.id[:254]
+        eligibility.save(update_fields=["removed_at", "removed_by"])
+        record(
+            actor=actor,
+            verb="eligibility.removed",
+            agent_id=agent.pk,
+            data={
+                "eligibility_id": eligibility.pk,
+                "privilege": eligibility.privilege.name,
+                "reason": "agent retired",
+            },
+        )
+    asked = list(
+        EligibilityRequest.objects.select_for_update(no_key=True)
+        .select_related("privilege")
+        .filter(agent=agent, status=EligibilityRequest.Status.PENDING)
+        .order_by("pk")
+    )
+    for eligibility_request in asked:
+        eligibility_request.status = EligibilityRequest.Status.DENIED
+        eligibility_request.decided_at = now
+        eligibility_request.decided_by = actor.id[:254]
+        eligibility_request.comment = "The agent was retired."
+        eligibility_request.save(update_fields=["status", "decided_at", "decided_by", "comment"])
+        record(
+            actor=actor,
+            verb="eligibility.request_decided",
+            agent_id=agent.pk,
+            data={
+                "eligibility_request_id": eligibility_request.pk,
+                "privilege": eligibility_request.privilege.name,
+                "verdict": "deny",
+                "comment": eligibility_request.comment,
+            },
+        )
+    return len(ended)
+
+
 # --- an agent asks to become eligible; the people who decide its requests answer -------------
 
 

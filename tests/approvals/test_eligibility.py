@@ -364,3 +364,33 @@ def test_a_live_grant_ends_at_its_next_token_refresh_once_its_eligibility_is_rem
     assert "Invoice bot is not eligible for payments-db:read" in refused.json()["error"]["message"]
     grant = agent.grants.get(pk=grant_id)
     assert (grant.is_active(), grant.revoke_reason) == (False, "policy")
+
+
+def test_retiring_an_agent_in_admin_ends_its_eligibility_and_denies_what_it_asked_for(
+    agent_api, agent, privileges, admin_user, client
+):
+    read = make_eligible(agent, privileges["read"])
+    asked = ask(agent_api).json()["id"]
+    client.force_login(admin_user)
+
+    retired = client.post(
+        "/admin/agents/agent/",
+        {"action": "retire_agents", "_selected_action": [agent.pk]},
+    )
+
+    assert retired.status_code == 302
+    read.refresh_from_db()
+    assert read.removed_at is not None and read.removed_by == "admin"
+    assert not Eligibility.objects.filter(agent=agent, removed_at__isnull=True).exists()
+    eligibility_request = EligibilityRequest.objects.get(pk=asked)
+    assert (eligibility_request.status, eligibility_request.comment) == (
+        "denied",
+        "The agent was retired.",
+    )
+    verbs = list(
+        AuditEvent.objects.filter(agent_id=agent.pk)
+        .order_by("sequence")
+        .values_list("verb", flat=True)
+    )
+    assert verbs[-3:] == ["agent.retired", "eligibility.removed", "eligibility.request_decided"]
+    assert verify_chain().ok
