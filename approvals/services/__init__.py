@@ -38,8 +38,8 @@ from approvals.services.decisions import (
 )
 from approvals.services.delegation import delegation_exchange
 from approvals.services.eligibility import (
-    eligibility_end_for_retired_agent,
     NOT_A_MANAGER,
+    eligibility_end_for_retired_agent,
     eligibility_grant,
     eligibility_remove,
     eligibility_request_decide,
