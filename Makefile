@@ -59,8 +59,8 @@ chromium:
 	[ -x "$(CHROMIUM)" ] || { echo "make: apt-get ran, but $(CHROMIUM) is still missing." >&2; exit 1; }
 
 screenshots: $(STAMP) chromium
-	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend/test_browser.py \
-		tests/frontend/test_first_approval.py tests/frontend/test_browser_inbox.py -q
+	# Every browser test (tests marked browser under tests/frontend), desktop and 360 px shots.
+	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend -m browser -q
 
 # ruff, then import-linter's contracts in pyproject.toml (the layers between and inside apps).
 lint: $(STAMP)

@@ -1,7 +1,15 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import inbox, views, views_lifecycle, views_live, views_profile, views_signin
+from frontend import (
+    inbox,
+    views,
+    views_lifecycle,
+    views_live,
+    views_nav,
+    views_profile,
+    views_signin,
+)
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -36,6 +44,7 @@ urlpatterns = [
     path("audit/", views.audit, name="audit"),
     path("audit/verify/", views.audit_verify, name="audit-verify"),
     path("profile/", views_profile.profile, name="profile"),
+    path("nav/pending/", views_nav.pending_badge, name="nav-pending"),
     # allauth's sign-in: the password, then the second factor when the person has one.
     path("login/", views_signin.SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
