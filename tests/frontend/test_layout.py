@@ -3,6 +3,8 @@ pending badge counts, error pages are Custody's own, and a refused htmx action s
 
 Driven in Debian's Chromium like test_browser.py (whose fixtures this module shares)."""
 
+import re
+
 import pytest
 from django.urls import path
 from playwright.sync_api import expect
@@ -169,3 +171,141 @@ def test_every_page_fits_the_screen_without_sideways_scrolling(
             screenshot(page, f"pages/{name}")
 
     assert problems == {}, f"too wide for {viewport['width']} px: {problems}"
+
+
+# --- the nav on a phone --------------------------------------------------------------------------
+
+
+def test_the_nav_collapses_behind_a_menu_button_on_a_phone(open_page, agent, pending, privileges):
+    pending(task_id="menu")
+    page = open_page("sponsor", viewport=PHONE, next_path="/")
+    nav = page.get_by_role("navigation", name="Main")
+    menu = page.get_by_role("button", name="Menu")
+
+    expect(menu).to_be_visible()
+    expect(menu).to_have_attribute("aria-expanded", "false")
+    expect(menu).to_have_attribute("aria-controls", "site-nav")
+    expect(menu.locator(".badge")).to_have_attribute("data-count", "1")  # shown while closed
+    expect(nav).to_be_hidden()
+    assert too_wide(page, PHONE["width"]) == []
+
+    menu.click()
+    expect(menu).to_have_attribute("aria-expanded", "true")
+    expect(nav.get_by_role("link", name="Grants")).to_be_visible()
+    expect(page.get_by_role("button", name="Log out")).to_be_visible()
+    assert too_wide(page, PHONE["width"]) == []
+    screenshot(page, "phone/nav-open", full_page=False, phone=False)
+
+    page.keyboard.press("Escape")
+    expect(menu).to_have_attribute("aria-expanded", "false")
+    expect(nav).to_be_hidden()
+    expect(menu).to_be_focused()
+
+    menu.click()
+    nav.get_by_role("link", name="Grants").click()
+    expect(page).to_have_url(re.compile(r"/grants/$"))
+    expect(page.get_by_role("button", name="Menu")).to_have_attribute("aria-expanded", "false")
+
+
+def test_the_nav_is_a_row_of_links_on_a_wide_screen(open_page, agent, privileges):
+    page = open_page("sponsor", viewport=DESKTOP, next_path="/")
+
+    expect(page.get_by_role("button", name="Menu")).to_be_hidden()
+    nav = page.get_by_role("navigation", name="Main")
+    for name in ("Dashboard", "Inbox", "Grants", "Agents", "Audit"):
+        expect(nav.get_by_role("link", name=name)).to_be_visible()
+
+
+# --- the pending badge ---------------------------------------------------------------------------
+
+
+def test_the_nav_badge_counts_what_waits_for_me_as_requests_arrive_and_are_decided(
+    open_page, agent, pending, privileges
+):
+    first = pending(task_id="badge-1")
+    page = open_page("sponsor")  # the inbox
+    badge = page.locator("#nav-pending")
+    expect(badge).to_have_attribute("data-count", "1")
+    expect(
+        page.get_by_role("link", name=re.compile(r"^Inbox ?\(1 waiting for your decision\)$"))
+    ).to_be_visible()
+
+    page.clock.install()  # the inbox's ten-second refresh, without waiting ten seconds
+    page.reload()
+    pending(task_id="badge-2")  # a request arrives while the page is open
+    page.clock.run_for(11_000)
+    expect(page.locator("tr[id^=request-]")).to_have_count(2)
+    expect(badge).to_have_attribute("data-count", "2")
+
+    page.locator(f"#request-{first.pk}").get_by_role("button", name="Approve").click()
+    expect(page.locator(f"#request-{first.pk}")).to_contain_text("Approved")
+    expect(badge).to_have_attribute("data-count", "1")
+    expect(page.locator("#menu-pending")).to_have_attribute("data-count", "1")  # the menu's copy
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Grants").click()
+    expect(page.locator("#nav-pending")).to_have_attribute("data-count", "1")
+
+
+# --- a refused htmx action stays in its row, DEBUG or not ---------------------------------------
+
+
+@pytest.mark.parametrize("debug", [True, False], ids=["debug", "production"])
+def test_a_refused_decision_is_told_in_its_row_and_the_page_stays(
+    open_page, settings, agent, pending, privileges, debug
+):
+    # In DEBUG, django-htmx's debug script replaces the whole page with a 400/403/404/500
+    # answer: a refusal must stay in its row all the same.
+    settings.DEBUG = debug
+    from agents.services import backup_approver_add, backup_approver_remove
+
+    keeper = UserFactory(username="keeper", is_superuser=True)
+    teammate = UserFactory(username="teammate")
+    teammate.groups.add(agent.team)  # sees the agent's requests whatever happens to the right
+    backup_approver_add(agent=agent, user=teammate, by=keeper)
+    lost_right, too_long = pending(task_id="lost-right"), pending(task_id="too-long")
+
+    page = open_page("teammate")
+    if debug:
+        expect(page.locator("script[src*='django-htmx']")).to_have_count(1)
+    page.evaluate("window.custodyNotReloaded = true")
+    backup_approver_remove(agent=agent, user=teammate, by=keeper)  # while the page is open
+
+    row = page.locator(f"#request-{lost_right.pk}")
+    row.get_by_role("button", name="Approve").click()
+    expect(row).to_contain_text("You may not decide requests for this agent.")  # 403
+    expect(page.locator("h1")).to_have_text("Inbox")
+    expect(page.locator(f"#request-{too_long.pk}")).to_be_visible()
+    assert page.evaluate("window.custodyNotReloaded") is True
+
+    row = page.locator(f"#request-{too_long.pk}")
+    comment = row.get_by_label("Comment (optional)")
+    comment.evaluate("area => area.removeAttribute('maxlength')")
+    comment.fill("x" * 2001)
+    row.get_by_role("button", name="Deny").click()
+    expect(row).to_contain_text("a comment is at most 2000 characters")  # 400
+    expect(page.locator("h1")).to_have_text("Inbox")
+    assert page.evaluate("window.custodyNotReloaded") is True
+    screenshot(page, f"inbox-refused-{'debug' if debug else 'production'}", full_page=False)
+    assert not lost_right.decisions.exists() and not too_long.decisions.exists()
+
+
+def test_an_htmx_action_on_something_gone_says_so_above_the_page(
+    open_page, agent, backup_approver, pending, privileges
+):
+    from agents.services import backup_approver_remove
+
+    access_request = pending(task_id="vanishes")
+    page = open_page("backup")
+    page.evaluate("window.custodyNotReloaded = true")
+    # No longer a backup approver while the page is open: the request is not theirs to see.
+    keeper = UserFactory(username="keeper", is_superuser=True)
+    backup_approver_remove(agent=agent, user=backup_approver, by=keeper)
+
+    page.locator(f"#request-{access_request.pk}").get_by_role("button", name="Approve").click()
+
+    expect(page.locator("#messages")).to_contain_text(
+        f"There is no request #{access_request.pk} that you can see."
+    )
+    expect(page.locator("h1")).to_have_text("Inbox")
+    assert page.evaluate("window.custodyNotReloaded") is True
+    assert not access_request.decisions.exists()

@@ -87,11 +87,11 @@
     if (verb !== "get" || elt.id === "inbox") { pendingMayHaveChanged(); }
   });
 
-  // A refusal rendered for its row (400, 403 or 409 with a fragment, not a whole page) is
+  // A refusal rendered for its row (400, 403, 404 or 409 with a fragment, not a whole page) is
   // swapped in place by htmx (see htmx-config in base.html). In DEBUG, django-htmx's debug
   // script would replace the whole page with it; this listener runs first and keeps the event
   // from reaching it. Whole pages (Django's debug pages) still go to the debug script.
-  var IN_PLACE = [400, 403, 409];
+  var IN_PLACE = [400, 403, 404, 409];
   window.addEventListener("htmx:beforeOnLoad", function (event) {
     var xhr = event.detail.xhr;
     if (!xhr || IN_PLACE.indexOf(xhr.status) === -1) { return; }
