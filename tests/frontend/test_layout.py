@@ -309,3 +309,18 @@ def test_an_htmx_action_on_something_gone_says_so_above_the_page(
     expect(page.locator("h1")).to_have_text("Inbox")
     assert page.evaluate("window.custodyNotReloaded") is True
     assert not access_request.decisions.exists()
+
+
+def test_an_htmx_action_that_fails_on_our_side_says_so_and_keeps_the_page(
+    open_page, settings, agent, pending, privileges
+):
+    settings.ROOT_URLCONF = __name__  # the project's URLs and /boom/
+    access_request = pending(task_id="still-here")
+    page = open_page("sponsor")
+
+    page.evaluate("htmx.ajax('GET', '/boom/', {target: '#inbox', swap: 'innerHTML'})")
+
+    expect(page.get_by_role("alert")).to_have_text(
+        "Custody could not do that (error 500); nothing was changed. Reload the page and try again."
+    )
+    expect(page.locator(f"#request-{access_request.pk}")).to_be_visible()
