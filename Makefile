@@ -58,8 +58,8 @@ chromium:
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium && \
 	[ -x "$(CHROMIUM)" ] || { echo "make: apt-get ran, but $(CHROMIUM) is still missing." >&2; exit 1; }
 
+# Every browser test under tests/frontend: desktop shots, each with a 360 px twin under phone/.
 screenshots: $(STAMP) chromium
-	# Every browser test (tests marked browser under tests/frontend), desktop and 360 px shots.
 	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend -m browser -q
 
 # ruff, then import-linter's contracts in pyproject.toml (the layers between and inside apps).
