@@ -67,3 +67,13 @@ def test_the_badge_costs_nothing_on_fragments_and_one_count_on_pages(web, sponso
     assert "nav-pending" not in client.get("/inbox/", **HTMX).content.decode()
     assert not [q for q in partial.captured_queries if "COUNT(" in q["sql"].upper()]
     assert len(counts) == 1
+
+
+def test_the_nav_marks_the_page_the_person_is_on(web, sponsor):
+    client = web(sponsor)
+
+    grants = client.get("/grants/").content.decode()
+    agents = client.get("/agents/").content.decode()
+
+    assert re.findall(r'<a href="([^"]+)" aria-current="page">', grants) == ["/grants/"]
+    assert re.findall(r'<a href="([^"]+)" aria-current="page">', agents) == ["/agents/"]
