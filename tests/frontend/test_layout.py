@@ -144,6 +144,7 @@ def every_page(agent, sponsor, team, backup_approver, pending, privileges):
         "agent-suspend": (f"/agents/{long_agent.pk}/suspend/", "sponsor"),
         "audit": ("/audit/", "sponsor"),
         "step-up": ("/step-up/", "sponsor"),
+        "profile": ("/profile/", "sponsor"),
         "error-403": (f"/grants/{root.pk}/revoke/", "teammate"),
         "error-404": ("/requests/999999/", "sponsor"),
         "error-500": ("/boom/", "sponsor"),
