@@ -145,6 +145,10 @@ def every_page(agent, sponsor, team, backup_approver, pending, privileges):
         "audit": ("/audit/", "sponsor"),
         "step-up": ("/step-up/", "sponsor"),
         "profile": ("/profile/", "sponsor"),
+        "security": ("/account/security/", "sponsor"),
+        "totp-activate": ("/accounts/2fa/totp/activate/", "sponsor"),
+        "passkey-add": ("/accounts/2fa/webauthn/add/", "sponsor"),
+        "password-change": ("/accounts/password/change/", "sponsor"),
         "error-403": (f"/grants/{root.pk}/revoke/", "teammate"),
         "error-404": ("/requests/999999/", "sponsor"),
         "error-500": ("/boom/", "sponsor"),
@@ -279,7 +283,7 @@ def test_a_refused_decision_is_told_in_its_row_and_the_page_stays(
     assert page.evaluate("window.custodyNotReloaded") is True
 
     row = page.locator(f"#request-{too_long.pk}")
-    comment = row.get_by_label("Comment (optional)")
+    comment = row.get_by_label(re.compile(r"^Comment"))
     comment.evaluate("area => area.removeAttribute('maxlength')")
     comment.fill("x" * 2001)
     row.get_by_role("button", name="Deny").click()
