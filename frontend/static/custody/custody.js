@@ -75,16 +75,28 @@
     });
   }
 
-  // The nav's pending badge asks again after anything that can change the count: a decision
-  // (any htmx action) or the inbox's own refresh.
+  // The nav's pending badge asks again after anything that can change the count: an htmx
+  // action (a decision, a bulk denial) or the inbox's own refresh. An element that replaced
+  // itself (outerHTML) is no longer in the page, so new content is watched too (htmx:load).
+  var pendingAsked = false;
   function pendingMayHaveChanged() {
-    document.body.dispatchEvent(new CustomEvent("custody:pending"));
+    if (pendingAsked) { return; }
+    pendingAsked = true;
+    setTimeout(function () {
+      pendingAsked = false;
+      document.body.dispatchEvent(new CustomEvent("custody:pending"));
+    }, 0);
   }
   document.addEventListener("htmx:afterRequest", function (event) {
     var elt = event.detail.elt;
     if (!elt || elt.hasAttribute("data-pending-badge")) { return; }
     var verb = (event.detail.requestConfig && event.detail.requestConfig.verb) || "get";
     if (verb !== "get" || elt.id === "inbox") { pendingMayHaveChanged(); }
+  });
+  document.addEventListener("htmx:load", function (event) {
+    var elt = event.detail.elt;
+    if (!elt || elt === document.body || !elt.matches) { return; }
+    if (elt.id === "inbox" || elt.matches("tr[id^='request-']")) { pendingMayHaveChanged(); }
   });
 
   // A refusal rendered for its row (400, 403, 404 or 409 with a fragment, not a whole page) is
