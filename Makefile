@@ -58,9 +58,9 @@ chromium:
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium && \
 	[ -x "$(CHROMIUM)" ] || { echo "make: apt-get ran, but $(CHROMIUM) is still missing." >&2; exit 1; }
 
+# Every browser test under tests/frontend: desktop shots, each with a 360 px twin under phone/.
 screenshots: $(STAMP) chromium
-	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend/test_browser.py \
-		tests/frontend/test_first_approval.py tests/frontend/test_browser_inbox.py -q
+	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend -m browser -q
 
 # ruff, then import-linter's contracts in pyproject.toml (the layers between and inside apps).
 lint: $(STAMP)

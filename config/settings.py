@@ -48,6 +48,8 @@ if not ALLOWED_HOSTS:
         "ALLOWED_HOSTS must be set when DEBUG is off (comma-separated host names)."
     )
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# A refused form says why in a sentence (JSON under /api/), not Django's developer page.
+CSRF_FAILURE_VIEW = "frontend.errors.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -105,6 +107,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "frontend.context_processors.pending_for_me",
             ],
         },
     },

@@ -9,10 +9,11 @@ from approvals import slack_views
 from approvals.apis import JwksApi
 from audit.apis import CheckpointKeyApi
 
-handler400 = "core.api_errors.bad_request"
-handler403 = "core.api_errors.permission_denied"
-handler404 = "core.api_errors.page_not_found"
-handler500 = "core.api_errors.server_error"
+# JSON under /api/ (core.api_errors), Custody's own pages elsewhere (frontend.errors).
+handler400 = "frontend.errors.bad_request"
+handler403 = "frontend.errors.permission_denied"
+handler404 = "frontend.errors.page_not_found"
+handler500 = "frontend.errors.server_error"
 
 # Admins sign in on the same page as everyone, so a second factor guards the admin too.
 admin.site.login = secure_admin_login(admin.site.login)

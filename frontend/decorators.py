@@ -13,7 +13,6 @@ from django.contrib.auth.decorators import login_required as django_login_requir
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
-from django.shortcuts import get_object_or_404
 from django_htmx.http import HttpResponseClientRedirect
 
 from agents.models import Agent
@@ -30,6 +29,13 @@ RESTRICTED = {
         selectors.requests_visible_to,
         ("agent__sponsor", "agent__team", "privilege", "parent_grant"),
     ),
+}
+# What a page calls the object in its "not found" sentence, and the right a refusal names.
+NOUNS = {Agent: "agent", Grant: "grant", AccessRequest: "request"}
+RIGHTS = {
+    "agents.manage_agent": "manage (suspend, reactivate, revoke the grants of)",
+    "agents.approve_for_agent": "approve requests for",
+    "agents.manage_approvers": "change who may approve for",
 }
 
 
@@ -62,12 +68,17 @@ def object_permission_required(permission: str | None, model, url_kwarg: str):
     def decorate(view):
         @wraps(view)
         def wrapper(request, *args, **kwargs):
-            target = get_object_or_404(
-                visible_to(request.user).select_related(*related), pk=kwargs.pop(url_kwarg)
-            )
+            pk = kwargs.pop(url_kwarg)
+            target = visible_to(request.user).select_related(*related).filter(pk=pk).first()
+            if target is None:
+                raise Http404(f"There is no {NOUNS[model]} #{pk} that you can see.")
             agent = target if isinstance(target, Agent) else target.agent
             if permission is not None and not has_agent_permission(request.user, permission, agent):
-                raise PermissionDenied(f"You need {permission} on {agent.name}.")
+                needed = RIGHTS.get(permission, permission)
+                raise PermissionDenied(
+                    f"You may not do this: it needs the right to {needed} {agent.name}, "
+                    "which you do not hold."
+                )
             return view(request, *args, **{argument: target}, **kwargs)
 
         return wrapper

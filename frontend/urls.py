@@ -7,6 +7,7 @@ from frontend import (
     views_eligibility,
     views_lifecycle,
     views_live,
+    views_nav,
     views_profile,
     views_signin,
 )
@@ -59,6 +60,7 @@ urlpatterns = [
     path("audit/", views.audit, name="audit"),
     path("audit/verify/", views.audit_verify, name="audit-verify"),
     path("profile/", views_profile.profile, name="profile"),
+    path("nav/pending/", views_nav.pending_badge, name="nav-pending"),
     # allauth's sign-in: the password, then the second factor when the person has one.
     path("login/", views_signin.SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

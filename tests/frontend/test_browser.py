@@ -1,7 +1,8 @@
 """The web UI in a real browser: Debian's Chromium driven by Playwright against the live server.
 
-Each test saves a screenshot under test-results/screenshots/; `make screenshots` runs them with
-CUSTODY_SCREENSHOTS=docs/screenshots to refresh the set the README shows."""
+Each test saves screenshots under test-results/screenshots/ (desktop, and phone/ at 360 px);
+`make screenshots` runs the browser tests with CUSTODY_SCREENSHOTS=docs/screenshots to refresh
+the set the README shows."""
 
 import json
 import os
@@ -36,7 +37,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
+PHONE = {"width": 360, "height": 740}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,8 @@ def browser():
 
 @pytest.fixture
 def open_page(browser, live_server, settings):
-    """A fresh browser context (its own cookies) signed in through the login page."""
+    """A fresh browser context (its own cookies) signed in through the login page (with no
+    username: not signed in, at `next_path`)."""
     # The live server speaks plain HTTP; production's Secure cookies would never come back.
     settings.SESSION_COOKIE_SECURE = False
     settings.CSRF_COOKIE_SECURE = False
@@ -67,6 +69,8 @@ def open_page(browser, live_server, settings):
         contexts.append(context)
         page = context.new_page()
         page.goto(next_path)
+        if username is None:
+            return page
         expect(page).to_have_url(f"{live_server.url}/login/?next={next_path}")
         page.get_by_label("Username").fill(username)
         page.get_by_label("Password").fill(PASSWORD)
@@ -79,9 +83,22 @@ def open_page(browser, live_server, settings):
         context.close()
 
 
-def screenshot(page, name: str, *, full_page: bool = True) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+def screenshot(page, name: str, *, full_page: bool = True, phone: bool = True) -> None:
+    """<name>.png as the page stands and, from a wider viewport, phone/<name>.png of the same
+    page at a phone's 360 px (the viewport is put back afterwards)."""
+    shot = SCREENSHOTS / f"{name}.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot), full_page=full_page)
+    viewport = page.viewport_size
+    if not phone or viewport is None or viewport["width"] <= PHONE["width"]:
+        return
+    twin = SCREENSHOTS / "phone" / f"{name}.png"
+    twin.parent.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size(PHONE)
+    try:
+        page.screenshot(path=str(twin), full_page=full_page)
+    finally:
+        page.set_viewport_size(viewport)
 
 
 def agent_asks(live_server, signer, agent, privilege, *, task_id, duration=600, **intent) -> dict:
