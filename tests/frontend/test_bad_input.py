@@ -49,7 +49,8 @@ def test_the_audit_pages_agent_filter_takes_only_an_agent_it_lists(web, admin_us
     @example(value="²")
     def check(value):
         response = client.get("/audit/", {"agent": value})
-        if value in ("", str(agent.pk)):
+        # Surrounding spaces are trimmed, as every form field does: " 7" names agent 7.
+        if value.strip() in ("", str(agent.pk)):
             assert response.status_code == 200
         else:
             assert response.status_code == 400, (value, response.status_code)
