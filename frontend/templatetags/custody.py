@@ -94,3 +94,10 @@ def duration_until(start, end):
 def day(value):
     """A calendar date (a review's due date) in the one date format: "29 Nov 2026"."""
     return day_words(value) if value else "—"
+
+
+@register.filter
+def verb(value: str) -> str:
+    """An audit verb that may wrap after its dot (`grant.<wbr>revoked`), never inside a word."""
+    family, dot, rest = str(value).partition(".")
+    return format_html("{}{}<wbr>{}", family, dot, rest) if dot else conditional_escape(value)

@@ -543,7 +543,8 @@ def test_the_request_page_shows_everything_but_the_token(web, sponsor, agent, pr
     assert token.split(".")[1] not in html  # not even the claims segment
     assert "eyJ" not in html
     for verb in ("request.created", "policy.evaluated", "decision.recorded", "grant.issued"):
-        assert f"<td><code>{verb}</code></td>" in html
+        family, rest = verb.split(".")
+        assert f'<td class="verb"><code>{family}.<wbr>{rest}</code></td>' in html
 
 
 def test_the_request_page_shows_each_decision_with_channel_and_comment(
