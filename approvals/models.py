@@ -601,3 +601,6 @@ class EligibilityRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent.name} asks to be eligible for {self.privilege.name}"
+
+
+from approvals.review_models import Review  # noqa: E402, F401  (registered with this app)

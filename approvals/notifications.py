@@ -69,3 +69,8 @@ def grants_ended(access_request_ids: list[int]) -> None:
 def agent_flagged(agent_id: int, flag: str) -> None:
     """An agent was orphaned (its team and backups hear) or went dormant (its sponsor hears)."""
     _send_on_commit("approvals.tasks.notify_agent_flagged", agent_id, flag)
+
+
+def review_notice(review_id: int, kind: str) -> None:
+    """A review opened ("due": its sponsor hears) or escalated ("escalated": its team hears)."""
+    _send_on_commit("approvals.tasks.notify_review", review_id, kind)
