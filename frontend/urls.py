@@ -9,6 +9,7 @@ from frontend import (
     views_live,
     views_nav,
     views_profile,
+    views_reviews,
     views_signin,
 )
 
@@ -24,6 +25,8 @@ urlpatterns = [
     path("grants/active/", views_live.dashboard_active, name="grants-active"),
     path("grants/<int:grant_id>/revoke/", views.grant_revoke, name="grant-revoke"),
     path("agents/", views.agents, name="agents"),
+    path("reviews/", views_reviews.reviews, name="reviews"),
+    path("reviews/<int:review_id>/", views_reviews.review_detail, name="review"),
     path("agents/<int:agent_id>/", views.agent_detail, name="agent"),
     path(
         "agents/<int:agent_id>/approvers/add/",
