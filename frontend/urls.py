@@ -26,6 +26,7 @@ urlpatterns = [
     path("grants/<int:grant_id>/revoke/", views.grant_revoke, name="grant-revoke"),
     path("agents/", views.agents, name="agents"),
     path("reviews/", views_reviews.reviews, name="reviews"),
+    path("reviews/evidence/", views_reviews.review_evidence, name="review-evidence"),
     path("reviews/<int:review_id>/", views_reviews.review_detail, name="review"),
     path("agents/<int:agent_id>/", views.agent_detail, name="agent"),
     path(

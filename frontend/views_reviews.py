@@ -5,13 +5,17 @@ through `review_complete`, the one service. Only the sponsor or an admin sees a 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.http import Http404
+from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
+from django.utils import timezone
 
 from approvals import selectors
 from approvals.models import Review
+from approvals.review_evidence import as_csv, as_json, parse_day, period_refusal, review_campaign
 from approvals.services.reviews import review_complete
 from core.errors import DomainError
 from frontend.decorators import login_required
@@ -120,3 +124,41 @@ def review_detail(request, review_id: int):
         f"{f', {removed} eligibility removed' if removed else ''}.",
     )
     return redirect("review", review_id=review.pk)
+
+
+def may_read_evidence(user) -> bool:
+    """Admins, and people given the 'view review' permission (auditors)."""
+    return user.is_active and (user.is_superuser or user.has_perm("approvals.view_review"))
+
+
+@login_required
+def review_evidence(request):
+    """Campaign evidence for a period: the printable report, or CSV / JSON to download."""
+    if not may_read_evidence(request.user):
+        return render(
+            request,
+            "403.html",
+            {"message": "Only admins and auditors read review evidence."},
+            status=403,
+        )
+    today = timezone.localdate()
+    since_text = request.GET.get("since") or (today - timedelta(days=90)).isoformat()
+    until_text = request.GET.get("until") or today.isoformat()
+    since, until = parse_day(since_text), parse_day(until_text)
+    kind = request.GET.get("format", "html")
+    refusal = period_refusal(since, until)
+    if refusal is None and kind not in ("html", "csv", "json"):
+        refusal = DomainError("The format is html, csv or json.")
+    if refusal is not None:
+        return HttpResponseBadRequest(refusal.message, content_type="text/plain; charset=utf-8")
+    campaign = review_campaign(since=since, until=until)
+    if kind == "html":
+        return render(request, "frontend/review_evidence.html", {"campaign": campaign})
+    body, content_type = (
+        (as_csv(campaign), "text/csv") if kind == "csv" else (as_json(campaign), "application/json")
+    )
+    response = HttpResponse(body, content_type=f"{content_type}; charset=utf-8")
+    response["Content-Disposition"] = (
+        f'attachment; filename="custody-reviews-{since}-{until}.{kind}"'
+    )
+    return response

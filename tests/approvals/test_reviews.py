@@ -4,11 +4,12 @@ opens one review when due, escalates it and expires it with the overdue action; 
 completes it on its page (only the sponsor or an admin; outsiders get 404). The clock moves by
 time-machine. Agents here are eligible only for what a test grants."""
 
+import json
 from datetime import timedelta
 
 import pytest
 import time_machine
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
@@ -18,7 +19,7 @@ from approvals.tasks import sweep_reviews
 from audit.models import AuditEvent
 from audit.services import verify_chain
 from tests.approvals.conftest import submit
-from tests.factories import UserFactory
+from tests.factories import AgentFactory, UserFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.eligibility]
 
@@ -389,3 +390,93 @@ def test_the_overdue_action_may_only_record(agent, used_and_unused, settings):
     assert AuditEvent.objects.get(agent_id=agent.pk, verb="review.expired").data["action"] == (
         "none"
     )
+
+
+# --- campaign evidence -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def campaign(agent, used_and_unused, trust_domain, team, privileges, settings):
+    """Two reviews in one period: Invoice bot's completed (write removed), another expired."""
+    read, write = used_and_unused
+    settings.CUSTODY_REVIEW_GRACE_DAYS = 14
+    other = AgentFactory(name="Quiet bot", sponsor=UserFactory(username="quiet-sponsor"), team=team)
+    make_eligible(other, privileges["admin"])  # critical: due in 30 days
+    other.refresh_from_db()
+    with later((other.review_due - timezone.localdate()).days):
+        sweep()
+    with later((other.review_due - timezone.localdate()).days + 14):
+        sweep()
+    review = due_review(agent)
+    with later((review.due - timezone.localdate()).days):  # answered on the day it is due
+        answered = web(agent.sponsor).post(
+            f"/reviews/{review.pk}/",
+            {f"decision-{read.pk}": "keep", f"decision-{write.pk}": "remove", "verdict": "attest"},
+        )
+    assert answered.status_code == 302
+    return review, Review.objects.get(agent=other)
+
+
+def test_an_admin_exports_the_campaign_as_csv_json_and_a_printable_report(
+    campaign, admin_user, outsider
+):
+    completed, expired = campaign
+    assert expired.opened_at < completed.opened_at  # Quiet bot is due first (critical)
+    since = expired.opened_at.date().isoformat()
+    until = completed.opened_at.date().isoformat()
+    with later((completed.due - timezone.localdate()).days + 1):
+        admin = web(admin_user)
+        report = admin.get(f"/reviews/evidence/?since={since}&until={until}")
+        as_json = admin.get(f"/reviews/evidence/?since={since}&until={until}&format=json")
+        as_csv = admin.get(f"/reviews/evidence/?since={since}&until={until}&format=csv")
+        refused = web(outsider).get(f"/reviews/evidence/?since={since}&until={until}")
+        backwards = admin.get(f"/reviews/evidence/?since={until}&until=2000-01-01")
+    assert report.status_code == 200
+    html = report.content.decode()
+    assert "GOVERN 1.5" in html and "NHI5" in html and "NHI1" in html
+    row = html.split(f'id="review-{completed.pk}"')[1].split("</tr>")[0]
+    assert "completed: attest (on time)" in row and "payments-db:write" in row
+    assert "sponsor / payments-platform" in row
+    assert "expired" in html.split(f'id="review-{expired.pk}"')[1].split("</tr>")[0]
+
+    body = as_json.json()
+    assert as_json["Content-Disposition"].startswith('attachment; filename="custody-reviews-')
+    assert body["summary"]["completed"] == 1 and body["summary"]["expired"] == 1
+    assert body["summary"]["eligibility_removed"] == 1 and body["summary"]["on_time"] == 1
+    assert {control["id"] for control in body["controls"]} >= {"GOVERN 2.1", "NHI1", "NHI5"}
+    (done,) = [row for row in body["reviews"] if row["review_id"] == completed.pk]
+    assert done["reviewer"] == "sponsor" and done["removed"] == ["payments-db:write"]
+    assert done["kept"] == ["payments-db:read"]
+
+    lines = as_csv.content.decode().splitlines()
+    assert lines[0].startswith("review_id,agent_id,agent,spiffe_id,sponsor,team,due")
+    assert len(lines) == 3
+
+    assert refused.status_code == 403
+    assert "Only admins and auditors read review evidence." in refused.content.decode()
+    assert backwards.status_code == 400
+    assert backwards.content.decode() == "The period ends before it starts."
+
+
+def test_the_management_command_writes_the_same_evidence(campaign):
+    completed, expired = campaign
+    out = []
+
+    class Sink:
+        def write(self, text):
+            out.append(text)
+
+        def flush(self):
+            pass
+
+    call_command(
+        "review_evidence",
+        since=expired.opened_at.date().isoformat(),
+        until=completed.opened_at.date().isoformat(),
+        format="json",
+        stdout=Sink(),
+    )
+    body = json.loads("".join(out))
+    assert [row["status"] for row in body["reviews"]] == ["expired", "completed"]
+    with pytest.raises(CommandError, match="Give the period as two dates"):
+        call_command("review_evidence", since="yesterday", until="2026-01-01")

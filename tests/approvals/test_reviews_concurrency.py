@@ -52,7 +52,7 @@ def test_completing_a_review_racing_the_overdue_sweep_closes_it_once(
             client = web(sponsor)  # signed in at the travelled time, before the race starts
             swept, answered = race(
                 lambda: sweep_reviews.apply().get(),
-                lambda review=review, eligibility_id=eligibility_id: client.post(
+                lambda review=review, eligibility_id=eligibility_id, client=client: client.post(
                     f"/reviews/{review.pk}/",
                     {f"decision-{eligibility_id}": "keep", "verdict": "attest"},
                 ),
