@@ -480,3 +480,12 @@ def test_the_management_command_writes_the_same_evidence(campaign):
     assert [row["status"] for row in body["reviews"]] == ["expired", "completed"]
     with pytest.raises(CommandError, match="Give the period as two dates"):
         call_command("review_evidence", since="yesterday", until="2026-01-01")
+
+
+def test_admins_see_reviews_read_only_in_the_admin(agent, used_and_unused, admin_user):
+    review = due_review(agent)
+    admin = web(admin_user)
+    listing = admin.get("/admin/approvals/review/")
+    assert listing.status_code == 200
+    assert f'href="/reviews/{review.pk}/"' in listing.content.decode()
+    assert admin.get("/admin/approvals/review/add/").status_code == 403
