@@ -1,6 +1,8 @@
 """The Review model: a sponsor's periodic recertification of one agent (issue 13, "Reviews").
 Imported by approvals/models.py so Django registers it; kept apart to keep that file short."""
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -69,7 +71,7 @@ class Review(models.Model):
         return f"review of {self.agent.name} due {self.due}"
 
     def grace_ends(self):
-        return self.due + timezone.timedelta(days=settings.CUSTODY_REVIEW_GRACE_DAYS)
+        return self.due + timedelta(days=settings.CUSTODY_REVIEW_GRACE_DAYS)
 
     def escalates_on(self):
-        return self.due + timezone.timedelta(days=settings.CUSTODY_REVIEW_GRACE_DAYS / 2)
+        return self.due + timedelta(days=settings.CUSTODY_REVIEW_GRACE_DAYS / 2)

@@ -192,6 +192,7 @@ def test_expiry_and_notifications_run_on_separate_queues():
         "approvals.tasks.notify_request_changed",
         "approvals.tasks.notify_request_escalated",
         "approvals.tasks.notify_request_pending",
+        "approvals.tasks.notify_review",
     ]
     for name in notifications:
         assert queue(name) == "notifications", name
