@@ -29,8 +29,14 @@ def figure(html: str, href: str) -> int:
 
 @pytest.fixture
 def security_analyst(db):
+    """The security team's role: the posture page, and (for the lists behind its figures)
+    every agent and the whole audit log."""
     user = UserFactory(username="analyst")
-    user.user_permissions.add(Permission.objects.get(codename="view_posture"))
+    user.user_permissions.add(
+        Permission.objects.get(codename="view_posture"),
+        Permission.objects.get(codename="view_agent", content_type__app_label="agents"),
+        Permission.objects.get(codename="view_auditevent"),
+    )
     return user
 
 
@@ -66,13 +72,17 @@ def test_it_sends_the_signed_out_to_sign_in(client):
     assert "/login/" in response["Location"]
 
 
-@pytest.mark.parametrize("who", ["staff", "admin", "permission"])
+@pytest.mark.parametrize("who", ["staff", "admin", "security team", "the permission alone"])
 def test_it_shows_staff_admins_and_the_security_team(web, who, admin_user, security_analyst):
-    person = {
-        "staff": UserFactory(username="staffer", is_staff=True),
-        "admin": admin_user,
-        "permission": security_analyst,
-    }[who]
+    if who == "the permission alone":
+        person = UserFactory(username="posture-only")
+        person.user_permissions.add(Permission.objects.get(codename="view_posture"))
+    else:
+        person = {
+            "staff": UserFactory(username="staffer", is_staff=True),
+            "admin": admin_user,
+            "security team": security_analyst,
+        }[who]
     response = web(person).get("/posture/")
     assert response.status_code == 200
     assert 'href="/posture/"' in response.content.decode()  # and the nav links to it
