@@ -8,6 +8,7 @@ from frontend import (
     views_lifecycle,
     views_live,
     views_nav,
+    views_posture,
     views_profile,
     views_signin,
 )
@@ -57,6 +58,7 @@ urlpatterns = [
         views_lifecycle.agent_take_ownership,
         name="agent-take-ownership",
     ),
+    path("posture/", views_posture.posture_dashboard, name="posture"),
     path("audit/", views.audit, name="audit"),
     path("audit/verify/", views.audit_verify, name="audit-verify"),
     path("profile/", views_profile.profile, name="profile"),
