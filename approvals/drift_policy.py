@@ -39,7 +39,8 @@ def drift_policy_path() -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _compiled(path: Path) -> _Compiled:
+def _compiled(path: Path, modified_ns: int) -> _Compiled:
+    # Keyed by the file's modification time: an edited policy file is read again, once.
     text = path.read_text()
     problems = drift_policy_problems(text)
     if problems:
@@ -75,7 +76,8 @@ def _parsed_entities(entities_json: str) -> cedarpy.Entities:
 
 def decide_drift(*, agent: dict, privilege: dict, context: dict) -> DriftDecision:
     try:
-        compiled = _compiled(drift_policy_path())
+        path = drift_policy_path()
+        compiled = _compiled(path, path.stat().st_mtime_ns)
     except (OSError, ValueError):
         # Fail towards evidence: without a usable drift policy, drift is still flagged.
         return DriftDecision("flag", ["drift-policy-unusable"])
