@@ -61,6 +61,20 @@ def calls_in_window(*, grant: Grant) -> int:
     ).count()
 
 
+def drift_flagged(*, grant: Grant, kind: str, since=None) -> bool:
+    """Whether the grant already carries a flag of this kind (since a moment, if given)."""
+    flags = DriftFlag.objects.filter(grant=grant)
+    if since is not None:
+        flags = flags.filter(created_at__gte=since)
+    # kinds is a short JSON list; `contains` on JSON is not portable to SQLite, so look in Python.
+    return any(kind in kinds for kinds in flags.values_list("kinds", flat=True)[:1000])
+
+
+def burst_flagged_in_window(*, grant: Grant) -> bool:
+    since = timezone.now() - timedelta(seconds=settings.CUSTODY_DRIFT_WINDOW)
+    return drift_flagged(grant=grant, kind=DriftFlag.Kind.BURST, since=since)
+
+
 def drift_decide(
     *, grant: Grant, tool: str, target: str, action: str, outcome: str, kinds: list, calls: int
 ) -> DriftDecision:

@@ -15,10 +15,12 @@ from approvals.models import (
 )
 from approvals.services.common import agent_refusal_evidence
 from approvals.services.drift import (
+    burst_flagged_in_window,
     calls_in_window,
     drift_decide,
     drift_end_grant,
     drift_flag_record,
+    drift_flagged,
     drift_kinds,
 )
 from approvals.services.facts import request_policy_facts
@@ -239,10 +241,12 @@ def tool_call_record(
         data={"why": "grant_not_active", "tool": tool, "target": target, "outcome": outcome},
     )
     if grant.revoke_reason == Grant.RevokeReason.COMPLETED:
-        # The task said it was done, yet the agent still acts under it: that is drift too.
+        # The task said it was done, yet the agent still acts under it: that is drift too,
+        # flagged once per grant (a flood of late calls must not flood the evidence).
         with transaction.atomic():
             locked = Grant.objects.select_for_update(no_key=True).filter(pk=grant.pk).first()
-            _drift(locked, agent, tool, target, action, outcome, completed=True)
+            if not drift_flagged(grant=locked, kind=DriftFlag.Kind.AFTER_COMPLETION):
+                _drift(locked, agent, tool, target, action, outcome, completed=True)
     raise Conflict(
         f"Grant #{grant.pk} has ended; tool calls under it are refused.", code="grant_not_active"
     )
@@ -251,7 +255,8 @@ def tool_call_record(
 def _drift(grant, agent, tool, target, action, outcome, *, completed):
     kinds = drift_kinds(grant=grant, tool=tool, target=target, action=action, completed=completed)
     calls = 0 if completed else calls_in_window(grant=grant)
-    if calls > settings.CUSTODY_DRIFT_BURST:
+    if calls > settings.CUSTODY_DRIFT_BURST and not burst_flagged_in_window(grant=grant):
+        # One burst flag per window: the calls themselves are the evidence of its size.
         kinds.append(DriftFlag.Kind.BURST.value)
     # Every call goes to the drift policy (it may judge clean calls too); one Cedar call, ~0.1 ms.
     decision = drift_decide(

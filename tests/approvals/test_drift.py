@@ -96,6 +96,8 @@ def test_it_refuses_a_call_after_completion_and_flags_it(agent_api, privileges):
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "grant_not_active"
     assert DriftFlag.objects.get(grant_id=grant_id).kinds == ["after_completion"]
+    assert call(agent_api, grant_id, target="invoices 2026-11").status_code == 409
+    # Flagged once per grant: a flood of late calls does not flood the evidence.
     assert AuditEvent.objects.filter(verb="grant.drift_flagged", grant_id=grant_id).count() == 1
 
 
@@ -103,9 +105,10 @@ def test_it_flags_a_burst(agent_api, privileges, settings):
     settings.CUSTODY_DRIFT_BURST = 2
     settings.CUSTODY_DRIFT_WINDOW = 3600
     grant_id = granted(agent_api)
-    answers = [call(agent_api, grant_id, target="invoices 2026-11").json() for _ in range(3)]
+    answers = [call(agent_api, grant_id, target="invoices 2026-11").json() for _ in range(4)]
     assert [answer["drift"] for answer in answers[:2]] == [None, None]
     assert answers[2]["drift"]["kinds"] == ["burst"]
+    assert answers[3]["drift"] is None  # one burst flag per window, not one per call
 
 
 def test_a_drift_policy_can_end_the_grant(
