@@ -69,3 +69,8 @@ def grants_ended(access_request_ids: list[int]) -> None:
 def agent_flagged(agent_id: int, flag: str) -> None:
     """An agent was orphaned (its team and backups hear) or went dormant (its sponsor hears)."""
     _send_on_commit("approvals.tasks.notify_agent_flagged", agent_id, flag)
+
+
+def grant_drifted(drift_flag_id: int) -> None:
+    """A grant's tool call drifted: its sponsor hears, once the transaction commits."""
+    _send_on_commit("approvals.tasks.notify_grant_drifted", drift_flag_id)

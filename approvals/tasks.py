@@ -181,3 +181,8 @@ def notify_ephemeral(self, channel: str, user: str, text: str):
 @shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
 def notify_agent_flagged(self, agent_id: int, flag: str):
     return _notify(self, slack.post_agent_notice, agent_id, flag)
+
+
+@shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
+def notify_grant_drifted(self, drift_flag_id: int):
+    return _notify(self, slack.post_drift_notice, drift_flag_id)

@@ -203,6 +203,7 @@ def request_detail(request, access_request: AccessRequest):
             "decisions": decisions,
             "grant": grant,
             "claims": selectors.grant_token_claims(grant) if grant else None,
+            "drift_flags": selectors.grant_drift_flags(grant) if grant else [],
             "chain": chain,
             "trail": trail,
             "progress": progress,
