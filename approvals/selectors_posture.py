@@ -13,7 +13,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from agents.models import Agent
-from approvals.models import AccessRequest, Grant, Risk
+from approvals.models import AccessRequest, DriftFlag, Grant, Risk
 
 PERIOD_DAYS = 30
 TOP_REQUESTERS = 5
@@ -103,4 +103,13 @@ def posture_top_requesters(
         .values("agent_id", "agent__name")
         .annotate(requests=Count("pk"))
         .order_by("-requests", "agent__name")[:limit]
+    )
+
+
+def posture_drift(*, now: datetime, days: int = PERIOD_DAYS) -> dict[str, int]:
+    """Drift flags in the period: how many, how many ended their grant, and on how many grants."""
+    return DriftFlag.objects.filter(created_at__gte=now - timedelta(days=days)).aggregate(
+        flags=Count("pk"),
+        ended=Count("pk", filter=Q(outcome=DriftFlag.Outcome.END)),
+        grants=Count("grant", distinct=True),
     )

@@ -158,8 +158,8 @@ def posture_context(now) -> dict:
         "median_decision": _duration(posture.posture_median_decision_seconds(now=now)),
         "decisions_href": _link("audit", verb="decision.recorded"),
         "requester_chart": _horizontal_bars(requesters),
-        # Drift flags: the drift slice adds its model; until it is on main this card says so.
-        "drift": None,
+        "drift": posture.posture_drift(now=now),
+        "drift_href": _link("audit", verb="grant.drift_flagged"),
     }
 
 

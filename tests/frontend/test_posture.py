@@ -164,3 +164,25 @@ def test_its_query_count_does_not_grow_with_the_estate(web, admin_user, estate, 
         assert client.get("/posture/").status_code == 200
     assert len(many) == len(few)
     assert len(few) <= 12, [query["sql"] for query in few.captured_queries]
+
+
+def test_it_counts_drift_flags_and_links_to_their_evidence(web, admin_user, granted):
+    from approvals.models import DriftFlag
+
+    first, second = granted(task_id="t-1"), granted(task_id="t-2")
+    for grant, outcome in ((first, "flag"), (first, "flag"), (second, "end")):
+        DriftFlag.objects.create(grant=grant, kinds=["target"], outcome=outcome, tool="psql")
+    DriftFlag.objects.create(
+        grant=second,
+        kinds=["burst"],
+        outcome="flag",
+        tool="psql",
+        created_at=timezone.now() - timedelta(days=45),  # before the period
+    )
+
+    html = web(admin_user).get("/posture/").content.decode()
+
+    card = html[html.index('id="posture-drift"') :]
+    assert '<a href="/audit/?verb=grant.drift_flagged"><strong>3</strong> tool calls' in card
+    assert "strayed from 2 grants' intent</a>" in card
+    assert "1 ended its grant." in card
