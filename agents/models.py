@@ -170,6 +170,8 @@ class Agent(models.Model):
             ("manage_agent", "Can suspend, reactivate and reassign this agent"),
             # Who may approve is its own right, never implied by change_agent (invariant 11).
             ("manage_approvers", "Can add and remove who may approve for agents"),
+            # The security team's overview of every agent: model-wide, never per object.
+            ("view_posture", "Can see the posture dashboard of all agents"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -323,6 +323,8 @@ class GrantToolCallApi(APIView):
         tool = serializers.CharField(max_length=200)
         target = serializers.CharField(max_length=500, allow_blank=True, default="")
         outcome = serializers.ChoiceField(choices=["success", "failure", "error", "started"])
+        # What the call did (read, write, …), compared with the privilege's action for drift.
+        action = serializers.SlugField(max_length=100, required=False, default="")
         detail = serializers.JSONField(
             required=False, default=None, validators=[lambda v: _small(v, "detail")]
         )
@@ -332,11 +334,15 @@ class GrantToolCallApi(APIView):
         grant = get_object_or_404(selectors.agent_grants(request.user.agent), pk=grant_id)
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        event = services.tool_call_record(
+        event, flag = services.tool_call_record(
             grant=grant, agent=request.user.agent, **payload.validated_data
         )
         return Response(
-            {"sequence": event.sequence, "recorded_at": event.occurred_at},
+            {
+                "sequence": event.sequence,
+                "recorded_at": event.occurred_at,
+                "drift": services.drift_output(flag),
+            },
             status=status.HTTP_201_CREATED,
         )
 

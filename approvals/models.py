@@ -603,4 +603,36 @@ class EligibilityRequest(models.Model):
         return f"{self.agent.name} asks to be eligible for {self.privilege.name}"
 
 
+class DriftFlag(models.Model):
+    """A recorded tool call that strayed from its grant's declared intent or privilege."""
+
+    class Kind(models.TextChoices):
+        TARGET = "target", "Target outside the intent"
+        ACTION = "action", "Action the privilege does not cover"
+        AFTER_COMPLETION = "after_completion", "Call after the task said it was done"
+        BURST = "burst", "Burst of calls"
+
+    class Outcome(models.TextChoices):
+        FLAG = "flag", "Flagged"
+        END = "end", "Grant ended"
+
+    grant = models.ForeignKey(Grant, on_delete=models.PROTECT, related_name="drift_flags")
+    kinds = models.JSONField(default=list)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    tool = models.CharField(max_length=200)
+    target = models.CharField(max_length=500, blank=True)
+    policy_ids = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Drift on grant #{self.grant_id}: {', '.join(self.kinds) or 'policy'}"
+
+    def kind_labels(self) -> list[str]:
+        labels = dict(self.Kind.choices)
+        return [labels.get(kind, kind) for kind in self.kinds]
+
+
 from approvals.review_models import Review  # noqa: E402, F401  (registered with this app)

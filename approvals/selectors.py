@@ -430,6 +430,13 @@ def grant_ending_details(grant_ids) -> dict[int, str]:
     }
 
 
+def grant_drift_flags(grant, limit: int = 50):
+    """The newest drift flags on a grant, for its request's page (the caller may see the grant)."""
+    from approvals.models import DriftFlag
+
+    return list(DriftFlag.objects.filter(grant=grant).order_by("-created_at", "-pk")[:limit])
+
+
 # --- reviews -----------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from slack_sdk import WebClient
 from agents.models import Agent
 from approvals import approvers, notifications
 from approvals.lineage import grant_ancestors
-from approvals.models import AccessRequest, Decision, Grant, Review, SlackMessage
+from approvals.models import AccessRequest, Decision, DriftFlag, Grant, Review, SlackMessage
 from core.formatting import duration_words, moment_words
 
 APPROVE = "custody_approve"
@@ -379,6 +379,31 @@ def post_agent_notice(agent_id: int, flag: str) -> int:
             unfurl_links=False,
         )
     return len(places)
+
+
+def post_drift_notice(drift_flag_id: int) -> int:
+    """A grant's tool call drifted from its intent: the agent's sponsor hears, with what and why."""
+    flag = DriftFlag.objects.select_related(
+        "grant__agent__sponsor__sponsor_profile", "grant__access_request"
+    ).get(pk=drift_flag_id)
+    grant = flag.grant
+    profile = getattr(grant.agent.sponsor, "sponsor_profile", None)
+    if profile is None or not profile.slack_user_id:
+        return 0
+    done = "The grant was ended." if flag.outcome == DriftFlag.Outcome.END else "It is flagged."
+    text = (
+        f"{grant.agent.name} drifted under grant #{grant.pk} ({grant.scope}): "
+        f"{'; '.join(flag.kind_labels()).lower()} (tool {flag.tool}"
+        f"{', target ' + flag.target if flag.target else ''}). {done} "
+        f"{request_url(grant.access_request)}"
+    )
+    client().chat_postMessage(
+        channel=profile.slack_user_id,
+        text=escape(text),
+        blocks=[{"type": "section", "text": plain(text)}],
+        unfurl_links=False,
+    )
+    return 1
 
 
 def post_review_notice(review_id: int, kind: str) -> int:

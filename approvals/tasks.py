@@ -185,6 +185,11 @@ def notify_agent_flagged(self, agent_id: int, flag: str):
 
 
 @shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
+def notify_grant_drifted(self, drift_flag_id: int):
+    return _notify(self, slack.post_drift_notice, drift_flag_id)
+
+
+@shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
 def notify_review(self, review_id: int, kind: str):
     return _notify(self, slack.post_review_notice, review_id, kind)
 

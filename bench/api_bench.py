@@ -1002,6 +1002,9 @@ def main() -> int:
 
         signer = SvidSigner()
         seeded = seed(signer)
+        from bench.seeding import make_every_agent_eligible
+
+        make_every_agent_eligible()
         tokens = {"agent": signer.mint(AGENT_SPIFFE_ID), "server": signer.mint(SERVER_SPIFFE_ID)}
 
         print("(d) policy decision vs raw Cedar, in-process ...", flush=True)

@@ -293,6 +293,9 @@ def main() -> int:
 
         signer = base.SvidSigner()
         seed(signer, args.quiet_agents)
+        from bench.seeding import make_every_agent_eligible
+
+        make_every_agent_eligible()
         connection.close()
         noisy_token = signer.mint(NOISY)
         quiet_tokens = [signer.mint(quiet_id(n)) for n in range(args.quiet_agents)]

@@ -1,9 +1,12 @@
 """Server time of every page a person uses, with 10,000 pending requests, as a sponsor of many
 agents: dashboard, inbox (first page, its htmx refresh, and searched/filtered pages), a
-request page, grants, agents and audit.
+request page, grants, agents and audit; and, as a security admin, the posture page over
+--posture-agents more agents (another sponsor's: statuses, orphans, dormant, overdue reviews)
+and --posture-decided requests decided over the last 30 days, each with its grant.
 
     .venv/bin/python bench/pages_bench.py [--requests 10000] [--agents 200] [--grants 500]
         [--events 100000] [--rounds 30] [--database custody_bench_pages]
+        [--posture-agents 10000] [--posture-decided 5000]
         [--inbox-query 'q={agent_name}' --inbox-query 'risk=critical' ...]
 
 Runs against its own PostgreSQL database (dropped, created and migrated afresh), renders each
@@ -185,10 +188,85 @@ def populate(args):
             batch = []
     AuditEvent.objects.bulk_create(batch)
     AuditChainHead.objects.filter(id=1).update(last_sequence=sequence, last_hash=previous)
+    populate_posture(args, now)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")  # what autovacuum does after a bulk load in production
     middle = AccessRequest.objects.filter(status="pending").order_by("pk")[args.requests // 2]
     return sponsor, agents, privileges, middle
+
+
+def populate_posture(args, now) -> None:
+    """The estate the posture page aggregates: agents of every status and flag (rows written
+    directly, no object permissions: the sponsor's own pages do not list them) and requests
+    decided by people or by policy over 30 days, each approved one with its grant."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    from agents.models import Agent
+    from approvals.models import AccessRequest, Grant, Privilege
+
+    user_model = get_user_model()
+    user_model.objects.create_user("security", password="bench-password-1", is_superuser=True)
+    owner = user_model.objects.create_user("posture-sponsor", password="bench-password-1")
+    team = Group.objects.create(name="posture-team")
+    statuses = ["active"] * 8 + ["suspended", "retired"]
+    agents = Agent.objects.bulk_create(
+        [
+            Agent(
+                spiffe_id=f"spiffe://bench.test/estate/e{n}",
+                name=f"Estate agent {n:05d}",
+                sponsor=owner,
+                team=team,
+                status=statuses[n % len(statuses)],
+                review_due=(now - timedelta(days=(n % 200) - 100)).date(),
+                orphaned_at=now if n % 97 == 0 else None,
+                orphan_reason="sponsor_inactive" if n % 97 == 0 else "",
+                dormant_at=now if n % 31 == 0 else None,
+            )
+            for n in range(args.posture_agents)
+        ],
+        batch_size=2000,
+    )
+    if not agents:
+        return
+    privileges = list(Privilege.objects.order_by("pk"))
+    outcomes = ["auto_approve"] * 3 + ["request"] * 6 + ["deny"]
+    decided = []
+    for n in range(args.posture_decided):
+        outcome = outcomes[n % len(outcomes)]
+        created = now - timedelta(minutes=(n * 37) % (30 * 24 * 60))
+        wait = timedelta(seconds=0 if outcome != "request" else 30 + (n * 53) % 7200)
+        decided.append(
+            AccessRequest(
+                agent=agents[(n * 7) % len(agents)],
+                privilege=privileges[n % len(privileges)],
+                task_id=f"posture-{n}",
+                intent={"action": "read", "target": f"row {n}", "justification": "bench"},
+                duration_seconds=600,
+                status="denied" if outcome == "deny" or n % 11 == 0 else "approved",
+                policy_outcome=outcome,
+                created_at=created,
+                decided_at=created + wait,
+                decision_deadline=created + timedelta(hours=1),
+            )
+        )
+    decided = AccessRequest.objects.bulk_create(decided, batch_size=2000)
+    Grant.objects.bulk_create(
+        [
+            Grant(
+                agent_id=access_request.agent_id,
+                privilege_id=access_request.privilege_id,
+                access_request=access_request,
+                task_id=access_request.task_id,
+                scope="bench",
+                issued_at=access_request.decided_at,
+                expires_at=access_request.decided_at + timedelta(minutes=10),
+            )
+            for access_request in decided
+            if access_request.status == "approved"
+        ],
+        batch_size=2000,
+    )
 
 
 REQUEST_LINK = re.compile(r'href="/requests/(\d+)/"')
@@ -231,6 +309,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--database", default="custody_bench_pages")
     parser.add_argument("--inbox-query", action="append", dest="inbox_queries")
+    parser.add_argument("--posture-agents", type=int, default=10_000)
+    parser.add_argument("--posture-decided", type=int, default=5_000)
     args = parser.parse_args()
     configure(args.database)
     fresh_database(args.database)
@@ -238,13 +318,15 @@ def main() -> None:
     import django
 
     django.setup()
+    from django.contrib.auth import get_user_model
     from django.test import Client
 
     started = time.perf_counter()
     sponsor, agents, privileges, middle = populate(args)
     print(
         f"seeded {args.requests} pending requests over {args.agents} agents of one sponsor, "
-        f"{args.grants} live grants, {args.events} audit events in "
+        f"{args.grants} live grants, {args.events} audit events, "
+        f"{args.posture_agents} more agents and {args.posture_decided} decided requests in "
         f"{time.perf_counter() - started:.1f} s (PostgreSQL, DEBUG off, {args.rounds} rounds; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
     )
@@ -270,17 +352,23 @@ def main() -> None:
         ("audit (latest)", "/audit/", False),
         ("audit (agent filter)", f"/audit/?agent={agents[3 % len(agents)].pk}", False),
     ]
+    pages.append(("posture (security admin)", "/posture/", "security"))
     header = (
         f"{'page':34} {'median':>8} {'p95':>8} {'max':>8} {'Python':>8} {'queries':>8} "
         f"{'KiB':>7}  listed"
     )
     print(f"\n{header}\n{'':34} {'ms':>8} {'ms':>8} {'ms':>8} {'CPU ms':>8}")
     first_page: set[str] | None = None
+    security = Client()
+    security.force_login(get_user_model().objects.get(username="security"))
     for name, url, htmx in pages:
-        if htmx:
-            client.defaults["HTTP_HX_REQUEST"] = "true"
-        figures = measure(client, url, args.rounds)
-        client.defaults.pop("HTTP_HX_REQUEST", None)
+        if htmx == "security":
+            figures = measure(security, url, args.rounds)
+        else:
+            if htmx:
+                client.defaults["HTTP_HX_REQUEST"] = "true"
+            figures = measure(client, url, args.rounds)
+            client.defaults.pop("HTTP_HX_REQUEST", None)
         listed = ""
         if url.startswith("/inbox/"):
             listed = f"{len(figures['listed'])} requests"

@@ -916,6 +916,9 @@ def main() -> int:
         spiffe, oidc = Signer(), Signer()
         jwks_server = JwksServer(oidc.jwks)
         spiffe_ids = seed(spiffe, oidc, jwks_server.url)
+        from bench.seeding import make_every_agent_eligible
+
+        make_every_agent_eligible()
 
         port = free_port()
         bin_dir = Path(PYTHON).parent

@@ -205,6 +205,7 @@ def request_detail(request, access_request: AccessRequest):
             "decisions": decisions,
             "grant": grant,
             "claims": selectors.grant_token_claims(grant) if grant else None,
+            "drift_flags": selectors.grant_drift_flags(grant) if grant else [],
             "chain": chain,
             "trail": trail,
             "progress": progress,
@@ -266,14 +267,50 @@ def agents(request):
         )
         .order_by("name")
     )
+    inventory, filtered_by = _agent_filters(inventory, request.GET)
     return render(
         request,
         "frontend/agents.html",
         {
             "agents": inventory[:500],
+            "filtered_by": filtered_by,
             "managed": agent_ids_managed_by(request.user),
         },
     )
+
+
+# The posture page's links: /agents/?status=… and /agents/?flag=…; unknown values are ignored.
+AGENT_FLAGS = {
+    "orphaned": (
+        "orphaned",
+        lambda agents: agents.filter(orphaned_at__isnull=False).exclude(
+            status=Agent.Status.RETIRED
+        ),
+    ),
+    "dormant": (
+        "dormant",
+        lambda agents: agents.filter(dormant_at__isnull=False).exclude(status=Agent.Status.RETIRED),
+    ),
+    "review_overdue": (
+        "review overdue",
+        lambda agents: agents.filter(
+            status=Agent.Status.ACTIVE, review_due__lt=timezone.localdate()
+        ),
+    ),
+}
+
+
+def _agent_filters(inventory, query) -> tuple:
+    """The agents list narrowed by status and/or a flag, and the words that say so."""
+    said = []
+    if (status := query.get("status")) in Agent.Status.values:
+        inventory = inventory.filter(status=status)
+        said.append(Agent.Status(status).label.lower())
+    if (flag := query.get("flag")) in AGENT_FLAGS:
+        words, narrow = AGENT_FLAGS[flag]
+        inventory = narrow(inventory)
+        said.append(words)
+    return inventory, ", ".join(said)
 
 
 @login_required

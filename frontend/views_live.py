@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from agents.selectors import agent_ids_managed_by
 from approvals import selectors
+from approvals.models import Risk
 from frontend.decorators import login_required
 
 DASHBOARD_ACTIVE = 10
@@ -28,11 +29,15 @@ def dashboard_active_context(user) -> dict:
     return {"active": active[:DASHBOARD_ACTIVE], "active_count": active.count()}
 
 
-def grants_context(user) -> dict:
+def grants_context(user, risk: str = "") -> dict:
     now = timezone.now()
     visible = selectors.grants_visible_to(user).select_related(
         "agent", "privilege", "parent__agent"
     )
+    if risk in Risk.values:  # the posture page's links: /grants/?risk=high
+        visible = visible.filter(privilege__risk=risk)
+    else:
+        risk = ""
     active = visible.live(now).order_by("expires_at")
     ended = list(
         visible.filter(
@@ -61,13 +66,14 @@ def grants_context(user) -> dict:
         "active": active[:200],
         "ended": ended,
         "managed": agent_ids_managed_by(user),
+        "risk": risk,
     }
 
 
 @login_required
 def grants(request):
     template = "frontend/_grants_live.html" if request.htmx else "frontend/grants.html"
-    return render(request, template, grants_context(request.user))
+    return render(request, template, grants_context(request.user, request.GET.get("risk", "")))
 
 
 @login_required

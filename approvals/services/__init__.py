@@ -37,6 +37,7 @@ from approvals.services.decisions import (
     record_refusal,
 )
 from approvals.services.delegation import delegation_exchange
+from approvals.services.drift import drift_output
 from approvals.services.eligibility import (
     NOT_A_MANAGER,
     eligibility_end_for_retired_agent,
@@ -131,4 +132,5 @@ __all__ = [
     "record_refusal",
     "token_introspect",
     "tool_call_record",
+    "drift_output",
 ]

@@ -10,9 +10,19 @@ from agents.models import Agent
 from approvals import policy
 from approvals.lineage import grant_ancestors
 from approvals.models import (
+    DriftFlag,
     Grant,
 )
 from approvals.services.common import agent_refusal_evidence
+from approvals.services.drift import (
+    burst_flagged_in_window,
+    calls_in_window,
+    drift_decide,
+    drift_end_grant,
+    drift_flag_record,
+    drift_flagged,
+    drift_kinds,
+)
 from approvals.services.facts import request_policy_facts
 from approvals.services.grants import grant_end, grant_expire
 from approvals.tokens import IssuedToken, TokenInvalid, token_claims, token_sign, token_verify
@@ -179,11 +189,20 @@ def tool_call_record(
     tool: str,
     target: str,
     outcome: str,
+    action: str = "",
     detail: dict | str | None = None,
 ):
+    """Evidence of one tool call, compared with the grant's intent (see services/drift.py).
+
+    Returns the `tool.called` event and the drift flag it raised (None when it kept to its
+    intent)."""
+    flag = None
     with transaction.atomic():
         grant = (
-            Grant.objects.select_for_update(no_key=True).filter(pk=grant.pk, agent=agent).first()
+            Grant.objects.select_for_update(no_key=True)
+            .select_related("privilege", "access_request", "agent")
+            .filter(pk=grant.pk, agent=agent)
+            .first()
         )
         if grant is None:
             raise NotFound("Not found.")
@@ -195,10 +214,12 @@ def tool_call_record(
                 "detail": detail,
                 "scope": grant.scope,
             }
+            if action:
+                call["action"] = action
             if grant.parent_id is not None:
                 # Accountability follows the delegation chain: every agent in it, root first.
                 call["act"] = [link.agent.spiffe_id for link in reversed(grant_ancestors(grant))]
-            return record(
+            event = record(
                 actor=Actor.for_agent(agent),
                 verb="tool.called",
                 agent_id=agent.pk,
@@ -206,12 +227,54 @@ def tool_call_record(
                 grant_id=grant.pk,
                 data=call,
             )
+            flag = _drift(grant, agent, tool, target, action, outcome, completed=False)
+        else:
+            event = None
+    if event is not None:
+        if flag is not None and flag.outcome == DriftFlag.Outcome.END:
+            drift_end_grant(grant_id=grant.pk, flag=flag)
+        return event, flag
     agent_refusal_evidence(
         agent=agent,
         verb="tool.refused",
         grant=grant,
         data={"why": "grant_not_active", "tool": tool, "target": target, "outcome": outcome},
     )
+    if grant.revoke_reason == Grant.RevokeReason.COMPLETED:
+        # The task said it was done, yet the agent still acts under it: that is drift too,
+        # flagged once per grant (a flood of late calls must not flood the evidence).
+        with transaction.atomic():
+            locked = Grant.objects.select_for_update(no_key=True).filter(pk=grant.pk).first()
+            if not drift_flagged(grant=locked, kind=DriftFlag.Kind.AFTER_COMPLETION):
+                _drift(locked, agent, tool, target, action, outcome, completed=True)
     raise Conflict(
         f"Grant #{grant.pk} has ended; tool calls under it are refused.", code="grant_not_active"
+    )
+
+
+def _drift(grant, agent, tool, target, action, outcome, *, completed):
+    kinds = drift_kinds(grant=grant, tool=tool, target=target, action=action, completed=completed)
+    calls = 0 if completed else calls_in_window(grant=grant)
+    if calls > settings.CUSTODY_DRIFT_BURST and not burst_flagged_in_window(grant=grant):
+        # One burst flag per window: the calls themselves are the evidence of its size.
+        kinds.append(DriftFlag.Kind.BURST.value)
+    # Every call goes to the drift policy (it may judge clean calls too); one Cedar call, ~0.1 ms.
+    decision = drift_decide(
+        grant=grant,
+        tool=tool,
+        target=target,
+        action=action,
+        outcome=outcome,
+        kinds=kinds,
+        calls=calls,
+    )
+    if decision.outcome == "allow":
+        return None
+    return drift_flag_record(
+        grant=grant,
+        actor=Actor.for_agent(agent),
+        tool=tool,
+        target=target,
+        kinds=kinds,
+        decision=decision,
     )

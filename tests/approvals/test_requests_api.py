@@ -67,13 +67,14 @@ def test_it_runs_an_automatic_request_end_to_end(
     )
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "grant_not_active"
-    # The refusals after the end are evidence too.
+    # The refusals after the end are evidence too, and a call after completion is drift.
     assert verbs(grant_id=grant.pk) == [
         "grant.issued",
         "token.issued",
         "grant.revoked",
         "introspection.refused",
         "tool.refused",
+        "grant.drift_flagged",
     ]
     assert verify_chain().ok
 

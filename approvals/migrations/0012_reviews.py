@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
     dependencies = [
         ("agents", "0005_lifecycle"),
-        ("approvals", "0010_eligibility"),
+        ("approvals", "0011_drift_flags"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
