@@ -20,6 +20,7 @@ import zoneinfo
 from contextlib import contextmanager
 from datetime import date, timedelta
 
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -36,7 +37,6 @@ from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 SPONSOR_PERMISSIONS = ("agents.view_agent", "agents.approve_for_agent", "agents.manage_agent")
 TEAM_PERMISSIONS = ("agents.view_agent",)
 BACKUP_APPROVER_PERMISSIONS = ("agents.view_agent", "agents.approve_for_agent")
-DEFAULT_REVIEW_INTERVAL = timedelta(days=90)
 LAST_SEEN_GRANULARITY = timedelta(seconds=60)
 
 
@@ -111,7 +111,9 @@ def agent_register(
         description=description,
         sponsor=sponsor,
         team=team,
-        review_due=review_due or timezone.localdate() + DEFAULT_REVIEW_INTERVAL,
+        # Eligible for nothing yet: the "other" cadence (approvals shortens it with eligibility).
+        review_due=review_due
+        or timezone.localdate() + timedelta(days=settings.CUSTODY_REVIEW_DAYS_OTHER),
         max_delegation_depth=max_delegation_depth,
         oidc_trust_domain=oidc_trust_domain,
         oidc_subject=oidc_subject,

@@ -524,4 +524,5 @@ class SigningKeyAdmin(ReadOnlyAdmin):
         self.message_user(request, f"New signing key {key.kid} is current.")
 
 
-from approvals import admin_eligibility  # noqa: E402, F401  (registers the eligibility admin)
+# Registered with the admin site by importing them here.
+from approvals import admin_eligibility, admin_reviews  # noqa: E402, F401

@@ -633,3 +633,6 @@ class DriftFlag(models.Model):
     def kind_labels(self) -> list[str]:
         labels = dict(self.Kind.choices)
         return [labels.get(kind, kind) for kind in self.kinds]
+
+
+from approvals.review_models import Review  # noqa: E402, F401  (registered with this app)

@@ -74,3 +74,8 @@ def agent_flagged(agent_id: int, flag: str) -> None:
 def grant_drifted(drift_flag_id: int) -> None:
     """A grant's tool call drifted: its sponsor hears, once the transaction commits."""
     _send_on_commit("approvals.tasks.notify_grant_drifted", drift_flag_id)
+
+
+def review_notice(review_id: int, kind: str) -> None:
+    """A review opened ("due": its sponsor hears) or escalated ("escalated": its team hears)."""
+    _send_on_commit("approvals.tasks.notify_review", review_id, kind)

@@ -30,6 +30,7 @@ from approvals.models import (
     EligibilityRequest,
     Grant,
     Privilege,
+    Review,
 )
 from approvals.tokens import token_claims
 from audit.models import AuditEvent
@@ -434,3 +435,102 @@ def grant_drift_flags(grant, limit: int = 50):
     from approvals.models import DriftFlag
 
     return list(DriftFlag.objects.filter(grant=grant).order_by("-created_at", "-pk")[:limit])
+
+
+# --- reviews -----------------------------------------------------------------------------------
+
+
+def reviews_for(user) -> QuerySet[Review]:
+    """The reviews a person answers: those of the agents they sponsor; every review for an
+    admin. Anything outside is not found (404), never forbidden."""
+    reviews = Review.objects.select_related("agent__sponsor", "agent__team", "reviewer")
+    if not (getattr(user, "is_authenticated", False) and user.is_active):
+        return reviews.none()
+    if user.is_superuser:
+        return reviews
+    return reviews.filter(agent__sponsor=user)
+
+
+@dataclass
+class EligibilityUse:
+    """One eligibility's use in a review period, and whether it is pre-marked for removal."""
+
+    eligibility: Eligibility
+    requests: int = 0
+    approved: int = 0
+    denied: int = 0
+    grants: int = 0
+    tool_calls: int = 0
+    last_used: datetime | None = None
+
+    @property
+    def unused(self) -> bool:
+        return not (self.requests or self.grants or self.tool_calls)
+
+    def _seen(self, moment: datetime | None) -> None:
+        if moment is not None and (self.last_used is None or moment > self.last_used):
+            self.last_used = moment
+
+
+def review_usage(review: Review) -> list[EligibilityUse]:
+    """Each eligibility the agent holds, with its use in the review's period: one query per kind
+    (requests with their outcomes, grants, tool calls), never one per row."""
+    agent_id = review.agent_id
+    start, end = review.period_start, review.closed_at or timezone.now()
+    held = list(
+        Eligibility.objects.in_force()
+        .filter(agent_id=agent_id)
+        .select_related("privilege")
+        .order_by("privilege__resource", "privilege__action")
+    )
+    if review.status != Review.Status.OPEN:  # what was decided on, kept or removed
+        decided = [int(pk) for pk in review.decisions]
+        held = list(
+            Eligibility.objects.filter(pk__in=decided)
+            .select_related("privilege")
+            .order_by("privilege__resource", "privilege__action")
+        )
+    uses = {eligibility.privilege_id: EligibilityUse(eligibility) for eligibility in held}
+    for row in (
+        AccessRequest.objects.filter(agent_id=agent_id, created_at__gte=start, created_at__lt=end)
+        .values("privilege_id")
+        .annotate(
+            n=Count("pk"),
+            approved=Count("pk", filter=Q(status=AccessRequest.Status.APPROVED)),
+            denied=Count("pk", filter=Q(status=AccessRequest.Status.DENIED)),
+            last=Max("created_at"),
+        )
+    ):
+        if (use := uses.get(row["privilege_id"])) is not None:
+            use.requests, use.approved, use.denied = row["n"], row["approved"], row["denied"]
+            use._seen(row["last"])
+    for row in (
+        Grant.objects.filter(agent_id=agent_id, issued_at__gte=start, issued_at__lt=end)
+        .values("privilege_id")
+        .annotate(n=Count("pk"), last=Max("issued_at"))
+    ):
+        if (use := uses.get(row["privilege_id"])) is not None:
+            use.grants = row["n"]
+            use._seen(row["last"])
+    calls = list(
+        AuditEvent.objects.filter(
+            agent_id=agent_id,
+            verb="tool.called",
+            occurred_at__gte=start,
+            occurred_at__lt=end,
+            grant_id__isnull=False,
+        )
+        .values("grant_id")
+        .annotate(n=Count("pk"), last=Max("occurred_at"))
+    )
+    privilege_of = dict(
+        Grant.objects.filter(
+            agent_id=agent_id, pk__in=[row["grant_id"] for row in calls]
+        ).values_list("pk", "privilege_id")
+    )
+    for row in calls:
+        use = uses.get(privilege_of.get(row["grant_id"]))
+        if use is not None:
+            use.tool_calls += row["n"]
+            use._seen(row["last"])
+    return list(uses.values())

@@ -17,7 +17,7 @@ from slack_sdk import WebClient
 from agents.models import Agent
 from approvals import approvers, notifications
 from approvals.lineage import grant_ancestors
-from approvals.models import AccessRequest, Decision, DriftFlag, Grant, SlackMessage
+from approvals.models import AccessRequest, Decision, DriftFlag, Grant, Review, SlackMessage
 from core.formatting import duration_words, moment_words
 
 APPROVE = "custody_approve"
@@ -404,6 +404,51 @@ def post_drift_notice(drift_flag_id: int) -> int:
         unfurl_links=False,
     )
     return 1
+
+
+def post_review_notice(review_id: int, kind: str) -> int:
+    """A review is due: its sponsor hears. Escalated halfway through the grace period: the team's
+    channel and the backup approvers hear, with the date the overdue action is taken."""
+    review = Review.objects.select_related(
+        "agent__sponsor__sponsor_profile", "agent__team__team_profile"
+    ).get(pk=review_id)
+    agent = review.agent
+    if review.status != Review.Status.OPEN:
+        return 0  # answered (or expired) before the message went out
+    places: list[str] = []
+    action = settings.CUSTODY_REVIEW_OVERDUE_ACTION
+    consequence = "it is suspended" if action == "suspend" else "it is recorded as overdue"
+    url = f"{settings.CUSTODY_PUBLIC_URL}/reviews/{review.pk}/"
+    if kind == "due":
+        profile = getattr(agent.sponsor, "sponsor_profile", None)
+        if profile is not None and profile.slack_user_id:
+            places.append(profile.slack_user_id)
+        text = (
+            f"Your review of {agent.name} ({agent.spiffe_id}) is due {review.due:%d %b %Y}: "
+            f"confirm it is still needed and what it may ask for. Unanswered by "
+            f"{review.grace_ends():%d %b %Y}, {consequence}. {url}"
+        )
+    else:
+        for backup in agent.backup_approvers.select_related("user__sponsor_profile"):
+            profile = getattr(backup.user, "sponsor_profile", None)
+            if profile is not None and profile.slack_user_id:
+                places.append(profile.slack_user_id)
+        team_profile = getattr(agent.team, "team_profile", None)
+        if team_profile is not None and team_profile.slack_channel_id:
+            places.append(team_profile.slack_channel_id)
+        text = (
+            f"{agent.sponsor.get_username()} has not reviewed {agent.name} ({agent.spiffe_id}), "
+            f"due {review.due:%d %b %Y}. Unanswered by {review.grace_ends():%d %b %Y}, "
+            f"{consequence}. {url}"
+        )
+    for place in places:
+        client().chat_postMessage(
+            channel=place,
+            text=escape(text),
+            blocks=[{"type": "section", "text": plain(text)}],
+            unfurl_links=False,
+        )
+    return len(places)
 
 
 def post_ephemeral(channel: str, user: str, text: str) -> None:

@@ -20,6 +20,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from approvals import services, slack
 from approvals.models import AccessRequest, Grant, SlackMessage
+from approvals.services import reviews
 
 logger = logging.getLogger(__name__)
 
@@ -186,3 +187,14 @@ def notify_agent_flagged(self, agent_id: int, flag: str):
 @shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
 def notify_grant_drifted(self, drift_flag_id: int):
     return _notify(self, slack.post_drift_notice, drift_flag_id)
+
+
+@shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
+def notify_review(self, review_id: int, kind: str):
+    return _notify(self, slack.post_review_notice, review_id, kind)
+
+
+@shared_task(acks_late=True)
+def sweep_reviews() -> dict:
+    """Open the reviews that are due; escalate and expire the ones left unanswered."""
+    return reviews.reviews_sweep()

@@ -467,6 +467,17 @@ if CUSTODY_DORMANT_SUSPEND_AFTER_DAYS <= CUSTODY_DORMANT_AFTER_DAYS:
         "is flagged dormant (and its sponsor told) before it is suspended."
     )
 CUSTODY_LIFECYCLE_SWEEP_SECONDS = env_int("CUSTODY_LIFECYCLE_SWEEP_SECONDS", 300, minimum=1)
+# --- Reviews (recertification): each agent's sponsor attests it on a cadence set by the highest
+# risk it is eligible for; an open review unanswered after the grace period gets the overdue action.
+CUSTODY_REVIEW_DAYS_CRITICAL = env_int("CUSTODY_REVIEW_DAYS_CRITICAL", 30, minimum=1)
+CUSTODY_REVIEW_DAYS_HIGH = env_int("CUSTODY_REVIEW_DAYS_HIGH", 90, minimum=1)
+CUSTODY_REVIEW_DAYS_OTHER = env_int("CUSTODY_REVIEW_DAYS_OTHER", 180, minimum=1)
+CUSTODY_REVIEW_GRACE_DAYS = env_int("CUSTODY_REVIEW_GRACE_DAYS", 14, minimum=1)
+CUSTODY_REVIEW_OVERDUE_ACTION = env_str("CUSTODY_REVIEW_OVERDUE_ACTION", "suspend")
+if CUSTODY_REVIEW_OVERDUE_ACTION not in ("suspend", "none"):
+    raise ImproperlyConfigured(
+        "CUSTODY_REVIEW_OVERDUE_ACTION is 'suspend' (the default) or 'none' (only record it)."
+    )
 CUSTODY_EXPIRY_NOTICE_MIN_GRANT_SECONDS = 3600
 CELERY_BROKER_TRANSPORT_OPTIONS.update(
     {
@@ -490,6 +501,7 @@ _SWEEP_TASKS = (
     "approvals.tasks.sweep_request_deadlines",
     "approvals.tasks.enqueue_upcoming_expiries",
     "agents.tasks.sweep_agent_lifecycle",
+    "approvals.tasks.sweep_reviews",
 )
 CELERY_TASK_ROUTES = {
     **{task: {"queue": "sweeps"} for task in _SWEEP_TASKS},
@@ -513,6 +525,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "sweep-agent-lifecycle": {
         "task": "agents.tasks.sweep_agent_lifecycle",
+        "schedule": float(CUSTODY_LIFECYCLE_SWEEP_SECONDS),
+    },
+    "sweep-reviews": {
+        "task": "approvals.tasks.sweep_reviews",
         "schedule": float(CUSTODY_LIFECYCLE_SWEEP_SECONDS),
     },
     "enqueue-upcoming-expiries": {

@@ -10,6 +10,7 @@ from frontend import (
     views_nav,
     views_posture,
     views_profile,
+    views_reviews,
     views_signin,
 )
 
@@ -25,6 +26,9 @@ urlpatterns = [
     path("grants/active/", views_live.dashboard_active, name="grants-active"),
     path("grants/<int:grant_id>/revoke/", views.grant_revoke, name="grant-revoke"),
     path("agents/", views.agents, name="agents"),
+    path("reviews/", views_reviews.reviews, name="reviews"),
+    path("reviews/evidence/", views_reviews.review_evidence, name="review-evidence"),
+    path("reviews/<int:review_id>/", views_reviews.review_detail, name="review"),
     path("agents/<int:agent_id>/", views.agent_detail, name="agent"),
     path(
         "agents/<int:agent_id>/approvers/add/",

@@ -41,6 +41,7 @@ from frontend.forms import AuditFilterForm, BackupApproverForm, DecisionForm, Re
 from frontend.views_eligibility import eligibility_context
 from frontend.views_lifecycle import agent_lifecycle_context, dashboard_lifecycle_context
 from frontend.views_live import dashboard_active_context
+from frontend.views_reviews import review_reminders_context
 
 PAGE_SIZE = 50
 # A critical approval waiting for the step-up: {"request_id", "verdict", "comment"}.
@@ -71,6 +72,7 @@ def dashboard(request):
             "pending_count": pending.count(),
             **dashboard_active_context(request.user),
             **dashboard_lifecycle_context(request.user),
+            **review_reminders_context(request.user),
             "overdue": overdue[:10],
             "denials": denials[:10],
         },

@@ -19,6 +19,7 @@ from django.utils import timezone
 from agents.models import Agent
 from approvals.approvers import NOT_AN_APPROVER, may_approve
 from approvals.models import Eligibility, EligibilityRequest, Privilege
+from approvals.services.cadence import agent_review_reschedule
 from approvals.services.common import lock_agents, privilege_by_name
 from audit.services import Actor, deferred_evidence, record
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -165,6 +166,9 @@ def _eligibility_create(
             "eligibility_request_id": eligibility_request_id,
         },
     )
+    agent_review_reschedule(
+        agent=agent, actor=actor, why=f"eligible for {privilege.name} ({privilege.risk} risk)"
+    )
     return eligibility
 
 
@@ -201,6 +205,11 @@ def eligibility_remove(*, eligibility_id: int, agent: Agent, by, reason: str = "
                 "privilege": eligibility.privilege.name,
                 "reason": (reason or "")[:500],
             },
+        )
+        agent_review_reschedule(
+            agent=agent,
+            actor=Actor.for_user(by),
+            why=f"no longer eligible for {eligibility.privilege.name}",
         )
     return eligibility
 

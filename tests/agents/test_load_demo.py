@@ -1,6 +1,7 @@
 import io
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import Client
 
@@ -44,6 +45,12 @@ def test_load_demo_shows_an_orphan_and_a_dormant_agent_on_the_dashboard(settings
     assert "Reporting bot" in orphans[: orphans.index("</ul>")]
     quiet = dashboard[dashboard.index('id="dormant"') :]
     assert "Nightly export" in quiet[: quiet.index("</ul>")]
+    assert AuditEvent.objects.filter(verb="review.opened").count() == 1
+    alice = Client()
+    alice.force_login(get_user_model().objects.get(username="alice"))
+    waiting = alice.get("/").content.decode()
+    waiting = waiting[waiting.index('id="reviews-waiting"') :]
+    assert "Invoice bot" in waiting[: waiting.index("</ul>")]
 
 
 def test_load_demo_prints_every_demo_login_for_make_run(settings, tmp_path):

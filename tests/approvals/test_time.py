@@ -188,10 +188,12 @@ def test_expiry_and_notifications_run_on_separate_queues():
     assert notifications == [
         "approvals.tasks.notify_agent_flagged",
         "approvals.tasks.notify_ephemeral",
+        "approvals.tasks.notify_grant_drifted",
         "approvals.tasks.notify_grant_expiring",
         "approvals.tasks.notify_request_changed",
         "approvals.tasks.notify_request_escalated",
         "approvals.tasks.notify_request_pending",
+        "approvals.tasks.notify_review",
     ]
     for name in notifications:
         assert queue(name) == "notifications", name

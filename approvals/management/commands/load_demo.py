@@ -30,8 +30,9 @@ from approvals.demo import (
     DEMO_RESOURCE_SERVERS,
     DEMO_USERS,
 )
-from approvals.models import Eligibility, Privilege
+from approvals.models import Eligibility, Privilege, Review
 from approvals.services import eligibility_grant, privilege_save
+from approvals.services.reviews import review_open
 from audit.services import Actor
 
 
@@ -63,6 +64,7 @@ class Command(BaseCommand):
             self._load_approvers(actor)
             self._load_lifecycle(actor)
             self._load_eligibility()
+            self._load_review()
         self.stdout.write("Demo data ready.")
         if print_logins:
             self.stdout.write("\n  Demo logins (username / password):")
@@ -206,3 +208,13 @@ class Command(BaseCommand):
                 max_duration_seconds=max_duration,
                 reason="Demo: what this agent's tasks need.",
             )
+
+    def _load_review(self):
+        """A review waiting for alice (the invoice bot's sponsor): its review falls due today
+        and the review sweep's own step opens it (review.opened); a rerun opens no second one."""
+        agent = Agent.objects.filter(spiffe_id=demo_spiffe_id(DEMO_AGENTS[0][0])).first()
+        if agent is None or Review.objects.filter(agent=agent).exists():
+            return
+        today = timezone.localdate()
+        Agent.objects.filter(pk=agent.pk).update(review_due=today)
+        review_open(agent_id=agent.pk, today=today)
