@@ -338,6 +338,25 @@ def agent_url(agent: Agent) -> str:
     return f"{settings.CUSTODY_PUBLIC_URL}/agents/{agent.pk}/"
 
 
+def _sponsor_places(agent: Agent) -> list[str]:
+    """The sponsor's Slack user id, when known."""
+    profile = getattr(agent.sponsor, "sponsor_profile", None)
+    return [profile.slack_user_id] if profile is not None and profile.slack_user_id else []
+
+
+def _backup_and_team_places(agent: Agent) -> list[str]:
+    """The backup approvers' Slack user ids and the team's channel, when known."""
+    places = []
+    for backup in agent.backup_approvers.select_related("user__sponsor_profile"):
+        profile = getattr(backup.user, "sponsor_profile", None)
+        if profile is not None and profile.slack_user_id:
+            places.append(profile.slack_user_id)
+    team_profile = getattr(agent.team, "team_profile", None)
+    if team_profile is not None and team_profile.slack_channel_id:
+        places.append(team_profile.slack_channel_id)
+    return places
+
+
 def post_agent_notice(agent_id: int, flag: str) -> int:
     """Dormant: its sponsor hears. Orphaned: its backup approvers and its team's channel hear,
     with how long they have to take ownership. One message per person or channel."""
@@ -346,9 +365,7 @@ def post_agent_notice(agent_id: int, flag: str) -> int:
     )
     places: list[str] = []
     if flag == "dormant":
-        profile = getattr(agent.sponsor, "sponsor_profile", None)
-        if profile is not None and profile.slack_user_id:
-            places.append(profile.slack_user_id)
+        places.extend(_sponsor_places(agent))
         text = (
             f"{agent.name} ({agent.spiffe_id}) has not authenticated for "
             f"{settings.CUSTODY_DORMANT_AFTER_DAYS} days. If it is still needed, nothing to do "
@@ -356,13 +373,7 @@ def post_agent_notice(agent_id: int, flag: str) -> int:
             f"{settings.CUSTODY_DORMANT_SUSPEND_AFTER_DAYS} quiet days. {agent_url(agent)}"
         )
     else:
-        for backup in agent.backup_approvers.select_related("user__sponsor_profile"):
-            profile = getattr(backup.user, "sponsor_profile", None)
-            if profile is not None and profile.slack_user_id:
-                places.append(profile.slack_user_id)
-        team_profile = getattr(agent.team, "team_profile", None)
-        if team_profile is not None and team_profile.slack_channel_id:
-            places.append(team_profile.slack_channel_id)
+        places.extend(_backup_and_team_places(agent))
         deadline = agent.orphan_deadline()
         text = (
             f"{agent.name} ({agent.spiffe_id}) is orphaned: "
@@ -420,22 +431,14 @@ def post_review_notice(review_id: int, kind: str) -> int:
     consequence = "it is suspended" if action == "suspend" else "it is recorded as overdue"
     url = f"{settings.CUSTODY_PUBLIC_URL}/reviews/{review.pk}/"
     if kind == "due":
-        profile = getattr(agent.sponsor, "sponsor_profile", None)
-        if profile is not None and profile.slack_user_id:
-            places.append(profile.slack_user_id)
+        places.extend(_sponsor_places(agent))
         text = (
             f"Your review of {agent.name} ({agent.spiffe_id}) is due {review.due:%d %b %Y}: "
             f"confirm it is still needed and what it may ask for. Unanswered by "
             f"{review.grace_ends():%d %b %Y}, {consequence}. {url}"
         )
     else:
-        for backup in agent.backup_approvers.select_related("user__sponsor_profile"):
-            profile = getattr(backup.user, "sponsor_profile", None)
-            if profile is not None and profile.slack_user_id:
-                places.append(profile.slack_user_id)
-        team_profile = getattr(agent.team, "team_profile", None)
-        if team_profile is not None and team_profile.slack_channel_id:
-            places.append(team_profile.slack_channel_id)
+        places.extend(_backup_and_team_places(agent))
         text = (
             f"{agent.sponsor.get_username()} has not reviewed {agent.name} ({agent.spiffe_id}), "
             f"due {review.due:%d %b %Y}. Unanswered by {review.grace_ends():%d %b %Y}, "
