@@ -267,20 +267,6 @@ def inbox_overview(user) -> InboxOverview:
     )
 
 
-def approvals_received(access_request_ids) -> dict[int, int]:
-    """Approvals by people per request, for a page of requests (one query)."""
-    rows = (
-        Decision.objects.filter(
-            access_request_id__in=list(access_request_ids),
-            verdict=Decision.Verdict.APPROVE,
-            approver__isnull=False,
-        )
-        .values_list("access_request_id")
-        .annotate(count=Count("pk"))
-    )
-    return dict(rows)
-
-
 def grants_visible_to(user) -> QuerySet[Grant]:
     if not user.is_authenticated:
         return Grant.objects.none()
