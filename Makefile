@@ -17,10 +17,10 @@ CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: run test lint format demo-request screenshots clean chromium
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev]" -e "./client[spiffe]"
 	touch $(STAMP)
 
 run: $(STAMP)
