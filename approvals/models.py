@@ -83,10 +83,29 @@ class Privilege(models.Model):
         return RISK_LEVEL[self.risk] <= RISK_LEVEL[self.slack_max_risk]
 
 
+class PolicyKind(models.TextChoices):
+    """What a policy decides, and so which schema it is validated against and which set it
+    joins: requests (`policies/schema.cedarschema`) or recorded tool calls
+    (`policies/drift.cedarschema`, Action::"tool_call")."""
+
+    REQUEST = "request", "Requests (request, auto_approve)"
+    DRIFT = "drift", "Drift (tool_call)"
+
+
 class Policy(models.Model):
-    """Cedar policy text, validated against Custody's schema on save; each save is a new version."""
+    """Cedar policy text, validated against its kind's schema on save; each save is a new
+    version."""
+
+    Kind = PolicyKind
 
     name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(
+        max_length=10,
+        choices=PolicyKind.choices,
+        default=PolicyKind.REQUEST,
+        help_text="Requests: decides each access request. Drift: decides each recorded tool "
+        "call (allow, flag, or end the grant). Fixed once the policy exists.",
+    )
     description = models.TextField(blank=True)
     text = models.TextField()
     enabled = models.BooleanField(default=True)
@@ -96,7 +115,12 @@ class Policy(models.Model):
 
     class Meta:
         verbose_name_plural = "policies"
-        ordering = ["name"]
+        ordering = ["kind", "name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(kind__in=["request", "drift"]), name="policy_kind_valid"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} v{self.version}"
@@ -135,6 +159,12 @@ class PolicyProposal(models.Model):
     )
     base_version = models.PositiveIntegerField(null=True, blank=True)
     name = models.CharField(max_length=100)
+    kind = models.CharField(
+        max_length=10,
+        choices=PolicyKind.choices,
+        default=PolicyKind.REQUEST,
+        help_text="For a new policy; a change to a policy keeps that policy's kind.",
+    )
     description = models.TextField(blank=True)
     text = models.TextField()
     enabled = models.BooleanField(default=True)
@@ -155,6 +185,10 @@ class PolicyProposal(models.Model):
             models.CheckConstraint(
                 condition=models.Q(status__in=["proposed", "applied", "rejected"]),
                 name="policy_proposal_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(kind__in=["request", "drift"]),
+                name="policy_proposal_kind_valid",
             ),
         ]
 
@@ -362,6 +396,7 @@ class Grant(models.Model):
         AGENT_SUSPENDED = "agent_suspended", "Agent suspended"
         POLICY = "policy", "Policy no longer allows it"
         POLICY_CHANGED = "policy_changed", "A policy change no longer allows it"
+        DRIFT = "drift", "Tool call drifted from the intent"
 
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="grants")
     privilege = models.ForeignKey(Privilege, on_delete=models.PROTECT, related_name="+")
@@ -398,6 +433,22 @@ class Grant(models.Model):
                     | models.Q(revoked_at__isnull=False) & ~models.Q(revoke_reason="")
                 ),
                 name="grant_revoked_with_reason",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    revoke_reason__in=[
+                        "",
+                        "expired",
+                        "completed",
+                        "revoked",
+                        "cascade",
+                        "agent_suspended",
+                        "policy",
+                        "policy_changed",
+                        "drift",
+                    ]
+                ),
+                name="grant_revoke_reason_valid",
             ),
         ]
         indexes = [

@@ -144,7 +144,7 @@ def drift_end_grant(*, grant_id: int, flag: DriftFlag) -> bool:
 
     return grant_end(
         grant_id=grant_id,
-        reason=Reason.POLICY,
+        reason=Reason.DRIFT,
         actor=Actor.system("drift policy"),
         detail=f"Drift ({', '.join(flag.kinds)}) under {', '.join(flag.policy_ids) or 'policy'}.",
     )

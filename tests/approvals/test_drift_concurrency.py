@@ -14,7 +14,7 @@ from approvals.models import Grant
 from audit.models import AuditEvent
 from audit.services import verify_chain
 from tests.approvals.conftest import intent
-from tests.approvals.test_drift import END_ON_TARGET
+from tests.approvals.test_drift import END_ON_TARGET, use_drift_policy
 from tests.factories import AgentFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -79,13 +79,9 @@ def check(grant_id) -> dict:
 
 
 @pytest.mark.parametrize("policy", ["shipped", "end"])
-def test_drifting_tool_calls_race_a_revoke(
-    trust_domain, signer, sponsor, team, privileges, settings, tmp_path, policy
-):
+def test_drifting_tool_calls_race_a_revoke(trust_domain, signer, sponsor, team, privileges, policy):
     if policy == "end":
-        path = tmp_path / "drift.cedar"
-        path.write_text(END_ON_TARGET)
-        settings.CUSTODY_DRIFT_POLICY_FILE = str(path)
+        use_drift_policy(END_ON_TARGET)
     problems = []
     for repetition in range(REPETITIONS):
         agent = AgentFactory(
