@@ -565,4 +565,4 @@ class SigningKeyAdmin(ReadOnlyAdmin):
 
 
 # Registered with the admin site by importing them here.
-from approvals import admin_eligibility, admin_reviews  # noqa: E402, F401
+from approvals import admin_drift, admin_eligibility, admin_reviews  # noqa: E402, F401
