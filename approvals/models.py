@@ -2,6 +2,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from agents.models import Agent
@@ -654,6 +655,16 @@ class EligibilityRequest(models.Model):
         return f"{self.agent.name} asks to be eligible for {self.privilege.name}"
 
 
+class DriftFlagQuerySet(models.QuerySet):
+    def with_kind(self, kind: str) -> "DriftFlagQuerySet":
+        """Flags whose kinds include `kind`, matched in the database over the list's JSON text
+        (JSON `contains` is not portable to SQLite; kind names are whole quoted words, none
+        inside another)."""
+        return self.annotate(kinds_text=Cast("kinds", models.TextField())).filter(
+            kinds_text__contains=f'"{kind}"'
+        )
+
+
 class DriftFlag(models.Model):
     """A recorded tool call that strayed from its grant's declared intent or privilege."""
 
@@ -674,6 +685,8 @@ class DriftFlag(models.Model):
     target = models.CharField(max_length=500, blank=True)
     policy_ids = models.JSONField(default=list)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = DriftFlagQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-pk"]

@@ -242,7 +242,9 @@ def report(results: Results, args, started: float) -> int:
     print()
     for variant in VARIANTS[1:]:
         cpu = median([s.cpu_ms for s in results.samples[variant]])
-        print(f"  {variant:<9} worker CPU over the floor: {cpu - floor:+.2f} ms ({cpu / floor:.2f}×)")
+        print(
+            f"  {variant:<9} worker CPU over the floor: {cpu - floor:+.2f} ms ({cpu / floor:.2f}×)"
+        )
     flags = DriftFlag.objects.count()
     chain = verify_chain()
     print()
