@@ -168,10 +168,18 @@ class ReviewedPolicyForm(forms.ModelForm):
     reviewed = forms.CharField(widget=forms.HiddenInput, required=False)
     simulation = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "kind" in self.fields:
+            self.fields["kind"].required = False  # left out, a policy decides requests
+
+    def clean_kind(self):
+        return self.cleaned_data.get("kind") or Policy.Kind.REQUEST
+
     def clean_text(self):
         text = self.cleaned_data["text"]
         try:
-            policy.validate_policy_text(text)
+            policy.validate_policy_text(text, self.policy_kind())
         except policy.PolicyTextError as exc:
             raise forms.ValidationError(["Cedar says: " + error for error in exc.errors])
         return text
@@ -179,9 +187,20 @@ class ReviewedPolicyForm(forms.ModelForm):
     def target_policy(self) -> Policy | None:
         raise NotImplementedError
 
+    def policy_kind(self) -> str:
+        """The kind the text is validated for: the existing policy's (fixed), else the form's
+        (declared before `text`, so already cleaned)."""
+        target = self.target_policy()
+        if target is not None:
+            return target.kind
+        return self.cleaned_data.get("kind") or Policy.Kind.REQUEST
+
     def clean(self):
         cleaned = super().clean()
         if self.errors or "text" not in cleaned:
+            return cleaned
+        if self.policy_kind() != Policy.Kind.REQUEST:
+            # The simulation re-decides requests; a drift policy decides none of them.
             return cleaned
         target = self.target_policy()
         text, enabled = cleaned["text"], bool(cleaned.get("enabled"))
@@ -209,7 +228,7 @@ class ReviewedPolicyForm(forms.ModelForm):
 class PolicyForm(ReviewedPolicyForm):
     class Meta:
         model = Policy
-        fields = ["name", "description", "text", "enabled"]
+        fields = ["name", "kind", "description", "text", "enabled"]
         widgets = {"text": PolicyTextInput()}
 
     def target_policy(self) -> Policy | None:
@@ -238,15 +257,18 @@ class PolicyAdmin(admin.ModelAdmin):
     (PolicyProposalAdmin) that another admin applies."""
 
     form = PolicyForm
-    list_display = ["name", "version", "enabled", "updated_at", "updated_by"]
-    list_filter = ["enabled"]
+    list_display = ["name", "kind", "version", "enabled", "updated_at", "updated_by"]
+    list_filter = ["kind", "enabled"]
     search_fields = ["name", "text"]
-    readonly_fields = ["version", "updated_at", "updated_by"]
     inlines = [PolicyRevisionInline]
     actions = None  # bulk delete would bypass the audited service
 
     class Media:
         css = {"all": ["custody/admin.css"]}
+
+    def get_readonly_fields(self, request, obj=None):
+        fixed = ["version", "updated_at", "updated_by"]
+        return fixed if obj is None else ["kind", *fixed]
 
     def has_add_permission(self, request):
         return not two_person_rule() and super().has_add_permission(request)
@@ -269,14 +291,17 @@ class PolicyAdmin(admin.ModelAdmin):
         services.policy_save(policy_row=obj, actor=Actor.for_user(request.user), created=not change)
 
     def response_add(self, request, obj, post_url_continue=None):
-        self._reevaluation_note(request)
+        self._reevaluation_note(request, obj)
         return super().response_add(request, obj, post_url_continue)
 
     def response_change(self, request, obj):
-        self._reevaluation_note(request)
+        self._reevaluation_note(request, obj)
         return super().response_change(request, obj)
 
-    def _reevaluation_note(self, request):
+    def _reevaluation_note(self, request, policy_row: Policy):
+        if policy_row.kind == Policy.Kind.DRIFT:
+            self.message_user(request, "The drift policy set decides the very next tool call.")
+            return
         self.message_user(
             request,
             "Live grants are decided again with the new policy set; those it no longer permits "
@@ -290,7 +315,7 @@ class PolicyAdmin(admin.ModelAdmin):
         """The confirmation shows what the policy set without this policy would decide."""
         extra_context = dict(extra_context or {})
         doomed = Policy.objects.filter(pk=object_id).first()
-        if request.method == "GET" and doomed is not None:
+        if request.method == "GET" and doomed is not None and doomed.kind == Policy.Kind.REQUEST:
             extra_context["simulation"] = services.policy_change_simulate(
                 proposed=services.policies_without(policy_pk=doomed.pk)
             )
@@ -300,7 +325,7 @@ class PolicyAdmin(admin.ModelAdmin):
 class PolicyProposalForm(ReviewedPolicyForm):
     class Meta:
         model = PolicyProposal
-        fields = ["policy", "name", "description", "text", "enabled"]
+        fields = ["policy", "name", "kind", "description", "text", "enabled"]
         widgets = {"text": PolicyTextInput()}
         help_texts = {"policy": "The policy to change; leave empty to propose a new one."}
 
@@ -319,8 +344,17 @@ class PolicyProposalAdmin(admin.ModelAdmin):
     """Two-person rule: one admin proposes, another applies (or anyone rejects, with a reason)."""
 
     form = PolicyProposalForm
-    list_display = ["id", "name", "policy", "status", "proposed_by", "proposed_at", "decided_by"]
-    list_filter = ["status"]
+    list_display = [
+        "id",
+        "name",
+        "kind",
+        "policy",
+        "status",
+        "proposed_by",
+        "proposed_at",
+        "decided_by",
+    ]
+    list_filter = ["status", "kind"]
     search_fields = ["name", "text"]
     actions = None
 
@@ -334,6 +368,7 @@ class PolicyProposalAdmin(admin.ModelAdmin):
             "policy",
             "base_version",
             "name",
+            "kind",
             "description",
             "text",
             "enabled",
@@ -357,6 +392,7 @@ class PolicyProposalAdmin(admin.ModelAdmin):
         if current is not None and "text" not in initial:
             initial.update(
                 name=current.name,
+                kind=current.kind,
                 description=current.description,
                 text=current.text,
                 enabled=current.enabled,
@@ -384,18 +420,22 @@ class PolicyProposalAdmin(admin.ModelAdmin):
         proposal = PolicyProposal.objects.filter(pk=object_id).first()
         extra = dict(extra_context or {})
         if proposal is not None and proposal.status == PolicyProposal.Status.PROPOSED:
-            extra["simulation"] = services.policy_change_simulate(
-                proposed=services.proposed_policies(
-                    policy_pk=proposal.policy_id,
-                    name=proposal.name,
-                    text=proposal.text,
-                    enabled=proposal.enabled,
-                )
-            )
+            if proposal.kind == Policy.Kind.REQUEST:
+                extra["simulation"] = self._simulation(proposal)
             extra["decision_form"] = ProposalDecisionForm()
             extra["own_proposal"] = proposal.proposed_by_id == request.user.pk
             extra["current_policy"] = proposal.policy
         return super().change_view(request, object_id, form_url, extra)
+
+    def _simulation(self, proposal: PolicyProposal):
+        return services.policy_change_simulate(
+            proposed=services.proposed_policies(
+                policy_pk=proposal.policy_id,
+                name=proposal.name,
+                text=proposal.text,
+                enabled=proposal.enabled,
+            )
+        )
 
     def decide_view(self, request, proposal_id: int):
         if request.method != "POST":
@@ -525,4 +565,4 @@ class SigningKeyAdmin(ReadOnlyAdmin):
 
 
 # Registered with the admin site by importing them here.
-from approvals import admin_eligibility, admin_reviews  # noqa: E402, F401
+from approvals import admin_drift, admin_eligibility, admin_reviews  # noqa: E402, F401

@@ -1,23 +1,25 @@
 """The drift policy: Cedar's say over one recorded tool call (allow, flag, or end the grant).
 
-Drift policies live in their own file and schema (`policies/drift.cedar`,
-`policies/drift.cedarschema`): the request policies' context (intent, duration, eligibility, …)
-describes a request, not a call, and sharing one schema would make every request policy that
-leaves its action open fail validation for `Action::"tool_call"`. The set is parsed once per
-process; each call costs one `is_authorized`.
+Drift policies are `Policy` rows of kind `drift`, edited in admin like request policies
+(validated against `policies/drift.cedarschema` on save, versioned, audited, two-person rule);
+the shipped default (`policies/drift.cedar`) is loaded by migration 0013. They form their own
+set: the request policies' context (intent, duration, eligibility, …) describes a request, not
+a call. The set is compiled once per policy generation, the same counter request policies use,
+so a change saved in admin is seen at the very next tool call in every process; each call costs
+one generation read and one `is_authorized`.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import cedarpy
-from django.conf import settings
 
-POLICIES = Path(__file__).resolve().parent / "policies"
+from approvals.policy import CompiledPolicies, compile_policies, policy_text_problems
+
 TOOL_CALL = 'Action::"tool_call"'
 STRENGTH = {"allow": 0, "flag": 1, "end": 2}
 
@@ -29,43 +31,54 @@ class DriftDecision:
 
 
 @dataclass(frozen=True)
-class _Compiled:
-    policy_set: cedarpy.PolicySet
-    annotations: dict[str, dict[str, str]]
+class _Cached:
+    generation: int
+    compiled: CompiledPolicies | None  # None: a stored drift policy is unusable
 
 
-def drift_policy_path() -> Path:
-    return Path(getattr(settings, "CUSTODY_DRIFT_POLICY_FILE", "") or POLICIES / "drift.cedar")
-
-
-@functools.lru_cache(maxsize=4)
-def _compiled(path: Path, modified_ns: int) -> _Compiled:
-    # Keyed by the file's modification time: an edited policy file is read again, once.
-    text = path.read_text()
-    problems = drift_policy_problems(text)
-    if problems:
-        raise ValueError("; ".join(problems))
-    document = json.loads(cedarpy.policies_to_json_str(text))
-    annotations = {
-        pid: policy.get("annotations", {}) or {}
-        for pid, policy in document.get("staticPolicies", {}).items()
-    }
-    policy_set = cedarpy.PolicySet.from_json_str(
-        json.dumps(
-            {
-                "staticPolicies": document.get("staticPolicies", {}),
-                "templates": {},
-                "templateLinks": [],
-            }
-        )
-    )
-    return _Compiled(policy_set, annotations)
+_lock = threading.Lock()
+_cached: _Cached | None = None
 
 
 def drift_policy_problems(text: str) -> list[str]:
     """What is wrong with a drift policy text against its schema (empty when valid)."""
-    result = cedarpy.validate_policies(text, (POLICIES / "drift.cedarschema").read_text())
-    return [str(error) for error in result.errors]
+    return [str(problem) for problem in policy_text_problems(text, "drift")]
+
+
+def _compile(generation: int) -> CompiledPolicies | None:
+    from approvals.models import Policy
+
+    rows = list(
+        Policy.objects.filter(enabled=True, kind=Policy.Kind.DRIFT)
+        .order_by("name")
+        .values_list("name", "text")
+    )
+    # Saving validates; a row written around the service (SQL, a restore) is checked here once.
+    if any(drift_policy_problems(text) for _, text in rows):
+        return None
+    try:
+        return compile_policies(rows, generation)
+    except Exception:  # cedarpy raises plain exceptions on text it cannot parse
+        return None
+
+
+def current_drift_policies(generation: int | None = None) -> CompiledPolicies | None:
+    """The compiled enabled drift policies (None when one is unusable), rebuilt only when the
+    policy generation moved. `generation` may be passed by a caller that has read it already."""
+    global _cached
+    if generation is None:
+        from approvals.models import PolicySetState
+
+        generation = (
+            PolicySetState.objects.filter(id=1).values_list("generation", flat=True).first() or 0
+        )
+    cached = _cached
+    if cached is not None and cached.generation == generation:
+        return cached.compiled
+    with _lock:
+        if _cached is None or _cached.generation != generation:
+            _cached = _Cached(generation, _compile(generation))
+        return _cached.compiled
 
 
 @functools.lru_cache(maxsize=1024)
@@ -74,13 +87,15 @@ def _parsed_entities(entities_json: str) -> cedarpy.Entities:
     return cedarpy.Entities.from_json_str(entities_json)
 
 
-def decide_drift(*, agent: dict, privilege: dict, context: dict) -> DriftDecision:
-    try:
-        path = drift_policy_path()
-        compiled = _compiled(path, path.stat().st_mtime_ns)
-    except (OSError, ValueError):
+def decide_drift(
+    *, agent: dict, privilege: dict, context: dict, generation: int | None = None
+) -> DriftDecision:
+    compiled = current_drift_policies(generation)
+    if compiled is None:
         # Fail towards evidence: without a usable drift policy, drift is still flagged.
-        return DriftDecision("flag", ["drift-policy-unusable"])
+        if context.get("drifted"):
+            return DriftDecision("flag", ["drift-policy-unusable"])
+        return DriftDecision("allow", [])
     entities = _parsed_entities(
         json.dumps(
             [
@@ -114,7 +129,7 @@ def decide_drift(*, agent: dict, privilege: dict, context: dict) -> DriftDecisio
     if result.allowed:
         for pid in result.diagnostics.reasons:
             wanted = compiled.annotations.get(pid, {}).get("drift", "flag")
-            ids.append(compiled.annotations.get(pid, {}).get("id", pid))
+            ids.append(compiled.label(pid))
             if STRENGTH.get(wanted, 1) > STRENGTH[outcome]:
                 outcome = wanted if wanted in STRENGTH else "flag"
     return DriftDecision(outcome, ids)

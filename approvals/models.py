@@ -2,6 +2,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from agents.models import Agent
@@ -83,10 +84,29 @@ class Privilege(models.Model):
         return RISK_LEVEL[self.risk] <= RISK_LEVEL[self.slack_max_risk]
 
 
+class PolicyKind(models.TextChoices):
+    """What a policy decides, and so which schema it is validated against and which set it
+    joins: requests (`policies/schema.cedarschema`) or recorded tool calls
+    (`policies/drift.cedarschema`, Action::"tool_call")."""
+
+    REQUEST = "request", "Requests (request, auto_approve)"
+    DRIFT = "drift", "Drift (tool_call)"
+
+
 class Policy(models.Model):
-    """Cedar policy text, validated against Custody's schema on save; each save is a new version."""
+    """Cedar policy text, validated against its kind's schema on save; each save is a new
+    version."""
+
+    Kind = PolicyKind
 
     name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(
+        max_length=10,
+        choices=PolicyKind.choices,
+        default=PolicyKind.REQUEST,
+        help_text="Requests: decides each access request. Drift: decides each recorded tool "
+        "call (allow, flag, or end the grant). Fixed once the policy exists.",
+    )
     description = models.TextField(blank=True)
     text = models.TextField()
     enabled = models.BooleanField(default=True)
@@ -96,7 +116,12 @@ class Policy(models.Model):
 
     class Meta:
         verbose_name_plural = "policies"
-        ordering = ["name"]
+        ordering = ["kind", "name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(kind__in=["request", "drift"]), name="policy_kind_valid"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} v{self.version}"
@@ -135,6 +160,12 @@ class PolicyProposal(models.Model):
     )
     base_version = models.PositiveIntegerField(null=True, blank=True)
     name = models.CharField(max_length=100)
+    kind = models.CharField(
+        max_length=10,
+        choices=PolicyKind.choices,
+        default=PolicyKind.REQUEST,
+        help_text="For a new policy; a change to a policy keeps that policy's kind.",
+    )
     description = models.TextField(blank=True)
     text = models.TextField()
     enabled = models.BooleanField(default=True)
@@ -155,6 +186,10 @@ class PolicyProposal(models.Model):
             models.CheckConstraint(
                 condition=models.Q(status__in=["proposed", "applied", "rejected"]),
                 name="policy_proposal_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(kind__in=["request", "drift"]),
+                name="policy_proposal_kind_valid",
             ),
         ]
 
@@ -362,6 +397,7 @@ class Grant(models.Model):
         AGENT_SUSPENDED = "agent_suspended", "Agent suspended"
         POLICY = "policy", "Policy no longer allows it"
         POLICY_CHANGED = "policy_changed", "A policy change no longer allows it"
+        DRIFT = "drift", "Tool call drifted from the intent"
 
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="grants")
     privilege = models.ForeignKey(Privilege, on_delete=models.PROTECT, related_name="+")
@@ -398,6 +434,22 @@ class Grant(models.Model):
                     | models.Q(revoked_at__isnull=False) & ~models.Q(revoke_reason="")
                 ),
                 name="grant_revoked_with_reason",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    revoke_reason__in=[
+                        "",
+                        "expired",
+                        "completed",
+                        "revoked",
+                        "cascade",
+                        "agent_suspended",
+                        "policy",
+                        "policy_changed",
+                        "drift",
+                    ]
+                ),
+                name="grant_revoke_reason_valid",
             ),
         ]
         indexes = [
@@ -603,6 +655,16 @@ class EligibilityRequest(models.Model):
         return f"{self.agent.name} asks to be eligible for {self.privilege.name}"
 
 
+class DriftFlagQuerySet(models.QuerySet):
+    def with_kind(self, kind: str) -> "DriftFlagQuerySet":
+        """Flags whose kinds include `kind`, matched in the database over the list's JSON text
+        (JSON `contains` is not portable to SQLite; kind names are whole quoted words, none
+        inside another)."""
+        return self.annotate(kinds_text=Cast("kinds", models.TextField())).filter(
+            kinds_text__contains=f'"{kind}"'
+        )
+
+
 class DriftFlag(models.Model):
     """A recorded tool call that strayed from its grant's declared intent or privilege."""
 
@@ -623,6 +685,8 @@ class DriftFlag(models.Model):
     target = models.CharField(max_length=500, blank=True)
     policy_ids = models.JSONField(default=list)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = DriftFlagQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-pk"]

@@ -22,6 +22,12 @@ POLICY_DIR = Path(__file__).resolve().parent / "policies"
 SCHEMA_TEXT = (POLICY_DIR / "schema.cedarschema").read_text()
 DEFAULT_POLICY_TEXT = (POLICY_DIR / "default.cedar").read_text()
 SCHEMA = cedarpy.Schema.from_str(SCHEMA_TEXT)
+# Drift policies decide one recorded tool call (Action::"tool_call"); their context describes a
+# call, not a request, so they have their own schema and form their own set
+# (approvals/drift_policy.py).
+DRIFT_SCHEMA_TEXT = (POLICY_DIR / "drift.cedarschema").read_text()
+DRIFT_DEFAULT_TEXT = (POLICY_DIR / "drift.cedar").read_text()
+SCHEMAS = {"request": SCHEMA, "drift": cedarpy.Schema.from_str(DRIFT_SCHEMA_TEXT)}
 
 AUTO_APPROVE = 'Action::"auto_approve"'
 REQUEST = 'Action::"request"'
@@ -121,10 +127,13 @@ def _locate(text: str, statement: _Statement, number: int, message: str) -> Poli
     return PolicyProblem(line, column, number + 1, policy_id, message)
 
 
-def policy_text_problems(text: str) -> list[PolicyProblem]:
-    """Everything wrong with a policy text, each with its line, column and policy @id."""
+def policy_text_problems(text: str, kind: str = "request") -> list[PolicyProblem]:
+    """Everything wrong with a policy text of this kind (`request` or `drift`, each against its
+    own schema), each with its line, column and policy @id."""
+    if kind not in SCHEMAS:
+        return [PolicyProblem(1, 1, 1, "", f"unknown policy kind {kind!r}")]
     try:
-        result = cedarpy.validate_policies(text, SCHEMA)
+        result = cedarpy.validate_policies(text, SCHEMAS[kind])
     except Exception as exc:  # cedarpy raises plain exceptions on syntax errors
         result, parse_error = None, str(exc)
     else:
@@ -156,8 +165,8 @@ def policy_text_problems(text: str) -> list[PolicyProblem]:
     return problems or [PolicyProblem(1, 1, 1, "", "invalid policy")]
 
 
-def validate_policy_text(text: str) -> None:
-    problems = policy_text_problems(text)
+def validate_policy_text(text: str, kind: str = "request") -> None:
+    problems = policy_text_problems(text, kind)
     if problems:
         raise PolicyTextError(problems)
 
@@ -403,7 +412,8 @@ _compiled: CompiledPolicies | None = None
 
 
 def current_policies() -> CompiledPolicies:
-    """The compiled enabled policies, rebuilt only when the database generation moved."""
+    """The compiled enabled request policies, rebuilt only when the database generation
+    moved."""
     global _compiled
     from approvals.models import Policy, PolicySetState
 
@@ -416,6 +426,10 @@ def current_policies() -> CompiledPolicies:
     with _lock:
         if _compiled is not None and _compiled.generation == generation:
             return _compiled
-        rows = Policy.objects.filter(enabled=True).order_by("name").values_list("name", "text")
+        rows = (
+            Policy.objects.filter(enabled=True, kind=Policy.Kind.REQUEST)
+            .order_by("name")
+            .values_list("name", "text")
+        )
         _compiled = compile_policies(list(rows), generation)
         return _compiled

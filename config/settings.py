@@ -399,12 +399,17 @@ if CUSTODY_ACCESS_TOKEN_SECONDS > 900:
 CUSTODY_MAX_WAIT_SECONDS = 30
 # Flood control: an agent with this many requests waiting for people gets 429 for one more.
 CUSTODY_MAX_PENDING_PER_AGENT = env_int("CUSTODY_MAX_PENDING_PER_AGENT", 20, minimum=1)
-# The inbox's bulk deny: at most this many requests per click (each is its own decision).
 # Drift: more than BURST tool calls under one grant within WINDOW seconds is a burst.
 CUSTODY_DRIFT_BURST = env_int("CUSTODY_DRIFT_BURST", 30, minimum=1)
 CUSTODY_DRIFT_WINDOW = env_int("CUSTODY_DRIFT_WINDOW", 60, minimum=1)
-# The Cedar drift policy (Action::"tool_call"); empty: the shipped approvals/policies/drift.cedar
-CUSTODY_DRIFT_POLICY_FILE = env_str("CUSTODY_DRIFT_POLICY_FILE", "")
+if env_str("CUSTODY_DRIFT_POLICY_FILE"):
+    # Ignoring it would leave someone believing their file decides drift.
+    raise ImproperlyConfigured(
+        "CUSTODY_DRIFT_POLICY_FILE is no longer read: drift policies are edited in Django admin "
+        "(Policies, kind Drift), validated, versioned and audited. Put the file's text there "
+        "and unset the variable."
+    )
+# The inbox's bulk deny: at most this many requests per click (each is its own decision).
 CUSTODY_BULK_DENY_MAX = env_int("CUSTODY_BULK_DENY_MAX", 500, minimum=1)
 # Back-to-back requests cannot renew a privilege forever: within any window of this many
 # seconds, an agent gets a privilege automatically for at most FACTOR × its maximum duration

@@ -11,12 +11,13 @@ from tests.identity import SigningIdentity
 def _fresh_cache():
     # JWKS documents and rate-limit counters must not leak between tests (Redis in CI), nor
     # may per-process caches of rows that a test's rollback removed (signing keys, policies).
-    from approvals import policy, tokens
+    from approvals import drift_policy, policy, tokens
 
     cache.clear()
     tokens._current_cache = None
     tokens._public_cache.clear()
     policy._compiled = None
+    drift_policy._cached = None
     yield
     cache.clear()
 

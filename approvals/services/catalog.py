@@ -20,26 +20,34 @@ from audit.services import Actor, record
 from core.errors import InvalidInput
 
 
-def policy_save(*, policy_row, actor: Actor, created: bool):
-    """Validate against the schema, bump the version, keep the revision, move the generation."""
+def policy_text_validate(*, text: str, kind: str) -> None:
+    """Refuse (400) a policy text that does not validate against its kind's schema."""
     try:
-        policy.validate_policy_text(policy_row.text)
+        policy.validate_policy_text(text, kind)
     except policy.PolicyTextError as exc:
         raise InvalidInput(
             "The policy does not validate: " + "; ".join(exc.errors),
             code="invalid_policy",
             fields={"text": exc.errors},
         )
+
+
+def policy_save(*, policy_row, actor: Actor, created: bool):
+    """Validate against its kind's schema, bump the version, keep the revision, move the
+    generation (every process sees the change at its next decision or tool call)."""
+    policy_text_validate(text=policy_row.text, kind=policy_row.kind)
     with transaction.atomic():
         policy_change_lock(exclusive=True)
         if not created:
-            policy_row.version = (
-                type(policy_row)
-                .objects.select_for_update(no_key=True)
-                .get(pk=policy_row.pk)
-                .version
-                + 1
-            )
+            stored = type(policy_row).objects.select_for_update(no_key=True).get(pk=policy_row.pk)
+            if stored.kind != policy_row.kind:
+                raise InvalidInput(
+                    f"Policy {stored.name} decides {stored.get_kind_display().lower()}; its kind "
+                    "cannot change. Create a new policy of the other kind instead.",
+                    code="policy_kind_fixed",
+                    fields={"kind": ["Fixed once the policy exists."]},
+                )
+            policy_row.version = stored.version + 1
         policy_row.updated_by = actor.id
         policy_row.save()
         PolicyRevision.objects.create(
@@ -55,14 +63,17 @@ def policy_save(*, policy_row, actor: Actor, created: bool):
             verb="policy.created" if created else "policy.changed",
             data={
                 "policy": policy_row.name,
+                "kind": policy_row.kind,
                 "version": policy_row.version,
                 "enabled": policy_row.enabled,
                 "text": policy_row.text,
             },
         )
-        _reevaluate_on_commit(
-            actor, f"policy {policy_row.name} v{policy_row.version} saved by {actor.id}"
-        )
+        if policy_row.kind == policy_row.Kind.REQUEST:
+            # A drift policy decides tool calls, not grants: no live grant needs deciding again.
+            _reevaluate_on_commit(
+                actor, f"policy {policy_row.name} v{policy_row.version} saved by {actor.id}"
+            )
     return policy_row
 
 
@@ -85,11 +96,16 @@ def _policy_generation_bump() -> None:
 def policy_delete(*, policy_row, actor: Actor) -> None:
     with transaction.atomic():
         policy_change_lock(exclusive=True)
-        name, version = policy_row.name, policy_row.version
+        name, version, kind = policy_row.name, policy_row.version, policy_row.kind
         policy_row.delete()
         _policy_generation_bump()
-        record(actor=actor, verb="policy.deleted", data={"policy": name, "version": version})
-        _reevaluate_on_commit(actor, f"policy {name} v{version} deleted by {actor.id}")
+        record(
+            actor=actor,
+            verb="policy.deleted",
+            data={"policy": name, "kind": kind, "version": version},
+        )
+        if kind == policy_row.Kind.REQUEST:
+            _reevaluate_on_commit(actor, f"policy {name} v{version} deleted by {actor.id}")
 
 
 def privilege_save(*, privilege, actor: Actor, created: bool):

@@ -66,8 +66,8 @@ def drift_flagged(*, grant: Grant, kind: str, since=None) -> bool:
     flags = DriftFlag.objects.filter(grant=grant)
     if since is not None:
         flags = flags.filter(created_at__gte=since)
-    # kinds is a short JSON list; `contains` on JSON is not portable to SQLite, so look in Python.
-    return any(kind in kinds for kinds in flags.values_list("kinds", flat=True)[:1000])
+    # One EXISTS, however many flags a drifting grant has piled up.
+    return flags.with_kind(kind).exists()
 
 
 def burst_flagged_in_window(*, grant: Grant) -> bool:
@@ -76,8 +76,18 @@ def burst_flagged_in_window(*, grant: Grant) -> bool:
 
 
 def drift_decide(
-    *, grant: Grant, tool: str, target: str, action: str, outcome: str, kinds: list, calls: int
+    *,
+    grant: Grant,
+    tool: str,
+    target: str,
+    action: str,
+    outcome: str,
+    kinds: list,
+    calls: int,
+    generation: int | None = None,
 ) -> DriftDecision:
+    """What the drift policy says of one call; `generation` is the policy generation when the
+    caller read it already (else it is read here)."""
     agent = grant.agent
     privilege = grant.privilege
     intent = grant.access_request.intent or {}
@@ -104,6 +114,7 @@ def drift_decide(
             "drift": kinds,
             "drifted": bool(kinds),
         },
+        generation=generation,
     )
 
 
@@ -144,7 +155,7 @@ def drift_end_grant(*, grant_id: int, flag: DriftFlag) -> bool:
 
     return grant_end(
         grant_id=grant_id,
-        reason=Reason.POLICY,
+        reason=Reason.DRIFT,
         actor=Actor.system("drift policy"),
         detail=f"Drift ({', '.join(flag.kinds)}) under {', '.join(flag.policy_ids) or 'policy'}.",
     )

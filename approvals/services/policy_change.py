@@ -8,9 +8,8 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import policy
 from approvals.models import Policy, PolicyProposal
-from approvals.services.catalog import policy_save
+from approvals.services.catalog import policy_save, policy_text_validate
 from approvals.services.common import policy_change_lock
 from audit.services import Actor, deferred_evidence, record
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -20,15 +19,14 @@ Status = PolicyProposal.Status
 
 def policy_propose(*, proposal: PolicyProposal, user) -> PolicyProposal:
     """Keep a change (an unsaved proposal: its policy, None for a new one, name, description,
-    text, enabled) as a proposal against the policy's current version."""
-    try:
-        policy.validate_policy_text(proposal.text)
-    except policy.PolicyTextError as exc:
-        raise InvalidInput(
-            "The policy does not validate: " + "; ".join(exc.errors),
-            code="invalid_policy",
-            fields={"text": exc.errors},
+    text, enabled; kind for a new one) as a proposal against the policy's current version. A
+    change to a policy keeps that policy's kind."""
+    if proposal.policy_id is not None:
+        proposal.kind = (
+            Policy.objects.filter(pk=proposal.policy_id).values_list("kind", flat=True).first()
+            or proposal.kind
         )
+    policy_text_validate(text=proposal.text, kind=proposal.kind)
     if proposal.policy_id is None and Policy.objects.filter(name=proposal.name).exists():
         raise InvalidInput(
             f"A policy named {proposal.name} exists; propose a change to it instead.",
@@ -52,6 +50,7 @@ def policy_propose(*, proposal: PolicyProposal, user) -> PolicyProposal:
             data={
                 "proposal": proposal.pk,
                 "policy": proposal.name,
+                "kind": proposal.kind,
                 "base_version": proposal.base_version,
                 "enabled": proposal.enabled,
                 "text": proposal.text,
@@ -95,7 +94,7 @@ def policy_proposal_apply(*, proposal_id: int, user) -> Policy:
                     "reject this proposal and propose a change to that policy.",
                     code="policy_changed_since_proposal",
                 )
-            policy_row = Policy()
+            policy_row = Policy(kind=proposal.kind)
         else:
             policy_row = Policy.objects.select_for_update(no_key=True).get(pk=proposal.policy_id)
             if policy_row.version != proposal.base_version:

@@ -111,8 +111,9 @@ class PolicySimulation:
 def proposed_policies(
     *, policy_pk: int | None, name: str, text: str, enabled: bool
 ) -> policy.CompiledPolicies:
-    """The enabled policy set as it would be with this one policy saved (`text` must be valid)."""
-    rows = Policy.objects.filter(enabled=True).order_by("name")
+    """The enabled request policy set as it would be with this one (request) policy saved
+    (`text` must be valid)."""
+    rows = Policy.objects.filter(enabled=True, kind=Policy.Kind.REQUEST).order_by("name")
     if policy_pk is not None:
         rows = rows.exclude(pk=policy_pk)
     named = [(row_name, row_text) for row_name, row_text in rows.values_list("name", "text")]
@@ -122,8 +123,12 @@ def proposed_policies(
 
 
 def policies_without(*, policy_pk: int) -> policy.CompiledPolicies:
-    """The enabled policy set as it would be with this policy deleted."""
-    rows = Policy.objects.filter(enabled=True).exclude(pk=policy_pk).order_by("name")
+    """The enabled request policy set as it would be with this policy deleted."""
+    rows = (
+        Policy.objects.filter(enabled=True, kind=Policy.Kind.REQUEST)
+        .exclude(pk=policy_pk)
+        .order_by("name")
+    )
     return policy.compile_policies(list(rows.values_list("name", "text")), generation=-1)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Subquery
 
 from agents.models import Agent
 from approvals import policy
@@ -12,6 +13,7 @@ from approvals.lineage import grant_ancestors
 from approvals.models import (
     DriftFlag,
     Grant,
+    PolicySetState,
 )
 from approvals.services.common import agent_refusal_evidence
 from approvals.services.drift import (
@@ -201,6 +203,12 @@ def tool_call_record(
         grant = (
             Grant.objects.select_for_update(no_key=True)
             .select_related("privilege", "access_request", "agent")
+            # The policy generation rides along: the drift set's cache check costs no query.
+            .annotate(
+                policy_generation=Subquery(
+                    PolicySetState.objects.filter(id=1).values("generation")[:1]
+                )
+            )
             .filter(pk=grant.pk, agent=agent)
             .first()
         )
@@ -227,7 +235,16 @@ def tool_call_record(
                 grant_id=grant.pk,
                 data=call,
             )
-            flag = _drift(grant, agent, tool, target, action, outcome, completed=False)
+            flag = _drift(
+                grant,
+                agent,
+                tool,
+                target,
+                action,
+                outcome,
+                completed=False,
+                generation=grant.policy_generation or 0,
+            )
         else:
             event = None
     if event is not None:
@@ -252,7 +269,7 @@ def tool_call_record(
     )
 
 
-def _drift(grant, agent, tool, target, action, outcome, *, completed):
+def _drift(grant, agent, tool, target, action, outcome, *, completed, generation=None):
     kinds = drift_kinds(grant=grant, tool=tool, target=target, action=action, completed=completed)
     calls = 0 if completed else calls_in_window(grant=grant)
     if calls > settings.CUSTODY_DRIFT_BURST and not burst_flagged_in_window(grant=grant):
@@ -267,6 +284,7 @@ def _drift(grant, agent, tool, target, action, outcome, *, completed):
         outcome=outcome,
         kinds=kinds,
         calls=calls,
+        generation=generation,
     )
     if decision.outcome == "allow":
         return None

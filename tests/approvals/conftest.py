@@ -8,9 +8,12 @@ from tests.factories import PrivilegeFactory, ResourceServerFactory
 def privileges(db):
     # A transactional test's flush empties every table, the shipped policy set included.
     from approvals.models import Policy, PolicySetState
-    from approvals.policy import DEFAULT_POLICY_TEXT
+    from approvals.policy import DEFAULT_POLICY_TEXT, DRIFT_DEFAULT_TEXT
 
     Policy.objects.get_or_create(name="default", defaults={"text": DEFAULT_POLICY_TEXT})
+    Policy.objects.get_or_create(
+        name="drift-default", defaults={"kind": "drift", "text": DRIFT_DEFAULT_TEXT}
+    )
     PolicySetState.objects.get_or_create(id=1)
     read = PrivilegeFactory(resource="payments-db", action="read", risk="low")
     write = PrivilegeFactory(resource="payments-db", action="write", risk="high")

@@ -10,11 +10,11 @@ from django.db import connection
 from django.test import Client
 from rest_framework.test import APIClient
 
-from approvals.models import Grant
+from approvals.models import Grant, Policy
 from audit.models import AuditEvent
 from audit.services import verify_chain
 from tests.approvals.conftest import intent
-from tests.approvals.test_drift import END_ON_TARGET
+from tests.approvals.test_drift import END_ON_TARGET, use_drift_policy
 from tests.factories import AgentFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -79,13 +79,9 @@ def check(grant_id) -> dict:
 
 
 @pytest.mark.parametrize("policy", ["shipped", "end"])
-def test_drifting_tool_calls_race_a_revoke(
-    trust_domain, signer, sponsor, team, privileges, settings, tmp_path, policy
-):
+def test_drifting_tool_calls_race_a_revoke(trust_domain, signer, sponsor, team, privileges, policy):
     if policy == "end":
-        path = tmp_path / "drift.cedar"
-        path.write_text(END_ON_TARGET)
-        settings.CUSTODY_DRIFT_POLICY_FILE = str(path)
+        use_drift_policy(END_ON_TARGET)
     problems = []
     for repetition in range(REPETITIONS):
         agent = AgentFactory(
@@ -126,4 +122,101 @@ def test_drifting_tool_calls_race_a_revoke(
         if outcome != expected:
             problems.append((repetition, outcome, dict(statuses)))
     assert problems == []
+    assert verify_chain().ok
+
+
+def test_a_drift_policy_change_in_admin_races_drifting_tool_calls(
+    trust_domain, signer, sponsor, team, privileges, admin_user
+):
+    """Callers keep straying while an admin changes the drift policy to END_ON_TARGET. No call
+    fails; a call that starts once the save has answered is decided by the new policy (its
+    grant ends, reason drift, or it is refused because it already has); each grant ends once."""
+    drift = Policy.objects.get(name="drift-default")
+    agents = [
+        AgentFactory(
+            spiffe_id=f"spiffe://example.test/agents/racer-{n}", sponsor=sponsor, team=team
+        )
+        for n in range(CALLERS)
+    ]
+    grants = {}
+    for racer in agents:
+        body = agent_client(signer, racer).post(
+            "/api/v1/requests",
+            {
+                "privilege": "payments-db:read",
+                "task_id": "race",
+                "duration_seconds": 600,
+                "intent": intent(),
+            },
+            format="json",
+        )
+        grants[racer.pk] = body.json()["grant"]["id"]
+        # The shipped policy is compiled and cached before the race: it flags.
+        first = agent_client(signer, racer).post(
+            f"/api/v1/grants/{grants[racer.pk]}/tool-calls",
+            {"tool": "sql", "target": "payroll", "outcome": "success"},
+            format="json",
+        )
+        assert first.json()["drift"]["outcome"] == "flag"
+    changed = threading.Event()
+    barrier = threading.Barrier(CALLERS + 1)
+    after: list[tuple[int, int, str | None]] = []  # (grant, status, outcome) of late calls
+    statuses: Counter = Counter()
+    lock = threading.Lock()
+
+    def caller(racer):
+        client = agent_client(signer, racer)
+        grant_id = grants[racer.pk]
+        try:
+            barrier.wait()
+            late_calls = 0
+            # Until three calls have started after the save answered (a bound, not a clock).
+            for _ in range(500):
+                late = changed.is_set()
+                if late:
+                    late_calls += 1
+                    if late_calls > 3:
+                        break
+                response = client.post(
+                    f"/api/v1/grants/{grant_id}/tool-calls",
+                    {"tool": "sql", "target": "payroll", "outcome": "success"},
+                    format="json",
+                )
+                drift = response.json().get("drift") if response.status_code == 201 else None
+                with lock:
+                    statuses[response.status_code] += 1
+                    if late:
+                        after.append((grant_id, response.status_code, drift and drift["outcome"]))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=caller, args=(racer,)) for racer in agents]
+    for thread in threads:
+        thread.start()
+    web = Client(raise_request_exception=False)
+    web.force_login(admin_user)
+    barrier.wait()
+    saved = web.post(
+        f"/admin/approvals/policy/{drift.pk}/change/",
+        {
+            "name": "drift-default",
+            "description": "",
+            "text": END_ON_TARGET,
+            "enabled": "on",
+            "revisions-TOTAL_FORMS": "0",
+            "revisions-INITIAL_FORMS": "0",
+        },
+    )
+    changed.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert saved.status_code == 302
+    assert set(statuses) <= {201, 409}, statuses
+    assert len(after) == 3 * CALLERS
+    assert [late for late in after if late[1] == 201 and late[2] != "end"] == []
+    for grant_id in grants.values():
+        grant = Grant.objects.get(pk=grant_id)
+        assert grant.revoke_reason == "drift"
+        ended = AuditEvent.objects.filter(verb="grant.revoked", grant_id=grant_id)
+        assert ended.count() == 1
     assert verify_chain().ok

@@ -199,3 +199,12 @@ def test_single_sign_on_without_its_client_stops_at_start(tmp_path):
     assert message.startswith(
         "CUSTODY_OIDC_SERVER_URL is set, so CUSTODY_OIDC_CLIENT_ID and CUSTODY_OIDC_CLIENT_SECRET"
     )
+
+
+def test_the_retired_drift_policy_file_variable_stops_custody_at_start(tmp_path):
+    # Drift policies moved into admin (Policy kind drift); a file nobody reads must not be
+    # mistaken for the policy in force.
+    message = refusal(
+        start(tmp_path, DEBUG="true", CUSTODY_DRIFT_POLICY_FILE=str(tmp_path / "drift.cedar"))
+    )
+    assert message.startswith("CUSTODY_DRIFT_POLICY_FILE is no longer read: drift policies")
