@@ -109,7 +109,7 @@ def settle(request: dict, *, wait, max_poll: int):
                 request_id=request["id"],
                 body=request,
             )
-        poll = max(1, min(max_poll, math.ceil(remaining)))
+        poll = max_poll if stop is None else max(1, min(max_poll, math.ceil(remaining)))
         request = (
             yield Call(
                 "GET",
