@@ -4,6 +4,7 @@ database, with agents whose SVIDs the tests mint (tests/identity.py)."""
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -115,8 +116,14 @@ def custody_cli(*args, url: str, svid_file=None, env=None, check=None):
     for name in ("CUSTODY_DEV_AGENT", "SPIFFE_ENDPOINT_SOCKET"):
         if name not in (env or {}):
             environment.pop(name, None)
+    # Run from elsewhere: the command needs the package, never the Django project.
     done = subprocess.run(
-        [str(script), *args], env=environment, capture_output=True, text=True, timeout=120
+        [str(script), *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tempfile.gettempdir(),
     )
     if check is not None:
         assert done.returncode == check, (done.returncode, done.stdout, done.stderr)
