@@ -116,19 +116,35 @@ def request_output(access_request: AccessRequest, *, token=None, submitted=None)
             "policy": access_request.approvals_policy_id or None,
             "reason": access_request.approvals_rule,
         },
-        "expires_at": access_request.decision_deadline.isoformat(),
-        "created_at": access_request.created_at.isoformat(),
-        "grant": None
-        if grant is None
-        else {
-            "id": grant.pk,
-            "token": token.token if token else None,
-            "token_expires_at": token.expires_at if token else None,
-            "token_url": f"/api/v1/grants/{grant.pk}/token",
-            "expires_at": grant.expires_at.isoformat(),
-            "scope": grant.scope,
-            "active": grant.is_active(),
-        },
+        # Until when people may decide; the grant's own end is `grant.expires_at`.
+        "decision_deadline": access_request.decision_deadline,
+        "created_at": access_request.created_at,
+        "grant": None if grant is None else grant_summary(grant, token=token),
+    }
+
+
+def token_fields(token) -> dict:
+    """An access token as every answer names it (RFC 6749 §5.1): `access_token`, `token_type`
+    and `expires_in`, the seconds it has left (so no client compares clocks)."""
+    if token is None:
+        return {"access_token": None, "token_type": None, "expires_in": None}
+    return {
+        "access_token": token.token,
+        "token_type": "Bearer",
+        "expires_in": max(token.expires_at - int(time.time()), 0),
+    }
+
+
+def grant_summary(grant: Grant, *, token=None) -> dict:
+    """A request's grant: its end (`expires_at`), and the access token when this answer minted
+    one (an automatic approval's 201); otherwise `token_url` mints one."""
+    return {
+        "id": grant.pk,
+        "scope": grant.scope,
+        "expires_at": grant.expires_at,
+        "active": grant.is_active(),
+        "token_url": f"/api/v1/grants/{grant.pk}/token",
+        **token_fields(token),
     }
 
 
@@ -264,15 +280,18 @@ class GrantTokenApi(APIView):
     def post(self, request, grant_id: int):
         grant = get_object_or_404(selectors.agent_grants(request.user.agent), pk=grant_id)
         issued = services.grant_token_refresh(grant=grant, agent=request.user.agent)
-        return Response(
+        response = Response(
             {
-                "access_token": issued.token,
-                "token_type": "Bearer",
-                "expires_at": issued.expires_at,
+                **token_fields(issued),
                 "scope": grant.scope,
                 "grant_id": grant.pk,
+                "grant_expires_at": grant.expires_at,
             }
         )
+        # RFC 6749 §5.1: token responses are never cached.
+        response["Cache-Control"] = "no-store"
+        response["Pragma"] = "no-cache"
+        return response
 
 
 class GrantExtendApi(APIView):

@@ -2,7 +2,8 @@
 eligible for more (its sponsor decides). One small view per operation."""
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, extend_schema_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -10,6 +11,7 @@ from rest_framework.views import APIView
 from agents.permissions import IsAgent
 from approvals import selectors, services
 from approvals.models import Eligibility, EligibilityRequest
+from core.errors import InvalidInput
 
 
 class EligibilityOutputSerializer(serializers.ModelSerializer):
@@ -61,6 +63,71 @@ class EligibilityRequestOutputSerializer(serializers.ModelSerializer):
             "comment",
             "eligibility_id",
         ]
+
+
+class PrivilegeOutputSerializer(serializers.Serializer):
+    """A catalogue entry for an agent: what it is, and whether (and within what) it may ask."""
+
+    privilege = serializers.CharField(source="privilege.name")
+    description = serializers.CharField(source="privilege.description")
+    risk = serializers.CharField(source="privilege.risk")
+    max_duration_seconds = serializers.SerializerMethodField(
+        help_text="The longest one request may ask for: the eligibility's own limit, else the "
+        "privilege's maximum."
+    )
+    approvals_required = serializers.IntegerField(
+        source="privilege.approvals_required",
+        help_text="People the privilege asks for when policy routes a request to them "
+        "(policy may ask more).",
+    )
+    decision_deadline_seconds = serializers.IntegerField(
+        source="privilege.decision_deadline_seconds",
+        help_text="How long a request waits for people before it expires.",
+    )
+    eligible = serializers.SerializerMethodField(
+        help_text="True: the agent may ask for it now (POST /api/v1/requests). False: it may "
+        "ask to become eligible (POST /api/v1/eligibility/requests)."
+    )
+    eligibility = EligibilityOutputSerializer(allow_null=True)
+
+    def get_max_duration_seconds(self, entry) -> int:
+        if entry.eligibility is not None and entry.eligibility.max_duration_seconds:
+            return entry.eligibility.max_duration_seconds
+        return entry.privilege.max_duration_seconds
+
+    def get_eligible(self, entry) -> bool:
+        return entry.eligibility is not None
+
+
+class PrivilegeListOutputSerializer(serializers.Serializer):
+    results = PrivilegeOutputSerializer(many=True)
+
+
+class PrivilegeListApi(APIView):
+    permission_classes = [IsAgent]
+
+    @extend_schema(
+        operation_id="privileges_list",
+        parameters=[
+            OpenApiParameter(
+                "eligible",
+                OpenApiTypes.STR,
+                enum=["true", "false"],
+                description="Only what the agent may ask for now (true), or only what it may "
+                "ask to become eligible for (false).",
+            )
+        ],
+        responses=PrivilegeListOutputSerializer,
+        summary="The privilege catalogue, each entry with the calling agent's eligibility",
+    )
+    def get(self, request):
+        eligible = request.query_params.get("eligible")
+        if eligible not in (None, "true", "false"):
+            raise InvalidInput("eligible is 'true' or 'false'.", code="invalid_filter")
+        entries = selectors.privilege_catalogue(
+            request.user.agent, eligible=None if eligible is None else eligible == "true"
+        )
+        return Response({"results": PrivilegeOutputSerializer(entries, many=True).data})
 
 
 class EligibilityListApi(APIView):

@@ -1,7 +1,6 @@
 """RFC 8693 token exchange: an agent holding a grant hands a narrower one to a sub-agent."""
 
 import json
-import time
 
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
@@ -10,7 +9,7 @@ from rest_framework.views import APIView
 
 from agents.permissions import IsAgent
 from approvals import services
-from approvals.apis import IntentSerializer, request_output, validate_context
+from approvals.apis import IntentSerializer, request_output, token_fields, validate_context
 from core.api_errors import _first_message as first_message
 from core.api_errors import _plain as plain
 from core.errors import InvalidInput
@@ -120,14 +119,12 @@ class TokenExchangeApi(APIView):
         else:
             response = Response(
                 {
-                    "access_token": result.token.token,
+                    **token_fields(result.token),
                     "issued_token_type": ACCESS_TOKEN_TYPE,
-                    "token_type": "Bearer",
-                    "expires_in": max(result.token.expires_at - int(time.time()), 0),
                     "scope": result.grant.scope,
                     "grant_id": result.grant.pk,
+                    "grant_expires_at": result.grant.expires_at,
                     "request_id": access_request.pk,
-                    "grant_expires_at": result.grant.expires_at.isoformat(),
                 }
             )
         # RFC 6749 §5.1: token responses are never cached.
