@@ -131,7 +131,9 @@ def test_a_redis_restart_during_a_grants_life_loses_nothing_and_doubles_nothing(
         redis.stop()  # the broker goes away, and with it every message it held
         sleep_until(max(g.expires_at for g in grants) + timedelta(milliseconds=200))
         for body in bodies:
-            assert introspect(resource_server_api, body["grant"]["access_token"]) == {"active": False}
+            assert introspect(resource_server_api, body["grant"]["access_token"]) == {
+                "active": False
+            }
         time.sleep(1)
         redis.start()
         back = time.time()
