@@ -14,6 +14,7 @@ from approvals.models import Eligibility, EligibilityRequest
 from core.errors import InvalidInput
 
 
+@extend_schema_serializer(component_name="Eligibility")
 class EligibilityOutputSerializer(serializers.ModelSerializer):
     privilege = serializers.CharField(source="privilege.name")
     risk = serializers.CharField(source="privilege.risk")
@@ -44,6 +45,7 @@ class EligibilityListOutputSerializer(serializers.Serializer):
     results = EligibilityOutputSerializer(many=True)
 
 
+@extend_schema_serializer(component_name="EligibilityRequest")
 class EligibilityRequestOutputSerializer(serializers.ModelSerializer):
     privilege = serializers.CharField(source="privilege.name")
     eligibility_id = serializers.IntegerField(allow_null=True)
@@ -65,6 +67,7 @@ class EligibilityRequestOutputSerializer(serializers.ModelSerializer):
         ]
 
 
+@extend_schema_serializer(component_name="CatalogueEntry")
 class PrivilegeOutputSerializer(serializers.Serializer):
     """A catalogue entry for an agent: what it is, and whether (and within what) it may ask."""
 
@@ -134,6 +137,7 @@ class EligibilityListApi(APIView):
     permission_classes = [IsAgent]
 
     @extend_schema(
+        operation_id="eligibility_list",
         responses=EligibilityListOutputSerializer,
         summary="What the calling agent may ask for at all",
     )
@@ -144,6 +148,9 @@ class EligibilityListApi(APIView):
 
 class EligibilityRequestCreateApi(APIView):
     permission_classes = [IsAgent]
+    error_statuses = {
+        409: "Already eligible, or a request for this privilege is already pending.",
+    }
 
     @extend_schema_serializer(component_name="EligibilityRequestInput")
     class InputSerializer(serializers.Serializer):
@@ -158,6 +165,7 @@ class EligibilityRequestCreateApi(APIView):
         ends_at = serializers.DateTimeField(required=False, allow_null=True)
 
     @extend_schema(
+        operation_id="eligibility_requests_create",
         request=InputSerializer,
         responses={201: EligibilityRequestOutputSerializer},
         summary="Ask to become eligible for a privilege; the agent's sponsor decides",
@@ -183,7 +191,11 @@ class EligibilityRequestCreateApi(APIView):
 class EligibilityRequestDetailApi(APIView):
     permission_classes = [IsAgent]
 
-    @extend_schema(responses=EligibilityRequestOutputSerializer)
+    @extend_schema(
+        operation_id="eligibility_requests_retrieve",
+        responses=EligibilityRequestOutputSerializer,
+        summary="An eligibility request of the calling agent's, as it stands",
+    )
     def get(self, request, eligibility_request_id: int):
         eligibility_request = get_object_or_404(
             selectors.agent_eligibility_requests(request.user.agent), pk=eligibility_request_id

@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 
 from agents.permissions import IsAgent
 from approvals import services
+from approvals.api_outputs import TokenExchangeIssuedSerializer, TokenExchangePendingSerializer
 from approvals.apis import IntentSerializer, request_output, token_fields, validate_context
 from core.api_errors import _first_message as first_message
 from core.api_errors import _plain as plain
@@ -61,9 +62,15 @@ class TokenExchangeApi(APIView):
     """
 
     permission_classes = [IsAgent]
+    error_statuses = {
+        403: "The caller does not hold the subject token's grant, or may not delegate it.",
+        409: "The parent grant has ended, or the sub-agent may not receive it now.",
+        429: "Too many of the sub-agent's requests wait for people (`Retry-After`).",
+    }
 
     @extend_schema_serializer(component_name="TokenExchangeInput")
     class InputSerializer(serializers.Serializer):
+        grant_type = serializers.ChoiceField(choices=[TOKEN_EXCHANGE])
         subject_token = serializers.CharField(max_length=8192)
         subject_token_type = serializers.ChoiceField(choices=[JWT_TOKEN_TYPE, ACCESS_TOKEN_TYPE])
         actor_token = serializers.CharField(max_length=8192)
@@ -82,7 +89,15 @@ class TokenExchangeApi(APIView):
         )
         context = serializers.JSONField(required=False, default=dict, validators=[validate_context])
 
-    @extend_schema(request=InputSerializer, summary="Delegate a narrower grant to a sub-agent")
+    @extend_schema(
+        operation_id="token_exchange",
+        request={
+            "application/x-www-form-urlencoded": InputSerializer,
+            "application/json": InputSerializer,
+        },
+        responses={200: TokenExchangeIssuedSerializer, 202: TokenExchangePendingSerializer},
+        summary="RFC 8693: delegate a narrower grant to a sub-agent",
+    )
     def post(self, request):
         body = _exchange_body(request.data)
         if body.get("grant_type") != TOKEN_EXCHANGE:
