@@ -122,8 +122,8 @@ def settle(request: dict, *, wait, max_poll: int):
     if request.get("status") != "approved":
         raise from_decision(request)
     grant = request.get("grant") or {}
-    token = grant.get("access_token") or grant.get("token")
-    if not token:
+    token = grant.get("access_token")
+    if not token:  # approved by people: the grant's token_url mints the first one
         token = (yield token_call(grant["id"])).body.get("access_token")
     return request, token
 

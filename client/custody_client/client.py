@@ -375,6 +375,11 @@ class Client(_Base):
         """What the agent may ask for at all, with each privilege's longest duration."""
         return self._get("/api/v1/eligibility")["results"]
 
+    def privileges(self, *, eligible: bool | None = None) -> list[dict]:
+        """The privilege catalogue, each entry with this agent's eligibility."""
+        params = {} if eligible is None else {"eligible": "true" if eligible else "false"}
+        return self._get("/api/v1/privileges", **params)["results"]
+
     def actor_token(self) -> str:
         """This agent's consent to one delegation: a JWT-SVID for the delegation audience, to
         hand to the agent that delegates to it (`Grant.delegate(actor_token=…)`). Single use."""
@@ -612,6 +617,10 @@ class AsyncClient(_Base):
 
     async def eligibility(self) -> list[dict]:
         return (await self._get("/api/v1/eligibility"))["results"]
+
+    async def privileges(self, *, eligible: bool | None = None) -> list[dict]:
+        params = {} if eligible is None else {"eligible": "true" if eligible else "false"}
+        return (await self._get("/api/v1/privileges", **params))["results"]
 
     async def actor_token(self) -> str:
         return await asyncio.to_thread(self.svid_source.svid, self.delegation_audience)

@@ -71,6 +71,7 @@ def test_an_automatic_grant_comes_with_its_token(custody, agent):
     assert claims(same.access_token)["grant_id"] == grant.id  # fetched on first use
     assert custody.get_request(grant.request_id)["status"] == "approved"
     assert {e["privilege"] for e in custody.eligibility()} >= {"payments-db:read"}
+    assert "payments-db:read" in {p["privilege"] for p in custody.privileges(eligible=True)}
 
 
 def test_request_blocks_on_the_long_poll_until_people_approve(custody, sponsor):

@@ -154,6 +154,7 @@ def test_the_async_client_does_what_the_sync_one_does(
         ):
             assert (await client.whoami())["spiffe_id"] == agent.spiffe_id
             assert {e["privilege"] for e in await client.eligibility()} >= {"payments-db:read"}
+            assert "payments-db:read" in {p["privilege"] for p in await client.privileges()}
             async with await client.request("payments-db:read", "t-async", "Reconcile", 600) as g:
                 first = await g.token()
                 assert claims(first)["grant_id"] == g.id
