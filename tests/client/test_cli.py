@@ -167,3 +167,36 @@ def test_dev_mode_is_refused_with_debug_off(live_server, privileges):
     )
     assert "DEBUG off" in refused.stderr and "[dev_only]" in refused.stderr
     assert django_settings.DEBUG is False
+
+
+def test_the_example_agent_runs_to_completion(live_server, agent, signer, privileges, tmp_path):
+    """examples/agent.py, as documented: its SVID in a file, Custody's URL in the environment."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.client.conftest import ROOT
+
+    svid_file = tmp_path / "svid.jwt"
+    svid_file.write_text(signer.mint(agent.spiffe_id))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "agent.py")],
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT / "client"),
+            "CUSTODY_URL": live_server.url,
+            "CUSTODY_SVID_FILE": str(svid_file),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"I am {agent.spiffe_id}" in done.stdout
+    grant = Grant.objects.get(task_id="reconcile-2026-11")
+    assert grant.revoke_reason == "completed"
+    from audit.models import AuditEvent
+
+    called = AuditEvent.objects.get(grant_id=grant.pk, verb="tool.called")
+    assert called.data["target"] == "payments-db/invoices/2026-11"
