@@ -124,7 +124,7 @@ def use_drift_policy(text: str) -> None:
 def test_a_drift_policy_can_end_the_grant(agent_api, privileges, resource_server_api):
     use_drift_policy(END_ON_TARGET)
     body = submit(agent_api).json()
-    grant_id, token = body["grant"]["id"], body["grant"]["token"]
+    grant_id, token = body["grant"]["id"], body["grant"]["access_token"]
 
     wrong_action = call(agent_api, grant_id, target="invoices 2026-11", action="write").json()
     assert wrong_action["drift"]["outcome"] == "flag"
