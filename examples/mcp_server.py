@@ -10,19 +10,15 @@ CUSTODY_MCP_WAIT_SECONDS to wait that long for a decision instead of answering "
 CUSTODY_MCP_ASK_AGAIN_AFTER_REVOKE=true to ask for a new grant after a revocation.
 """
 
-import os
 from datetime import UTC, datetime
 
 from custody_client.mcp import CustodyGate, ToolRule, current_grant
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-gate = CustodyGate(
-    url=os.environ.get("CUSTODY_URL", "http://127.0.0.1:8000"),
-    svid=os.environ["CUSTODY_SVID_FILE"],
-    task_id=os.environ.get("CUSTODY_TASK_ID", "mcp-demo"),
-    wait_seconds=float(os.environ.get("CUSTODY_MCP_WAIT_SECONDS", "0")),
-    ask_again_after_revoke=os.environ.get("CUSTODY_MCP_ASK_AGAIN_AFTER_REVOKE") == "true",
+# CUSTODY_URL, CUSTODY_SVID_FILE, CUSTODY_TASK_ID, CUSTODY_MCP_WAIT_SECONDS,
+# CUSTODY_MCP_ASK_AGAIN_AFTER_REVOKE: see CustodyGate.from_env.
+gate = CustodyGate.from_env(
     tools={
         "query_invoices": ToolRule("payments-db:read", target=lambda a: f"invoices/{a['month']}"),
         "post_refund": ToolRule("payments-api:refund", target=lambda a: f"refunds/{a['invoice']}"),

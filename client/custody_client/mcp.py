@@ -26,24 +26,23 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import time
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
 from mcp.server.extension import Extension
 from mcp_types import CallToolRequestParams, CallToolResult, TextContent
 
-__all__ = ["CustodyGate", "GateGrant", "ToolRule", "current_grant", "summarize_arguments"]
+from custody_client.client import AsyncClient, AsyncGrant
+from custody_client.errors import CustodyError, Denied, Expired, PendingApproval
+
+__all__ = ["CustodyGate", "ToolRule", "current_grant", "summarize_arguments"]
 
 logger = logging.getLogger(__name__)
 
 # Custody's field limits (approvals/apis.py): longer text is cut, never refused.
 ACTION_MAX, TARGET_MAX, JUSTIFICATION_MAX, TOOL_MAX = 200, 500, 2000, 200
-# How long one long poll may hold an answer on the server (CUSTODY_MAX_WAIT_SECONDS' default).
-LONG_POLL_MAX = 30
 # Ended grants the gate may replace by asking again without being told to.
 RENEWABLE = {"expired"}
 
@@ -87,29 +86,14 @@ def summarize_arguments(arguments: Mapping[str, Any], limit: int = TARGET_MAX) -
     return summary if len(summary) <= limit else summary[: limit - 3] + "..."
 
 
-@dataclass
-class GateGrant:
-    """The grant a gated tool runs under (see `current_grant()`)."""
-
-    id: int
-    privilege: str
-    task_id: str
-    expires_at: str
-    _gate: CustodyGate = field(repr=False)
-
-    async def access_token(self) -> str:
-        """A fresh access token for the resource server (Custody evaluates policy again)."""
-        body = await self._gate._call("POST", f"/api/v1/grants/{self.id}/token")
-        return body["access_token"]
-
-
-_current: contextvars.ContextVar[GateGrant | None] = contextvars.ContextVar(
+_current: contextvars.ContextVar[AsyncGrant | None] = contextvars.ContextVar(
     "custody_gate_grant", default=None
 )
 
 
-def current_grant() -> GateGrant | None:
-    """Inside a gated tool: the grant it runs under; elsewhere None."""
+def current_grant() -> AsyncGrant | None:
+    """Inside a gated tool: the grant it runs under (`await current_grant().token()` is a
+    fresh access token for the resource server); elsewhere None."""
     return _current.get()
 
 
@@ -129,17 +113,11 @@ class _Refused(Exception):
         )
 
 
-class _CustodyError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
 @dataclass
 class _Holding:
     """What the gate knows of one privilege for its task."""
 
-    grant: GateGrant | None = None
+    grant: AsyncGrant | None = None
     pending_request_id: int | None = None
     refused: _Refused | None = None  # a denial or an ended grant: answered until told otherwise
     looked_up: bool = False
@@ -147,23 +125,22 @@ class _Holding:
 
 
 class CustodyGate(Extension):
+    """Pass to `MCPServer(extensions=[gate])`; see the module's docstring."""
+
     identifier = "io.custody/gate"
 
     def __init__(
         self,
+        client: AsyncClient,
         *,
-        url: str,
-        svid: str | Path | Callable[[], str],
         task_id: str,
         tools: Mapping[str, str | ToolRule],
         duration_seconds: int = 600,
         wait_seconds: float = 0,
         ask_again_after_revoke: bool = False,
         justification: str = "Asked for by an MCP server on the agent's behalf.",
-        http: httpx.AsyncClient | None = None,
     ):
-        self.url = url.rstrip("/")
-        self._svid = svid
+        self.client = client
         self.task_id = task_id
         self.rules = {
             name: rule if isinstance(rule, ToolRule) else ToolRule(privilege=rule)
@@ -173,8 +150,20 @@ class CustodyGate(Extension):
         self.wait_seconds = wait_seconds
         self.ask_again_after_revoke = ask_again_after_revoke
         self.justification = justification
-        self._http = http
         self._holdings: dict[str, _Holding] = {}
+
+    @classmethod
+    def from_env(cls, *, tools: Mapping[str, str | ToolRule], **options) -> CustodyGate:
+        """The client from `AsyncClient.from_env()` (CUSTODY_URL, CUSTODY_SVID_FILE, …), the
+        task from CUSTODY_TASK_ID, the wait from CUSTODY_MCP_WAIT_SECONDS, and asking again
+        after a revocation from CUSTODY_MCP_ASK_AGAIN_AFTER_REVOKE=true; `options` win."""
+        options.setdefault("task_id", os.environ.get("CUSTODY_TASK_ID", "mcp"))
+        options.setdefault("wait_seconds", float(os.environ.get("CUSTODY_MCP_WAIT_SECONDS", "0")))
+        options.setdefault(
+            "ask_again_after_revoke",
+            os.environ.get("CUSTODY_MCP_ASK_AGAIN_AFTER_REVOKE", "").lower() == "true",
+        )
+        return cls(AsyncClient.from_env(), tools=tools, **options)
 
     # --- the SDK's hook ---------------------------------------------------------------------
 
@@ -188,12 +177,13 @@ class CustodyGate(Extension):
             grant = await self._live_grant(rule, params.name, arguments, target)
         except _Refused as refusal:
             return refusal.result()
-        except (_CustodyError, httpx.HTTPError) as exc:
+        except CustodyError as exc:  # unreachable, SVID refused, rate-limited, …
             return _Refused(
                 f"Custody could not be asked for {rule.privilege}, so {params.name} did not "
-                f"run: {_describe(exc)}",
+                f"run: {exc.message}",
                 status="unavailable",
                 privilege=rule.privilege,
+                code=exc.code,
             ).result()
         reset = _current.set(grant)
         try:
@@ -209,7 +199,7 @@ class CustodyGate(Extension):
 
     # --- grants -------------------------------------------------------------------------------
 
-    async def _live_grant(self, rule, tool, arguments, target) -> GateGrant:
+    async def _live_grant(self, rule, tool, arguments, target) -> AsyncGrant:
         holding = self._holdings.setdefault(rule.privilege, _Holding())
         async with holding.lock:  # one request per privilege, however many calls arrive at once
             if holding.grant is not None and not await self._still_live(holding, rule):
@@ -223,79 +213,75 @@ class CustodyGate(Extension):
                 holding.grant = await self._existing_grant(rule.privilege)
                 if holding.grant is not None:
                     return holding.grant
-            if holding.pending_request_id is None:
-                body = await self._call(
-                    "POST",
-                    "/api/v1/requests",
-                    json={
-                        "privilege": rule.privilege,
-                        "task_id": self.task_id,
-                        "duration_seconds": rule.duration_seconds or self.duration_seconds,
-                        "intent": {
+            try:
+                if holding.pending_request_id is None:
+                    holding.grant = await self.client.request(
+                        rule.privilege,
+                        self.task_id,
+                        {
                             "action": f"MCP tool {tool}"[:ACTION_MAX],
                             "target": target,
                             "justification": (rule.justification or self.justification)[
                                 :JUSTIFICATION_MAX
                             ],
                         },
-                        "context": {
+                        rule.duration_seconds or self.duration_seconds,
+                        wait=self.wait_seconds,
+                        context={
                             "mcp": {"tool": tool, "arguments": summarize_arguments(arguments)}
                         },
-                    },
+                    )
+                else:
+                    holding.grant = await self.client.wait_for(
+                        holding.pending_request_id, wait=self.wait_seconds
+                    )
+            except PendingApproval as pending:
+                holding.pending_request_id = pending.request_id
+                received = pending.body.get("approvals_received", 0)
+                required = pending.body.get("approvals_required", 1)
+                raise _Refused(
+                    f"Pending approval: {tool} needs {rule.privilege}; Custody request "
+                    f"#{pending.request_id} waits for people ({received} of {required} "
+                    "approvals). Call the tool again once it is approved.",
+                    status="pending_approval",
+                    request_id=pending.request_id,
+                    privilege=rule.privilege,
+                    approvals_received=received,
+                    approvals_required=required,
+                ) from None
+            except CustodyError as refused:
+                request_id = getattr(refused, "request_id", None) or holding.pending_request_id
+                holding.pending_request_id = None  # decided (or gone): the next call asks anew
+                if not isinstance(refused, Denied) and request_id is None:
+                    raise  # Custody did not answer the question: not a decision
+                if isinstance(refused, Denied):
+                    status = "denied"
+                elif isinstance(refused, Expired):
+                    status = "expired"
+                else:
+                    status = refused.code.removeprefix("request_")
+                reason = getattr(refused, "reason", "") or refused.message
+                refusal = _Refused(
+                    f"Custody request #{request_id} for {rule.privilege} was {status}: "
+                    f"{reason} {tool} did not run.",
+                    status=status,
+                    request_id=request_id,
+                    privilege=rule.privilege,
+                    reason=reason,
                 )
-            else:
-                body = await self._call("GET", f"/api/v1/requests/{holding.pending_request_id}")
-            deadline = time.monotonic() + self.wait_seconds
-            while body["status"] == "pending" and time.monotonic() < deadline:
-                wait = max(1, min(LONG_POLL_MAX, int(deadline - time.monotonic())))
-                body = await self._call("GET", f"/api/v1/requests/{body['id']}?wait={wait}")
-            return self._settle(holding, rule, tool, body)
-
-    def _settle(self, holding: _Holding, rule: ToolRule, tool: str, body: dict) -> GateGrant:
-        status, request_id = body["status"], body["id"]
-        holding.pending_request_id = request_id if status == "pending" else None
-        if status == "approved" and body.get("grant"):
-            holding.grant = GateGrant(
-                id=body["grant"]["id"],
-                privilege=rule.privilege,
-                task_id=self.task_id,
-                expires_at=body["grant"]["expires_at"],
-                _gate=self,
-            )
+                if isinstance(refused, Denied):
+                    holding.refused = refusal  # asking again would only ask the same people
+                raise refusal from None
+            holding.pending_request_id = None
             return holding.grant
-        if status == "pending":
-            received, required = body.get("approvals_received", 0), body["approvals_required"]
-            raise _Refused(
-                f"Pending approval: {tool} needs {rule.privilege}; Custody request "
-                f"#{request_id} waits for people ({received} of {required} approvals). "
-                "Call the tool again once it is approved.",
-                status="pending_approval",
-                request_id=request_id,
-                privilege=rule.privilege,
-                approvals_received=received,
-                approvals_required=required,
-            )
-        reason = (body.get("decision") or {}).get("reason") or ""
-        refusal = _Refused(
-            f"Custody request #{request_id} for {rule.privilege} was {status}"
-            + (f": {reason}" if reason else ".")
-            + f" {tool} did not run.",
-            status=status,
-            request_id=request_id,
-            privilege=rule.privilege,
-            reason=reason,
-        )
-        if status == "denied":
-            holding.refused = refusal  # asking again would only ask the same people again
-        raise refusal
 
     async def _still_live(self, holding: _Holding, rule: ToolRule) -> bool:
         """Custody's word on the grant before each call: revoked means refused from now on."""
         grant = holding.grant
-        body = await self._call("GET", f"/api/v1/grants/{grant.id}")
-        if body["active"]:
+        if any(listed["id"] == grant.id for listed in await self.client.grants(active=True)):
             return True
-        reason = body.get("ended_reason") or "ended"
+        ended = next((g for g in await self.client.grants() if g["id"] == grant.id), {})
+        reason = ended.get("ended_reason") or "ended"
         if reason in RENEWABLE or self.ask_again_after_revoke:
             return False
         holding.refused = _Refused(
@@ -308,63 +294,23 @@ class CustodyGate(Extension):
         )
         raise holding.refused
 
-    async def _existing_grant(self, privilege: str) -> GateGrant | None:
+    async def _existing_grant(self, privilege: str) -> AsyncGrant | None:
         """A live grant of the privilege for this task, from before a restart."""
-        body = await self._call("GET", "/api/v1/grants?active=true")
-        for grant in body["results"]:
-            if grant["privilege"] == privilege and grant["task_id"] == self.task_id:
-                return GateGrant(
-                    id=grant["id"],
-                    privilege=privilege,
-                    task_id=self.task_id,
-                    expires_at=grant["expires_at"],
-                    _gate=self,
-                )
+        for listed in await self.client.grants(active=True):
+            if listed["privilege"] == privilege and listed["task_id"] == self.task_id:
+                return await self.client.grant(listed["id"])
         return None
 
     async def _record(self, grant, rule, tool, target, outcome, error: str = "") -> None:
         detail = {"via": "mcp"} | ({"error": error[:200]} if error else {})
         try:
-            await self._call(
-                "POST",
-                f"/api/v1/grants/{grant.id}/tool-calls",
-                json={
-                    "tool": tool[:TOOL_MAX],
-                    "target": target,
-                    "outcome": outcome,
-                    "action": rule.action_for(),
-                    "detail": detail,
-                },
+            await grant.record_tool_call(
+                tool[:TOOL_MAX],
+                target=target,
+                outcome=outcome,
+                action=rule.action_for(),
+                detail=detail,
             )
-        except (_CustodyError, httpx.HTTPError) as exc:
+        except CustodyError as exc:
             # The call already ran; the next one asks Custody about the grant again first.
             logger.warning("Tool call %s under grant #%s not recorded: %s", tool, grant.id, exc)
-
-    # --- HTTP -----------------------------------------------------------------------------------
-
-    def svid(self) -> str:
-        if callable(self._svid):
-            return self._svid()
-        return Path(self._svid).read_text().strip()  # re-read: SPIRE's helper rewrites it
-
-    async def _call(self, method: str, path: str, json: dict | None = None) -> dict:
-        headers = {"Authorization": f"Bearer {self.svid()}"}
-        if self._http is None:
-            # Longer than the longest long poll, so a held answer is never cut short.
-            self._http = httpx.AsyncClient(timeout=LONG_POLL_MAX + 10)
-        response = await self._http.request(method, self.url + path, json=json, headers=headers)
-        if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-                raise _CustodyError(response.status_code, error["code"], error["message"])
-            except (ValueError, KeyError, TypeError):
-                raise _CustodyError(
-                    response.status_code, "http_error", response.text[:200]
-                ) from None
-        return response.json()
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, _CustodyError):
-        return f"{exc.message} ({exc.status} {exc.code})"
-    return f"{type(exc).__name__}: {exc}"
