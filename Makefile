@@ -62,11 +62,14 @@ chromium:
 screenshots: $(STAMP) chromium
 	CUSTODY_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/frontend -m browser -q
 
-# ruff, then import-linter's contracts in pyproject.toml (the layers between and inside apps).
+# ruff, then import-linter's contracts in pyproject.toml (the layers between and inside apps),
+# then the OpenAPI document: 0 errors and 0 warnings from drf-spectacular.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.test_settings} $(BIN)/python manage.py \
+		spectacular --validate --fail-on-warn --file /dev/null
 
 format: $(STAMP)
 	$(BIN)/ruff format .

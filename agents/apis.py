@@ -15,6 +15,7 @@ LOOPBACK = ("127.0.0.1", "::1")
 class AgentMeApi(APIView):
     permission_classes = [IsAgent]
 
+    @extend_schema_serializer(component_name="Agent")
     class OutputSerializer(serializers.Serializer):
         id = serializers.IntegerField()
         spiffe_id = serializers.CharField()
@@ -22,11 +23,13 @@ class AgentMeApi(APIView):
         status = serializers.CharField()
         sponsor = serializers.CharField(source="sponsor.username")
         team = serializers.CharField(source="team.name")
-        review_due = serializers.DateField()
-        last_seen_at = serializers.DateTimeField()
+        review_due = serializers.DateField(allow_null=True)
+        last_seen_at = serializers.DateTimeField(allow_null=True)
         max_delegation_depth = serializers.IntegerField()
 
-    @extend_schema(responses=OutputSerializer, summary="The authenticated agent")
+    @extend_schema(
+        operation_id="agents_me", responses=OutputSerializer, summary="The authenticated agent"
+    )
     def get(self, request):
         agent = request.user.agent
         return Response(self.OutputSerializer(agent).data)
@@ -39,6 +42,7 @@ class DevSvidApi(APIView):
 
     authentication_classes = []
     permission_classes = []
+    error_statuses = {403: "DEBUG is off, or the client is not on this machine (`dev_only`)."}
 
     @extend_schema_serializer(component_name="DevSvidInput")
     class InputSerializer(serializers.Serializer):
@@ -59,6 +63,7 @@ class DevSvidApi(APIView):
         expires_in = serializers.IntegerField()
 
     @extend_schema(
+        operation_id="dev_svid_create",
         request=InputSerializer,
         responses={201: OutputSerializer},
         summary="Development only (DEBUG): a JWT-SVID from the local development trust domain",

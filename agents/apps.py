@@ -6,4 +6,7 @@ class AgentsConfig(AppConfig):
     verbose_name = "Agents and workload identity"
 
     def ready(self) -> None:
-        from agents import receivers  # noqa: F401  (connects the approval-rights receivers)
+        from agents import (
+            openapi,  # noqa: F401  (registers the workload-identity security scheme)
+            receivers,  # noqa: F401  (connects the approval-rights receivers)
+        )

@@ -6,6 +6,9 @@ it and the matching public JWKS is registered as an ordinary TrustDomain.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import time
 import uuid
 
@@ -31,8 +34,16 @@ def load_or_create_dev_key() -> ec.EllipticCurvePrivateKey:
             serialization.NoEncryption(),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_bytes(pem)
+        # Written whole to a file of its own, then linked into place: of two first mints at
+        # once (the dev SVID endpoint's threads), one key wins and both sign with it.
+        fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=".dev-key-")
+        try:
+            os.write(fd, pem)
+            os.close(fd)
+            with contextlib.suppress(FileExistsError):
+                os.link(scratch, path)
+        finally:
+            os.unlink(scratch)
     return serialization.load_pem_private_key(path.read_bytes(), password=None)
 
 

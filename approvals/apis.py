@@ -17,18 +17,22 @@ from rest_framework.views import APIView
 
 from agents.permissions import IsAgent
 from approvals import selectors, services
+from approvals.api_outputs import (
+    AccessRequestSerializer,
+    AccessTokenSerializer,
+    DecidedRequestSerializer,
+    IntentSerializer,
+    IntrospectionSerializer,
+    JwkSetSerializer,
+    PendingApprovalListSerializer,
+    ToolCallRecordedSerializer,
+)
 from approvals.models import AccessRequest, Decision, Grant
 from core.errors import InvalidInput
 from core.sessions import authenticated_at, second_factor_at
 
 MAX_CONTEXT_BYTES = 4096
 WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
-
-
-class IntentSerializer(serializers.Serializer):
-    action = serializers.CharField(max_length=200)
-    target = serializers.CharField(max_length=500)
-    justification = serializers.CharField(max_length=2000)
 
 
 def _has_nul(value) -> bool:
@@ -55,12 +59,17 @@ def validate_context(value):
     return value
 
 
+@extend_schema_serializer(component_name="Grant")
 class GrantOutputSerializer(serializers.ModelSerializer):
     privilege = serializers.CharField(source="scope")
     active = serializers.SerializerMethodField()
-    ended_reason = serializers.CharField()
+    ended_reason = serializers.CharField(
+        allow_null=True, help_text="Why it ended: expired, completed, revoked, … (null if live)."
+    )
     request_id = serializers.IntegerField(source="access_request_id")
-    parent_id = serializers.IntegerField()
+    parent_id = serializers.IntegerField(
+        allow_null=True, help_text="The grant it was delegated from, if any."
+    )
 
     class Meta:
         model = Grant
@@ -81,6 +90,10 @@ class GrantOutputSerializer(serializers.ModelSerializer):
 
     def get_active(self, grant) -> bool:
         return grant.is_active()
+
+
+class GrantListSerializer(serializers.Serializer):
+    results = GrantOutputSerializer(many=True)
 
 
 def request_output(access_request: AccessRequest, *, token=None, submitted=None) -> dict:
@@ -116,24 +129,44 @@ def request_output(access_request: AccessRequest, *, token=None, submitted=None)
             "policy": access_request.approvals_policy_id or None,
             "reason": access_request.approvals_rule,
         },
-        "expires_at": access_request.decision_deadline.isoformat(),
-        "created_at": access_request.created_at.isoformat(),
-        "grant": None
-        if grant is None
-        else {
-            "id": grant.pk,
-            "token": token.token if token else None,
-            "token_expires_at": token.expires_at if token else None,
-            "token_url": f"/api/v1/grants/{grant.pk}/token",
-            "expires_at": grant.expires_at.isoformat(),
-            "scope": grant.scope,
-            "active": grant.is_active(),
-        },
+        # Until when people may decide; the grant's own end is `grant.expires_at`.
+        "decision_deadline": access_request.decision_deadline,
+        "created_at": access_request.created_at,
+        "grant": None if grant is None else grant_summary(grant, token=token),
+    }
+
+
+def token_fields(token) -> dict:
+    """An access token as every answer names it (RFC 6749 §5.1): `access_token`, `token_type`
+    and `expires_in`, the seconds it has left (so no client compares clocks)."""
+    if token is None:
+        return {"access_token": None, "token_type": None, "expires_in": None}
+    return {
+        "access_token": token.token,
+        "token_type": "Bearer",
+        "expires_in": max(token.expires_at - int(time.time()), 0),
+    }
+
+
+def grant_summary(grant: Grant, *, token=None) -> dict:
+    """A request's grant: its end (`expires_at`), and the access token when this answer minted
+    one (an automatic approval's 201); otherwise `token_url` mints one."""
+    return {
+        "id": grant.pk,
+        "scope": grant.scope,
+        "expires_at": grant.expires_at,
+        "active": grant.is_active(),
+        "token_url": f"/api/v1/grants/{grant.pk}/token",
+        **token_fields(token),
     }
 
 
 class RequestCreateApi(APIView):
     permission_classes = [IsAgent]
+    error_statuses = {
+        409: "A request for this privilege and task is already pending or granted.",
+        429: "Too many of the agent's requests wait for people (`Retry-After`).",
+    }
 
     # One component name per input: every view names its serializer "InputSerializer".
     @extend_schema_serializer(component_name="RequestInput")
@@ -148,7 +181,15 @@ class RequestCreateApi(APIView):
         intent = IntentSerializer()
         context = serializers.JSONField(required=False, default=dict, validators=[validate_context])
 
-    @extend_schema(request=InputSerializer, summary="Ask for a privilege, stating intent")
+    @extend_schema(
+        operation_id="requests_create",
+        request=InputSerializer,
+        responses={201: AccessRequestSerializer},
+        summary="Ask for a privilege, stating intent",
+        description="Policy decides at once: `approved` (with the grant and its access token), "
+        "`pending` (people decide; poll `GET /api/v1/requests/{id}?wait=N`) or `denied` (with "
+        "the policy's reason).",
+    )
     def post(self, request):
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -192,6 +233,9 @@ class RequestDetailApi(APIView):
     permission_classes = [IsAgent]
 
     @extend_schema(
+        operation_id="requests_retrieve",
+        responses=AccessRequestSerializer,
+        summary="The request as it stands, holding the answer while it is pending",
         parameters=[
             OpenApiParameter(
                 "wait",
@@ -199,7 +243,7 @@ class RequestDetailApi(APIView):
                 description="Hold the answer up to this many seconds (at most "
                 "CUSTODY_MAX_WAIT_SECONDS) until the request's status moves.",
             )
-        ]
+        ],
     )
     def get(self, request, request_id: int):
         agent = request.user.agent
@@ -226,7 +270,14 @@ class RequestDetailApi(APIView):
 
 class RequestCancelApi(APIView):
     permission_classes = [IsAgent]
+    error_statuses = {409: "The request is no longer pending."}
 
+    @extend_schema(
+        operation_id="requests_cancel",
+        request=None,
+        responses=AccessRequestSerializer,
+        summary="Withdraw a pending request",
+    )
     def post(self, request, request_id: int):
         access_request = services.access_request_cancel(
             access_request_id=request_id, agent=request.user.agent
@@ -238,7 +289,10 @@ class GrantListApi(APIView):
     permission_classes = [IsAgent]
 
     @extend_schema(
-        parameters=[OpenApiParameter("active", OpenApiTypes.STR, enum=["true", "false"])]
+        operation_id="grants_list",
+        responses=GrantListSerializer,
+        summary="The agent's own grants, newest first (at most 200)",
+        parameters=[OpenApiParameter("active", OpenApiTypes.STR, enum=["true", "false"])],
     )
     def get(self, request):
         active = request.query_params.get("active")
@@ -253,6 +307,9 @@ class GrantListApi(APIView):
 class GrantDetailApi(APIView):
     permission_classes = [IsAgent]
 
+    @extend_schema(
+        operation_id="grants_retrieve", responses=GrantOutputSerializer, summary="A grant"
+    )
     def get(self, request, grant_id: int):
         grant = get_object_or_404(selectors.agent_grants(request.user.agent), pk=grant_id)
         return Response(GrantOutputSerializer(grant).data)
@@ -260,25 +317,39 @@ class GrantDetailApi(APIView):
 
 class GrantTokenApi(APIView):
     permission_classes = [IsAgent]
+    error_statuses = {409: "The grant has ended, or policy no longer allows it (and ended it)."}
 
+    @extend_schema(
+        operation_id="grants_token",
+        request=None,
+        responses=AccessTokenSerializer,
+        summary="A fresh short-lived access token for a live grant (policy evaluated again)",
+    )
     def post(self, request, grant_id: int):
         grant = get_object_or_404(selectors.agent_grants(request.user.agent), pk=grant_id)
         issued = services.grant_token_refresh(grant=grant, agent=request.user.agent)
-        return Response(
+        response = Response(
             {
-                "access_token": issued.token,
-                "token_type": "Bearer",
-                "expires_at": issued.expires_at,
+                **token_fields(issued),
                 "scope": grant.scope,
                 "grant_id": grant.pk,
+                "grant_expires_at": grant.expires_at,
             }
         )
+        # RFC 6749 §5.1: token responses are never cached.
+        response["Cache-Control"] = "no-store"
+        response["Pragma"] = "no-cache"
+        return response
 
 
 class GrantExtendApi(APIView):
     """More time is a new request linked to the grant, decided like any other."""
 
     permission_classes = [IsAgent]
+    error_statuses = {
+        409: "The grant has ended, or an extension of it is already pending.",
+        429: "Too many of the agent's requests wait for people (`Retry-After`).",
+    }
 
     @extend_schema_serializer(component_name="GrantExtensionInput")
     class InputSerializer(serializers.Serializer):
@@ -286,7 +357,12 @@ class GrantExtendApi(APIView):
         intent = IntentSerializer()
         context = serializers.JSONField(required=False, default=dict, validators=[validate_context])
 
-    @extend_schema(request=InputSerializer, summary="Ask for more time on a live grant")
+    @extend_schema(
+        operation_id="grants_extend",
+        request=InputSerializer,
+        responses={201: AccessRequestSerializer},
+        summary="Ask for more time on a live grant",
+    )
     def post(self, request, grant_id: int):
         agent = request.user.agent
         grant = get_object_or_404(selectors.agent_grants(agent), pk=grant_id)
@@ -308,7 +384,14 @@ class GrantExtendApi(APIView):
 
 class GrantCompleteApi(APIView):
     permission_classes = [IsAgent]
+    error_statuses = {409: "The grant has already ended."}
 
+    @extend_schema(
+        operation_id="grants_complete",
+        request=None,
+        responses=GrantOutputSerializer,
+        summary="Task done: end the grant and everything delegated from it",
+    )
     def post(self, request, grant_id: int):
         grant = get_object_or_404(selectors.agent_grants(request.user.agent), pk=grant_id)
         grant = services.grant_complete(grant=grant, agent=request.user.agent)
@@ -317,6 +400,7 @@ class GrantCompleteApi(APIView):
 
 class GrantToolCallApi(APIView):
     permission_classes = [IsAgent]
+    error_statuses = {409: "The grant has ended (the refused call is evidence too)."}
 
     @extend_schema_serializer(component_name="ToolCallInput")
     class InputSerializer(serializers.Serializer):
@@ -329,7 +413,12 @@ class GrantToolCallApi(APIView):
             required=False, default=None, validators=[lambda v: _small(v, "detail")]
         )
 
-    @extend_schema(request=InputSerializer, summary="Evidence of a tool call under the grant")
+    @extend_schema(
+        operation_id="grants_tool_calls_create",
+        request=InputSerializer,
+        responses={201: ToolCallRecordedSerializer},
+        summary="Evidence of a tool call under the grant",
+    )
     def post(self, request, grant_id: int):
         grant = get_object_or_404(selectors.agent_grants(request.user.agent), pk=grant_id)
         payload = self.InputSerializer(data=request.data)
@@ -358,13 +447,19 @@ class IntrospectApi(APIView):
     """RFC 7662 for resource servers, which authenticate with their own workload identity."""
 
     permission_classes = [IsAgent]
+    error_statuses = {403: "The caller is not a registered resource server."}
 
     @extend_schema_serializer(component_name="IntrospectionInput")
     class InputSerializer(serializers.Serializer):
         token = serializers.CharField()
         token_type_hint = serializers.CharField(required=False)
 
-    @extend_schema(request=InputSerializer, summary="RFC 7662: is this token active?")
+    @extend_schema(
+        operation_id="introspect",
+        request=InputSerializer,
+        responses=IntrospectionSerializer,
+        summary="RFC 7662: is this token active?",
+    )
     def post(self, request):
         token = request.data.get("token") if isinstance(request.data, dict) else None
         if not isinstance(token, str) or not token:
@@ -385,6 +480,11 @@ class PersonApi(APIView):
 
 
 class PendingApprovalsApi(PersonApi):
+    @extend_schema(
+        operation_id="approvals_pending_list",
+        responses=PendingApprovalListSerializer,
+        summary="Requests waiting for the signed-in person's decision (at most 200)",
+    )
     def get(self, request):
         pending = list(
             selectors.requests_pending_for(request.user).prefetch_related("decisions")[:200]
@@ -420,6 +520,12 @@ def _progress_output(progress) -> dict:
 
 
 class DecisionCreateApi(PersonApi):
+    error_statuses = {
+        403: "Not allowed to decide this request (initiator, no approve right, a critical "
+        "request without a recent sign-in or second factor), or the CSRF check failed.",
+        409: "Already decided by this person, or the request is no longer pending.",
+    }
+
     @extend_schema_serializer(component_name="DecisionInput")
     class InputSerializer(serializers.Serializer):
         verdict = serializers.ChoiceField(choices=Decision.Verdict.values)
@@ -427,7 +533,12 @@ class DecisionCreateApi(PersonApi):
             max_length=2000, required=False, allow_blank=True, default=""
         )
 
-    @extend_schema(request=InputSerializer, summary="A person's approve or deny")
+    @extend_schema(
+        operation_id="requests_decide",
+        request=InputSerializer,
+        responses={201: DecidedRequestSerializer},
+        summary="A person's approve or deny",
+    )
     def post(self, request, request_id: int):
         get_object_or_404(selectors.requests_visible_to(request.user), pk=request_id)
         payload = self.InputSerializer(data=request.data)
@@ -460,6 +571,11 @@ class JwksApi(APIView):
     authentication_classes = []
     permission_classes = []
 
+    @extend_schema(
+        operation_id="jwks",
+        responses=JwkSetSerializer,
+        summary="Custody's current and previous access-token signing keys (public)",
+    )
     def get(self, request):
         from approvals.tokens import public_jwks
 

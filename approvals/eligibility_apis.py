@@ -2,7 +2,8 @@
 eligible for more (its sponsor decides). One small view per operation."""
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, extend_schema_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -10,8 +11,10 @@ from rest_framework.views import APIView
 from agents.permissions import IsAgent
 from approvals import selectors, services
 from approvals.models import Eligibility, EligibilityRequest
+from core.errors import InvalidInput
 
 
+@extend_schema_serializer(component_name="Eligibility")
 class EligibilityOutputSerializer(serializers.ModelSerializer):
     privilege = serializers.CharField(source="privilege.name")
     risk = serializers.CharField(source="privilege.risk")
@@ -42,6 +45,7 @@ class EligibilityListOutputSerializer(serializers.Serializer):
     results = EligibilityOutputSerializer(many=True)
 
 
+@extend_schema_serializer(component_name="EligibilityRequest")
 class EligibilityRequestOutputSerializer(serializers.ModelSerializer):
     privilege = serializers.CharField(source="privilege.name")
     eligibility_id = serializers.IntegerField(allow_null=True)
@@ -63,10 +67,77 @@ class EligibilityRequestOutputSerializer(serializers.ModelSerializer):
         ]
 
 
+@extend_schema_serializer(component_name="CatalogueEntry")
+class PrivilegeOutputSerializer(serializers.Serializer):
+    """A catalogue entry for an agent: what it is, and whether (and within what) it may ask."""
+
+    privilege = serializers.CharField(source="privilege.name")
+    description = serializers.CharField(source="privilege.description")
+    risk = serializers.CharField(source="privilege.risk")
+    max_duration_seconds = serializers.SerializerMethodField(
+        help_text="The longest one request may ask for: the eligibility's own limit, else the "
+        "privilege's maximum."
+    )
+    approvals_required = serializers.IntegerField(
+        source="privilege.approvals_required",
+        help_text="People the privilege asks for when policy routes a request to them "
+        "(policy may ask more).",
+    )
+    decision_deadline_seconds = serializers.IntegerField(
+        source="privilege.decision_deadline_seconds",
+        help_text="How long a request waits for people before it expires.",
+    )
+    eligible = serializers.SerializerMethodField(
+        help_text="True: the agent may ask for it now (POST /api/v1/requests). False: it may "
+        "ask to become eligible (POST /api/v1/eligibility/requests)."
+    )
+    eligibility = EligibilityOutputSerializer(allow_null=True)
+
+    def get_max_duration_seconds(self, entry) -> int:
+        if entry.eligibility is not None and entry.eligibility.max_duration_seconds:
+            return entry.eligibility.max_duration_seconds
+        return entry.privilege.max_duration_seconds
+
+    def get_eligible(self, entry) -> bool:
+        return entry.eligibility is not None
+
+
+class PrivilegeListOutputSerializer(serializers.Serializer):
+    results = PrivilegeOutputSerializer(many=True)
+
+
+class PrivilegeListApi(APIView):
+    permission_classes = [IsAgent]
+
+    @extend_schema(
+        operation_id="privileges_list",
+        parameters=[
+            OpenApiParameter(
+                "eligible",
+                OpenApiTypes.STR,
+                enum=["true", "false"],
+                description="Only what the agent may ask for now (true), or only what it may "
+                "ask to become eligible for (false).",
+            )
+        ],
+        responses=PrivilegeListOutputSerializer,
+        summary="The privilege catalogue, each entry with the calling agent's eligibility",
+    )
+    def get(self, request):
+        eligible = request.query_params.get("eligible")
+        if eligible not in (None, "true", "false"):
+            raise InvalidInput("eligible is 'true' or 'false'.", code="invalid_filter")
+        entries = selectors.privilege_catalogue(
+            request.user.agent, eligible=None if eligible is None else eligible == "true"
+        )
+        return Response({"results": PrivilegeOutputSerializer(entries, many=True).data})
+
+
 class EligibilityListApi(APIView):
     permission_classes = [IsAgent]
 
     @extend_schema(
+        operation_id="eligibility_list",
         responses=EligibilityListOutputSerializer,
         summary="What the calling agent may ask for at all",
     )
@@ -77,6 +148,9 @@ class EligibilityListApi(APIView):
 
 class EligibilityRequestCreateApi(APIView):
     permission_classes = [IsAgent]
+    error_statuses = {
+        409: "Already eligible, or a request for this privilege is already pending.",
+    }
 
     @extend_schema_serializer(component_name="EligibilityRequestInput")
     class InputSerializer(serializers.Serializer):
@@ -91,6 +165,7 @@ class EligibilityRequestCreateApi(APIView):
         ends_at = serializers.DateTimeField(required=False, allow_null=True)
 
     @extend_schema(
+        operation_id="eligibility_requests_create",
         request=InputSerializer,
         responses={201: EligibilityRequestOutputSerializer},
         summary="Ask to become eligible for a privilege; the agent's sponsor decides",
@@ -116,7 +191,11 @@ class EligibilityRequestCreateApi(APIView):
 class EligibilityRequestDetailApi(APIView):
     permission_classes = [IsAgent]
 
-    @extend_schema(responses=EligibilityRequestOutputSerializer)
+    @extend_schema(
+        operation_id="eligibility_requests_retrieve",
+        responses=EligibilityRequestOutputSerializer,
+        summary="An eligibility request of the calling agent's, as it stands",
+    )
     def get(self, request, eligibility_request_id: int):
         eligibility_request = get_object_or_404(
             selectors.agent_eligibility_requests(request.user.agent), pk=eligibility_request_id

@@ -1,7 +1,6 @@
 """RFC 8693 token exchange: an agent holding a grant hands a narrower one to a sub-agent."""
 
 import json
-import time
 
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
@@ -10,7 +9,8 @@ from rest_framework.views import APIView
 
 from agents.permissions import IsAgent
 from approvals import services
-from approvals.apis import IntentSerializer, request_output, validate_context
+from approvals.api_outputs import TokenExchangeIssuedSerializer, TokenExchangePendingSerializer
+from approvals.apis import IntentSerializer, request_output, token_fields, validate_context
 from core.api_errors import _first_message as first_message
 from core.api_errors import _plain as plain
 from core.errors import InvalidInput
@@ -62,9 +62,15 @@ class TokenExchangeApi(APIView):
     """
 
     permission_classes = [IsAgent]
+    error_statuses = {
+        403: "The caller does not hold the subject token's grant, or may not delegate it.",
+        409: "The parent grant has ended, or the sub-agent may not receive it now.",
+        429: "Too many of the sub-agent's requests wait for people (`Retry-After`).",
+    }
 
     @extend_schema_serializer(component_name="TokenExchangeInput")
     class InputSerializer(serializers.Serializer):
+        grant_type = serializers.ChoiceField(choices=[TOKEN_EXCHANGE])
         subject_token = serializers.CharField(max_length=8192)
         subject_token_type = serializers.ChoiceField(choices=[JWT_TOKEN_TYPE, ACCESS_TOKEN_TYPE])
         actor_token = serializers.CharField(max_length=8192)
@@ -83,7 +89,15 @@ class TokenExchangeApi(APIView):
         )
         context = serializers.JSONField(required=False, default=dict, validators=[validate_context])
 
-    @extend_schema(request=InputSerializer, summary="Delegate a narrower grant to a sub-agent")
+    @extend_schema(
+        operation_id="token_exchange",
+        request={
+            "application/x-www-form-urlencoded": InputSerializer,
+            "application/json": InputSerializer,
+        },
+        responses={200: TokenExchangeIssuedSerializer, 202: TokenExchangePendingSerializer},
+        summary="RFC 8693: delegate a narrower grant to a sub-agent",
+    )
     def post(self, request):
         body = _exchange_body(request.data)
         if body.get("grant_type") != TOKEN_EXCHANGE:
@@ -120,14 +134,12 @@ class TokenExchangeApi(APIView):
         else:
             response = Response(
                 {
-                    "access_token": result.token.token,
+                    **token_fields(result.token),
                     "issued_token_type": ACCESS_TOKEN_TYPE,
-                    "token_type": "Bearer",
-                    "expires_in": max(result.token.expires_at - int(time.time()), 0),
                     "scope": result.grant.scope,
                     "grant_id": result.grant.pk,
+                    "grant_expires_at": result.grant.expires_at,
                     "request_id": access_request.pk,
-                    "grant_expires_at": result.grant.expires_at.isoformat(),
                 }
             )
         # RFC 6749 §5.1: token responses are never cached.

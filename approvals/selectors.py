@@ -59,6 +59,27 @@ def agent_eligibility(agent: Agent) -> QuerySet[Eligibility]:
     )
 
 
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One catalogue privilege as an agent sees it: with its eligibility in force, or None
+    (then it may ask to become eligible, not for the privilege itself)."""
+
+    privilege: Privilege
+    eligibility: Eligibility | None
+
+
+def privilege_catalogue(agent: Agent, *, eligible: bool | None = None) -> list[CatalogueEntry]:
+    """The enabled catalogue for an agent, each privilege with the agent's eligibility for it."""
+    in_force = {e.privilege_id: e for e in agent_eligibility(agent)}
+    entries = [
+        CatalogueEntry(privilege=privilege, eligibility=in_force.get(privilege.pk))
+        for privilege in Privilege.objects.filter(enabled=True).order_by("resource", "action")
+    ]
+    if eligible is None:
+        return entries
+    return [entry for entry in entries if (entry.eligibility is not None) == eligible]
+
+
 def agent_eligibility_history(agent: Agent) -> QuerySet[Eligibility]:
     """Every eligibility the agent ever had, newest first (the page's history)."""
     return (

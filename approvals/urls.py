@@ -28,6 +28,7 @@ urlpatterns = [
         apis.GrantToolCallApi.as_view(),
         name="api-grant-tool-calls",
     ),
+    path("privileges", eligibility_apis.PrivilegeListApi.as_view(), name="api-privileges"),
     path("eligibility", eligibility_apis.EligibilityListApi.as_view(), name="api-eligibility"),
     path(
         "eligibility/requests",

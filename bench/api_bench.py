@@ -968,9 +968,9 @@ def fresh_access_token(server: Gunicorn, tokens: dict[str, str]) -> str:
         request_body(f"introspected-{secrets.token_hex(4)}"),
         tokens["agent"],
     )
-    if code != 201 or not (answer.get("grant") or {}).get("token"):
+    if code != 201 or not (answer.get("grant") or {}).get("access_token"):
         raise RuntimeError(f"(b) minting the token to introspect: {code} {answer}")
-    access_token = answer["grant"]["token"]
+    access_token = answer["grant"]["access_token"]
     code, answer = post_json(
         f"{server.base_url}/api/v1/introspect", {"token": access_token}, tokens["server"]
     )

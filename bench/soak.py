@@ -488,7 +488,7 @@ class Traffic:
         )
         if status == 201 and isinstance(answer, dict) and answer.get("grant"):
             with self.lock:
-                self.tokens = [*self.tokens[-50:], answer["grant"]["token"]]
+                self.tokens = [*self.tokens[-50:], answer["grant"]["access_token"]]
                 self.grants = [*self.grants[-50:], (agent, answer["grant"]["id"])]
         elif status == 201 and isinstance(answer, dict) and answer.get("status") == "pending":
             with self.lock:

@@ -284,7 +284,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
     ],
     "EXCEPTION_HANDLER": "core.api_errors.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.openapi.CustodyAutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -292,7 +292,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Workload-identity authenticated API for AI agents: privilege requests, "
     "grants, short-lived tokens, delegation and introspection.",
     "VERSION": "1",
+    "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Tags from the path after /api/v1/ (requests, grants, …), not "api".
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    # Enums named after what they are, not after a hash of their values.
+    "ENUM_NAME_OVERRIDES": {"AccessRequestStatusEnum": "approvals.models.AccessRequest.Status"},
     # Swagger UI and ReDoc from our own static files (the sidecar), not a CDN's @latest.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -109,7 +109,7 @@ def settle(request: dict, *, wait, max_poll: int):
                 request_id=request["id"],
                 body=request,
             )
-        poll = max(1, min(max_poll, math.ceil(remaining)))
+        poll = max_poll if stop is None else max(1, min(max_poll, math.ceil(remaining)))
         request = (
             yield Call(
                 "GET",
@@ -122,8 +122,8 @@ def settle(request: dict, *, wait, max_poll: int):
     if request.get("status") != "approved":
         raise from_decision(request)
     grant = request.get("grant") or {}
-    token = grant.get("access_token") or grant.get("token")
-    if not token:
+    token = grant.get("access_token")
+    if not token:  # approved by people: the grant's token_url mints the first one
         token = (yield token_call(grant["id"])).body.get("access_token")
     return request, token
 

@@ -32,7 +32,7 @@ from custody_client.errors import (
     from_response,
     retry_after_seconds,
 )
-from custody_client.svid import DevSvidSource, FileSvidSource, as_source, token_expiry
+from custody_client.svid import DevSvidSource, FileSvidSource, as_source, token_times
 
 __all__ = ["AsyncClient", "AsyncGrant", "Client", "Delegation", "Grant", "Retry"]
 
@@ -209,12 +209,12 @@ class _GrantBase:
         lifetime for short tokens), or it already runs to the grant's end and is still valid."""
         if not self._token:
             return False
-        exp = token_expiry(self._token) or 0
+        token_claims = token_times(self._token)
+        exp, iat = token_claims.get("exp", 0), token_claims.get("iat", 0)
         now = time.time()
         if self.expires_at and exp >= self.expires_at.timestamp():
             return now < exp
-        lifetime = exp - now
-        margin = min(self.client.refresh_margin, max(lifetime, 0) / 4 + 0.5)
+        margin = min(self.client.refresh_margin, max(exp - iat, 0) / 4)
         return exp - now > margin
 
     def _ended(self, error: CustodyError) -> CustodyError:
@@ -374,6 +374,11 @@ class Client(_Base):
     def eligibility(self) -> list[dict]:
         """What the agent may ask for at all, with each privilege's longest duration."""
         return self._get("/api/v1/eligibility")["results"]
+
+    def privileges(self, *, eligible: bool | None = None) -> list[dict]:
+        """The privilege catalogue, each entry with this agent's eligibility."""
+        params = {} if eligible is None else {"eligible": "true" if eligible else "false"}
+        return self._get("/api/v1/privileges", **params)["results"]
 
     def actor_token(self) -> str:
         """This agent's consent to one delegation: a JWT-SVID for the delegation audience, to
@@ -612,6 +617,10 @@ class AsyncClient(_Base):
 
     async def eligibility(self) -> list[dict]:
         return (await self._get("/api/v1/eligibility"))["results"]
+
+    async def privileges(self, *, eligible: bool | None = None) -> list[dict]:
+        params = {} if eligible is None else {"eligible": "true" if eligible else "false"}
+        return (await self._get("/api/v1/privileges", **params))["results"]
 
     async def actor_token(self) -> str:
         return await asyncio.to_thread(self.svid_source.svid, self.delegation_audience)

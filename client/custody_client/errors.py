@@ -196,7 +196,11 @@ def from_decision(request: dict) -> CustodyError:
         return Conflict(
             f"Request #{request_id} was cancelled.", code="request_cancelled", body=request
         )
-    reason = decision.get("final") or decision.get("reason") or "Denied."
+    # The policy's sentence when policy refused; who refused when people did.
+    if decision.get("outcome") == "deny":
+        reason = decision.get("reason") or decision.get("final") or "Denied by policy."
+    else:
+        reason = decision.get("final") or decision.get("reason") or "Denied."
     cls = NotEligible if ELIGIBILITY_POLICIES.intersection(policies) else Denied
     return cls(
         reason,

@@ -155,10 +155,13 @@ class CustodyGate(Extension):
     @classmethod
     def from_env(cls, *, tools: Mapping[str, str | ToolRule], **options) -> CustodyGate:
         """The client from `AsyncClient.from_env()` (CUSTODY_URL, CUSTODY_SVID_FILE, …), the
-        task from CUSTODY_TASK_ID, the wait from CUSTODY_MCP_WAIT_SECONDS, and asking again
+        task from CUSTODY_TASK_ID, the wait from CUSTODY_MCP_WAIT_SECONDS, each grant's length
+        from CUSTODY_MCP_DURATION_SECONDS, and asking again
         after a revocation from CUSTODY_MCP_ASK_AGAIN_AFTER_REVOKE=true; `options` win."""
         options.setdefault("task_id", os.environ.get("CUSTODY_TASK_ID", "mcp"))
         options.setdefault("wait_seconds", float(os.environ.get("CUSTODY_MCP_WAIT_SECONDS", "0")))
+        if os.environ.get("CUSTODY_MCP_DURATION_SECONDS"):
+            options.setdefault("duration_seconds", int(os.environ["CUSTODY_MCP_DURATION_SECONDS"]))
         options.setdefault(
             "ask_again_after_revoke",
             os.environ.get("CUSTODY_MCP_ASK_AGAIN_AFTER_REVOKE", "").lower() == "true",

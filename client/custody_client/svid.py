@@ -43,11 +43,13 @@ def token_expiry(token: str) -> float | None:
     return float(exp) if isinstance(exp, int | float) else None
 
 
-def token_subject(token: str) -> str | None:
+def token_times(token: str) -> dict:
+    """`iat` and `exp` of a JWT (unverified), those present."""
     try:
-        return jwt.decode(token, options={"verify_signature": False}).get("sub")
+        claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
-        return None
+        return {}
+    return {k: float(claims[k]) for k in ("iat", "exp") if isinstance(claims.get(k), int | float)}
 
 
 class FileSvidSource:

@@ -99,7 +99,7 @@ def exchange(client, subject_token, actor_token, *, as_json=False, **fields):
 def root_token(agent_api, privilege="payments-db:read", duration=600):
     body = submit(agent_api, privilege, duration=duration).json()
     assert body["status"] == "approved", body
-    return body["grant"]["token"], Grant.objects.get(pk=body["grant"]["id"])
+    return body["grant"]["access_token"], Grant.objects.get(pk=body["grant"]["id"])
 
 
 def error_of(response, status=400):

@@ -118,7 +118,7 @@ def test_a_drift_policy_can_end_the_grant(
     policy.write_text(END_ON_TARGET)
     settings.CUSTODY_DRIFT_POLICY_FILE = str(policy)
     body = submit(agent_api).json()
-    grant_id, token = body["grant"]["id"], body["grant"]["token"]
+    grant_id, token = body["grant"]["id"], body["grant"]["access_token"]
 
     wrong_action = call(agent_api, grant_id, target="invoices 2026-11", action="write").json()
     assert wrong_action["drift"]["outcome"] == "flag"

@@ -122,7 +122,7 @@ def test_a_sub_agent_must_itself_be_eligible(agent_api, agent, privileges, signe
     helper = AgentFactory(
         spiffe_id="spiffe://example.test/agents/helper", name="Helper", sponsor=sponsor, team=team
     )
-    token = submit(agent_api, "payments-db:read", duration=900).json()["grant"]["token"]
+    token = submit(agent_api, "payments-db:read", duration=900).json()["grant"]["access_token"]
 
     refused = exchange(agent_api, token, signer.act(helper.spiffe_id), duration_seconds=300)
 

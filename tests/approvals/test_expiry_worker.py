@@ -75,10 +75,10 @@ def test_a_two_second_grant_is_revoked_within_two_seconds_of_expiry(
 ):
     body = submit(agent_api, duration=2).json()
     grant = Grant.objects.get(pk=body["grant"]["id"])
-    assert introspect(resource_server_api, body["grant"]["token"])["active"] is True
+    assert introspect(resource_server_api, body["grant"]["access_token"])["active"] is True
 
     sleep_until(grant.expires_at + timedelta(milliseconds=1))
-    assert introspect(resource_server_api, body["grant"]["token"]) == {"active": False}
+    assert introspect(resource_server_api, body["grant"]["access_token"]) == {"active": False}
     assert wait_until(lambda: Grant.objects.get(pk=grant.pk).revoked_at is not None, 6), (
         worker.output()[-3000:]
     )
@@ -100,7 +100,7 @@ def test_the_sweep_ends_a_grant_whose_worker_was_killed(agent_api, privileges, r
     sleep_until(grant.expires_at + timedelta(milliseconds=300))
     # Between expiry and the worker's return, every check already says the grant is over.
     assert Grant.objects.get(pk=grant.pk).revoked_at is None
-    assert introspect(resource_server_api, body["grant"]["token"]) == {"active": False}
+    assert introspect(resource_server_api, body["grant"]["access_token"]) == {"active": False}
     assert agent_api.get(f"/api/v1/grants/{grant.pk}").json()["active"] is False
     assert agent_api.get("/api/v1/grants?active=true").json()["results"] == []
 
@@ -131,7 +131,9 @@ def test_a_redis_restart_during_a_grants_life_loses_nothing_and_doubles_nothing(
         redis.stop()  # the broker goes away, and with it every message it held
         sleep_until(max(g.expires_at for g in grants) + timedelta(milliseconds=200))
         for body in bodies:
-            assert introspect(resource_server_api, body["grant"]["token"]) == {"active": False}
+            assert introspect(resource_server_api, body["grant"]["access_token"]) == {
+                "active": False
+            }
         time.sleep(1)
         redis.start()
         back = time.time()

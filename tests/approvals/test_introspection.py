@@ -21,7 +21,7 @@ def introspect(client, token):
 def live_token(agent_api, privilege="payments-db:read", task_id="task-1"):
     body = submit(agent_api, privilege, task_id=task_id).json()
     assert body["status"] == "approved", body
-    return body["grant"]["token"], body["grant"]["id"]
+    return body["grant"]["access_token"], body["grant"]["id"]
 
 
 def test_an_agent_that_is_not_a_resource_server_gets_403_and_leaves_evidence(

@@ -38,7 +38,7 @@ def test_it_runs_an_automatic_request_end_to_end(
     assert body["decision"]["outcome"] == "auto_approve"
     assert body["decision"]["policies"] == ["low-risk-short-read-automatic"]
     assert "automatically" in body["decision"]["reason"]
-    token = body["grant"]["token"]
+    token = body["grant"]["access_token"]
 
     # The token verifies offline against the published JWKS.
     kid = jwt.get_unverified_header(token)["kid"]
@@ -104,7 +104,7 @@ def test_it_routes_high_risk_to_two_distinct_approvers(
     polled = agent_api.get(f"/api/v1/requests/{body['id']}").json()
     assert polled["status"] == "approved"
     # Polling only reads: no token is minted, nothing is written; the agent asks for one.
-    assert polled["grant"]["token"] is None
+    assert polled["grant"]["access_token"] is None
     assert AuditEvent.objects.count() == events_before
     minted = agent_api.post(polled["grant"]["token_url"])
     assert minted.status_code == 200, minted.content
@@ -224,7 +224,7 @@ def test_a_suspended_agent_gets_no_grant_at_final_approval(
 def test_suspending_an_agent_ends_its_grants_and_tokens(
     agent_api, privileges, agent, resource_server_api
 ):
-    token = submit(agent_api).json()["grant"]["token"]
+    token = submit(agent_api).json()["grant"]["access_token"]
     agent_suspend(agent=agent, actor=Actor.system("test"), reason="kill switch")
     grant = Grant.objects.get()
     assert grant.revoke_reason == "agent_suspended"
@@ -256,7 +256,7 @@ def test_an_expired_grant_is_not_honoured_even_before_any_job(
     from django.utils import timezone
 
     body = submit(agent_api).json()
-    grant_id, token = body["grant"]["id"], body["grant"]["token"]
+    grant_id, token = body["grant"]["id"], body["grant"]["access_token"]
     Grant.objects.filter(pk=grant_id).update(
         issued_at=timezone.now() - timedelta(seconds=700),
         expires_at=timezone.now() - timedelta(seconds=1),
@@ -329,18 +329,18 @@ def test_long_poll_holds_until_the_wait_runs_out(agent_api, privileges):
 
 
 def test_key_rotation_keeps_live_tokens_valid(agent_api, api, privileges, resource_server_api):
-    token = submit(agent_api).json()["grant"]["token"]
+    token = submit(agent_api).json()["grant"]["access_token"]
     call_command("rotate_signing_key")
     assert len(api.get("/.well-known/jwks.json").json()["keys"]) == 2
     assert introspect(resource_server_api, token)["active"] is True
-    fresh = submit(agent_api, task_id="task-2").json()["grant"]["token"]
+    fresh = submit(agent_api, task_id="task-2").json()["grant"]["access_token"]
     assert jwt.get_unverified_header(fresh)["kid"] != jwt.get_unverified_header(token)["kid"]
 
 
 def test_introspection_needs_workload_identity_and_rejects_non_tokens(
     api, agent_api, privileges, signer, agent, resource_server_api
 ):
-    token = submit(agent_api).json()["grant"]["token"]
+    token = submit(agent_api).json()["grant"]["access_token"]
     assert api.post("/api/v1/introspect", {"token": token}, format="json").status_code == 401
     assert introspect(resource_server_api, "garbage") == {"active": False}
     assert introspect(resource_server_api, signer.mint(agent.spiffe_id)) == {"active": False}
@@ -355,7 +355,7 @@ def test_introspection_needs_workload_identity_and_rejects_non_tokens(
 def test_an_access_token_is_never_an_agent_login(agent_api, privileges):
     from rest_framework.test import APIClient
 
-    token = submit(agent_api).json()["grant"]["token"]
+    token = submit(agent_api).json()["grant"]["access_token"]
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     response = client.get("/api/v1/agents/me")

@@ -23,7 +23,6 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from approvals.models import AccessRequest, Grant
 from audit.models import AuditEvent
 from tests import workers
-from tests.approvals.conftest import privileges  # noqa: F401  (the catalogue fixture)
 from tests.workers import ROOT, Worker, free_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -114,7 +113,12 @@ class McpSession:
         self._portal_cm = start_blocking_portal()
         self.portal = self._portal_cm.__enter__()
         self._session_cm = self.portal.wrap_async_context_manager(self._open())
-        self.session = self._session_cm.__enter__()
+        try:
+            self.session = self._session_cm.__enter__()
+        except BaseException:
+            # A server that died at start: stop the portal's thread too, or pytest never exits.
+            self._portal_cm.__exit__(None, None, None)
+            raise AssertionError(f"the MCP server did not start:\n{self.stderr()[-3000:]}")
         return self
 
     def __exit__(self, *exc):
@@ -207,14 +211,14 @@ def worker(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture
-def custody(worker, privileges):  # noqa: F811
+def custody_server(worker, privileges):
     server = Gunicorn()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def mcp(custody, agent, signer, tmp_path):
+def mcp(custody_server, agent, signer, tmp_path):
     """Opens a session with the example server as the invoice bot (extra env: its options)."""
     svid = tmp_path / "svid.jwt"
     svid.write_text(signer.mint(agent.spiffe_id, ttl=1800))
@@ -224,7 +228,7 @@ def mcp(custody, agent, signer, tmp_path):
         session = McpSession(
             {
                 "PYTHONPATH": str(ROOT / "client"),
-                "CUSTODY_URL": custody.url,
+                "CUSTODY_URL": custody_server.url,
                 "CUSTODY_SVID_FILE": str(svid),
                 "CUSTODY_TASK_ID": "close-books-2026-11",
                 **env,
@@ -239,8 +243,8 @@ def mcp(custody, agent, signer, tmp_path):
 
 
 @pytest.fixture
-def sponsor_http(custody, sponsor):
-    return Sponsor(custody, sponsor)
+def sponsor_http(custody_server, sponsor):
+    return Sponsor(custody_server, sponsor)
 
 
 def tool_calls(**data) -> list[dict]:
@@ -387,4 +391,20 @@ def test_after_a_revocation_a_new_grant_is_asked_for_only_when_configured(mcp, s
     second = Grant.objects.exclude(pk=first.pk).get()
     assert f"under grant #{second.pk}" in text(again)
     assert AccessRequest.objects.count() == 2
+    assert [c["outcome"] for c in tool_calls()] == ["success", "success"]
+
+
+def test_an_expired_grant_is_simply_asked_for_again(mcp):
+    session = mcp(CUSTODY_MCP_DURATION_SECONDS="2")
+    assert not session.call("query_invoices", month="2026-11").is_error
+    first = Grant.objects.get()
+    deadline = time.monotonic() + 30
+    while Grant.objects.get().revoked_at is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the worker's ETA task ends it at its expiry
+    assert Grant.objects.get().revoke_reason == "expired"
+
+    again = session.call("query_invoices", month="2026-11")
+    assert not again.is_error, text(again)
+    second = Grant.objects.exclude(pk=first.pk).get()
+    assert f"under grant #{second.pk}" in text(again)
     assert [c["outcome"] for c in tool_calls()] == ["success", "success"]

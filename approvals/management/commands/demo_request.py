@@ -141,7 +141,7 @@ class Command(BaseCommand):
 
     def delegate(self, url, preset, token, parent: dict, task_id: str) -> None:
         grant = parent.get("grant") or {}
-        if not grant.get("token"):
+        if not grant.get("access_token"):
             raise CommandError(
                 f"The delegation needs the parent grant at once, but request #{parent['id']} "
                 f"is {parent['status']}: finish it first, then delegate."
@@ -158,7 +158,7 @@ class Command(BaseCommand):
             token,
             {
                 "grant_type": TOKEN_EXCHANGE,
-                "subject_token": grant["token"],
+                "subject_token": grant["access_token"],
                 "subject_token_type": ACCESS_TOKEN_TYPE,
                 "actor_token": actor_token,
                 "actor_token_type": JWT_TOKEN_TYPE,
