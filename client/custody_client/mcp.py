@@ -3,11 +3,10 @@
 `CustodyGate` is an extension for a server built with the official `mcp` SDK (2.x):
 
     gate = CustodyGate(
-        url="https://custody.example.com",
-        svid="/run/spire/svid.jwt",  # or a callable returning the JWT-SVID
+        AsyncClient("https://custody.example.com", FileSvidSource("/run/spire/svid.jwt")),
         task_id="close-books-2026-11",
         tools={"query_invoices": "payments-db:read", "post_refund": "payments-api:refund"},
-    )
+    )  # or CustodyGate.from_env(tools=...)
     server = MCPServer("payments", extensions=[gate])
 
 Each `tools/call` of a mapped tool needs a live grant of its privilege for the task. Without
@@ -64,7 +63,10 @@ class ToolRule:
 
     def target_for(self, arguments: Mapping[str, Any]) -> str:
         if callable(self.target):
-            return str(self.target(arguments))[:TARGET_MAX]
+            try:
+                return str(self.target(arguments))[:TARGET_MAX]
+            except Exception:  # arguments the tool will refuse anyway: describe them as given
+                return summarize_arguments(arguments)
         if self.target is not None:
             return self.target[:TARGET_MAX]
         return summarize_arguments(arguments)

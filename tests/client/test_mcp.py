@@ -276,7 +276,8 @@ def test_a_tool_whose_privilege_policy_grants_runs_and_each_call_is_evidence(mcp
 
     second = session.call("query_invoices", month="2026-10")  # the same grant, no new request
     failed = session.call("query_invoices", month="November")  # the tool's own error
-    assert not second.is_error and failed.is_error
+    no_month = session.call("query_invoices")  # the SDK refuses the arguments
+    assert not second.is_error and failed.is_error and no_month.is_error
     assert "month is YYYY-MM" in text(failed)
     assert AccessRequest.objects.count() == 1
     calls = tool_calls(tool="query_invoices")
@@ -284,6 +285,7 @@ def test_a_tool_whose_privilege_policy_grants_runs_and_each_call_is_evidence(mcp
         ("invoices/2026-11", "success", "read"),
         ("invoices/2026-10", "success", "read"),
         ("invoices/November", "failure", "read"),
+        ("(no arguments)", "failure", "read"),
     ]
     assert all(c["scope"] == "payments-db:read" and c["detail"] == {"via": "mcp"} for c in calls)
     assert set(
