@@ -40,6 +40,31 @@ def error_response(description: str) -> OpenApiResponse:
     return OpenApiResponse(ErrorSerializer, description=description)
 
 
+ERROR_HEADERS = {
+    401: {
+        "WWW-Authenticate": {
+            "required": True,
+            "schema": {"type": "string"},
+            "description": 'The scheme to authenticate with: `Bearer realm="custody"`.',
+        }
+    },
+    429: {
+        "Retry-After": {
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Seconds until trying again can succeed.",
+        }
+    },
+    503: {
+        "Retry-After": {
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Seconds to wait before trying again.",
+        }
+    },
+}
+
+
 class CustodyAutoSchema(AutoSchema):
     def _error_statuses(self) -> dict[int, str]:
         view = self.view
@@ -63,8 +88,10 @@ class CustodyAutoSchema(AutoSchema):
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
         for code, description in sorted(self._error_statuses().items()):
-            responses.setdefault(
+            answer = responses.setdefault(
                 str(code),
                 self._get_response_for_code(error_response(description), str(code)),
             )
+            if code in ERROR_HEADERS:
+                answer.setdefault("headers", {}).update(ERROR_HEADERS[code])
         return responses

@@ -1,7 +1,12 @@
 """Schema fuzzing: schemathesis drives every operation of `/api/schema/` against the live server
-(the app on a free port, on the test database) with an agent's SVID, a resource server's SVID for
-introspection and a person's session for the people's endpoints. Bounded examples per operation;
-any 5xx fails. (Conformance of responses to the schema is not judged here.)"""
+(the app on a free port, on the test database) with an agent's SVID, a resource server's SVID and
+a person's session: mostly the caller the operation is for, now and then another one (who must
+get a documented refusal). Bounded examples per operation. Every answer is judged against the
+operation's documented responses: no 5xx, a documented status, a documented content type and
+headers, and a body that validates against that status's schema (the Error envelope included).
+
+Schemathesis' strategies and checks are driven directly from hypothesis: its pytest plugin
+crashes on pytest 9."""
 
 import itertools
 import os
@@ -14,7 +19,13 @@ from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from approvals.models import Eligibility
 from tests.approvals.conftest import intent, submit
@@ -25,6 +36,16 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 # Bounded for the suite (about half a minute); CUSTODY_FUZZ_EXAMPLES=500 digs deeper by hand.
 EXAMPLES_PER_OPERATION = int(os.environ.get("CUSTODY_FUZZ_EXAMPLES", "30"))
 PEOPLES_PATHS = ("/api/v1/approvals/pending", "/api/v1/requests/{request_id}/decisions")
+RESOURCE_SERVERS_PATHS = ("/api/v1/introspect",)
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+# Examples run, per operation, for the summary printed at the end of the module.
+CHECKED: dict[str, int] = {}
 CSRF = secrets.token_hex(16)  # a 32-character CSRF secret, sent as cookie and header
 
 
@@ -87,7 +108,7 @@ def api_schema(live_server):
 
 
 @pytest.mark.parametrize("method,path", schema_operations())
-def test_no_input_makes_the_api_answer_a_5xx(api_schema, workloads, method, path):
+def test_every_answer_is_one_the_schema_documents(api_schema, workloads, method, path):
     operation = api_schema[path][method]
     modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     cases = [operation.as_strategy(mode) for mode in modes]
@@ -100,26 +121,36 @@ def test_no_input_makes_the_api_answer_a_5xx(api_schema, workloads, method, path
             lambda name: with_privilege(case, name)
         )
     )
+    own = (
+        "person"
+        if path in PEOPLES_PATHS
+        else "server"
+        if path in RESOURCE_SERVERS_PATHS
+        else "agent"
+    )
+    # Mostly the caller the operation is for; now and then another, refused as documented.
+    callers = st.sampled_from([own] * 4 + [c for c in ("agent", "server", "person") if c != own])
 
-    @given(case=cases)
+    @given(case=cases, caller=callers)
     @settings(
         max_examples=EXAMPLES_PER_OPERATION,
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    def call(case):
-        if path in PEOPLES_PATHS:
+    def call(case, caller):
+        if caller == "person":
             response = case.call(
                 headers={"X-CSRFToken": CSRF},
                 cookies={"sessionid": workloads["session"], "csrftoken": CSRF},
             )
         else:
-            caller = workloads["server" if path == "/api/v1/introspect" else "agent"]
+            workload = workloads[caller]
             # A fresh SVID per call, as a workload would present: nothing relies on reuse.
-            token = workloads["signer"].mint(caller.spiffe_id, ttl=600)
+            token = workloads["signer"].mint(workload.spiffe_id, ttl=600)
             response = case.call(headers={"Authorization": f"Bearer {token}"})
-        case.validate_response(response, checks=[not_a_server_error])
+        case.validate_response(response, checks=CHECKS)
+        CHECKED[f"{method} {path}"] = CHECKED.get(f"{method} {path}", 0) + 1
 
     call()
 
@@ -133,6 +164,17 @@ def with_privilege(case, name):
             case.body["intent"] = intent()
             case.body["task_id"] = f"fuzz-{secrets.token_hex(4)}"
     return case
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _summary():
+    """Operations × examples judged, for the closing note (`pytest -s` shows it)."""
+    yield
+    if CHECKED:
+        print(
+            f"\nschema fuzz: {len(CHECKED)} operations, {sum(CHECKED.values())} examples judged "
+            f"against their documented responses ({EXAMPLES_PER_OPERATION} per operation)"
+        )
 
 
 @pytest.fixture(autouse=True)

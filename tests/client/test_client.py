@@ -295,3 +295,40 @@ def test_leaving_the_block_of_a_revoked_grant_is_quiet(custody, sponsor):
     with custody.request("payments-db:read", "t-revoked", "Reconcile", 600) as grant:
         grant_revoke(grant=Grant.objects.get(pk=grant.id), actor=Actor.for_user(sponsor))
     assert Grant.objects.get(pk=grant.id).revoke_reason == "revoked"
+
+
+def test_a_delegation_across_sponsors_waits_for_the_sub_agents_sponsor(
+    custody, live_server, svid_for, team
+):
+    from tests.factories import AgentFactory, UserFactory
+
+    carol = UserFactory(username="carol")
+    carol.groups.add(team)
+    helper = AgentFactory(
+        spiffe_id="spiffe://example.test/agents/helper", name="Helper", sponsor=carol, team=team
+    )
+    grant = custody.request("payments-db:read", "t-cross", "Reconcile", 600)
+    with Client(live_server.url, svid_for(helper), max_poll_seconds=5) as sub_agent:
+        delegation = grant.delegate(sub_agent.actor_token(), intent="Rows", duration=120)
+        assert delegation.pending and delegation.agent == helper.spiffe_id
+        asking = Background(lambda: sub_agent.wait_for(delegation.request_id))
+        approve_when_pending(carol, privilege="payments-db:read")
+        held = asking.result()
+    assert claims(held.access_token)["act"]["sub"] == helper.spiffe_id
+    assert Grant.objects.get(pk=held.id).parent_id == grant.id
+
+
+def test_grant_auth_and_headers_carry_the_fresh_token(custody):
+    import httpx
+
+    grant = custody.request("payments-db:read", "t-auth", "Reconcile", 600)
+    seen = []
+
+    def resource_server(request):  # stands in for the payments database's gateway
+        seen.append(request.headers["Authorization"])
+        return httpx.Response(200)
+
+    with httpx.Client(transport=httpx.MockTransport(resource_server)) as http:
+        http.get("http://payments-db.internal/invoices", auth=grant.auth)
+        http.get("http://payments-db.internal/invoices", headers=grant.headers())
+    assert seen == [f"Bearer {grant.access_token}"] * 2

@@ -276,3 +276,21 @@ def test_a_grant_that_ran_out_raises_expired_and_the_block_ends_quietly(custody)
     finally:
         worker.stop()
     assert AuditEvent.objects.filter(grant_id=grant.id, verb="grant.expired").count() == 1
+
+
+def test_a_file_source_names_a_file_per_audience(
+    live_server, custody, research_agent, signer, tmp_path
+):
+    """spiffe-helper writes one file per audience: the login, and the actor token."""
+    login, actor = tmp_path / "svid.jwt", tmp_path / "actor.jwt"
+    login.write_text(signer.mint(research_agent.spiffe_id))
+    actor.write_text(
+        signer.mint(research_agent.spiffe_id, audience=django_settings.CUSTODY_DELEGATION_AUDIENCE)
+    )
+    source = FileSvidSource(login, paths={django_settings.CUSTODY_DELEGATION_AUDIENCE: actor})
+    with Client(live_server.url, source) as sub_agent:
+        grant = custody.request("payments-db:read", "t-files", "Reconcile", 600)
+        delegation = grant.delegate(sub_agent.actor_token(), intent="Rows", duration=60)
+        assert claims(sub_agent.grant(delegation.grant_id).access_token)["grant_id"] == (
+            delegation.grant_id
+        )

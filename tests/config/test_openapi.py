@@ -58,6 +58,11 @@ def test_every_operation_documents_its_answers_and_its_errors_with_the_envelope(
         assert "503" in errors, (method, path)
         for code, answer in errors.items():
             assert answer["content"]["application/json"]["schema"] == ERROR, (method, path, code)
+        # The headers a client acts on are part of the contract (the fuzz checks them).
+        for code, header in (("401", "WWW-Authenticate"), ("429", "Retry-After")):
+            if code in errors:
+                assert errors[code]["headers"][header]["required"] is True, (method, path)
+        assert "Retry-After" in errors["503"]["headers"], (method, path)
         if "{" in path:
             assert "404" in errors, (method, path)
         if operation.get("security") and {} not in operation["security"]:
