@@ -20,7 +20,7 @@ CHROMIUM ?= /usr/bin/chromium
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]" -e "./client[spiffe]"
+	$(BIN)/pip install --quiet -e ".[dev]" -e "./client[spiffe,mcp]"
 	touch $(STAMP)
 
 run: $(STAMP)
