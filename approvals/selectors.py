@@ -4,7 +4,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 from guardian.shortcuts import get_objects_for_user
 
@@ -545,9 +545,12 @@ def review_period_end(review: Review) -> datetime:
 
 
 def agent_reviews(agent: Agent) -> QuerySet[Review]:
-    """An agent's reviews, the newest first (its page; the caller may see the agent)."""
+    """An agent's reviews: the open one first, then the latest closed (its page; the caller
+    may see the agent)."""
     return (
-        Review.objects.filter(agent=agent).select_related("reviewer").order_by("-opened_at", "-pk")
+        Review.objects.filter(agent=agent)
+        .select_related("reviewer")
+        .order_by(F("closed_at").desc(nulls_first=True), "-pk")
     )
 
 
