@@ -519,7 +519,8 @@ def review_usage(review: Review) -> list[EligibilityUse]:
             grant_id__isnull=False,
         )
         .values("grant_id")
-        .annotate(n=Count("pk", filter=Q(occurred_at__gte=start)), last=Max("occurred_at"))
+        # grant_id, not pk: everything the query reads is in the index (an index-only scan).
+        .annotate(n=Count("grant_id", filter=Q(occurred_at__gte=start)), last=Max("occurred_at"))
         .order_by()
     )
     privilege_of = (

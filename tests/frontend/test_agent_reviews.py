@@ -165,7 +165,7 @@ def test_the_agent_page_query_count_does_not_grow_with_its_reviews(web, agent, o
     assert html.count('id="agent-review-') == 19  # the latest 20 with the open one
 
 
-def test_the_review_list_pages_a_campaign_in_a_fixed_number_of_queries(web, sponsor, team):
+def test_the_review_list_and_dashboard_page_a_campaign_in_a_fixed_number_of_queries(web, sponsor, team):
     agents = [AgentFactory(name=f"Bot {n:03d}", sponsor=sponsor, team=team) for n in range(3)]
     Agent.objects.filter(pk__in=[a.pk for a in agents]).update(review_due=timezone.localdate())
     sweep()
@@ -174,6 +174,9 @@ def test_the_review_list_pages_a_campaign_in_a_fixed_number_of_queries(web, spon
     with CaptureQueriesContext(connection) as few:
         html = client.get("/reviews/").content.decode()
     assert html.count('<li><a href="/reviews/') == 3
+    client.get("/")  # warm
+    with CaptureQueriesContext(connection) as dashboard_few:
+        client.get("/")
     for agent in agents:
         closed_reviews(agent, 5)
     more = [AgentFactory(name=f"Bot {n:03d}", sponsor=sponsor, team=team) for n in range(3, 104)]
@@ -182,6 +185,10 @@ def test_the_review_list_pages_a_campaign_in_a_fixed_number_of_queries(web, spon
     with CaptureQueriesContext(connection) as many:
         html = client.get("/reviews/").content.decode()
     assert len(many) == len(few), [query["sql"] for query in many.captured_queries]
+    with CaptureQueriesContext(connection) as dashboard_many:
+        dashboard = client.get("/").content.decode()
+    assert len(dashboard_many) == len(dashboard_few)
+    assert section(dashboard, "reviews-waiting-h").count('<a href="/reviews/') == 11  # 10 + "All"
     open_list = html.split('id="open-reviews"')[1].split("</ul>")[0]
     assert open_list.count("<li>") == 100
     assert "1–100 of 104, the soonest due first." in html
