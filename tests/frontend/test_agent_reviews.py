@@ -165,7 +165,7 @@ def test_the_agent_page_query_count_does_not_grow_with_its_reviews(web, agent, o
     assert html.count('id="agent-review-') == 19  # the latest 20 with the open one
 
 
-def test_the_review_list_and_dashboard_page_a_campaign_in_a_fixed_number_of_queries(web, sponsor, team):
+def test_the_review_list_and_dashboard_page_a_campaign_in_fixed_queries(web, sponsor, team):
     agents = [AgentFactory(name=f"Bot {n:03d}", sponsor=sponsor, team=team) for n in range(3)]
     Agent.objects.filter(pk__in=[a.pk for a in agents]).update(review_due=timezone.localdate())
     sweep()
