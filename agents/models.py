@@ -211,6 +211,12 @@ class Agent(models.Model):
                 condition=models.Q(status="active"),
                 name="agent_active_last_seen",
             ),
+            # Overdue reviews, the oldest first (the dashboard, the review sweep).
+            models.Index(
+                fields=["review_due"],
+                condition=models.Q(status="active"),
+                name="agent_active_review_due",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -288,6 +288,13 @@ class AccessRequest(models.Model):
                 condition=models.Q(status="pending", escalated_at__isnull=True),
             ),
             models.Index(fields=["agent", "task_id"]),
+            # The posture page: requests submitted, and those people decided, in the last days.
+            models.Index(fields=["created_at"], name="request_created"),
+            models.Index(
+                fields=["decided_at"],
+                name="request_decided_by_people",
+                condition=models.Q(policy_outcome="request", status__in=["approved", "denied"]),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -465,6 +472,8 @@ class Grant(models.Model):
                 condition=models.Q(revoked_at__isnull=True, expiry_enqueued_at__isnull=True),
             ),
             models.Index(fields=["agent", "task_id"]),
+            # The posture page: grants issued per day over the last days.
+            models.Index(fields=["issued_at"], name="grant_issued"),
         ]
 
     def __str__(self) -> str:

@@ -65,6 +65,12 @@ class Review(models.Model):
         ]
         indexes = [
             models.Index(fields=["due"], condition=models.Q(status="open"), name="review_open_due"),
+            # The review lists' "done" part: the latest closed first.
+            models.Index(
+                fields=["-closed_at"],
+                condition=models.Q(status__in=["completed", "expired"]),
+                name="review_closed_latest",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -4,7 +4,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 from guardian.shortcuts import get_objects_for_user
 
@@ -460,7 +460,9 @@ def reviews_for(user) -> QuerySet[Review]:
 
 @dataclass
 class EligibilityUse:
-    """One eligibility's use in a review period, and whether it is pre-marked for removal."""
+    """One eligibility in a review: its use in the review's period (the counts), the last time
+    it was used at all (in the period or before it: the agent's whole history up to the end of
+    the period), and whether it is pre-marked for removal (unused in the period)."""
 
     eligibility: Eligibility
     requests: int = 0
@@ -469,10 +471,15 @@ class EligibilityUse:
     grants: int = 0
     tool_calls: int = 0
     last_used: datetime | None = None
+    period_start: datetime | None = None
 
     @property
     def unused(self) -> bool:
         return not (self.requests or self.grants or self.tool_calls)
+
+    @property
+    def last_used_before_period(self) -> bool:
+        return self.last_used is not None and self.last_used < self.period_start
 
     def _seen(self, moment: datetime | None) -> None:
         if moment is not None and (self.last_used is None or moment > self.last_used):
@@ -480,60 +487,71 @@ class EligibilityUse:
 
 
 def review_usage(review: Review) -> list[EligibilityUse]:
-    """Each eligibility the agent holds, with its use in the review's period: one query per kind
-    (requests with their outcomes, grants, tool calls), never one per row."""
+    """Each eligibility the agent holds (or, once closed, was decided on) with its use: counts
+    over the review's period, last use over the agent's whole history up to the period's end.
+    At most five queries whatever the number of eligibilities, requests, grants or tool calls:
+    one per kind of use (each counting the period and finding the latest ever at once), never
+    one per row. Tool calls are read through the `audit_tool_call_agent` index."""
     agent_id = review.agent_id
-    start, end = review.period_start, review.closed_at or timezone.now()
-    held = list(
-        Eligibility.objects.in_force()
-        .filter(agent_id=agent_id)
-        .select_related("privilege")
-        .order_by("privilege__resource", "privilege__action")
+    start, end = review.period_start, review_period_end(review)
+    eligibilities = Eligibility.objects.select_related("privilege").order_by(
+        "privilege__resource", "privilege__action"
     )
-    if review.status != Review.Status.OPEN:  # what was decided on, kept or removed
-        decided = [int(pk) for pk in review.decisions]
-        held = list(
-            Eligibility.objects.filter(pk__in=decided)
-            .select_related("privilege")
-            .order_by("privilege__resource", "privilege__action")
-        )
-    uses = {eligibility.privilege_id: EligibilityUse(eligibility) for eligibility in held}
+    if review.status == Review.Status.OPEN:
+        held = list(eligibilities.in_force().filter(agent_id=agent_id))
+    else:  # what was decided on, kept or removed
+        held = list(eligibilities.filter(pk__in=[int(pk) for pk in review.decisions]))
+    uses = {
+        eligibility.privilege_id: EligibilityUse(eligibility, period_start=start)
+        for eligibility in held
+    }
     for row in (
-        AccessRequest.objects.filter(agent_id=agent_id, created_at__gte=start, created_at__lt=end)
+        AccessRequest.objects.filter(agent_id=agent_id, privilege_id__in=uses, created_at__lt=end)
         .values("privilege_id")
         .annotate(
-            n=Count("pk"),
-            approved=Count("pk", filter=Q(status=AccessRequest.Status.APPROVED)),
-            denied=Count("pk", filter=Q(status=AccessRequest.Status.DENIED)),
+            n=Count("pk", filter=Q(created_at__gte=start)),
+            approved=Count(
+                "pk", filter=Q(created_at__gte=start, status=AccessRequest.Status.APPROVED)
+            ),
+            denied=Count("pk", filter=Q(created_at__gte=start, status=AccessRequest.Status.DENIED)),
             last=Max("created_at"),
         )
+        .order_by()
     ):
-        if (use := uses.get(row["privilege_id"])) is not None:
-            use.requests, use.approved, use.denied = row["n"], row["approved"], row["denied"]
-            use._seen(row["last"])
+        use = uses[row["privilege_id"]]
+        use.requests, use.approved, use.denied = row["n"], row["approved"], row["denied"]
+        use._seen(row["last"])
     for row in (
-        Grant.objects.filter(agent_id=agent_id, issued_at__gte=start, issued_at__lt=end)
+        Grant.objects.filter(agent_id=agent_id, privilege_id__in=uses, issued_at__lt=end)
         .values("privilege_id")
-        .annotate(n=Count("pk"), last=Max("issued_at"))
+        .annotate(n=Count("pk", filter=Q(issued_at__gte=start)), last=Max("issued_at"))
+        .order_by()
     ):
-        if (use := uses.get(row["privilege_id"])) is not None:
-            use.grants = row["n"]
-            use._seen(row["last"])
+        use = uses[row["privilege_id"]]
+        use.grants = row["n"]
+        use._seen(row["last"])
+    # Tool calls name their grant, not its privilege: count per grant, then one query maps the
+    # agent's grants to their privileges.
     calls = list(
         AuditEvent.objects.filter(
             agent_id=agent_id,
             verb="tool.called",
-            occurred_at__gte=start,
             occurred_at__lt=end,
             grant_id__isnull=False,
         )
         .values("grant_id")
-        .annotate(n=Count("pk"), last=Max("occurred_at"))
+        # grant_id, not pk: everything the query reads is in the index (an index-only scan).
+        .annotate(n=Count("grant_id", filter=Q(occurred_at__gte=start)), last=Max("occurred_at"))
+        .order_by()
     )
-    privilege_of = dict(
-        Grant.objects.filter(
-            agent_id=agent_id, pk__in=[row["grant_id"] for row in calls]
-        ).values_list("pk", "privilege_id")
+    privilege_of = (
+        dict(
+            Grant.objects.filter(agent_id=agent_id, privilege_id__in=uses).values_list(
+                "pk", "privilege_id"
+            )
+        )
+        if calls
+        else {}
     )
     for row in calls:
         use = uses.get(privilege_of.get(row["grant_id"]))
@@ -541,3 +559,25 @@ def review_usage(review: Review) -> list[EligibilityUse]:
             use.tool_calls += row["n"]
             use._seen(row["last"])
     return list(uses.values())
+
+
+def review_period_end(review: Review) -> datetime:
+    """The use shown runs to the review's completion (or now, while it is open)."""
+    return review.closed_at or timezone.now()
+
+
+def agent_reviews(agent: Agent) -> QuerySet[Review]:
+    """An agent's reviews: the open one first, then the latest closed (its page; the caller
+    may see the agent)."""
+    return (
+        Review.objects.filter(agent=agent)
+        .select_related("reviewer")
+        .order_by(F("closed_at").desc(nulls_first=True), "-pk")
+    )
+
+
+def may_open_reviews_of(user, agent: Agent) -> bool:
+    """Whether `reviews_for(user)` holds the agent's reviews: its sponsor, or an admin."""
+    if not (getattr(user, "is_authenticated", False) and user.is_active):
+        return False
+    return user.is_superuser or agent.sponsor_id == user.pk

@@ -39,7 +39,18 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["sequence"]
-        indexes = [models.Index(fields=["actor_type", "actor_id", "sequence"])]
+        indexes = [
+            models.Index(fields=["actor_type", "actor_id", "sequence"]),
+            # An agent's tool calls over time, with the grant each was made under: a review
+            # counts them per eligibility (approvals.selectors.review_usage) from this index
+            # alone, instead of walking every event of the period.
+            models.Index(
+                fields=["agent_id", "occurred_at"],
+                include=["grant_id"],
+                condition=models.Q(verb="tool.called"),
+                name="audit_tool_call_agent",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.sequence} {self.verb} by {self.actor_type}:{self.actor_id}"

@@ -41,7 +41,7 @@ from frontend.forms import AuditFilterForm, BackupApproverForm, DecisionForm, Re
 from frontend.views_eligibility import eligibility_context
 from frontend.views_lifecycle import agent_lifecycle_context, dashboard_lifecycle_context
 from frontend.views_live import dashboard_active_context
-from frontend.views_reviews import review_reminders_context
+from frontend.views_reviews import agent_reviews_context, review_reminders_context
 
 PAGE_SIZE = 50
 # A critical approval waiting for the step-up: {"request_id", "verdict", "comment"}.
@@ -394,6 +394,7 @@ def agent_page(
             **agent_lifecycle_context(request.user, agent),
             "eligibility_refusal": eligibility_refusal,
             **eligibility_context(request.user, agent, eligibility_form),
+            **agent_reviews_context(request.user, agent),
         },
         status=status,
     )

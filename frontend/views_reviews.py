@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
+from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -21,6 +22,8 @@ from core.errors import DomainError
 from frontend.decorators import login_required
 
 REMINDERS_SHOWN = 10
+OPEN_PER_PAGE = 100  # a campaign can open hundreds at once (an admin sees every agent's)
+AGENT_REVIEWS_SHOWN = 20
 
 
 def review_reminders_context(user) -> dict:
@@ -29,15 +32,35 @@ def review_reminders_context(user) -> dict:
     return {"reviews_waiting": waiting[:REMINDERS_SHOWN], "reviews_waiting_count": waiting.count()}
 
 
+def agent_reviews_context(user, agent) -> dict:
+    """For the agent's page: its open review (prominent), and the ones before it with their
+    result, reviewer and date; linked for the people who may open them (sponsor, admin)."""
+    reviews = list(selectors.agent_reviews(agent)[:AGENT_REVIEWS_SHOWN])
+    open_review = next((r for r in reviews if r.status == Review.Status.OPEN), None)
+    for review in reviews:
+        review.removed = sum(choice == "remove" for choice in review.decisions.values())
+    return {
+        "open_review": open_review,
+        "open_review_overdue": open_review is not None and open_review.due < timezone.localdate(),
+        "past_reviews": [review for review in reviews if review is not open_review],
+        "may_open_reviews": selectors.may_open_reviews_of(user, agent),
+    }
+
+
 @login_required
 def reviews(request):
     mine = selectors.reviews_for(request.user)
+    waiting = Paginator(
+        mine.filter(status=Review.Status.OPEN).order_by("due", "pk"), OPEN_PER_PAGE
+    ).get_page(request.GET.get("page"))
     return render(
         request,
         "frontend/reviews.html",
         {
-            "open_reviews": mine.filter(status=Review.Status.OPEN).order_by("due", "pk"),
-            "closed_reviews": mine.exclude(status=Review.Status.OPEN).order_by("-closed_at")[:50],
+            "open_reviews": waiting,
+            "closed_reviews": mine.filter(
+                status__in=[Review.Status.COMPLETED, Review.Status.EXPIRED]
+            ).order_by("-closed_at")[:50],
         },
     )
 

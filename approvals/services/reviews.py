@@ -19,7 +19,7 @@ sweep racing a completion (or another sweep) changes nothing twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -335,8 +335,3 @@ def review_complete(
 
 def names_of(held: dict[int, Eligibility], pk: int) -> dict:
     return {"eligibility_id": pk, "privilege": held[pk].privilege.name}
-
-
-def review_period_end(review: Review) -> datetime:
-    """The use shown runs to the completion (or now, while open)."""
-    return review.closed_at or timezone.now()
