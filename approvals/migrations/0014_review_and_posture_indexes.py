@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("approvals", "0012_reviews"),
+        ("approvals", "0013_drift_policy_kind_and_revoke_reason"),
     ]
 
     operations = [
