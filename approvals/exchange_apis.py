@@ -2,7 +2,7 @@
 
 import json
 
-from drf_spectacular.utils import extend_schema, extend_schema_serializer
+from drf_spectacular.utils import OpenApiRequest, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -92,7 +92,15 @@ class TokenExchangeApi(APIView):
     @extend_schema(
         operation_id="token_exchange",
         request={
-            "application/x-www-form-urlencoded": InputSerializer,
+            # RFC 8693's own encoding: a form, its `intent` and `context` JSON-encoded fields
+            # (or `intent_action`, `intent_target`, `intent_justification`).
+            "application/x-www-form-urlencoded": OpenApiRequest(
+                InputSerializer,
+                encoding={
+                    "intent": {"contentType": "application/json"},
+                    "context": {"contentType": "application/json"},
+                },
+            ),
             "application/json": InputSerializer,
         },
         responses={200: TokenExchangeIssuedSerializer, 202: TokenExchangePendingSerializer},
