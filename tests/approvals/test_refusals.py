@@ -1,8 +1,12 @@
 """What an agent is refused is evidence too: refused tool calls, token refreshes and cancels each
 leave an audit event, within a per-agent budget so that a flood cannot fill the log."""
 
+import datetime as dt
+
 import pytest
+import time_machine
 from django.conf import settings
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from approvals.models import AccessRequest
@@ -71,8 +75,12 @@ def test_a_flood_of_refusals_is_audited_within_each_agents_budget(
 ):
     budget = settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE
     grant_id = ended_grant(agent_api)
-    for _ in range(budget + 5):
-        assert tool_call(agent_api, grant_id).status_code == 409
+    # The budget is per clock minute: start the flood at a minute's beginning so that a loaded
+    # machine cannot carry it over into the next minute's fresh budget.
+    next_minute = timezone.now().replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    with time_machine.travel(next_minute, tick=True):
+        for _ in range(budget + 5):
+            assert tool_call(agent_api, grant_id).status_code == 409
     assert AuditEvent.objects.filter(verb="tool.refused").count() == budget
     last = AuditEvent.objects.filter(verb="tool.refused").order_by("sequence").last()
     assert last.data["budget_note"] == "last audited event this minute"
