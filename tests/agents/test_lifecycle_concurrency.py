@@ -173,3 +173,30 @@ def test_a_take_over_committing_while_the_sweep_waits_for_the_row_wins(orphans):
     assert agent.status == Agent.Status.ACTIVE and agent.sponsor == operator
     assert not AuditEvent.objects.filter(agent_id=agent.pk, verb="agent.suspended").exists()
     assert verify_chain().ok
+
+
+def test_two_runs_of_a_notice_at_once_post_it_once(db, settings):
+    """The same Slack notice posted by two task runs at the same moment (a redelivery racing
+    its retry): the conditional claim lets one post; the other finds it sent or in flight."""
+    from approvals import slack
+    from approvals.models import SlackNotice
+    from tests.fake_slack import FakeSlack
+
+    fake = FakeSlack().start()
+    try:
+        settings.SLACK_API_URL = fake.url
+        settings.SLACK_BOT_TOKEN = "xoxb-test"
+        for n in range(REPETITIONS):
+            key = f"agent:1:orphaned:race-{n}"
+            results = race(
+                lambda key=key: slack.post_notice_once(key=key, place="CTEAM0001", text="hi"),
+                lambda key=key: slack.post_notice_once(key=key, place="CTEAM0001", text="hi"),
+            )
+            assert sorted(map(repr, results)) in (
+                ["False", "True"],
+                [repr(slack.NoticeInFlight(key)), "True"],
+            ), results
+        assert len(fake.of("chat.postMessage")) == REPETITIONS
+        assert SlackNotice.objects.exclude(ts="").count() == REPETITIONS
+    finally:
+        fake.stop()
