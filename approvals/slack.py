@@ -108,7 +108,7 @@ def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Ki
             "fields": [
                 plain(f"Agent: {agent.name}"),
                 plain(f"SPIFFE ID: {agent.spiffe_id}"),
-                plain(f"Sponsor: {agent.sponsor.get_username()}"),
+                plain(f"Sponsor: {agent.sponsor_name}"),
                 plain(f"Duration asked: {duration_words(access_request.duration_seconds)}"),
                 plain(f"Task: {access_request.task_id}"),
                 plain(f"Approvals: {progress.summary}"),
@@ -485,7 +485,7 @@ def post_review_notice(review_id: int, kind: str) -> int:
     else:
         places.extend(_backup_and_team_places(agent))
         text = (
-            f"{agent.sponsor.get_username()} has not reviewed {agent.name} ({agent.spiffe_id}), "
+            f"{agent.sponsor_name} has not reviewed {agent.name} ({agent.spiffe_id}), "
             f"due {review.due:%d %b %Y}. Unanswered by {review.grace_ends():%d %b %Y}, "
             f"{consequence}. {url}"
         )
