@@ -138,6 +138,8 @@ def test_the_admin_change_form_refuses_a_team_nobody_can_run_with_evidence(
     assert agent.team == team
     assert verbs(agent) == ["agent.registered", "agent.ownership_refused"]
     assert event(agent, "agent.ownership_refused").actor_id == "admin"
+    page = admin_web.get(f"/agents/{agent.pk}/").content.decode()
+    assert "Refused: moving it to team night-shift, which has no active member" in page
 
 
 def test_the_admin_change_form_moves_an_agent_to_a_team_with_someone_on_it(
@@ -256,7 +258,8 @@ def test_an_agent_whose_sponsor_was_deleted_keeps_working_until_someone_owns_it(
     for url in (f"/agents/{agent.pk}/", "/agents/", "/", f"/requests/{submitted.json()['id']}/"):
         page = staff.get(url)
         assert page.status_code == 200, url
-    assert "(sponsor deleted)" in staff.get(f"/agents/{agent.pk}/").content.decode()
+    page = staff.get(f"/agents/{agent.pk}/").content.decode()
+    assert "(sponsor deleted)" in page and "Sponsor sponsor was deleted" in page
 
     agent_suspend(agent=agent, actor=ADMIN_ACTOR)
     with pytest.raises(Conflict, match="its sponsor was deleted"):
