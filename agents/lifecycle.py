@@ -83,24 +83,29 @@ def agents_orphan_for_empty_teams(*, team_ids, actor: Actor, leaving_user_id=Non
     on the way out) orphans its live agents."""
     orphaned = 0
     for team in Group.objects.filter(pk__in=list(team_ids)).order_by("pk"):
-        # An agent registered or moved onto this team right now waits for us (or we for it).
-        lock_team(team)
-        members = team.user_set.filter(is_active=True)
-        if leaving_user_id is not None:
-            members = members.exclude(pk=leaving_user_id)
-        if members.exists():
-            continue
-        ids = (
-            Agent.objects.filter(team=team, orphaned_at__isnull=True)
-            .exclude(status=Agent.Status.RETIRED)
-            .order_by("pk")
-            .values_list("pk", flat=True)
-        )
-        orphaned += sum(
-            agent_orphan(agent_id=pk, reason=Agent.OrphanReason.TEAM_EMPTY, actor=actor)
-            for pk in list(ids)
-        )
+        with transaction.atomic():
+            orphaned += _orphan_if_team_empty(team, actor=actor, leaving_user_id=leaving_user_id)
     return orphaned
+
+
+def _orphan_if_team_empty(team: Group, *, actor: Actor, leaving_user_id) -> int:
+    # An agent registered or moved onto this team right now waits for us (or we for it).
+    lock_team(team)
+    members = team.user_set.filter(is_active=True)
+    if leaving_user_id is not None:
+        members = members.exclude(pk=leaving_user_id)
+    if members.exists():
+        return 0
+    ids = (
+        Agent.objects.filter(team=team, orphaned_at__isnull=True)
+        .exclude(status=Agent.Status.RETIRED)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    return sum(
+        agent_orphan(agent_id=pk, reason=Agent.OrphanReason.TEAM_EMPTY, actor=actor)
+        for pk in list(ids)
+    )
 
 
 def agents_orphan_for_deleted_sponsor(*, sponsor, actor: Actor) -> int:

@@ -50,9 +50,10 @@ def _lock(agent: Agent) -> Agent:
 
 
 def lock_team(team: Group) -> None:
-    """The team's row, taken before its members are counted (after the agent row, in the lock
-    order's "other rows"): the last member leaving (agents/lifecycle.py takes it too) and an
-    agent joining serialize, so neither misses the other."""
+    """The team's row, taken before its members are counted: the last member leaving
+    (agents/lifecycle.py) and an agent joining serialize, so neither misses the other. A joining
+    agent's transaction takes it after that agent's row; the leaving side takes it (teams in pk
+    order) before the rows of the agents already on the team, never the joining one: no cycle."""
     list(Group.objects.select_for_update(no_key=True).filter(pk=team.pk).values_list("pk"))
 
 
