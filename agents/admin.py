@@ -145,21 +145,48 @@ class AgentAdmin(admin.ModelAdmin):
         )
         return format_html(
             '{} (sponsor); backup: {} · <a href="{}">manage approvers</a>',
-            agent.sponsor.get_username(),
+            agent.sponsor_name,
             names or "none",
             url,
         )
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change=change, **kwargs)
-        if "sponsor" not in form.base_fields:
-            return form
+        live = obj is None or obj.status != Agent.Status.RETIRED
 
-        class NoSelfSponsorForm(form):
+        def refused(action: str, why: str, **data) -> None:
+            # Registration refused leaves no agent to file it under: the form says why.
+            if obj is not None and live:
+                services.ownership_change_refused(
+                    agent=obj, actor=Actor.for_user(request.user), action=action, why=why, **data
+                )
+
+        class OwnedAgentForm(form):
+            """Invariant 13: an agent is registered with, and kept on, an active sponsor and a
+            team with an active member."""
+
+            def clean_team(self):
+                team = self.cleaned_data["team"]
+                if not live or (obj is not None and team.pk == obj.team_id):
+                    return team
+                refusal = services.team_refusal(
+                    team, agent_name=obj.name if obj is not None else "the agent"
+                )
+                if refusal is not None:
+                    refused("team_change", "empty_team", team=team.name)
+                    raise ValidationError(refusal)
+                return team
+
+        if "sponsor" not in form.base_fields:
+            return OwnedAgentForm
+
+        class NoSelfSponsorForm(OwnedAgentForm):
             def clean_sponsor(self):
                 sponsor = self.cleaned_data["sponsor"]
                 if obj is not None and sponsor.pk == obj.sponsor_id:
                     return sponsor
+                if services.sponsor_refusal(sponsor) is not None:
+                    refused("sponsor_set", "inactive_sponsor", sponsor=sponsor.get_username())
                 _clean_sponsor(sponsor)
                 refusal = services.approval_rights_refusal(by=request.user, user=sponsor)
                 if refusal is not None and refusal.code == "self_grant":

@@ -21,7 +21,8 @@ class AgentMeApi(APIView):
         spiffe_id = serializers.CharField()
         name = serializers.CharField()
         status = serializers.CharField()
-        sponsor = serializers.CharField(source="sponsor.username")
+        # Null once its sponsor was deleted (the agent is then orphaned until someone owns it).
+        sponsor = serializers.CharField(source="sponsor.username", allow_null=True)
         team = serializers.CharField(source="team.name")
         review_due = serializers.DateField(allow_null=True)
         last_seen_at = serializers.DateTimeField(allow_null=True)

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from agents.models import Agent
 from agents.ownership import clear_orphan_if_owned
-from agents.services import _lock, agent_reassign_sponsor, agent_suspend
+from agents.services import _lock, agent_reassign_sponsor, agent_suspend, lock_team
 from agents.signals import agent_flagged
 from audit.services import Actor, record
 
@@ -55,7 +55,7 @@ def agent_orphan(*, agent_id: int, reason: str, actor: Actor) -> bool:
             agent_id=agent.pk,
             data={
                 "reason": reason,
-                "sponsor": agent.sponsor.get_username(),
+                "sponsor": agent.sponsor_name,
                 "team": agent.team.name,
                 "suspend_after": agent.orphan_deadline(),
             },
@@ -83,21 +83,58 @@ def agents_orphan_for_empty_teams(*, team_ids, actor: Actor, leaving_user_id=Non
     on the way out) orphans its live agents."""
     orphaned = 0
     for team in Group.objects.filter(pk__in=list(team_ids)).order_by("pk"):
-        members = team.user_set.filter(is_active=True)
-        if leaving_user_id is not None:
-            members = members.exclude(pk=leaving_user_id)
-        if members.exists():
-            continue
-        ids = (
-            Agent.objects.filter(team=team, orphaned_at__isnull=True)
-            .exclude(status=Agent.Status.RETIRED)
-            .order_by("pk")
-            .values_list("pk", flat=True)
+        with transaction.atomic():
+            orphaned += _orphan_if_team_empty(team, actor=actor, leaving_user_id=leaving_user_id)
+    return orphaned
+
+
+def _orphan_if_team_empty(team: Group, *, actor: Actor, leaving_user_id) -> int:
+    # An agent registered or moved onto this team right now waits for us (or we for it).
+    lock_team(team)
+    members = team.user_set.filter(is_active=True)
+    if leaving_user_id is not None:
+        members = members.exclude(pk=leaving_user_id)
+    if members.exists():
+        return 0
+    ids = (
+        Agent.objects.filter(team=team, orphaned_at__isnull=True)
+        .exclude(status=Agent.Status.RETIRED)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    return sum(
+        agent_orphan(agent_id=pk, reason=Agent.OrphanReason.TEAM_EMPTY, actor=actor)
+        for pk in list(ids)
+    )
+
+
+def agents_orphan_for_deleted_sponsor(*, sponsor, actor: Actor) -> int:
+    """Called as a person is deleted, in the deletion's transaction, before the agents' sponsor
+    column empties (SET_NULL): each agent they sponsor records who that was, and each live one
+    is orphaned at once (its pending requests escalate), as for a deactivated sponsor."""
+    username = sponsor.get_username()
+    orphaned = 0
+    ids = Agent.objects.filter(sponsor=sponsor).order_by("pk").values_list("pk", flat=True)
+    for pk in list(ids):
+        orphaned += agent_orphan(
+            agent_id=pk, reason=Agent.OrphanReason.SPONSOR_DELETED, actor=actor
         )
-        orphaned += sum(
-            agent_orphan(agent_id=pk, reason=Agent.OrphanReason.TEAM_EMPTY, actor=actor)
-            for pk in list(ids)
-        )
+        with transaction.atomic():
+            agent = Agent.objects.select_for_update(no_key=True).get(pk=pk)
+            if agent.orphan_reason == Agent.OrphanReason.SPONSOR_INACTIVE:
+                # Orphaned when they were deactivated: the same grace period, a truer reason.
+                agent.orphan_reason = Agent.OrphanReason.SPONSOR_DELETED
+                agent.save(update_fields=["orphan_reason"])
+            record(
+                actor=actor,
+                verb="agent.sponsor_deleted",
+                agent_id=pk,
+                data={
+                    "former_sponsor": username,
+                    "status": agent.status,
+                    "orphaned_at": agent.orphaned_at,
+                },
+            )
     return orphaned
 
 
@@ -190,7 +227,7 @@ def agents_flag_dormant(*, limit: int = SWEEP_BATCH) -> int:
                 data={
                     "last_seen": agent.last_seen_at,
                     "quiet_days": settings.CUSTODY_DORMANT_AFTER_DAYS,
-                    "sponsor": agent.sponsor.get_username(),
+                    "sponsor": agent.sponsor_name,
                     "suspend_after_days": settings.CUSTODY_DORMANT_SUSPEND_AFTER_DAYS,
                 },
             )

@@ -116,6 +116,7 @@ class Agent(models.Model):
 
     class OrphanReason(models.TextChoices):
         SPONSOR_INACTIVE = "sponsor_inactive", "Its sponsor can no longer sign in"
+        SPONSOR_DELETED = "sponsor_deleted", "Its sponsor was deleted"
         TEAM_EMPTY = "team_empty", "Its team has no members left"
 
     # Unique among agents that are not retired: a retired identity registered again is a new
@@ -123,8 +124,13 @@ class Agent(models.Model):
     spiffe_id = models.CharField(max_length=2048, validators=[validate_spiffe_id])
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
+    # Empty only once its sponsor was deleted: a receiver orphans the agent first, in the
+    # deletion's transaction, and the evidence names who sponsored it (agents/receivers.py).
     sponsor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sponsored_agents"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.SET_NULL,
+        related_name="sponsored_agents",
     )
     team = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="agents")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
@@ -198,6 +204,14 @@ class Agent(models.Model):
                 | models.Q(orphaned_at__isnull=False) & ~models.Q(orphan_reason=""),
                 name="agent_orphan_has_reason",
             ),
+            # Invariant 13: only an orphan (flagged as its sponsor is deleted) or a retired
+            # agent is without a sponsor.
+            models.CheckConstraint(
+                condition=models.Q(sponsor__isnull=False)
+                | models.Q(orphaned_at__isnull=False)
+                | models.Q(status="retired"),
+                name="agent_sponsorless_only_orphaned_or_retired",
+            ),
         ]
         indexes = [
             # The lifecycle sweeps: orphans past their grace, and agents gone quiet.
@@ -225,6 +239,13 @@ class Agent(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+    NO_SPONSOR = "(sponsor deleted)"  # no username can hold spaces or parentheses
+
+    @property
+    def sponsor_name(self) -> str:
+        """The sponsor's username, or NO_SPONSOR once the sponsor was deleted."""
+        return self.sponsor.get_username() if self.sponsor_id else self.NO_SPONSOR
 
     @property
     def is_orphaned(self) -> bool:

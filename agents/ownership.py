@@ -14,13 +14,36 @@ def team_has_members(team: Group) -> bool:
     return team.user_set.filter(is_active=True).exists()
 
 
+def team_refusal(team: Group | None, *, agent_name: str = "the agent") -> str | None:
+    """Why this team cannot operate an agent (invariant 13: an active team), or None."""
+    if team is None:
+        return "An agent needs an operating team: the group of people who run it."
+    if not team_has_members(team):
+        return (
+            f"The team {team.name} has no active member, so nobody would operate {agent_name} "
+            "or take it over if its sponsor left. Add someone to the team first, or choose "
+            "another team."
+        )
+    return None
+
+
 def ownership_refusal(agent: Agent) -> str | None:
     """Why this agent may not be active (invariant 13), or None."""
+    if agent.sponsor_id is None:
+        return (
+            f"{agent.name} cannot be active: its sponsor was deleted. Someone from its team "
+            "takes ownership, or an admin names a new sponsor, first."
+        )
     if not agent.sponsor.is_active:
         return (
-            f"{agent.name} cannot be active: its sponsor {agent.sponsor.get_username()} can no "
+            f"{agent.name} cannot be active: its sponsor {agent.sponsor_name} can no "
             "longer sign in. Someone from its team takes ownership, or an admin names a new "
             "sponsor, first."
+        )
+    if not team_has_members(agent.team):
+        return (
+            f"{agent.name} cannot be active: its team {agent.team.name} has no active member. "
+            "An admin adds someone to the team, or moves the agent to another team, first."
         )
     if agent.orphaned_at is not None:
         return (
@@ -36,7 +59,9 @@ def clear_orphan_if_owned(agent: Agent, *, actor: Actor, how: str) -> bool:
     sign in and whose team has a member is owned again."""
     if agent.orphaned_at is None:
         return False
-    if not agent.sponsor.is_active or not team_has_members(agent.team):
+    if agent.sponsor_id is None or not agent.sponsor.is_active:
+        return False
+    if not team_has_members(agent.team):
         return False
     was = agent.orphan_reason
     agent.orphaned_at = None
@@ -49,7 +74,7 @@ def clear_orphan_if_owned(agent: Agent, *, actor: Actor, how: str) -> bool:
         data={
             "how": how,
             "was": was,
-            "sponsor": agent.sponsor.get_username(),
+            "sponsor": agent.sponsor_name,
             "team": agent.team.name,
         },
     )

@@ -227,11 +227,14 @@ def orphan_agents_of_deactivated_person(sender, instance, created, update_fields
 
 @receiver(pre_delete, sender=get_user_model())
 def orphan_agents_of_deleted_person(sender, instance, **kwargs):
-    # A sponsor cannot be deleted (Agent.sponsor is PROTECT: deactivate them instead); a team's
-    # last member can, and their membership rows go without an m2m_changed signal.
+    # Inside the deletion's transaction, before Agent.sponsor empties (SET_NULL): their agents
+    # are orphaned naming them. Their membership rows go without an m2m_changed signal, so a
+    # team they were the last member of is checked here too.
+    actor = acting_actor()
+    lifecycle.agents_orphan_for_deleted_sponsor(sponsor=instance, actor=actor)
     lifecycle.agents_orphan_for_empty_teams(
         team_ids=list(instance.groups.values_list("pk", flat=True)),
-        actor=acting_actor(),
+        actor=actor,
         leaving_user_id=instance.pk,
     )
 

@@ -57,6 +57,8 @@ OWNERSHIP_VERBS = (
     "agent.team_changed",
     "agent.orphaned",
     "agent.orphan_cleared",
+    "agent.sponsor_deleted",
+    "agent.ownership_refused",
     "approvers.backup_added",
     "approvers.backup_removed",
 )

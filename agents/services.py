@@ -28,7 +28,12 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from agents.models import Agent, BackupApprover, SponsorProfile, TrustDomain
-from agents.ownership import clear_orphan_if_owned, ownership_refusal, take_ownership_refusal
+from agents.ownership import (
+    clear_orphan_if_owned,
+    ownership_refusal,
+    take_ownership_refusal,
+    team_refusal,
+)
 from agents.signals import agent_deactivated
 from agents.spiffe import parse_spiffe_id
 from audit.services import Actor, deferred_evidence, record
@@ -42,6 +47,24 @@ LAST_SEEN_GRANULARITY = timedelta(seconds=60)
 
 def _lock(agent: Agent) -> Agent:
     return Agent.objects.select_for_update(no_key=True).get(pk=agent.pk)
+
+
+def lock_team(team: Group) -> None:
+    """The team's row, taken before its members are counted: the last member leaving
+    (agents/lifecycle.py) and an agent joining serialize, so neither misses the other. A joining
+    agent's transaction takes it after that agent's row; the leaving side takes it (teams in pk
+    order) before the rows of the agents already on the team, never the joining one: no cycle."""
+    list(Group.objects.select_for_update(no_key=True).filter(pk=team.pk).values_list("pk"))
+
+
+def ownership_change_refused(*, agent: Agent, actor: Actor, action: str, why: str, **data):
+    """Evidence of an attempt to leave a live agent without an active sponsor or team."""
+    record(
+        actor=actor,
+        verb="agent.ownership_refused",
+        agent_id=agent.pk,
+        data={"action": action, "why": why, **data},
+    )
 
 
 def sponsor_refusal(sponsor) -> str | None:
@@ -97,6 +120,9 @@ def agent_register(
     refusal = sponsor_refusal(sponsor)
     if refusal is not None:
         raise InvalidInput(refusal, code="inactive_sponsor", fields={"sponsor": [refusal]})
+    refusal = team_refusal(team, agent_name=name or "the agent")
+    if refusal is not None:
+        raise InvalidInput(refusal, code="empty_team", fields={"team": [refusal]})
     # A retired SPIFFE ID registered again is a new agent, never the old one brought back: it
     # starts with no history of its own, and points at the incarnation before it.
     previous = (
@@ -125,6 +151,9 @@ def agent_register(
     if refusal is not None:
         raise InvalidInput(refusal, code="unknown_trust_domain", fields={"spiffe_id": [refusal]})
     with transaction.atomic():
+        lock_team(team)
+        if (refusal := team_refusal(team, agent_name=name)) is not None:
+            raise InvalidInput(refusal, code="empty_team", fields={"team": [refusal]})
         try:
             with transaction.atomic():
                 agent.save()
@@ -164,6 +193,15 @@ def agent_reassign_sponsor(
     under the row lock: only an orphan, only its team)."""
     refusal = sponsor_refusal(sponsor)
     if refusal is not None:
+        if agent.status != Agent.Status.RETIRED:
+            with transaction.atomic():
+                ownership_change_refused(
+                    agent=agent,
+                    actor=actor,
+                    action="sponsor_reassign",
+                    why="inactive_sponsor",
+                    sponsor=getattr(sponsor, "get_username", lambda: "")(),
+                )
         raise Conflict(refusal, code="inactive_sponsor")
     if (
         not take_ownership
@@ -193,16 +231,21 @@ def agent_reassign_sponsor(
             refused_takeover = take_ownership_refusal(agent, sponsor)
             if refused_takeover is not None:
                 raise refused_takeover
-        previous = agent.sponsor
-        if previous.pk == sponsor.pk:
+        previous = agent.sponsor  # None once the sponsor was deleted
+        if previous is not None and previous.pk == sponsor.pk:
             clear_orphan_if_owned(agent, actor=actor, how="sponsor_confirmed")
             return agent
         # A previous sponsor who is also a backup approver keeps approving as one.
-        previous_is_backup = BackupApprover.objects.filter(agent=agent, user=previous).exists()
+        previous_is_backup = (
+            previous is not None
+            and BackupApprover.objects.filter(agent=agent, user=previous).exists()
+        )
         sponsor_was_backup = BackupApprover.objects.filter(agent=agent, user=sponsor).exists()
         with _audited_here():
             for perm in SPONSOR_PERMISSIONS:
-                if not (previous_is_backup and perm in BACKUP_APPROVER_PERMISSIONS):
+                if previous is not None and not (
+                    previous_is_backup and perm in BACKUP_APPROVER_PERMISSIONS
+                ):
                     remove_perm(perm, previous, agent)
                 assign_perm(perm, sponsor, agent)
         agent.sponsor = sponsor
@@ -212,12 +255,14 @@ def agent_reassign_sponsor(
             verb="agent.sponsor_reassigned",
             agent_id=agent.pk,
             data={
-                "from": previous.get_username(),
+                "from": previous.get_username() if previous is not None else Agent.NO_SPONSOR,
                 "to": sponsor.get_username(),
                 # Who may approve changed with the sponsor: evidence says so in so many words.
                 "approve_for_agent": {
                     "granted_to": [] if sponsor_was_backup else [sponsor.get_username()],
-                    "revoked_from": [] if previous_is_backup else [previous.get_username()],
+                    "revoked_from": []
+                    if previous_is_backup or previous is None
+                    else [previous.get_username()],
                 },
                 **({"took_ownership": True} if take_ownership else {}),
             },
@@ -229,24 +274,38 @@ def agent_reassign_sponsor(
 
 
 def agent_change_team(*, agent: Agent, team: Group, actor: Actor) -> Agent:
+    """The agent moves to another operating team; a team with no active member is refused
+    (invariant 13) unless the agent is retired, and the refusal is evidence."""
+    refusal: Conflict | None = None
     with transaction.atomic():
         agent = _lock(agent)
         previous = agent.team
         if previous.pk == team.pk:
             return agent
-        with _audited_here():
-            for perm in TEAM_PERMISSIONS:
-                remove_perm(perm, previous, agent)
-                assign_perm(perm, team, agent)
-        agent.team = team
-        agent.save(update_fields=["team"])
-        record(
-            actor=actor,
-            verb="agent.team_changed",
-            agent_id=agent.pk,
-            data={"from": previous.name, "to": team.name},
-        )
-        clear_orphan_if_owned(agent, actor=actor, how="team_changed")
+        lock_team(team)
+        if agent.status != Agent.Status.RETIRED and (
+            why := team_refusal(team, agent_name=agent.name)
+        ):
+            refusal = Conflict(why, code="empty_team")
+            ownership_change_refused(
+                agent=agent, actor=actor, action="team_change", why="empty_team", team=team.name
+            )
+        else:
+            with _audited_here():
+                for perm in TEAM_PERMISSIONS:
+                    remove_perm(perm, previous, agent)
+                    assign_perm(perm, team, agent)
+            agent.team = team
+            agent.save(update_fields=["team"])
+            record(
+                actor=actor,
+                verb="agent.team_changed",
+                agent_id=agent.pk,
+                data={"from": previous.name, "to": team.name},
+            )
+            clear_orphan_if_owned(agent, actor=actor, how="team_changed")
+    if refusal is not None:
+        raise refusal
     return agent
 
 

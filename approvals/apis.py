@@ -496,7 +496,7 @@ class PendingApprovalsApi(PersonApi):
                     {
                         **request_output(access_request),
                         "agent": access_request.agent.spiffe_id,
-                        "sponsor": access_request.agent.sponsor.get_username(),
+                        "sponsor": access_request.agent.sponsor_name,
                         "progress": _progress_output(progress[access_request.pk]),
                     }
                     for access_request in pending

@@ -551,6 +551,28 @@ class SlackMessage(models.Model):
         return f"{self.kind} for request #{self.access_request_id} in {self.channel_id}"
 
 
+class SlackNotice(models.Model):
+    """A one-off Slack notice (an agent orphaned or dormant, a review due or escalated, a drift
+    flag) to one person or channel: claimed before it is posted and marked once Slack took it,
+    so a retried or repeated task never posts the same notice to the same place twice."""
+
+    # What the notice is about, once: e.g. "agent:12:orphaned:<orphaned_at>", "review:3:due".
+    key = models.CharField(max_length=200)
+    channel_id = models.CharField(max_length=32)  # a user id (DM) or a channel id
+    # Set while a task is posting it; a claim older than the lease is a crashed task's.
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    ts = models.CharField(max_length=32, blank=True)  # empty until Slack accepted it
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["key", "channel_id"], name="slack_notice_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} to {self.channel_id}"
+
+
 class SlackInteraction(models.Model):
     """Each Slack callback once: Slack's retries and replays change nothing."""
 

@@ -144,7 +144,7 @@ def review_campaign(*, since: date, until: date) -> Campaign:
                 "agent_id": review.agent_id,
                 "agent": review.agent.name,
                 "spiffe_id": review.agent.spiffe_id,
-                "sponsor": review.agent.sponsor.get_username(),
+                "sponsor": review.agent.sponsor_name,
                 "team": review.agent.team.name,
                 "due": review.due.isoformat(),
                 "opened_at": review.opened_at.isoformat(),

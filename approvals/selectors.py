@@ -360,7 +360,7 @@ class ChainOfCustody:
         people = self.root_approvers
         if people:
             return ", ".join(people)
-        return self.root.agent.sponsor.get_username()
+        return self.root.agent.sponsor_name
 
 
 def grant_chain_of_custody(grant: Grant, *, onward: bool = True) -> ChainOfCustody:

@@ -10,14 +10,25 @@ words and escaped.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 from slack_sdk import WebClient
 
 from agents.models import Agent
 from approvals import approvers, notifications
 from approvals.lineage import grant_ancestors
-from approvals.models import AccessRequest, Decision, DriftFlag, Grant, Review, SlackMessage
+from approvals.models import (
+    AccessRequest,
+    Decision,
+    DriftFlag,
+    Grant,
+    Review,
+    SlackMessage,
+    SlackNotice,
+)
 from core.formatting import duration_words, moment_words
 
 APPROVE = "custody_approve"
@@ -97,7 +108,7 @@ def render_request(access_request: AccessRequest, *, kind: str = SlackMessage.Ki
             "fields": [
                 plain(f"Agent: {agent.name}"),
                 plain(f"SPIFFE ID: {agent.spiffe_id}"),
-                plain(f"Sponsor: {agent.sponsor.get_username()}"),
+                plain(f"Sponsor: {agent.sponsor_name}"),
                 plain(f"Duration asked: {duration_words(access_request.duration_seconds)}"),
                 plain(f"Task: {access_request.task_id}"),
                 plain(f"Approvals: {progress.summary}"),
@@ -334,6 +345,45 @@ def post_expiry_notice(grant_id: int) -> int:
     return sent
 
 
+# A notice claimed this long ago by a task that never marked it sent: that task died mid-post.
+NOTICE_CLAIM_LEASE = timedelta(seconds=60)
+
+
+class NoticeInFlight(Exception):
+    """Another run of the task is posting this notice right now: try again after the lease."""
+
+
+def post_notice_once(*, key: str, place: str, text: str) -> bool:
+    """Post one notice to one place, once ever: a retried task, or the same task run twice, finds
+    it sent and posts nothing. The claim is a conditional update, so two runs at the same time
+    post it once too; a failed post gives the claim back for the retry."""
+    notice, _ = SlackNotice.objects.get_or_create(key=key, channel_id=place)
+    if notice.ts:
+        return False
+    now = timezone.now()
+    claimed = (
+        SlackNotice.objects.filter(pk=notice.pk, ts="")
+        .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - NOTICE_CLAIM_LEASE))
+        .update(claimed_at=now)
+    )
+    if not claimed:
+        if SlackNotice.objects.filter(pk=notice.pk, ts="").exists():
+            raise NoticeInFlight(key)
+        return False  # sent by the other run meanwhile
+    try:
+        answer = client().chat_postMessage(
+            channel=place,
+            text=escape(text),
+            blocks=[{"type": "section", "text": plain(text)}],
+            unfurl_links=False,
+        )
+    except BaseException:
+        SlackNotice.objects.filter(pk=notice.pk, claimed_at=now).update(claimed_at=None)
+        raise
+    SlackNotice.objects.filter(pk=notice.pk).update(ts=answer["ts"])
+    return True
+
+
 def agent_url(agent: Agent) -> str:
     return f"{settings.CUSTODY_PUBLIC_URL}/agents/{agent.pk}/"
 
@@ -359,12 +409,16 @@ def _backup_and_team_places(agent: Agent) -> list[str]:
 
 def post_agent_notice(agent_id: int, flag: str) -> int:
     """Dormant: its sponsor hears. Orphaned: its backup approvers and its team's channel hear,
-    with how long they have to take ownership. One message per person or channel."""
+    with how long they have to take ownership. Once per person or channel and per flagging
+    (keyed by when it was flagged); nothing if the flag is gone before the message went out."""
     agent = Agent.objects.select_related("sponsor__sponsor_profile", "team__team_profile").get(
         pk=agent_id
     )
     places: list[str] = []
     if flag == "dormant":
+        if agent.dormant_at is None:
+            return 0  # it authenticated again (or was brought back) meanwhile
+        since = agent.dormant_at
         places.extend(_sponsor_places(agent))
         text = (
             f"{agent.name} ({agent.spiffe_id}) has not authenticated for "
@@ -373,23 +427,20 @@ def post_agent_notice(agent_id: int, flag: str) -> int:
             f"{settings.CUSTODY_DORMANT_SUSPEND_AFTER_DAYS} quiet days. {agent_url(agent)}"
         )
     else:
+        if agent.orphaned_at is None:
+            return 0  # someone took ownership meanwhile
+        since = agent.orphaned_at
         places.extend(_backup_and_team_places(agent))
         deadline = agent.orphan_deadline()
         text = (
             f"{agent.name} ({agent.spiffe_id}) is orphaned: "
             f"{agent.get_orphan_reason_display().lower()}. Someone from {agent.team.name} takes "
-            f"ownership by {moment_words(deadline) if deadline else 'the deadline'}, or it is "
+            f"ownership by {moment_words(deadline)}, or it is "
             f"suspended. Its pending requests now wait for its backups and team. "
             f"{agent_url(agent)}"
         )
-    for place in places:
-        client().chat_postMessage(
-            channel=place,
-            text=escape(text),
-            blocks=[{"type": "section", "text": plain(text)}],
-            unfurl_links=False,
-        )
-    return len(places)
+    key = f"agent:{agent.pk}:{flag}:{since.isoformat()}"
+    return sum(post_notice_once(key=key, place=place, text=text) for place in places)
 
 
 def post_drift_notice(drift_flag_id: int) -> int:
@@ -408,13 +459,7 @@ def post_drift_notice(drift_flag_id: int) -> int:
         f"{', target ' + flag.target if flag.target else ''}). {done} "
         f"{request_url(grant.access_request)}"
     )
-    client().chat_postMessage(
-        channel=profile.slack_user_id,
-        text=escape(text),
-        blocks=[{"type": "section", "text": plain(text)}],
-        unfurl_links=False,
-    )
-    return 1
+    return int(post_notice_once(key=f"drift:{flag.pk}", place=profile.slack_user_id, text=text))
 
 
 def post_review_notice(review_id: int, kind: str) -> int:
@@ -440,18 +485,12 @@ def post_review_notice(review_id: int, kind: str) -> int:
     else:
         places.extend(_backup_and_team_places(agent))
         text = (
-            f"{agent.sponsor.get_username()} has not reviewed {agent.name} ({agent.spiffe_id}), "
+            f"{agent.sponsor_name} has not reviewed {agent.name} ({agent.spiffe_id}), "
             f"due {review.due:%d %b %Y}. Unanswered by {review.grace_ends():%d %b %Y}, "
             f"{consequence}. {url}"
         )
-    for place in places:
-        client().chat_postMessage(
-            channel=place,
-            text=escape(text),
-            blocks=[{"type": "section", "text": plain(text)}],
-            unfurl_links=False,
-        )
-    return len(places)
+    key = f"review:{review.pk}:{kind}"
+    return sum(post_notice_once(key=key, place=place, text=text) for place in places)
 
 
 def post_ephemeral(channel: str, user: str, text: str) -> None:

@@ -146,6 +146,9 @@ def _notify(task, send, *args):
         return 0
     try:
         return send(*args)
+    except slack.NoticeInFlight as exc:
+        # Another run is posting this notice: look again once its claim would have lapsed.
+        raise task.retry(exc=exc, countdown=int(slack.NOTICE_CLAIM_LEASE.total_seconds()))
     except (SlackClientError, OSError) as exc:
         _retry_later(task, exc)
 

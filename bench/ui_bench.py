@@ -55,6 +55,7 @@ def populate(n_requests: int, n_events: int):
     user_model = get_user_model()
     sponsor = user_model.objects.create_user("sponsor", password="bench-password-1")
     team = Group.objects.create(name="bench-team")
+    sponsor.groups.add(team)  # an agent's team has an active member (invariant 13)
     TrustDomain.objects.create(name="bench.test", kind=TrustDomain.Kind.SPIFFE, jwks={"keys": []})
     agents = [
         agent_register(

@@ -49,6 +49,12 @@ def _what(event: AuditEvent) -> str:
         return f"Orphaned: {str(why).lower()} (sponsor {data.get('sponsor')})"
     if verb == "agent.orphan_cleared":
         return f"Owned again: sponsor {data.get('sponsor')}, team {data.get('team')}"
+    if verb == "agent.sponsor_deleted":
+        return f"Sponsor {data.get('former_sponsor')} was deleted"
+    if verb == "agent.ownership_refused":
+        if data.get("why") == "empty_team":
+            return f"Refused: moving it to team {data.get('team')}, which has no active member"
+        return f"Refused: sponsor {data.get('sponsor')}, who cannot sign in"
     if verb == "approvers.backup_added":
         return f"{data.get('user')} became a backup approver"
     if verb == "approvers.backup_removed":

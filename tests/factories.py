@@ -73,6 +73,9 @@ class AgentFactory(factory.django.DjangoModelFactory):
 
         if kwargs.get("oidc_trust_domain") is None:  # its SPIFFE trust domain is registered
             TrustDomainFactory(name=parse_spiffe_id(kwargs["spiffe_id"]).trust_domain)
+        team = kwargs["team"]
+        if not team.user_set.filter(is_active=True).exists():  # invariant 13: someone runs it
+            team.user_set.add(UserFactory(username=f"{team.name}-operator"))
         agent = agent_register(actor=Actor.system("factory"), **kwargs)
         if status == Agent.Status.SUSPENDED:
             agent = agent_suspend(agent=agent, actor=Actor.system("factory"))

@@ -38,6 +38,10 @@ class FakeSlack:
     def fail_next(self, method: str, status: int, headers: dict | None = None, times: int = 1):
         self.failures.setdefault(method, []).extend([(status, headers or {})] * times)
 
+    def fail_after(self, method: str, status: int, *, successes: int = 1):
+        """Answer the next `successes` calls of `method` normally, then fail one with `status`."""
+        self.failures.setdefault(method, []).extend([(200, {})] * successes + [(status, {})])
+
     def of(self, method: str, ok_only: bool = True) -> list[Call]:
         return [c for c in self.calls if c.method == method and (c.status == 200 or not ok_only)]
 
@@ -56,8 +60,8 @@ class FakeSlack:
     def _answer(self, method: str, params: dict) -> tuple[int, dict, dict]:
         with self._lock:
             queued = self.failures.get(method) or []
-            if queued:
-                status, headers = queued.pop(0)
+            status, headers = queued.pop(0) if queued else (200, {})
+            if status != 200:
                 return (
                     status,
                     headers,

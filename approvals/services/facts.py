@@ -116,7 +116,7 @@ def policy_facts(
         agent_id=agent.spiffe_id,
         agent_name=agent.name,
         agent_status=agent.status,
-        sponsor=agent.sponsor.get_username(),
+        sponsor=agent.sponsor_name,
         team=agent.team.name,
         privilege_name=privilege.name,
         resource=privilege.resource,

@@ -77,7 +77,7 @@ def review_open(*, agent_id: int, today: date | None = None) -> Review | None:
             agent_id=agent.pk,
             data={
                 "review_id": review.pk,
-                "sponsor": agent.sponsor.get_username(),
+                "sponsor": agent.sponsor_name,
                 "team": agent.team.name,
                 "due": review.due.isoformat(),
                 "period_start": review.period_start.isoformat(),
@@ -126,7 +126,7 @@ def reviews_escalate_due(*, limit: int = SWEEP_BATCH) -> int:
                 agent_id=review.agent_id,
                 data={
                     "review_id": review.pk,
-                    "sponsor": review.agent.sponsor.get_username(),
+                    "sponsor": review.agent.sponsor_name,
                     "team": review.agent.team.name,
                     "due": review.due.isoformat(),
                     "grace_ends": review.grace_ends().isoformat(),
@@ -160,7 +160,7 @@ def review_expire(*, review_id: int, today: date | None = None) -> bool:
             agent_id=agent.pk,
             data={
                 "review_id": review.pk,
-                "sponsor": agent.sponsor.get_username(),
+                "sponsor": agent.sponsor_name,
                 "due": review.due.isoformat(),
                 "grace_days": settings.CUSTODY_REVIEW_GRACE_DAYS,
                 "action": action,

@@ -389,7 +389,8 @@ def test_the_change_form_refuses_an_inactive_sponsor(admin_client, fleet, sponso
     assert "gone is inactive" in response.context["adminform"].form.errors["sponsor"][0]
     invoice.refresh_from_db()
     assert invoice.sponsor == sponsor
-    assert verbs_for(invoice) == ["agent.registered"]
+    # Trying to hand a live agent to someone who cannot sign in is evidence (invariant 13).
+    assert verbs_for(invoice) == ["agent.registered", "agent.ownership_refused"]
 
 
 def test_the_reassign_action_refuses_an_inactive_sponsor(admin_client, fleet, sponsor):

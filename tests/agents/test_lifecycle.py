@@ -82,6 +82,7 @@ def test_it_shows_every_ownership_change_on_the_agent_page_newest_first(
     from tests.factories import GroupFactory
 
     other_team = GroupFactory(name="risk-platform")
+    UserFactory(username="risk-operator").groups.add(other_team)
     agent_change_team(agent=agent, team=other_team, actor=Actor.for_user(admin_user))
     agent_reassign_sponsor(agent=agent, sponsor=operator, actor=Actor.for_user(admin_user))
 

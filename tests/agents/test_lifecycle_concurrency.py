@@ -13,7 +13,7 @@ from agents.lifecycle import agent_take_ownership
 from agents.models import Agent
 from agents.tasks import sweep_agent_lifecycle
 from audit.models import AuditEvent
-from audit.services import verify_chain
+from audit.services import Actor, verify_chain
 from tests.factories import AgentFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -172,4 +172,71 @@ def test_a_take_over_committing_while_the_sweep_waits_for_the_row_wins(orphans):
     agent.refresh_from_db()
     assert agent.status == Agent.Status.ACTIVE and agent.sponsor == operator
     assert not AuditEvent.objects.filter(agent_id=agent.pk, verb="agent.suspended").exists()
+    assert verify_chain().ok
+
+
+def test_two_runs_of_a_notice_at_once_post_it_once(db, settings):
+    """The same Slack notice posted by two task runs at the same moment (a redelivery racing
+    its retry): the conditional claim lets one post; the other finds it sent or in flight."""
+    from approvals import slack
+    from approvals.models import SlackNotice
+    from tests.fake_slack import FakeSlack
+
+    fake = FakeSlack().start()
+    try:
+        settings.SLACK_API_URL = fake.url
+        settings.SLACK_BOT_TOKEN = "xoxb-test"
+        for n in range(REPETITIONS):
+            key = f"agent:1:orphaned:race-{n}"
+            results = race(
+                lambda key=key: slack.post_notice_once(key=key, place="CTEAM0001", text="hi"),
+                lambda key=key: slack.post_notice_once(key=key, place="CTEAM0001", text="hi"),
+            )
+            assert sorted(map(repr, results)) in (
+                ["False", "True"],
+                [repr(slack.NoticeInFlight(key)), "True"],
+            ), results
+        assert len(fake.of("chat.postMessage")) == REPETITIONS
+        assert SlackNotice.objects.exclude(ts="").count() == REPETITIONS
+    finally:
+        fake.stop()
+
+
+@pytest.mark.parametrize("joins", ["moved", "registered"])
+def test_an_agent_joining_a_team_as_its_last_member_leaves_ends_owned_or_orphaned(
+    db, trust_domain, joins
+):
+    """Invariant 13 under a race: the agent lands on the team and is orphaned as the member
+    leaves, or it is refused for a team nobody runs; never on an empty team unflagged."""
+    from agents.services import agent_change_team, agent_register
+    from core.errors import DomainError
+    from tests.factories import GroupFactory
+
+    actor = Actor.system("test")
+    for n in range(REPETITIONS):
+        sponsor = UserFactory(username=f"{joins}-sponsor-{n}")
+        home = GroupFactory(name=f"{joins}-home-{n}")
+        sponsor.groups.add(home)
+        target = GroupFactory(name=f"{joins}-target-{n}")
+        last = UserFactory(username=f"{joins}-last-{n}")
+        last.groups.add(target)
+        spiffe_id = f"spiffe://example.test/agents/{joins}-{n}"
+        if joins == "moved":
+            agent = AgentFactory(spiffe_id=spiffe_id, sponsor=sponsor, team=home)
+
+            def join(agent=agent, target=target):
+                return agent_change_team(agent=agent, team=target, actor=actor)
+        else:
+
+            def join(spiffe_id=spiffe_id, sponsor=sponsor, target=target):
+                return agent_register(
+                    spiffe_id=spiffe_id, name="Racer", sponsor=sponsor, team=target, actor=actor
+                )
+
+        joined, _ = race(join, lambda last=last, target=target: last.groups.remove(target))
+        on_target = Agent.objects.filter(spiffe_id=spiffe_id, team=target).first()
+        if on_target is None:
+            assert isinstance(joined, DomainError) and joined.code == "empty_team", joined
+        else:
+            assert on_target.orphan_reason == Agent.OrphanReason.TEAM_EMPTY, (n, joined)
     assert verify_chain().ok

@@ -121,6 +121,7 @@ def test_it_moves_the_sponsor_permissions_on_reassignment(registered, sponsor, a
 
 
 def test_it_leaves_a_former_sponsor_outside_the_team_with_nothing(team, admin_actor, outsider):
+    UserFactory(username="operator").groups.add(team)
     agent = agent_register(
         spiffe_id="spiffe://example.test/agents/lonely-bot",
         name="Lonely bot",
@@ -315,7 +316,13 @@ def test_it_refuses_to_reassign_an_agent_to_an_inactive_sponsor(registered, spon
     registered.refresh_from_db()
     assert registered.sponsor == sponsor
     assert get_user_perms(gone, registered).count() == 0
-    assert agent_verbs(registered) == ["agent.registered"]
+    assert agent_verbs(registered) == ["agent.registered", "agent.ownership_refused"]
+    refusal = AuditEvent.objects.get(agent_id=registered.pk, verb="agent.ownership_refused")
+    assert refusal.data == {
+        "action": "sponsor_reassign",
+        "why": "inactive_sponsor",
+        "sponsor": "gone",
+    }
 
 
 def test_it_refuses_an_agent_of_an_unregistered_trust_domain(sponsor, team, admin_actor):

@@ -186,3 +186,45 @@ def test_it_counts_drift_flags_and_links_to_their_evidence(web, admin_user, gran
     assert '<a href="/audit/?verb=grant.drift_flagged"><strong>3</strong> tool calls' in card
     assert "strayed from 2 grants' intent</a>" in card
     assert "1 ended its grant." in card
+
+
+def decided_after(sponsor, pending, seconds: float, *, verdict="approve", now=None):
+    """A request people decided `seconds` after it was submitted (times set exactly)."""
+    now = now or timezone.now()
+    access_request = pending("payments-api:refund")
+    approve(sponsor, access_request, verdict=verdict)
+    AccessRequest.objects.filter(pk=access_request.pk).update(
+        created_at=now - timedelta(seconds=seconds), decided_at=now
+    )
+    return access_request
+
+
+def test_the_median_is_computed_by_the_database_the_mean_of_the_middle_two(
+    sponsor, pending, privileges
+):
+    from approvals.selectors_posture import posture_median_decision_seconds
+
+    now = timezone.now()
+    assert posture_median_decision_seconds(now=now) is None
+    for seconds in (100.0, 10.0, 40.0, 20.5):  # even count: (20.5 + 40) / 2
+        decided_after(sponsor, pending, seconds, now=now)
+    decided_after(sponsor, pending, 7.0, verdict="deny", now=now)  # odd count now: 20.5
+    # Neither counts: decided before the period, or granted by policy without a person.
+    old = decided_after(sponsor, pending, 5000.0, now=now - timedelta(days=31))
+    auto = AccessRequestFactory(agent=old.agent, privilege_name="payments-db:read")
+    assert auto.policy_outcome == AccessRequest.Outcome.AUTO_APPROVE
+    AccessRequest.objects.filter(pk=auto.pk).update(created_at=now - timedelta(seconds=1))
+    with CaptureQueriesContext(connection) as queries:
+        assert posture_median_decision_seconds(now=now) == pytest.approx(20.5, abs=1e-6)
+    assert len(queries) == 1
+    AccessRequest.objects.filter(status="denied").update(decided_at=now - timedelta(days=40))
+    assert posture_median_decision_seconds(now=now) == pytest.approx(30.25, abs=1e-6)
+
+
+def test_the_page_shows_the_median_of_an_even_count_as_the_mean_of_the_middle_two(
+    web, admin_user, sponsor, pending
+):
+    for minutes in (1, 2, 6, 30):  # the middle two, 2 and 6 minutes: 4 min
+        decided_after(sponsor, pending, minutes * 60)
+    html = web(admin_user).get("/posture/").content.decode()
+    assert "Median <strong>4 min</strong>" in html

@@ -30,7 +30,7 @@ def _link_lines(link: ChainLink, indent: str) -> list[str]:
     lines = [
         f"{indent}Grant #{grant.pk} (depth {grant.depth}): {grant.scope} "
         f"held by {agent.name} <{agent.spiffe_id}>",
-        f"{indent}  sponsor {agent.sponsor.get_username()}, team {agent.team.name}",
+        f"{indent}  sponsor {agent.sponsor_name}, team {agent.team.name}",
         f"{indent}  task {grant.task_id}; issued {_when(grant.issued_at)}, "
         f"expires {_when(grant.expires_at)}; {_state(link)}",
         f"{indent}  request #{access_request.pk}: {intent.get('action', '')} on "
@@ -67,7 +67,7 @@ def _as_dict(chain: ChainOfCustody) -> dict:
             "depth": grant.depth,
             "agent": item.agent.spiffe_id,
             "agent_name": item.agent.name,
-            "sponsor": item.agent.sponsor.get_username(),
+            "sponsor": item.agent.sponsor_name,
             "team": item.agent.team.name,
             "scope": grant.scope,
             "task_id": grant.task_id,
