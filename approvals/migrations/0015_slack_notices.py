@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("approvals", "0012_reviews"),
+        ("approvals", "0014_review_and_posture_indexes"),
     ]
 
     operations = [
