@@ -45,6 +45,10 @@ def load_drift_default(apps, schema_editor):
 def unload_drift_default(apps, schema_editor):
     Policy = apps.get_model("approvals", "Policy")
     Policy.objects.filter(kind="drift").delete()
+    if schema_editor.connection.vendor == "postgresql":
+        # The delete leaves deferred foreign-key checks pending, and PostgreSQL refuses to alter
+        # a table with pending trigger events: run them now, before the reversed AddField.
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 class Migration(migrations.Migration):
