@@ -3,8 +3,8 @@ tokens locally refuses its token. p50/p99/max over N revocations (goal: p99 ≤ 
 
     PYTHONPATH=client .venv/bin/python bench/revocation_bench.py [--revocations 1000] [--mode push]
 
-Drops, creates and migrates its own PostgreSQL database (custody_bench_revocation), uses Redis
-db 14 as the Celery broker and 15 as the cache (flushed), and runs in this process: Custody's
+Drops, creates and migrates its own PostgreSQL database (custody_bench_revocation), starts its
+own redis-server on a free port (broker db 0, cache db 1), and runs in this process: Custody's
 WSGI app on a threaded local server (the JWKS, the API the agent calls, the RFC 8936 poll
 endpoint) and the resource server's `custody_client` Verifier with its push receiver (RFC 8935)
 or poll loop. One `celery -A config worker --queues=notifications --pool=solo` subprocess (the
@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -40,8 +42,6 @@ for path in (ROOT, ROOT / "client"):
 
 DB_NAME = "custody_bench_revocation"
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-BROKER_URL = "redis://127.0.0.1:6379/14"
-CACHE_URL = "redis://127.0.0.1:6379/15"
 GOAL_P99_SECONDS = 1.0
 
 
@@ -54,7 +54,37 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
-def environment(var_dir: str) -> dict[str, str]:
+def start_redis(var_dir: str) -> tuple[subprocess.Popen, int]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    redis_server = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            var_dir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return redis_server, port
+        time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+def environment(var_dir: str, redis_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
@@ -62,8 +92,8 @@ def environment(var_dir: str) -> dict[str, str]:
         SECRET_KEY="bench-only-secret-key-revocation-0123456789abcdef",
         ALLOWED_HOSTS="127.0.0.1,localhost",
         DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
-        CELERY_BROKER_URL=BROKER_URL,
-        CACHE_URL=CACHE_URL,
+        CELERY_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
+        CACHE_URL=f"redis://127.0.0.1:{redis_port}/1",
         CUSTODY_VAR_DIR=var_dir,
         LOG_LEVEL="WARNING",
         PYTHONPATH=f"{ROOT}:{ROOT / 'client'}",
@@ -73,15 +103,12 @@ def environment(var_dir: str) -> dict[str, str]:
     return env
 
 
-def reset_stores(env: dict) -> None:
+def reset_database(env: dict) -> None:
     import psycopg
-    import redis
 
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {DB_NAME}")
-    for url in (BROKER_URL, CACHE_URL):
-        redis.Redis.from_url(url).flushdb()
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
         cwd=ROOT,
@@ -216,9 +243,18 @@ def main() -> None:
     args = parser.parse_args()
 
     var_dir = tempfile.mkdtemp(prefix="custody-bench-revocation-")
-    env = environment(var_dir)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    redis_server, redis_port = start_redis(var_dir)
+    try:
+        measure(args, var_dir, redis_port)
+    finally:
+        stop(redis_server)
+
+
+def measure(args, var_dir: str, redis_port: int) -> None:
+    env = environment(var_dir, redis_port)
     os.environ.update(env)
-    reset_stores(env)
+    reset_database(env)
     import django
 
     django.setup()
@@ -235,8 +271,8 @@ def main() -> None:
     )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     custody_url = f"http://127.0.0.1:{server.server_port}"
-    worker = start_worker(env, Path(var_dir) / "worker.log")
     results = {}
+    worker = start_worker(env, Path(var_dir) / "worker.log")
     try:
         for mode in ["push", "poll"] if args.mode == "both" else [args.mode]:
             results[mode] = run(mode, args.revocations, seeded, custody_url, signer)
