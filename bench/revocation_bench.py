@@ -129,7 +129,7 @@ def start_worker(env: dict, log_path: Path) -> subprocess.Popen:
             "worker",
             "--pool=solo",
             "--queues=notifications",
-            "--loglevel=WARNING",
+            "--loglevel=INFO",
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
@@ -141,9 +141,12 @@ def start_worker(env: dict, log_path: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    time.sleep(4)  # the first push waits for it anyway; this keeps start-up out of the figures
-    if worker.poll() is not None:
-        raise RuntimeError(log_path.read_text()[-3000:])
+    deadline = time.monotonic() + 120  # start-up stays out of the figures
+    while " ready." not in log_path.read_text(errors="replace"):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            stop(worker)
+            raise RuntimeError(log_path.read_text(errors="replace")[-3000:])
+        time.sleep(0.2)
     return worker
 
 
