@@ -262,6 +262,7 @@ def measure(args, var_dir: str, redis_port: int) -> None:
 
     django.setup()
     from django.core.wsgi import get_wsgi_application
+    from django.db import connections
 
     from bench.api_bench import SvidSigner, seed
     from bench.seeding import make_every_agent_eligible
@@ -269,8 +270,17 @@ def measure(args, var_dir: str, redis_port: int) -> None:
     signer = SvidSigner()
     seeded = seed(signer)
     make_every_agent_eligible()
+    django_app = get_wsgi_application()
+
+    def custody_app(environ, start_response):
+        # A thread per request: its database connection must not outlive it (CONN_MAX_AGE).
+        try:
+            return list(django_app(environ, start_response))
+        finally:
+            connections.close_all()
+
     server = make_server(
-        "127.0.0.1", 0, get_wsgi_application(), server_class=_ThreadingServer, handler_class=_Quiet
+        "127.0.0.1", 0, custody_app, server_class=_ThreadingServer, handler_class=_Quiet
     )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     custody_url = f"http://127.0.0.1:{server.server_port}"
