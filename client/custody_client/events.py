@@ -35,6 +35,11 @@ class InvalidSecurityEvent(Exception):
         self.description = description
 
 
+class SecurityEventNotVerifiedYet(Exception):
+    """Custody's keys are out of reach: the SET is neither applied nor refused (a push gets
+    503 and is retried; a polled one is left unacknowledged for the next poll)."""
+
+
 class PushReceiver:
     """A WSGI app receiving RFC 8935 pushes: 202 when the SET verified and was applied, 400
     with an error code when it did not, 401 without the expected Authorization header."""
@@ -76,6 +81,9 @@ class PushReceiver:
         except InvalidSecurityEvent as exc:
             logger.warning("Refused a security event: %s", exc)
             return answer("400 Bad Request", {"err": exc.code, "description": exc.description})
+        except SecurityEventNotVerifiedYet as exc:
+            logger.warning("Cannot check a security event yet: %s", exc)
+            return answer("503 Service Unavailable", None, [("Retry-After", "1")])
         return answer("202 Accepted")
 
 
@@ -146,6 +154,9 @@ class Poller:
                 logger.warning("Refused a polled security event %s: %s", jti, exc)
                 self._errors[jti] = {"err": exc.code, "description": exc.description}
                 continue
+            except SecurityEventNotVerifiedYet as exc:
+                logger.warning("Cannot check security event %s yet: %s", jti, exc)
+                continue  # not acknowledged: Custody hands it out again
             self._ack.append(jti)
             applied += 1
         return applied

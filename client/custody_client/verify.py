@@ -327,7 +327,7 @@ class Verifier:
     def accept_security_event(self, set_token: str) -> dict:
         """Verify one Security Event Token from Custody and apply it; returns its claims.
         Raises InvalidSecurityEvent (with an RFC 8935 error code) if it is not good."""
-        from custody_client.events import InvalidSecurityEvent
+        from custody_client.events import InvalidSecurityEvent, SecurityEventNotVerifiedYet
 
         try:
             header = jwt.get_unverified_header(set_token)
@@ -339,8 +339,11 @@ class Verifier:
             raise InvalidSecurityEvent("invalid_key", "unexpected algorithm or no key id")
         try:
             key = self.jwks.key(header["kid"])
-        except (TokenRejected, JwksUnavailable) as exc:
-            raise InvalidSecurityEvent("invalid_key", str(exc))
+        except TokenRejected as exc:
+            raise InvalidSecurityEvent("invalid_key", exc.reason)
+        except JwksUnavailable as exc:
+            # Not known bad: only not checkable now. The transmitter must try again later.
+            raise SecurityEventNotVerifiedYet(str(exc))
         if key.algorithm_name != header["alg"]:
             raise InvalidSecurityEvent("invalid_key", "the algorithm does not match the key")
         try:

@@ -227,3 +227,24 @@ def test_a_revoked_grant_is_refused_as_token_revoked(agent_api, privileges, veri
     verifier.revocations.revoke_grant(grant_id)
     with pytest.raises(TokenRevoked):
         verifier.verify(token)
+
+
+def test_an_event_that_cannot_be_checked_yet_is_neither_applied_nor_refused(
+    agent_api, privileges, make_verifier, resource_server, signer
+):
+    """Custody's keys out of reach: 503, so the transmitter retries (a 400 would end it)."""
+    from custody_client.events import PushReceiver, serve_push_receiver
+
+    from tests.workers import free_port
+
+    verifier = make_verifier(jwks_url=f"http://127.0.0.1:{free_port()}/jwks.json")
+    server, url = serve_push_receiver(PushReceiver(verifier, authorization=PUSH_SECRET))
+    try:
+        event = forged_set(signer, kid="any", grant_id=7, aud=resource_server.spiffe_id)
+        response = push(url, event)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert not verifier.revocations.grant_revoked(7)
