@@ -90,6 +90,11 @@ def test_an_event_for_another_receiver_or_from_another_issuer_is_refused(
         "/api/v1/ssf/poll", {"returnImmediately": True}, format="json"
     ).json()["sets"]
     genuine = next(iter(sets.values()))
+    # Invariant 10: an event is never an access token, neither here nor at Custody.
+    with pytest.raises(TokenRejected, match="not a Custody access token"):
+        verifier.verify(genuine)
+    introspected = resource_server_api.post("/api/v1/introspect", {"token": genuine}, format="json")
+    assert introspected.json() == {"active": False}
     verifier.set_audience = "spiffe://example.test/resource-servers/someone-else"
     with pytest.raises(InvalidSecurityEvent) as refused:
         verifier.accept_security_event(genuine)
