@@ -11,6 +11,11 @@ class StreamAdmin(admin.ModelAdmin):
     list_filter = ("delivery", "enabled")
     raw_id_fields = ("receiver",)
 
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "endpoint_url":
+            kwargs["assume_scheme"] = "https"  # a receiver URL typed without a scheme
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
     def save_model(self, request, obj, form, change):
         # The form offers resource servers only (limit_choices_to), so the service's own
         # refusal of anything else cannot reach here.
