@@ -135,6 +135,15 @@ def token_sign(claims: dict, *, lifetime_seconds: int, not_after: int) -> Issued
     return IssuedToken(token=token, jti=body["jti"], expires_at=body["exp"], claims=body)
 
 
+def jwt_sign_typed(body: dict, *, typ: str) -> str:
+    """Sign `body` with the current key under another `typ` (a Security Event Token is
+    `secevent+jwt`): never an access token, which token_verify accepts only as `at+jwt`."""
+    if typ == TOKEN_TYPE:
+        raise ValueError("Access tokens are signed by token_sign only.")
+    kid, private_key = _current_signing_key()
+    return jwt.encode(body, private_key, algorithm=ALGORITHM, headers={"kid": kid, "typ": typ})
+
+
 class TokenInvalid(Exception):
     pass
 

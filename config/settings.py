@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "audit",
     "agents",
     "approvals",
+    "ssf",
     "frontend",
 ]
 
@@ -512,12 +513,14 @@ _SWEEP_TASKS = (
     "approvals.tasks.enqueue_upcoming_expiries",
     "agents.tasks.sweep_agent_lifecycle",
     "approvals.tasks.sweep_reviews",
+    "ssf.tasks.sweep_security_events",
 )
 CELERY_TASK_ROUTES = {
     **{task: {"queue": "sweeps"} for task in _SWEEP_TASKS},
     "approvals.tasks.notify_*": {"queue": "notifications"},
     "approvals.tasks.*": {"queue": "expiry"},
     "audit.tasks.*": {"queue": "notifications"},  # a long walk must never delay an expiry
+    "ssf.tasks.*": {"queue": "notifications"},
 }
 CELERY_BEAT_SCHEDULE = {
     "verify-audit-chain": {"task": "audit.tasks.verify_audit_chain", "schedule": 300.0},
@@ -541,11 +544,27 @@ CELERY_BEAT_SCHEDULE = {
         "task": "approvals.tasks.sweep_reviews",
         "schedule": float(CUSTODY_LIFECYCLE_SWEEP_SECONDS),
     },
+    "sweep-security-events": {
+        "task": "ssf.tasks.sweep_security_events",
+        "schedule": float(CUSTODY_SWEEP_SECONDS),
+    },
     "enqueue-upcoming-expiries": {
         "task": "approvals.tasks.enqueue_upcoming_expiries",
         "schedule": float(max(CUSTODY_SWEEP_SECONDS, min(300, CUSTODY_ETA_HORIZON_SECONDS // 4))),
     },
 }
+
+# --- Shared Signals: revocation events pushed to (or polled by) resource servers -------------
+# A push waits this long for the receiver; a failed push is retried with back-off (1, 2, 4 ...
+# seconds, at most the maximum) and given up after so many attempts.
+CUSTODY_SSF_PUSH_TIMEOUT_SECONDS = env_int("CUSTODY_SSF_PUSH_TIMEOUT_SECONDS", 5, minimum=1)
+CUSTODY_SSF_PUSH_MAX_BACKOFF_SECONDS = env_int(
+    "CUSTODY_SSF_PUSH_MAX_BACKOFF_SECONDS", 300, minimum=1
+)
+CUSTODY_SSF_PUSH_MAX_ATTEMPTS = env_int("CUSTODY_SSF_PUSH_MAX_ATTEMPTS", 20, minimum=1)
+# An RFC 8936 poll waits up to this long for an event unless `returnImmediately`.
+CUSTODY_SSF_POLL_WAIT_SECONDS = env_int("CUSTODY_SSF_POLL_WAIT_SECONDS", 10, minimum=0)
+CUSTODY_SSF_POLL_INTERVAL_SECONDS = 0.1
 
 # --- Slack approvals ---------------------------------------------------------------------------
 # Slack is on when a bot token and a signing secret are set; callbacks must come from this

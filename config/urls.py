@@ -8,6 +8,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from approvals import slack_views
 from approvals.apis import JwksApi
 from audit.apis import CheckpointKeyApi
+from ssf.apis import TransmitterConfigurationApi
 
 # JSON under /api/ (core.api_errors), Custody's own pages elsewhere (frontend.errors).
 handler400 = "frontend.errors.bad_request"
@@ -35,10 +36,16 @@ api_v1 = [
     path("", include("agents.urls")),
     path("", include("approvals.urls")),
     path("", include("audit.urls")),
+    path("", include("ssf.urls")),
 ]
 
 urlpatterns = [
     path(".well-known/jwks.json", JwksApi.as_view(), name="jwks"),
+    path(
+        ".well-known/ssf-configuration",
+        TransmitterConfigurationApi.as_view(),
+        name="ssf-configuration",
+    ),
     path(".well-known/custody-audit-key", CheckpointKeyApi.as_view(), name="audit-checkpoint-key"),
     path("admin/", admin.site.urls),
     path("accounts/", include(accounts)),

@@ -24,6 +24,7 @@ from approvals.services.common import (
     on_commit_request_finished,
     request_transition,
 )
+from approvals.signals import GrantEnding, grants_ended
 from audit.services import Actor, deferred_evidence, record
 from core.errors import Conflict, NotFound
 
@@ -155,6 +156,18 @@ def _record_endings(
                 "cascade_from": cascade_from,
             },
         )
+    grants_ended.send(
+        sender=Grant,
+        endings=[
+            GrantEnding(
+                grant_id=ending.pk,
+                reason=why,
+                ended_at=now,
+                cascade_from=cascade_from,
+            )
+            for ending, why, cascade_from in ended
+        ],
+    )
     ended_ids = [ending.pk for ending, _, _ in ended]
     request_ids = [ending.access_request_id for ending, _, _ in ended]
     notifications.grants_ended(request_ids)
