@@ -249,3 +249,24 @@ def test_admin_refusals_are_shown_and_change_nothing(admin_user, eligibility, ag
     eligibility_remove(eligibility_id=eligibility.pk, agent=agent, by=admin_user)
     assert client.post(url, admin_form(max_duration_seconds="60")).status_code == 403
     assert updates() == []
+
+
+def test_a_staff_member_who_does_not_manage_the_agent_is_refused_in_admin(eligibility):
+    from django.contrib.auth.models import Permission
+
+    staff = UserFactory(username="clerk", is_staff=True)
+    staff.user_permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="approvals",
+            codename__in=["view_eligibility", "change_eligibility"],
+        )
+    )
+    client = web(staff)
+    url = f"/admin/approvals/eligibility/{eligibility.pk}/change/"
+
+    refused = client.post(url, admin_form(max_duration_seconds="60"), follow=True)
+
+    assert "sponsor, a person who manages the agent, or an admin" in refused.content.decode()
+    eligibility.refresh_from_db()
+    assert eligibility.max_duration_seconds == 300
+    assert updates() == []
