@@ -175,6 +175,7 @@ class EligibilityRequestAdmin(admin.ModelAdmin):
                     by=request.user,
                     verdict=verdict,
                     comment=f"{verdict}d in admin",
+                    channel="admin",
                 )
                 decided += 1
             except DomainError as exc:

@@ -4,8 +4,8 @@ person who manages the agent, or an admin makes an agent eligible for a catalogu
 activate it per task, and the shipped policy denies requests outside it.
 
 Lock order: the agent row first, exclusively (`FOR NO KEY UPDATE`): a submit takes it shared
-before it reads the eligibility, so a grant or removal commits wholly before or after each
-submit decides; then the eligibility row; the audit chain head last.
+before it reads the eligibility, so a grant, a change of limits or a removal commits wholly
+before or after each submit decides; then the eligibility row; the audit chain head last.
 """
 
 from __future__ import annotations
