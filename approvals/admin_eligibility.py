@@ -1,6 +1,6 @@
-"""Eligibility in Django admin: made eligible through the add form, removed by an action, both
-through the services (permission, limits, audit). Rows are never edited or deleted here: a
-removed eligibility stays as history."""
+"""Eligibility in Django admin: made eligible through the add form, its limits changed through
+the change form, removed by an action, all through the services (permission, limits, audit).
+Nothing else is edited and nothing deleted here: a removed eligibility stays as history."""
 
 from django import forms
 from django.contrib import admin, messages
@@ -11,6 +11,8 @@ from approvals import services
 from approvals.models import Eligibility, EligibilityRequest
 from approvals.services.eligibility import NOT_A_MANAGER
 from core.errors import DomainError
+
+LIMITS = ("max_duration_seconds", "environment", "ends_at")
 
 
 class EligibilityAddForm(forms.ModelForm):
@@ -56,16 +58,36 @@ class EligibilityAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return []
-        return [field.name for field in Eligibility._meta.fields]
+        everything = [field.name for field in Eligibility._meta.fields]
+        if obj.removed_at is not None:
+            return everything
+        return [name for name in everything if name not in LIMITS]
 
     def has_change_permission(self, request, obj=None):
-        return obj is None and super().has_change_permission(request, obj)
+        # Its limits, while it is not removed; the service decides who (per agent).
+        if obj is not None and obj.removed_at is not None:
+            return False
+        return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None):
         return False
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
+        if change:
+            try:
+                services.eligibility_update(
+                    eligibility_id=obj.pk,
+                    agent=obj.agent,
+                    by=request.user,
+                    max_duration_seconds=data.get("max_duration_seconds"),
+                    environment=data.get("environment") or "",
+                    ends_at=data.get("ends_at"),
+                    reason="changed in admin",
+                )
+            except DomainError as exc:
+                obj.refused = exc.message
+            return
         try:
             created = services.eligibility_grant(
                 agent=data["agent"],
@@ -89,6 +111,18 @@ class EligibilityAdmin(admin.ModelAdmin):
     def log_addition(self, request, obj, message):
         if obj.pk is not None:
             super().log_addition(request, obj, message)
+
+    def log_change(self, request, obj, message):
+        if not getattr(obj, "refused", ""):
+            super().log_change(request, obj, message)
+
+    def response_change(self, request, obj):
+        if refused := getattr(obj, "refused", ""):  # the service's sentence, on the same form
+            self.message_user(request, refused, messages.ERROR)
+            return HttpResponseRedirect(
+                reverse("admin:approvals_eligibility_change", args=[obj.pk])
+            )
+        return super().response_change(request, obj)
 
     def has_remove_permission(self, request):
         return True  # the service decides per agent: sponsor, manage_agent, or superuser
@@ -141,6 +175,7 @@ class EligibilityRequestAdmin(admin.ModelAdmin):
                     by=request.user,
                     verdict=verdict,
                     comment=f"{verdict}d in admin",
+                    channel="admin",
                 )
                 decided += 1
             except DomainError as exc:

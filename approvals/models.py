@@ -583,6 +583,18 @@ class SlackInteraction(models.Model):
         return self.key
 
 
+def limits_words(max_duration_seconds: int | None, environment: str, ends_at) -> str:
+    """An eligibility's limits in words: "at most 15 min, production only, until ..."."""
+    parts = []
+    if max_duration_seconds:
+        parts.append(f"at most {duration_words(max_duration_seconds)}")
+    if environment:
+        parts.append(f"{environment} only")
+    if ends_at:
+        parts.append(f"until {ends_at:%Y-%m-%d %H:%M} UTC")
+    return ", ".join(parts) or "no limits beyond the privilege's"
+
+
 class EligibilityQuerySet(models.QuerySet):
     def in_force(self, now=None):
         """Not removed and not past its end date: what the agent may ask for now."""
@@ -609,6 +621,9 @@ class Eligibility(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     removed_at = models.DateTimeField(null=True, blank=True)
     removed_by = models.CharField(max_length=254, blank=True)
+    # Its limits changed in place (eligibility_update); each change's old -> new is in the audit.
+    updated_at = models.DateTimeField(null=True, blank=True)
+    updated_by = models.CharField(max_length=254, blank=True)
 
     objects = EligibilityQuerySet.as_manager()
 
@@ -628,14 +643,7 @@ class Eligibility(models.Model):
 
     def limits(self) -> str:
         """ "at most 15 minutes, production only, until 2026-12-31" (or "no limits")."""
-        parts = []
-        if self.max_duration_seconds:
-            parts.append(f"at most {duration_words(self.max_duration_seconds)}")
-        if self.environment:
-            parts.append(f"{self.environment} only")
-        if self.ends_at:
-            parts.append(f"until {self.ends_at:%Y-%m-%d %H:%M} UTC")
-        return ", ".join(parts) or "no limits beyond the privilege's"
+        return limits_words(self.max_duration_seconds, self.environment, self.ends_at)
 
 
 class EligibilityRequest(models.Model):
@@ -684,6 +692,36 @@ class EligibilityRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent.name} asks to be eligible for {self.privilege.name}"
+
+    def limits(self) -> str:
+        """The limits asked, in the words an eligibility's limits use."""
+        return limits_words(self.max_duration_seconds, self.environment, self.ends_at)
+
+
+class EligibilitySlackMessage(models.Model):
+    """A Slack message Custody posted about an eligibility request to one person or channel;
+    kept so it can show the request's final state once it is decided anywhere."""
+
+    eligibility_request = models.ForeignKey(
+        EligibilityRequest, on_delete=models.CASCADE, related_name="slack_messages"
+    )
+    channel_id = models.CharField(max_length=32)  # a user id (DM) or a channel id
+    ts = models.CharField(max_length=32, blank=True)  # empty until Slack accepted it
+    rendered_status = models.CharField(max_length=20, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            # A retried send never posts the same request to the same place twice.
+            models.UniqueConstraint(
+                fields=["eligibility_request", "channel_id"],
+                name="eligibility_slack_message_once_per_place",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"eligibility request #{self.eligibility_request_id} in {self.channel_id}"
 
 
 class DriftFlagQuerySet(models.QuerySet):

@@ -79,3 +79,13 @@ def grant_drifted(drift_flag_id: int) -> None:
 def review_notice(review_id: int, kind: str) -> None:
     """A review opened ("due": its sponsor hears) or escalated ("escalated": its team hears)."""
     _send_on_commit("approvals.tasks.notify_review", review_id, kind)
+
+
+def eligibility_request_pending(eligibility_request_id: int) -> None:
+    """An agent asked to become eligible: each person who may decide it hears, with buttons."""
+    _send_on_commit("approvals.tasks.notify_eligibility_request_pending", eligibility_request_id)
+
+
+def eligibility_request_finished(eligibility_request_id: int) -> None:
+    """Approved or denied anywhere: every message about it shows its final state."""
+    _send_on_commit("approvals.tasks.notify_eligibility_request_changed", eligibility_request_id)

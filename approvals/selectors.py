@@ -143,6 +143,37 @@ def requests_pending_for(user) -> QuerySet[AccessRequest]:
     )
 
 
+def eligibility_requests_visible_to(user) -> QuerySet[EligibilityRequest]:
+    """Eligibility requests of agents the person can see, or whose requests they may decide."""
+    if not user.is_authenticated:
+        return EligibilityRequest.objects.none()
+    if user.is_superuser:
+        return EligibilityRequest.objects.all()
+    return EligibilityRequest.objects.filter(
+        Q(agent__in=agents_visible_to(user))
+        | Q(agent__in=agents_approvable_by(user))
+        | Q(privilege__approver_group__in=user.groups.all())
+    )
+
+
+def eligibility_requests_pending_for(user) -> QuerySet[EligibilityRequest]:
+    """Agents' pending requests to become eligible that the person may decide: the same people
+    as their access requests (`approvers.may_approve`), oldest first."""
+    if not user.is_authenticated:
+        return EligibilityRequest.objects.none()
+    agent_ids = list(agents_approvable_by(user).values_list("pk", flat=True))
+    group_ids = list(user.groups.values_list("pk", flat=True))
+    mine = Q(agent_id__in=agent_ids)
+    if group_ids:
+        mine |= Q(privilege__approver_group_id__in=group_ids)
+    return (
+        EligibilityRequest.objects.filter(status=EligibilityRequest.Status.PENDING)
+        .filter(mine)
+        .select_related("agent", "agent__sponsor", "privilege")
+        .order_by("created_at", "pk")
+    )
+
+
 # --- the inbox: search, filters, groups and pages over requests_pending_for ----------------------
 
 

@@ -24,6 +24,8 @@ from approvals.models import (
     AccessRequest,
     Decision,
     DriftFlag,
+    EligibilityRequest,
+    EligibilitySlackMessage,
     Grant,
     Review,
     SlackMessage,
@@ -35,6 +37,8 @@ APPROVE = "custody_approve"
 DENY = "custody_deny"
 COMMENT = "custody_comment"
 MODAL = "custody_decision"
+ELIGIBILITY_APPROVE = "custody_eligibility_approve"
+ELIGIBILITY_DENY = "custody_eligibility_deny"
 STATUS_EMOJI = {
     "pending": ":hourglass_flowing_sand:",
     "approved": ":white_check_mark:",
@@ -227,8 +231,9 @@ def _load(access_request_id: int) -> AccessRequest:
     )
 
 
-def approver_slack_ids(access_request: AccessRequest) -> list[str]:
-    """Everyone who may decide the request and has a Slack user id."""
+def approver_slack_ids(access_request: AccessRequest | EligibilityRequest) -> list[str]:
+    """Everyone who may decide the request (an access request, or an agent's request to become
+    eligible: the same people) and has a Slack user id."""
     from django.contrib.auth import get_user_model
     from guardian.shortcuts import get_users_with_perms
 
@@ -252,7 +257,7 @@ def approver_slack_ids(access_request: AccessRequest) -> list[str]:
     return ids
 
 
-def team_slack_channel_id(access_request: AccessRequest) -> str:
+def team_slack_channel_id(access_request: AccessRequest | EligibilityRequest) -> str:
     profile = getattr(access_request.agent.team, "team_profile", None)
     return profile.slack_channel_id if profile else ""
 
@@ -491,6 +496,151 @@ def post_review_notice(review_id: int, kind: str) -> int:
         )
     key = f"review:{review.pk}:{kind}"
     return sum(post_notice_once(key=key, place=place, text=text) for place in places)
+
+
+# --- an agent asks to become eligible: the people who decide its requests answer here ----------
+
+ELIGIBILITY_STATUS_EMOJI = {"approved": ":white_check_mark:", "denied": ":no_entry:"}
+
+
+def render_eligibility_request(eligibility_request: EligibilityRequest):
+    """Blocks and fallback text for one eligibility request, in its current state: Approve and
+    Deny while pending (Approve only within the privilege's Slack risk ceiling), else who
+    decided it and when."""
+    agent = eligibility_request.agent
+    privilege = eligibility_request.privilege
+    status = eligibility_request.status
+    blocks: list[dict] = [
+        {
+            "type": "header",
+            "text": plain(f"Eligibility request: {privilege.name} ({privilege.risk})", 150),
+        },
+        {
+            "type": "section",
+            "fields": [
+                plain(f"Agent: {agent.name}"),
+                plain(f"SPIFFE ID: {agent.spiffe_id}"),
+                plain(f"Sponsor: {agent.sponsor_name}"),
+                plain(f"Limits asked: {eligibility_request.limits()}"),
+            ],
+        },
+        {"type": "section", "text": plain(f"Why: {eligibility_request.justification}")},
+        {
+            "type": "context",
+            "elements": [
+                plain(
+                    f"{agent.name} asks to be allowed to request {privilege.name} at all; each "
+                    "request for it is still decided on its own."
+                )
+            ],
+        },
+    ]
+    if status == EligibilityRequest.Status.PENDING:
+        buttons: list[dict] = []
+        if privilege.approvable_in_slack():
+            buttons.append(
+                {
+                    "type": "button",
+                    "action_id": ELIGIBILITY_APPROVE,
+                    "style": "primary",
+                    "text": plain("Approve"),
+                    "value": str(eligibility_request.pk),
+                }
+            )
+        else:
+            buttons.append(
+                {
+                    "type": "button",
+                    "action_id": "custody_review",
+                    "text": plain("Review in Custody"),
+                    "url": f"{settings.CUSTODY_PUBLIC_URL}/inbox/",
+                }
+            )
+        buttons.append(
+            {
+                "type": "button",
+                "action_id": ELIGIBILITY_DENY,
+                "style": "danger",
+                "text": plain("Deny"),
+                "value": str(eligibility_request.pk),
+            }
+        )
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": f"custody_eligibility_{eligibility_request.pk}",
+                "elements": buttons,
+            }
+        )
+    else:
+        blocks.append(
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": escape(
+                        f"{ELIGIBILITY_STATUS_EMOJI.get(status, '')} {status.capitalize()} by "
+                        f"{eligibility_request.decided_by} "
+                        f"({moment_words(eligibility_request.decided_at)})"
+                    ),
+                },
+            }
+        )
+    text = escape(f"Eligibility for {privilege.name} for {agent.name}: {status}")
+    return blocks, text
+
+
+def _load_eligibility_request(eligibility_request_id: int) -> EligibilityRequest:
+    return EligibilityRequest.objects.select_related(
+        "agent__sponsor", "agent__team__team_profile", "privilege"
+    ).get(pk=eligibility_request_id)
+
+
+def post_eligibility_request(eligibility_request_id: int) -> int:
+    """Post to each person who may decide it (and the team's channel) not yet told; a retry
+    never posts twice to one place."""
+    eligibility_request = _load_eligibility_request(eligibility_request_id)
+    places = approver_slack_ids(eligibility_request)
+    if channel_id := team_slack_channel_id(eligibility_request):
+        places.append(channel_id)
+    blocks, text = render_eligibility_request(eligibility_request)
+    sent = 0
+    for place in places:
+        message, _ = EligibilitySlackMessage.objects.get_or_create(
+            eligibility_request=eligibility_request, channel_id=place
+        )
+        if message.ts:
+            continue
+        answer = client().chat_postMessage(
+            channel=place, blocks=blocks, text=text, unfurl_links=False, unfurl_media=False
+        )
+        message.ts = answer["ts"]
+        message.rendered_status = eligibility_request.status
+        message.save(update_fields=["ts", "rendered_status", "updated_at"])
+        sent += 1
+    # Decided while these went out: the update task may have found no message to update yet.
+    if (
+        EligibilityRequest.objects.filter(pk=eligibility_request_id)
+        .exclude(status=eligibility_request.status)
+        .exists()
+    ):
+        update_eligibility_request(eligibility_request_id)
+    return sent
+
+
+def update_eligibility_request(eligibility_request_id: int) -> int:
+    """Bring every posted message about the eligibility request up to its current state."""
+    eligibility_request = _load_eligibility_request(eligibility_request_id)
+    blocks, text = render_eligibility_request(eligibility_request)
+    updated = 0
+    for message in eligibility_request.slack_messages.exclude(ts="").exclude(
+        rendered_status=eligibility_request.status
+    ):
+        client().chat_update(channel=message.channel_id, ts=message.ts, blocks=blocks, text=text)
+        message.rendered_status = eligibility_request.status
+        message.save(update_fields=["rendered_status", "updated_at"])
+        updated += 1
+    return updated
 
 
 def post_ephemeral(channel: str, user: str, text: str) -> None:

@@ -2,7 +2,8 @@
 
 The signature is checked on the raw body before anything is parsed; the workspace and app must
 be ours; the Slack user must map to a person; and the request named in a button is authorized
-afresh by the same `access_request_decide` service the web and API use. Each callback is
+afresh by the same `access_request_decide` service the web and API use (an agent's request to
+become eligible: `eligibility_request_decide`, as in the inbox). Each callback is
 processed once (Slack retries and replays are acknowledged and ignored), and the endpoint answers
 at once: message updates run in Celery.
 """
@@ -168,6 +169,8 @@ def _request_id(value) -> int | None:
 
 def _on_action(payload: dict, person, action: dict) -> HttpResponse:
     action_id = action.get("action_id")
+    if action_id in (slack.ELIGIBILITY_APPROVE, slack.ELIGIBILITY_DENY):
+        return _on_eligibility_action(payload, person, action)
     if action_id not in (slack.APPROVE, slack.DENY, slack.COMMENT):
         return HttpResponse(status=200)  # the "Review in Custody" link button, for instance
     request_id = _request_id(action.get("value"))
@@ -191,6 +194,48 @@ def _on_action(payload: dict, person, action: dict) -> HttpResponse:
         _tell(payload, problem)
     else:
         _tell_progress(payload, request_id)
+    return HttpResponse(status=200)
+
+
+def _on_eligibility_action(payload: dict, person, action: dict) -> HttpResponse:
+    """Approve or Deny on an agent's request to become eligible: decided at once by the same
+    service the web inbox and the agent's page use, which checks who may decide it."""
+    eligibility_request_id = _request_id(action.get("value"))
+    verdict = "approve" if action.get("action_id") == slack.ELIGIBILITY_APPROVE else "deny"
+    if person is None:
+        record(
+            actor=Actor.anonymous(f"slack:{payload['user']['id']}"),
+            verb="slack.rejected",
+            data={
+                "why": "unknown_slack_user",
+                "slack_user": payload["user"]["id"],
+                "eligibility_request_id": eligibility_request_id,
+            },
+        )
+        _tell(payload, CANNOT_APPROVE)
+        return HttpResponse(status=200)
+    if eligibility_request_id is None:
+        _tell(payload, "That button does not name a request.")
+        return HttpResponse(status=200)
+    try:
+        decided = services.eligibility_request_decide(
+            eligibility_request_id=eligibility_request_id,
+            by=person,
+            verdict=verdict,
+            comment=f"{verdict}d in Slack",
+            channel="slack",
+        )
+    except DomainError as exc:
+        if exc.code == "approve_in_browser" or exc.status_code not in (403, 404):
+            _tell(payload, exc.message)
+        else:  # not found and not allowed read the same: a button never tells what exists
+            _tell(payload, CANNOT_APPROVE)
+        return HttpResponse(status=200)
+    _tell(
+        payload,
+        f"Recorded. Eligibility request #{decided.pk} ({decided.privilege.name} for "
+        f"{decided.agent.name}) is {decided.status}.",
+    )
     return HttpResponse(status=200)
 
 

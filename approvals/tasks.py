@@ -197,6 +197,16 @@ def notify_review(self, review_id: int, kind: str):
     return _notify(self, slack.post_review_notice, review_id, kind)
 
 
+@shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
+def notify_eligibility_request_pending(self, eligibility_request_id: int):
+    return _notify(self, slack.post_eligibility_request, eligibility_request_id)
+
+
+@shared_task(bind=True, max_retries=NOTIFY_MAX_RETRIES, acks_late=True)
+def notify_eligibility_request_changed(self, eligibility_request_id: int):
+    return _notify(self, slack.update_eligibility_request, eligibility_request_id)
+
+
 @shared_task(acks_late=True)
 def sweep_reviews() -> dict:
     """Open the reviews that are due; escalate and expire the ones left unanswered."""

@@ -34,6 +34,7 @@ KNOWN_VERBS: tuple[str, ...] = (
     "eligibility.removed",
     "eligibility.request_decided",
     "eligibility.requested",
+    "eligibility.updated",
     "grant.drift_flagged",
     "grant.expired",
     "grant.expiry_notice",

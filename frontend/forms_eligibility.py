@@ -2,15 +2,19 @@ from datetime import UTC, datetime, time, timedelta
 
 from django import forms
 
-from approvals.models import Privilege
+from approvals.models import Eligibility, Privilege
 
 
-class EligibilityForm(forms.Form):
-    """Make an agent eligible for a catalogue privilege, with optional limits."""
+def _ends_on(ends_at: datetime | None):
+    """The form's date for an end moment: the last day it still holds (UTC)."""
+    if ends_at is None:
+        return None
+    return (ends_at.astimezone(UTC) - timedelta(microseconds=1)).date()
 
-    privilege = forms.ModelChoiceField(
-        queryset=Privilege.objects.filter(enabled=True), empty_label="Choose a privilege"
-    )
+
+class EligibilityLimitsForm(forms.Form):
+    """An eligibility's optional limits; empty means none beyond the privilege's."""
+
     max_duration_minutes = forms.IntegerField(
         min_value=1,
         max_value=7 * 24 * 60,
@@ -29,18 +33,53 @@ class EligibilityForm(forms.Form):
     )
     reason = forms.CharField(max_length=500, required=False)
 
+    def __init__(self, *args, current: Eligibility | None = None, **kwargs):
+        """With `current`, the fields start from its limits, and a limit left as shown keeps
+        its exact value (an end moment or a duration the form's units cannot express)."""
+        self.current = current
+        if current is not None:
+            kwargs.setdefault(
+                "initial",
+                {
+                    "max_duration_minutes": -(-current.max_duration_seconds // 60)
+                    if current.max_duration_seconds
+                    else None,
+                    "environment": current.environment,
+                    "ends_on": _ends_on(current.ends_at),
+                },
+            )
+            kwargs.setdefault("auto_id", f"id_eligibility_{current.pk}_%s")
+        super().__init__(*args, **kwargs)
+
     def limits(self) -> dict:
         data = self.cleaned_data
         minutes = data.get("max_duration_minutes")
         ends_on = data.get("ends_on")
+        seconds = minutes * 60 if minutes else None
+        ends_at = (
+            datetime.combine(ends_on + timedelta(days=1), time.min, tzinfo=UTC) if ends_on else None
+        )
+        current = self.current
+        if current is not None:
+            if minutes and minutes == self.initial.get("max_duration_minutes"):
+                seconds = current.max_duration_seconds
+            if ends_on and ends_on == self.initial.get("ends_on"):
+                ends_at = current.ends_at
         return {
-            "max_duration_seconds": minutes * 60 if minutes else None,
+            "max_duration_seconds": seconds,
             "environment": data.get("environment") or "",
-            "ends_at": datetime.combine(ends_on + timedelta(days=1), time.min, tzinfo=UTC)
-            if ends_on
-            else None,
+            "ends_at": ends_at,
             "reason": data.get("reason") or "",
         }
+
+
+class EligibilityForm(EligibilityLimitsForm):
+    """Make an agent eligible for a catalogue privilege, with optional limits."""
+
+    privilege = forms.ModelChoiceField(
+        queryset=Privilege.objects.filter(enabled=True), empty_label="Choose a privilege"
+    )
+    field_order = ["privilege", "max_duration_minutes", "environment", "ends_on", "reason"]
 
 
 class EligibilityDecisionForm(forms.Form):

@@ -9,18 +9,20 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django_htmx.http import reswap, retarget
 
 from approvals import selectors, services
-from core.errors import InvalidInput
+from core.errors import DomainError, InvalidInput
 from frontend.decorators import login_required
 from frontend.forms import BulkDenyForm, DecisionForm, InboxFilterForm, inbox_cursor
+from frontend.forms_eligibility import EligibilityDecisionForm
 from frontend.views import _with_approvals
 
 INBOX_PAGE = 50
+ELIGIBILITY_SHOWN = 50  # agents asking to become eligible, oldest first
 GROUPS = 50  # the busiest (agent, task) pairs shown in "by agent and task"
 FILTERS = ("q", "risk", "agent", "team", "age", "task")
 
@@ -120,6 +122,14 @@ def _render(request, context: dict, *, status: int = 200):
     return render(request, template, context, status=status)
 
 
+def _eligibility_pending(user) -> dict:
+    pending = selectors.eligibility_requests_pending_for(user)
+    return {
+        "eligibility_pending": list(pending[:ELIGIBILITY_SHOWN]),
+        "eligibility_pending_total": pending.count(),
+    }
+
+
 @login_required
 def inbox(request):
     if request.htmx and request.htmx.trigger == "inbox":  # the list refreshing itself
@@ -127,7 +137,47 @@ def inbox(request):
     else:
         filters, overview = _filter_form(request, request.GET)
     context = _inbox_context(request, filters, overview)
+    if not request.htmx:
+        context.update(_eligibility_pending(request.user))
     return _render(request, context, status=200 if filters.is_valid() else 400)
+
+
+@login_required
+@require_POST
+def inbox_eligibility_decide(request, eligibility_request_id: int):
+    """Approve or deny an agent's request to become eligible, from the inbox; the service
+    checks again who may decide it."""
+    get_object_or_404(
+        selectors.eligibility_requests_visible_to(request.user), pk=eligibility_request_id
+    )
+    form = EligibilityDecisionForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose approve or deny.")
+        return _inbox_again(request, status=400)
+    try:
+        decided = services.eligibility_request_decide(
+            eligibility_request_id=eligibility_request_id,
+            by=request.user,
+            verdict=form.cleaned_data["verdict"],
+            comment=form.cleaned_data["comment"],
+        )
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return _inbox_again(request, status=exc.status_code)
+    messages.success(
+        request,
+        f"Eligibility request #{decided.pk} ({decided.privilege.name} for "
+        f"{decided.agent.name}) is {decided.status}.",
+    )
+    return redirect("inbox")
+
+
+def _inbox_again(request, *, status: int):
+    """The inbox with the refusal shown, answered with the refusal's status."""
+    filters, overview = _filter_form(request, {})
+    context = _inbox_context(request, filters, overview)
+    context.update(_eligibility_pending(request.user))
+    return render(request, "frontend/inbox.html", context, status=status)
 
 
 @login_required

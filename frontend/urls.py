@@ -18,6 +18,11 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("inbox/", inbox.inbox, name="inbox"),
     path("inbox/deny/", inbox.inbox_deny, name="inbox-deny"),
+    path(
+        "inbox/eligibility/<int:eligibility_request_id>/decide/",
+        inbox.inbox_eligibility_decide,
+        name="inbox-eligibility-decide",
+    ),
     path("requests/<int:request_id>/", views.request_detail, name="request"),
     path("requests/<int:request_id>/decide/", views.request_decide, name="request-decide"),
     path("step-up/", views_signin.step_up, name="step-up"),
@@ -44,6 +49,11 @@ urlpatterns = [
         "agents/<int:agent_id>/eligibility/",
         views_eligibility.agent_eligibility_grant,
         name="agent-eligibility-grant",
+    ),
+    path(
+        "agents/<int:agent_id>/eligibility/<int:eligibility_id>/limits/",
+        views_eligibility.agent_eligibility_update,
+        name="agent-eligibility-update",
     ),
     path(
         "agents/<int:agent_id>/eligibility/<int:eligibility_id>/remove/",

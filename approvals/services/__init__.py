@@ -45,6 +45,7 @@ from approvals.services.eligibility import (
     eligibility_remove,
     eligibility_request_decide,
     eligibility_request_submit,
+    eligibility_update,
     may_manage_eligibility,
 )
 from approvals.services.grants import (
@@ -107,6 +108,7 @@ __all__ = [
     "eligibility_remove",
     "eligibility_request_decide",
     "eligibility_request_submit",
+    "eligibility_update",
     "grant_complete",
     "grant_end",
     "grant_expire",

@@ -4,8 +4,8 @@ person who manages the agent, or an admin makes an agent eligible for a catalogu
 activate it per task, and the shipped policy denies requests outside it.
 
 Lock order: the agent row first, exclusively (`FOR NO KEY UPDATE`): a submit takes it shared
-before it reads the eligibility, so a grant or removal commits wholly before or after each
-submit decides; then the eligibility row; the audit chain head last.
+before it reads the eligibility, so a grant, a change of limits or a removal commits wholly
+before or after each submit decides; then the eligibility row; the audit chain head last.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent
+from approvals import notifications
 from approvals.approvers import NOT_AN_APPROVER, may_approve
 from approvals.models import Eligibility, EligibilityRequest, Privilege
 from approvals.services.cadence import agent_review_reschedule
@@ -214,6 +215,91 @@ def eligibility_remove(*, eligibility_id: int, agent: Agent, by, reason: str = "
     return eligibility
 
 
+def _limits_of(eligibility: Eligibility) -> dict:
+    return {
+        "max_duration_seconds": eligibility.max_duration_seconds,
+        "environment": eligibility.environment,
+        "ends_at": eligibility.ends_at.isoformat() if eligibility.ends_at else None,
+    }
+
+
+def eligibility_update(
+    *,
+    eligibility_id: int,
+    agent: Agent,
+    by,
+    max_duration_seconds: int | None = None,
+    environment: str = "",
+    ends_at: datetime | None = None,
+    reason: str = "",
+) -> Eligibility:
+    """Change an eligibility's limits in place (each empty limit: none beyond the privilege's).
+    The audit event holds the old and new limits. Submits that follow are decided on the new
+    limits; live grants meet them at their next token refresh or introspection. Setting the
+    limits it already has changes and records nothing."""
+    if not may_manage_eligibility(by, agent):
+        raise Forbidden(NOT_A_MANAGER, code="not_eligibility_manager")
+    environment = (environment or "").strip()
+    with transaction.atomic(), deferred_evidence():
+        agent = lock_agents([agent.pk], exclusive=True)[agent.pk]
+        eligibility = (
+            Eligibility.objects.select_for_update(no_key=True)
+            .select_related("privilege")
+            .filter(pk=eligibility_id, agent=agent)
+            .first()
+        )
+        if eligibility is None:
+            raise NotFound(f"{agent.name} has no eligibility #{eligibility_id}.")
+        privilege = eligibility.privilege
+        if eligibility.removed_at is not None:
+            raise Conflict(
+                f"{agent.name}'s eligibility for {privilege.name} was removed by "
+                f"{eligibility.removed_by}; make it eligible again instead.",
+                code="eligibility_removed",
+            )
+        if eligibility.ends_at is not None and eligibility.ends_at <= timezone.now():
+            raise Conflict(
+                f"{agent.name}'s eligibility for {privilege.name} ended "
+                f"{eligibility.ends_at:%Y-%m-%d %H:%M} UTC; make it eligible again instead.",
+                code="eligibility_ended",
+            )
+        # Checked after the lock: the privilege's own maximum is read as it stands now.
+        refusal = _limits_refusal(privilege, max_duration_seconds, environment, ends_at)
+        if refusal is not None:
+            raise refusal
+        old = _limits_of(eligibility)
+        eligibility.max_duration_seconds = max_duration_seconds
+        eligibility.environment = environment
+        eligibility.ends_at = ends_at
+        new = _limits_of(eligibility)
+        if new == old:
+            return eligibility
+        eligibility.updated_at = timezone.now()
+        eligibility.updated_by = by.get_username()
+        eligibility.save(
+            update_fields=[
+                "max_duration_seconds",
+                "environment",
+                "ends_at",
+                "updated_at",
+                "updated_by",
+            ]
+        )
+        record(
+            actor=Actor.for_user(by),
+            verb="eligibility.updated",
+            agent_id=agent.pk,
+            data={
+                "eligibility_id": eligibility.pk,
+                "privilege": privilege.name,
+                "old": old,
+                "new": new,
+                "reason": (reason or "")[:500],
+            },
+        )
+    return eligibility
+
+
 def eligibility_end_for_retired_agent(*, agent: Agent, actor: Actor) -> int:
     """Retirement removes what the agent was eligible for and denies what it asked to become
     eligible for, keeping both as history. Runs in the retirement's transaction, under the agent
@@ -262,6 +348,7 @@ def eligibility_end_for_retired_agent(*, agent: Agent, actor: Actor) -> int:
                 "comment": eligibility_request.comment,
             },
         )
+        notifications.eligibility_request_finished(eligibility_request.pk)
     return len(ended)
 
 
@@ -324,14 +411,17 @@ def eligibility_request_submit(
                 "justification": justification,
             },
         )
+        notifications.eligibility_request_pending(eligibility_request.pk)
     return eligibility_request
 
 
 def eligibility_request_decide(
-    *, eligibility_request_id: int, by, verdict: str, comment: str = ""
+    *, eligibility_request_id: int, by, verdict: str, comment: str = "", channel: str = "web"
 ) -> EligibilityRequest:
     """Decided once, by a person who may decide the agent's requests (`may_approve`, the same
-    rule as access requests); approved, the agent becomes eligible with the limits it asked."""
+    rule as access requests); approved, the agent becomes eligible with the limits it asked.
+    `channel` (web, slack, admin) is evidence; in Slack, a privilege above its Slack risk
+    ceiling is approved in the browser, as its access requests are."""
     if verdict not in ("approve", "deny"):
         raise InvalidInput("verdict is 'approve' or 'deny'.", code="invalid_verdict")
     agent_id = (
@@ -357,6 +447,12 @@ def eligibility_request_decide(
                 f"{eligibility_request.status}.",
                 code="eligibility_request_decided",
             )
+        privilege = eligibility_request.privilege
+        if channel == "slack" and verdict == "approve" and not privilege.approvable_in_slack():
+            raise Forbidden(
+                f"Eligibility for {privilege.risk} privileges is approved in Custody's web app.",
+                code="approve_in_browser",
+            )
         approved = verdict == "approve"
         eligibility_request.status = (
             EligibilityRequest.Status.APPROVED if approved else EligibilityRequest.Status.DENIED
@@ -373,6 +469,7 @@ def eligibility_request_decide(
                 "privilege": eligibility_request.privilege.name,
                 "verdict": verdict,
                 "comment": eligibility_request.comment,
+                "channel": channel,
             },
         )
         if approved:
@@ -389,4 +486,5 @@ def eligibility_request_decide(
         eligibility_request.save(
             update_fields=["status", "decided_at", "decided_by", "comment", "eligibility"]
         )
+        notifications.eligibility_request_finished(eligibility_request.pk)
     return eligibility_request

@@ -187,6 +187,8 @@ def test_expiry_and_notifications_run_on_separate_queues():
     notifications = sorted(name for name in app.tasks if name.startswith("approvals.tasks.notify"))
     assert notifications == [
         "approvals.tasks.notify_agent_flagged",
+        "approvals.tasks.notify_eligibility_request_changed",
+        "approvals.tasks.notify_eligibility_request_pending",
         "approvals.tasks.notify_ephemeral",
         "approvals.tasks.notify_grant_drifted",
         "approvals.tasks.notify_grant_expiring",
