@@ -215,7 +215,7 @@ def run(mode: str, revocations: int, seeded, custody_url: str, signer) -> list[f
                 },
                 headers={"Authorization": f"Bearer {svid}"},
             ).json()
-            grant_id, token = answer["grant"]["id"], answer["grant"]["token"]
+            grant_id, token = answer["grant"]["id"], answer["grant"]["access_token"]
             verifier.verify(token)
             started = time.perf_counter()
             grant_revoke(grant=Grant.objects.get(pk=grant_id), actor=Actor.system("bench"))

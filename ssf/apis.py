@@ -68,6 +68,7 @@ class StreamApi(APIView):
     """The calling resource server's stream (read-only: admins configure streams)."""
 
     permission_classes = [IsAgent]
+    error_statuses = {404: "No stream is configured for this resource server."}
 
     @extend_schema(
         summary="This resource server's Shared Signals stream",
@@ -81,6 +82,7 @@ class StreamApi(APIView):
                 "events_supported": serializers.ListField(),
                 "events_delivered": serializers.ListField(),
                 "enabled": serializers.BooleanField(),
+                "audiences": serializers.ListField(child=serializers.CharField()),
             },
         ),
     )
@@ -108,6 +110,7 @@ class PollApi(APIView):
     """RFC 8936: acknowledge processed SETs and receive pending ones."""
 
     permission_classes = [IsAgent]
+    error_statuses = {404: "No poll stream is configured for this resource server."}
 
     @extend_schema_serializer(component_name="SsfPollInput")
     class InputSerializer(serializers.Serializer):

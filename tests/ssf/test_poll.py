@@ -18,7 +18,7 @@ def test_the_poll_loop_refuses_a_revoked_grant_and_acknowledges_the_event(
     agent_api, privileges, verifier, poll_stream, sponsor
 ):
     body = submit(agent_api, "payments-db:read").json()
-    grant_id, token = body["grant"]["id"], body["grant"]["token"]
+    grant_id, token = body["grant"]["id"], body["grant"]["access_token"]
     verifier.verify(token)
     poller = Poller(verifier).start()
     try:

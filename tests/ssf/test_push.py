@@ -24,7 +24,7 @@ PUSH_WAIT = 15  # seconds: generous for a loaded machine; the bench measures the
 def live_grant(agent_api, **kwargs):
     body = submit(agent_api, "payments-db:read", **kwargs).json()
     assert body["status"] == "approved", body
-    return body["grant"]["id"], body["grant"]["token"]
+    return body["grant"]["id"], body["grant"]["access_token"]
 
 
 def web(user):

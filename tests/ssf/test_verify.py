@@ -29,7 +29,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def grant_token(agent_api, privilege="payments-db:read"):
     body = submit(agent_api, privilege, task_id=uuid.uuid4().hex[:8]).json()
-    return body["grant"]["id"], body["grant"]["token"]
+    return body["grant"]["id"], body["grant"]["access_token"]
 
 
 def custody_kid(verifier):
