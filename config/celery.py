@@ -134,6 +134,32 @@ def _start_sweep_clock(sender, **kwargs):
     ).start()
 
 
+@task_postrun.connect
+def _count_task(sender=None, state=None, **kwargs):
+    from core.metrics import CELERY_TASKS
+
+    CELERY_TASKS.labels(task=getattr(sender, "name", "unknown"), state=state or "UNKNOWN").inc()
+
+
+@worker_ready.connect
+def _serve_worker_metrics(sender, **kwargs):
+    """CUSTODY_WORKER_METRICS_PORT set: this worker's counters (all its children's, in
+    multiprocess mode) over HTTP for Prometheus. The database gauges come from the web's /metrics
+    only, so no series is counted twice."""
+    from django.conf import settings
+    from prometheus_client import start_http_server
+
+    from core.metrics import process_registry
+
+    if settings.CUSTODY_WORKER_METRICS_PORT:
+        start_http_server(
+            settings.CUSTODY_WORKER_METRICS_PORT,
+            addr=settings.CUSTODY_WORKER_METRICS_ADDRESS,
+            registry=process_registry(),
+        )
+        logger.info("metrics on port %s", settings.CUSTODY_WORKER_METRICS_PORT)
+
+
 @worker_shutting_down.connect
 def _stop_sweep_clock(**kwargs):
     _sweep_clock_stopping.set()
