@@ -1,6 +1,9 @@
 """Metrics and readiness from real processes: gunicorn (two workers, multiprocess metrics) and a
 Celery worker with beat, on a redis-server this test starts, and the test database."""
 
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -13,7 +16,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from approvals.models import Grant
 from tests.approvals.test_database_restart import database_restarting
 from tests.config.metrics_text import value
-from tests.workers import Gunicorn, RedisServer, Worker, free_port
+from tests.workers import ROOT, Gunicorn, RedisServer, Worker, free_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -111,6 +114,16 @@ def _beat_heartbeat_now():
     PeriodicTask.objects.update(last_run_at=timezone.now())
 
 
+def _probe(web, check: str) -> int:
+    """The container probe (deploy/healthcheck.py) against this gunicorn: its exit status."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "healthcheck.py"), check],
+        env={**os.environ, "PORT": str(web.port), "ALLOWED_HOSTS": "localhost"},
+        timeout=60,
+        check=False,
+    ).returncode
+
+
 def _readiness(web) -> tuple[int, dict]:
     response = httpx.get(f"{web.url}/readyz", timeout=20)
     return response.status_code, response.json()
@@ -131,6 +144,7 @@ def test_readyz_follows_redis_and_the_database_away_and_back(redis_server):
         assert set(body["checks"]) == {"database", "cache", "broker", "beat", "signing_key"}
         assert httpx.get(f"{web.url}/healthz").json() == {"status": "alive"}
         assert httpx.get(f"{web.url}/version").json()["version"]
+        assert (_probe(web, "web"), _probe(web, "ready")) == (0, 0)
 
         redis_server.stop()
         status, body = _readiness(web)
@@ -139,6 +153,7 @@ def test_readyz_follows_redis_and_the_database_away_and_back(redis_server):
         assert body["checks"]["broker"]["status"] == "failing"
         assert body["checks"]["database"]["status"] == "ok"
         assert httpx.get(f"{web.url}/healthz").status_code == 200  # alive, only not ready
+        assert (_probe(web, "web"), _probe(web, "ready")) == (0, 1)
 
         redis_server.start()
         assert wait_for(lambda: _readiness(web)[0] == 200, timeout=20), _readiness(web)
