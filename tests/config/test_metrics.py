@@ -147,3 +147,34 @@ def test_the_audit_chain_gauges(agent_api, privileges):
     assert value(text, "custody_audit_chain_last_verified_sequence") == check.verified > 0
     assert value(text, "custody_audit_head_sequence") >= check.verified
     assert 0 <= value(text, "custody_audit_checkpoint_age_seconds") < 60
+
+
+def test_the_alert_rules_and_dashboard_name_only_series_custody_exports(agent_api, privileges):
+    import json
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    rules = yaml.safe_load((deploy / "prometheus" / "custody-alerts.yml").read_text())
+    expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    dashboard = json.loads((deploy / "grafana" / "custody-dashboard.json").read_text())
+    expressions += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    named = {name for expr in expressions for name in re.findall(r"\bcustody_\w+", expr)}
+
+    submit(agent_api)
+    chain_check_run()
+    checkpoint_publish()
+    exported = {name for name, _labels in samples(scrape())}
+    # Counters a fresh process has not incremented yet have no sample; their families are known.
+    exported |= {
+        "custody_agent_login_rejections_total",
+        "custody_jwks_fetch_failures_total",
+        "custody_decisions_total",
+        "custody_celery_tasks_total",
+    }
+    assert named and named <= exported, named - exported
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    assert {"CustodyExpiryLagging", "CustodyAuditChainBroken", "CustodyQueueBacklog"} <= alerts
+    assert "CustodyJwksFetchFailing" in alerts
