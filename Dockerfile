@@ -24,12 +24,17 @@ RUN DEBUG=false ALLOWED_HOSTS=build CUSTODY_VAR_DIR=/tmp/build-var \
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin custody \
     && mkdir -p /var/lib/custody \
     && chown custody /var/lib/custody
+# PROMETHEUS_MULTIPROC_DIR: gunicorn's workers (and a worker's children) add up in one /metrics.
 ENV DJANGO_SETTINGS_MODULE=config.settings \
     CUSTODY_VAR_DIR=/var/lib/custody \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/custody-metrics \
     PYTHONPATH=/app
 USER custody
 
 EXPOSE 8000
+# Liveness: /healthz answers (Host: the first ALLOWED_HOSTS name). Readiness is /readyz.
+HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=5 \
+    CMD ["python", "deploy/healthcheck.py", "web"]
 # gunicorn.conf.py sets forwarded_allow_ips from TRUSTED_PROXIES (never "*").
 CMD ["gunicorn", "config.wsgi", "--config", "gunicorn.conf.py", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "8", "--timeout", "60", "--access-logfile", "-"]
 

@@ -2,9 +2,28 @@
 only from TRUSTED_PROXIES, the same list Django reads client addresses through. Empty means no
 peer is believed. gunicorn loads this file from the working directory (the image's /app)."""
 
+import os
+import shutil
+from pathlib import Path
+
 from config.env import env_list
 from core.client_ip import parse_trusted_proxies
 
 forwarded_allow_ips = ",".join(
     str(network) for network in parse_trusted_proxies(env_list("TRUSTED_PROXIES", []))
 )
+
+
+def on_starting(server):
+    # prometheus-client's multiprocess mode: each run starts from an empty directory.
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

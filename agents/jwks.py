@@ -17,6 +17,7 @@ from django.core.cache import cache
 from django.core.cache.backends.locmem import LocMemCache
 
 from agents.models import TrustDomain
+from core.metrics import JWKS_FETCH_FAILURES
 
 logger = logging.getLogger(__name__)
 # The shared cache (Redis) is an optimisation: while it is down, each process keeps fetched
@@ -66,6 +67,16 @@ _THUMBPRINT_MEMBERS = {
 }
 
 
+def _fetch_for(domain: TrustDomain) -> dict:
+    """The domain's JWKS from its URL; a failure is counted and logged for whoever is on call."""
+    try:
+        return _fetch(domain.jwks_url)
+    except JwksUnavailable as exc:
+        JWKS_FETCH_FAILURES.labels(trust_domain=domain.name).inc()
+        logger.warning("JWKS fetch for trust domain %s failed: %s", domain.name, exc)
+        raise
+
+
 def jwk_thumbprint(jwk: dict) -> str:
     """The RFC 7638 SHA-256 thumbprint of a public JWK, used as its `kid`."""
     members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
@@ -99,11 +110,11 @@ def find_key(domain: TrustDomain, kid: str) -> dict | None:
     key = _cache_key(domain)
     document = _cached("get", key)
     if document is None:
-        document = _fetch(domain.jwks_url)
+        document = _fetch_for(domain)
         _cached("set", key, document, settings.CUSTODY_JWKS_CACHE_SECONDS)
     found = _keys_by_kid(document).get(kid)
     if found is None and _cached("add", f"{key}:refetch", 1, REFETCH_INTERVAL_SECONDS):
-        document = _fetch(domain.jwks_url)
+        document = _fetch_for(domain)
         _cached("set", key, document, settings.CUSTODY_JWKS_CACHE_SECONDS)
         found = _keys_by_kid(document).get(kid)
     return found

@@ -7,3 +7,7 @@ class ApprovalsConfig(AppConfig):
 
     def ready(self) -> None:
         from approvals import receivers  # noqa: F401  (audits approver-group membership)
+        from approvals.metrics import collect_approval_facts
+        from core.metrics import register_facts
+
+        register_facts(collect_approval_facts)

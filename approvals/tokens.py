@@ -217,3 +217,15 @@ def token_claims(grant: Grant) -> dict:
             act = {"sub": link.agent.spiffe_id, **({"act": act} if act else {})}
         claims["act"] = act
     return claims
+
+
+def signing_key_check() -> None:
+    """Raise unless the current signing key decrypts and loads (readiness; never creates one)."""
+    key = SigningKey.objects.filter(state=SigningKey.State.CURRENT).first()
+    if key is None:
+        return  # none yet: the first token creates it
+    try:
+        pem = _fernet().decrypt(key.encrypted_private_key.encode())
+    except InvalidToken as exc:
+        raise RuntimeError("the current signing key cannot be decrypted (SECRET_KEY?)") from exc
+    serialization.load_pem_private_key(pem, password=None)

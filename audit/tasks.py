@@ -1,16 +1,25 @@
+import logging
+
 from celery import shared_task
 
 from audit.models import ChainCheck
 from audit.services import checkpoint_publish, verify_chain
 
+logger = logging.getLogger(__name__)
+
 
 def chain_check_run() -> ChainCheck:
     report = verify_chain()
-    return ChainCheck.objects.create(
+    check = ChainCheck.objects.create(
         verified=report.verified,
         first_bad_sequence=report.first_bad_sequence,
         problem=report.problem[:200],
     )
+    if not check.ok:  # whoever is on call must hear of it, not only the audit page
+        logger.error(
+            "audit chain broken at sequence %s: %s", check.first_bad_sequence, check.problem
+        )
+    return check
 
 
 @shared_task(acks_late=True)

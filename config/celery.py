@@ -1,10 +1,18 @@
 import logging
 import os
+import shutil
 import threading
 
 from celery import Celery
 from celery.app.amqp import AMQP
-from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutting_down
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutting_down,
+)
 from kombu import Connection
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -132,6 +140,49 @@ def _start_sweep_clock(sender, **kwargs):
         name="sweep-clock",
         daemon=True,
     ).start()
+
+
+@task_postrun.connect
+def _count_task(sender=None, state=None, **kwargs):
+    from core.metrics import CELERY_TASKS
+
+    CELERY_TASKS.labels(task=getattr(sender, "name", "unknown"), state=state or "UNKNOWN").inc()
+
+
+@worker_ready.connect
+def _serve_worker_metrics(sender, **kwargs):
+    """CUSTODY_WORKER_METRICS_PORT set: this worker's counters (all its children's, in
+    multiprocess mode) over HTTP for Prometheus. The database gauges come from the web's /metrics
+    only, so no series is counted twice."""
+    from django.conf import settings
+    from prometheus_client import start_http_server
+
+    from core.metrics import process_registry
+
+    if settings.CUSTODY_WORKER_METRICS_PORT:
+        start_http_server(
+            settings.CUSTODY_WORKER_METRICS_PORT,
+            addr=settings.CUSTODY_WORKER_METRICS_ADDRESS,
+            registry=process_registry(),
+        )
+        logger.info("metrics on port %s", settings.CUSTODY_WORKER_METRICS_PORT)
+
+
+@worker_init.connect
+def _fresh_metrics_directory(**kwargs):
+    # prometheus-client's multiprocess mode: a worker (and its children) start from an empty one.
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder, exist_ok=True)
+
+
+@worker_process_shutdown.connect
+def _metrics_of_a_dead_child(pid=None, **kwargs):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and pid:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
 
 
 @worker_shutting_down.connect

@@ -5,7 +5,10 @@ broker that needs no server, both under `var/`. Production sets DATABASE_URL, CE
 SECRET_KEY and ALLOWED_HOSTS; see the README's configuration table.
 """
 
+import importlib.metadata
+import ipaddress
 import secrets
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 
@@ -78,6 +81,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "core.metrics.MetricsMiddleware",  # first, so its latency covers every other middleware
     "django.middleware.security.SecurityMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -260,6 +264,8 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Probes and scrapers talk to the process over plain HTTP on the private network.
+SECURE_REDIRECT_EXEMPT = [r"^(healthz|readyz|version|metrics)$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 3600, minimum=0)
 if env_bool("TRUST_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -385,6 +391,40 @@ CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE = env_int(
     "CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE", 20, minimum=0
 )
 
+# --- Operating ------------------------------------------------------------------------------
+# /metrics answers a bearer of CUSTODY_METRICS_TOKEN, or a direct peer in CUSTODY_METRICS_NETWORKS
+# (loopback by default). The proxy in deploy/ never forwards /metrics.
+CUSTODY_METRICS_TOKEN = env_str("CUSTODY_METRICS_TOKEN")
+
+
+def _networks(name: str, default: list[str]) -> list[str]:
+    try:
+        return [str(ipaddress.ip_network(net, strict=False)) for net in env_list(name, default)]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc} (give networks such as 10.0.0.0/8).") from exc
+
+
+CUSTODY_METRICS_NETWORKS = _networks("CUSTODY_METRICS_NETWORKS", ["127.0.0.0/8", "::1/128"])
+# A Celery worker serves its own counters on this port (0: off), for a scraper on its network.
+CUSTODY_WORKER_METRICS_PORT = env_int("CUSTODY_WORKER_METRICS_PORT", 0, minimum=0)
+CUSTODY_WORKER_METRICS_ADDRESS = env_str(
+    "CUSTODY_WORKER_METRICS_ADDRESS",
+    "0.0.0.0",  # noqa: S104 - a container scraped on its own network; set 127.0.0.1 on a host
+)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("custody")
+    except importlib.metadata.PackageNotFoundError:  # run from the source tree (the image)
+        with open(BASE_DIR / "pyproject.toml", "rb") as pyproject:
+            return tomllib.load(pyproject)["project"]["version"]
+
+
+CUSTODY_VERSION = _version()
+# The source revision the image was built from (the build passes it), shown by /version.
+CUSTODY_COMMIT = env_str("CUSTODY_COMMIT", "unknown")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -457,6 +497,9 @@ CUSTODY_CHECKPOINT_PREVIOUS_PUBLIC_KEYS = env_list("CUSTODY_CHECKPOINT_PREVIOUS_
 # --- Time: expiry, deadlines, escalation ---------------------------------------------------------
 # The sweep ends any grant or request whose time has passed, whatever happened to its ETA task.
 CUSTODY_SWEEP_SECONDS = env_int("CUSTODY_SWEEP_SECONDS", 10, minimum=1)
+# /readyz is unready when beat has dispatched nothing for this long (it sends the sweeps every
+# CUSTODY_SWEEP_SECONDS; django-celery-beat records a dispatch at least every 3 minutes).
+CUSTODY_BEAT_HEARTBEAT_SECONDS = env_int("CUSTODY_BEAT_HEARTBEAT_SECONDS", 600, minimum=10)
 # Expiry tasks are enqueued with an ETA only when due within this horizon; a periodic task
 # enqueues the later ones as they come into range. Workers hold ETA tasks in memory, and Redis
 # redelivers any unacknowledged message after the visibility timeout: keeping every ETA inside

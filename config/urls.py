@@ -8,6 +8,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from approvals import slack_views
 from approvals.apis import JwksApi
 from audit.apis import CheckpointKeyApi
+from config import health
+from core.metrics import metrics_view
 from ssf.apis import TransmitterConfigurationApi
 
 # JSON under /api/ (core.api_errors), Custody's own pages elsewhere (frontend.errors).
@@ -40,6 +42,10 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("version", health.version, name="version"),
+    path("metrics", metrics_view, name="metrics"),
     path(".well-known/jwks.json", JwksApi.as_view(), name="jwks"),
     path(
         ".well-known/ssf-configuration",

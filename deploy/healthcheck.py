@@ -1,7 +1,9 @@
 """Container health checks for docker-compose: `python deploy/healthcheck.py web|beat`.
 
-Exit 0 when healthy. `web` asks gunicorn for the login page as the first ALLOWED_HOSTS name
-(a 400 here means the deployment's host settings are wrong, which is unhealthy too). `beat`
+Exit 0 when healthy. `web` asks gunicorn for /healthz as the first ALLOWED_HOSTS name (a 400
+here means the deployment's host settings are wrong, which is unhealthy too); `ready` asks for
+/readyz (database, cache, broker, beat's heartbeat, the signing key), for an orchestrator that
+routes traffic only to ready instances. `beat`
 asks the database whether the scheduler has dispatched anything in the last ten minutes: the
 sweeps run every few seconds, so a live beat always has.
 """
@@ -12,19 +14,27 @@ import sys
 from datetime import timedelta
 
 
-def web_is_healthy() -> bool:
+def _answers_200(path: str) -> bool:
     first_host = (os.environ.get("ALLOWED_HOSTS") or "localhost").split(",")[0].strip()
     host = first_host.lstrip(".") if first_host not in ("", "*") else "localhost"
     port = int(os.environ.get("PORT", "8000"))
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        connection.request("GET", "/login/", headers={"Host": host})
+        connection.request("GET", path, headers={"Host": host})
         status = connection.getresponse().status
     except OSError:
         return False
     finally:
         connection.close()
-    return status == 200 or status in (301, 302)  # SECURE_SSL_REDIRECT answers with a 301
+    return status == 200
+
+
+def web_is_healthy() -> bool:
+    return _answers_200("/healthz")
+
+
+def web_is_ready() -> bool:
+    return _answers_200("/readyz")
 
 
 def beat_is_healthy() -> bool:
@@ -44,7 +54,7 @@ def beat_is_healthy() -> bool:
 
 
 if __name__ == "__main__":
-    checks = {"web": web_is_healthy, "beat": beat_is_healthy}
+    checks = {"web": web_is_healthy, "ready": web_is_ready, "beat": beat_is_healthy}
     if len(sys.argv) != 2 or sys.argv[1] not in checks:
         sys.exit(f"usage: {sys.argv[0]} {'|'.join(checks)}")
     sys.exit(0 if checks[sys.argv[1]]() else 1)

@@ -166,3 +166,66 @@ class RedisServer:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+
+class Gunicorn:
+    """Custody under gunicorn (2 gthread workers) on the test database, ready when /healthz is."""
+
+    def __init__(self, *, env: dict | None = None):
+        import urllib.request
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        handle, name = tempfile.mkstemp(prefix="gunicorn-", suffix=".log")
+        self.log = os.fdopen(handle, "w")
+        self.log_path = Path(name)
+        self.process = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("gunicorn")),
+                "config.wsgi",
+                "--config=gunicorn.conf.py",
+                f"--bind=127.0.0.1:{self.port}",
+                "--workers=2",
+                "--worker-class=gthread",
+                "--threads=4",
+                "--timeout=60",
+            ],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "DJANGO_SETTINGS_MODULE": "config.test_settings",
+                "DATABASE_URL": test_database_url(),
+                "PYTHONUNBUFFERED": "1",
+                **(env or {}),
+            },
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not start:\n{self.output()[-4000:]}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)

@@ -1,0 +1,3 @@
+"""Fixtures shared with the approvals tests."""
+
+from tests.approvals.conftest import privileges  # noqa: F401  (a fixture)
