@@ -11,6 +11,7 @@ from agents.models import Agent
 from agents.services import agent_mark_seen
 from agents.workload_identity import IdentityRejected, token_fingerprint, verify_workload_token
 from audit.services import Actor, record_throttled
+from core.client_ip import client_ip
 
 
 @dataclass
@@ -42,7 +43,7 @@ def bearer_token(request) -> str | None:
 
 
 def _audit_rejection(request, token: str, rejected: IdentityRejected) -> None:
-    address = request.META.get("REMOTE_ADDR", "unknown")
+    address = client_ip(request) or "unknown"  # through TRUSTED_PROXIES, as sign-ins are
     # A verified signature names the agent: the evidence is about it, and its sponsor sees it.
     agent = rejected.agent
     record_throttled(
