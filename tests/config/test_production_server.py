@@ -160,6 +160,14 @@ def test_a_rejected_agent_from_an_untrusted_peer_is_recorded_with_the_peer(db):
     assert AuditEvent.objects.get(verb="auth.rejected").data["address"] == "203.0.113.9"
 
 
+def test_a_rejected_agent_behind_a_trusted_proxy_is_recorded_with_the_client(db, settings):
+    settings.TRUSTED_PROXIES = ["10.0.0.0/24"]
+    client = APIClient(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="6.6.6.6, 198.51.100.23")
+    client.credentials(HTTP_AUTHORIZATION="Bearer not-a-jwt")
+    assert client.get("/api/v1/grants").status_code == 401
+    assert AuditEvent.objects.get(verb="auth.rejected").data["address"] == "198.51.100.23"
+
+
 def session_cookie(user) -> str:
     client = Client()
     client.force_login(user)
