@@ -157,4 +157,9 @@ def test_a_real_beat_process_re_enables_a_disabled_sweep(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(beat.pid, signal.SIGTERM)
-        beat.wait(timeout=20)
+        try:
+            beat.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(beat.pid, signal.SIGKILL)
+            beat.wait(timeout=10)
