@@ -35,8 +35,9 @@ EXPOSE 8000
 # Liveness: /healthz answers (Host: the first ALLOWED_HOSTS name). Readiness is /readyz.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=5 \
     CMD ["python", "deploy/healthcheck.py", "web"]
-# gunicorn.conf.py sets forwarded_allow_ips from TRUSTED_PROXIES (never "*").
-CMD ["gunicorn", "config.wsgi", "--config", "gunicorn.conf.py", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "8", "--timeout", "60", "--access-logfile", "-"]
+# gunicorn.conf.py sets forwarded_allow_ips from TRUSTED_PROXIES (never "*"). ASGI (uvicorn
+# workers), so agents' long polls wait on the event loop, not on threads (README: "Long polls").
+CMD ["gunicorn", "config.asgi:application", "--worker-class", "uvicorn.workers.UvicornWorker", "--config", "gunicorn.conf.py", "--bind", "0.0.0.0:8000", "--workers", "2", "--timeout", "60", "--access-logfile", "-"]
 
 
 FROM nginx:1.27-alpine AS proxy

@@ -12,6 +12,7 @@ from agents.services import agent_mark_seen
 from agents.workload_identity import IdentityRejected, token_fingerprint, verify_workload_token
 from audit.services import Actor, record_throttled
 from core.metrics import AGENT_LOGIN_REJECTIONS
+from core.client_ip import client_ip
 
 
 @dataclass
@@ -44,7 +45,7 @@ def bearer_token(request) -> str | None:
 
 def _audit_rejection(request, token: str, rejected: IdentityRejected) -> None:
     AGENT_LOGIN_REJECTIONS.labels(reason=rejected.reason).inc()
-    address = request.META.get("REMOTE_ADDR", "unknown")
+    address = client_ip(request) or "unknown"  # through TRUSTED_PROXIES, as sign-ins are
     # A verified signature names the agent: the evidence is about it, and its sponsor sees it.
     agent = rejected.agent
     record_throttled(

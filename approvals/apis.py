@@ -1,12 +1,18 @@
 """REST API for agents (workload identity) and people (session): one small view per operation."""
 
+import asyncio
 import json
+import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.db import DatabaseError, connection
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
@@ -31,6 +37,7 @@ from approvals.models import AccessRequest, Decision, Grant
 from core.errors import InvalidInput
 from core.sessions import authenticated_at, second_factor_at
 
+logger = logging.getLogger(__name__)
 MAX_CONTEXT_BYTES = 4096
 WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 
@@ -255,17 +262,107 @@ class RequestDetailApi(APIView):
                 code="invalid_wait",
             )
         access_request = _current_request(agent, request_id)
-        until = time.monotonic() + int(wait)
-        # Long poll: hold the answer until the status moves, the deadline passes or wait ends.
-        while (
-            access_request.status_now() == AccessRequest.Status.PENDING and time.monotonic() < until
-        ):
-            time.sleep(0.25)
-            if _status_between_waits(request_id) != AccessRequest.Status.PENDING:
-                access_request = _current_request(agent, request_id)
-        # Reading only: a token is minted by POST /grants/{id}/token (or with an automatic
-        # approval's 201), never by polling.
+        holding = getattr(request._request, "custody_hold", None)
+        if holding is not None and access_request.status_now() == AccessRequest.Status.PENDING:
+            # Tell long_poll_request_detail how long to hold the answer: until `wait` ends or
+            # the decision deadline passes, whichever is first. It waits without a thread.
+            to_deadline = (access_request.decision_deadline - timezone.now()).total_seconds()
+            holding["until"] = time.monotonic() + max(0.0, min(int(wait), to_deadline))
         return Response(request_output(access_request))
+
+
+_request_detail = RequestDetailApi.as_view()
+LONG_POLL_CHECK_SECONDS = 0.25
+
+
+def _moved(request_ids: list[int]) -> set[int]:
+    """Which of these requests are no longer pending: one query for every waiting agent."""
+    connection.close_if_unusable_or_obsolete()
+    moved = AccessRequest.objects.filter(pk__in=request_ids).exclude(
+        status=AccessRequest.Status.PENDING
+    )
+    try:
+        return set(moved.values_list("pk", flat=True))
+    except DatabaseError:  # a connection the database dropped (a restart): replaced once
+        connection.close()
+        return set(moved.values_list("pk", flat=True))
+
+
+class LongPollWaiters:
+    """Every long poll of one ASGI worker process, woken by one poller.
+
+    A waiting agent is an asyncio.Event, not a thread: the poller asks the database every
+    LONG_POLL_CHECK_SECONDS which of the waited-for requests moved, on one thread of its own
+    (one connection per process however many agents wait), and wakes their waiters."""
+
+    def __init__(self):
+        self.waiters: dict[int, set[asyncio.Event]] = {}
+        self.poller: asyncio.Task | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="long-poll")
+        self.moved = sync_to_async(_moved, thread_sensitive=False, executor=self.executor)
+
+    async def wait(self, request_id: int, until: float) -> None:
+        event = asyncio.Event()
+        self.waiters.setdefault(request_id, set()).add(event)
+        if self.poller is None or self.poller.done():
+            self.poller = asyncio.create_task(self._poll())
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, until - time.monotonic()))
+        except TimeoutError:
+            pass
+        finally:
+            events = self.waiters.get(request_id, set())
+            events.discard(event)
+            if not events:
+                self.waiters.pop(request_id, None)
+
+    async def _poll(self) -> None:
+        while self.waiters:
+            await asyncio.sleep(LONG_POLL_CHECK_SECONDS)
+            try:
+                moved = await self.moved(list(self.waiters))
+            except Exception:  # the database is away: the waiters' own hold still ends them
+                logger.warning("long polls: status check failed; trying again", exc_info=True)
+                continue
+            for request_id in moved:
+                for event in self.waiters.get(request_id, ()):
+                    event.set()
+
+
+_waiters = LongPollWaiters()
+_status_in_request_thread = sync_to_async(_status_between_waits)
+
+
+async def long_poll_request_detail(request, request_id: int):
+    """GET /requests/{id}?wait=N without holding a worker thread while it waits.
+
+    Under the ASGI server (gunicorn's uvicorn workers, README "Production") a waiting agent is
+    an event asleep on the event loop, and one poller per process checks every waited-for
+    request in one query: 50 waiting agents cost no thread, so the web UI and Slack callbacks,
+    sync views on threads of their own, never queue behind them. The answer itself is
+    RequestDetailApi's, run twice: once to authenticate, validate and learn how long to hold,
+    and once, when the status moved or the hold ended, to answer. Under WSGI (runserver, the
+    test client) the wait checks on the request's own thread, as before."""
+    holding: dict = {}
+    request.custody_hold = holding
+    response = await sync_to_async(_request_detail)(request, request_id=request_id)
+    if "until" not in holding:
+        return response
+    if isinstance(request, ASGIRequest):
+        await _waiters.wait(request_id, holding["until"])
+    else:
+        while time.monotonic() < holding["until"]:
+            await asyncio.sleep(LONG_POLL_CHECK_SECONDS)
+            if await _status_in_request_thread(request_id) != AccessRequest.Status.PENDING:
+                break
+    request.custody_hold = None  # answer as it stands now
+    return await sync_to_async(_request_detail)(request, request_id=request_id)
+
+
+# drf-spectacular documents the endpoint from the view class behind the callback.
+long_poll_request_detail.cls = _request_detail.cls
+long_poll_request_detail.initkwargs = _request_detail.initkwargs
+long_poll_request_detail.csrf_exempt = True
 
 
 class RequestCancelApi(APIView):

@@ -29,6 +29,7 @@ from approvals import approvers, selectors, services, slack
 from approvals.models import AccessRequest, Decision, SlackInteraction
 from approvals.tasks import notify_ephemeral
 from audit.services import Actor, record, record_throttled
+from core.client_ip import client_ip
 from core.errors import DomainError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def _reject(request, status: int, why: str) -> HttpResponse:
     record_throttled(
         bucket=f"slack:{why}",
         per_minute=settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE,
-        actor=Actor.anonymous(request.META.get("REMOTE_ADDR", "unknown")),
+        actor=Actor.anonymous(client_ip(request) or "unknown"),
         verb="slack.rejected",
         data={"why": why, "path": request.path},
     )

@@ -4,7 +4,7 @@ from approvals import apis, eligibility_apis, exchange_apis
 
 urlpatterns = [
     path("requests", apis.RequestCreateApi.as_view(), name="api-request-create"),
-    path("requests/<int:request_id>", apis.RequestDetailApi.as_view(), name="api-request"),
+    path("requests/<int:request_id>", apis.long_poll_request_detail, name="api-request"),
     path(
         "requests/<int:request_id>/cancel",
         apis.RequestCancelApi.as_view(),

@@ -26,6 +26,7 @@ KNOWN_VERBS: tuple[str, ...] = (
     "approvers.permission_assigned",
     "approvers.permission_removed",
     "auth.rejected",
+    "beat.entry_restored",
     "decision.recorded",
     "decision.refused",
     "delegation.created",

@@ -82,6 +82,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "core.metrics.MetricsMiddleware",  # first, so its latency covers every other middleware
+    "core.middleware.ForwardedProtoMiddleware",  # the scheme, before anything reads it
     "django.middleware.security.SecurityMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -267,8 +268,15 @@ SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 # Probes and scrapers talk to the process over plain HTTP on the private network.
 SECURE_REDIRECT_EXEMPT = [r"^(healthz|readyz|version|metrics)$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 3600, minimum=0)
-if env_bool("TRUST_X_FORWARDED_PROTO", False):
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# X-Forwarded-Proto is believed from TRUSTED_PROXIES only (core.middleware's
+# ForwardedProtoMiddleware), never from whoever sends it: behind a TLS terminator HSTS is then
+# sent and SECURE_SSL_REDIRECT does not loop.
+TRUST_X_FORWARDED_PROTO = env_bool("TRUST_X_FORWARDED_PROTO", False)
+if TRUST_X_FORWARDED_PROTO and not TRUSTED_PROXIES:
+    raise ImproperlyConfigured(
+        "TRUST_X_FORWARDED_PROTO is on but TRUSTED_PROXIES is empty: list the proxies (IPs or "
+        "CIDR networks) whose X-Forwarded-Proto is believed."
+    )
 # Bodies past this size are refused with 413 before any parsing (agents send small JSON).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024, minimum=1024)
 
@@ -337,7 +345,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Custody's entries are re-enabled and repaired (and that audited) each time beat starts.
+CELERY_BEAT_SCHEDULER = "audit.beat:CustodyScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A broker restart must not stop time: workers and beat retry a lost broker forever (every
 # second, config/celery.py), never giving up after Celery's default 100 attempts.

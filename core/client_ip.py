@@ -40,6 +40,13 @@ def _address(value: str) -> Address | None:
     return address
 
 
+def from_trusted_proxy(request) -> bool:
+    """Whether the peer is one of TRUSTED_PROXIES, whose forwarded headers are believed."""
+    peer = _address(request.META.get("REMOTE_ADDR", ""))
+    trusted = parse_trusted_proxies(settings.TRUSTED_PROXIES)
+    return peer is not None and any(peer in network for network in trusted)
+
+
 def client_ip(request) -> str | None:
     """The client's address, or None when the peer has none (a Unix socket, a test request)."""
     peer = _address(request.META.get("REMOTE_ADDR", ""))

@@ -1,6 +1,30 @@
 from django.conf import settings
 from django.http import JsonResponse
 
+from core.client_ip import from_trusted_proxy
+
+
+class ForwardedProtoMiddleware:
+    """The scheme the client used, as the TLS terminator saw it: X-Forwarded-Proto is believed
+    only from a peer in TRUSTED_PROXIES (the chain client addresses are read through) and only
+    when TRUST_X_FORWARDED_PROTO is on. Anyone else's header is dropped, so no client can claim
+    https (or http) for itself. First in MIDDLEWARE: SecurityMiddleware's redirect and HSTS, and
+    CSRF's origin check, read the scheme set here."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        proto = request.META.pop("HTTP_X_FORWARDED_PROTO", "")
+        proto = proto.split(",")[-1].strip().lower()  # the hop nearest us, if several wrote it
+        trusted = settings.TRUST_X_FORWARDED_PROTO and from_trusted_proxy(request)
+        if trusted and proto in ("http", "https"):
+            request.META["wsgi.url_scheme"] = proto  # what WSGIRequest.scheme reads
+            scope = getattr(request, "scope", None)
+            if scope is not None:
+                scope["scheme"] = proto  # what ASGIRequest.scheme reads
+        return self.get_response(request)
+
 
 class BodySizeLimitMiddleware:
     """Refuse oversize bodies with 413 before anything parses them (DRF's parsers read the

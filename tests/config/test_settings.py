@@ -28,6 +28,7 @@ CUSTODY_VARIABLES = {
     "SECURE_SSL_REDIRECT",
     "SECURE_HSTS_SECONDS",
     "TRUST_X_FORWARDED_PROTO",
+    "TRUSTED_PROXIES",
     "DJANGO_SETTINGS_MODULE",
 }
 
@@ -208,3 +209,8 @@ def test_the_retired_drift_policy_file_variable_stops_custody_at_start(tmp_path)
         start(tmp_path, DEBUG="true", CUSTODY_DRIFT_POLICY_FILE=str(tmp_path / "drift.cedar"))
     )
     assert message.startswith("CUSTODY_DRIFT_POLICY_FILE is no longer read: drift policies")
+
+
+def test_it_refuses_to_trust_x_forwarded_proto_from_no_proxy_in_particular(tmp_path):
+    message = refusal(start(tmp_path, DEBUG="true", TRUST_X_FORWARDED_PROTO="true"))
+    assert message.startswith("TRUST_X_FORWARDED_PROTO is on but TRUSTED_PROXIES is empty")
