@@ -15,13 +15,35 @@ INITIATOR ?=
 # The browser tests drive Debian's Chromium (never a browser download): `make test` installs it.
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test lint format demo-request screenshots clean chromium
+.PHONY: run test lint format demo-request screenshots clean chromium lock
 
-$(STAMP): pyproject.toml client/pyproject.toml
+# The virtualenv installs exactly requirements/dev.txt, every file checked against its hash (pip
+# itself and setuptools included), then Custody and its client from this tree without dependencies.
+$(STAMP): pyproject.toml client/pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]" -e "./client[spiffe,mcp]"
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . -e ./client
 	touch $(STAMP)
+
+# make lock: brings the lock files in line with pyproject.toml (and client/pyproject.toml), keeping
+# every pin that still fits; make lock UPGRADE=1 moves every pin to the newest release allowed.
+# requirements/dev.txt is what `make` installs (the app, its dev extras, the client and its
+# extras); requirements/app.txt, the Docker image's, is the app alone at the same versions.
+UPGRADE ?=
+LOCK_VENV := .venv-lock
+UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile --universal --python-version 3.11 --generate-hashes \
+	--quiet --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+
+$(LOCK_VENV)/.installed-stamp: requirements/uv.txt
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/uv.txt
+	touch $@
+
+lock: $(LOCK_VENV)/.installed-stamp
+	$(UV_COMPILE) requirements/uv.in -o requirements/uv.txt
+	$(UV_COMPILE) pyproject.toml client/pyproject.toml requirements/build.in --all-extras \
+		-o requirements/dev.txt
+	$(UV_COMPILE) pyproject.toml requirements/build.in -c requirements/dev.txt -o requirements/app.txt
 
 run: $(STAMP)
 	@export DEBUG=$${DEBUG:-true}; \
@@ -82,4 +104,4 @@ demo-request: $(STAMP)
 		$(if $(INITIATOR),--initiator "$(INITIATOR)")
 
 clean:
-	rm -rf $(VENV) var staticfiles
+	rm -rf $(VENV) $(LOCK_VENV) var staticfiles

@@ -11,8 +11,8 @@ from agents.models import Agent
 from agents.services import agent_mark_seen
 from agents.workload_identity import IdentityRejected, token_fingerprint, verify_workload_token
 from audit.services import Actor, record_throttled
-from core.metrics import AGENT_LOGIN_REJECTIONS
 from core.client_ip import client_ip
+from core.metrics import AGENT_LOGIN_REJECTIONS
 
 
 @dataclass
