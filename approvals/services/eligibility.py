@@ -91,7 +91,7 @@ def eligibility_grant(
     reason: str = "",
 ) -> Eligibility:
     """Make `agent` eligible for `privilege`. An eligibility already in force is a conflict
-    (remove it first to change its limits); one past its end date is closed and replaced."""
+    (`eligibility_update` changes its limits); one past its end date is closed and replaced."""
     if not may_manage_eligibility(by, agent):
         raise Forbidden(NOT_A_MANAGER, code="not_eligibility_manager")
     environment = (environment or "").strip()
