@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from core.errors import DomainError, TooManyRequests
+from core.errors import DomainError, TooManyRequests, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def exception_handler(exc, context):
             status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-    if isinstance(exc, TooManyRequests):
+    if isinstance(exc, TooManyRequests | Unavailable):
         return error_response(
             exc.code,
             exc.message,
