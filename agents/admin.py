@@ -361,6 +361,11 @@ class TrustDomainAdmin(admin.ModelAdmin):
     list_filter = ["kind", "enabled"]
     search_fields = ["name", "issuer"]
 
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "jwks_url":
+            kwargs["assume_scheme"] = "https"  # a JWKS URL typed without a scheme
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
     def save_model(self, request, obj, form, change):
         services.trust_domain_save(
             domain=obj, actor=Actor.for_user(request.user), created=not change

@@ -1,7 +1,9 @@
 """JWKS documents of registered trust domains: inline, or fetched from the domain's URL and cached.
 
 `kid` values from tokens are only ever used as dictionary keys here: no file, query or outbound
-request is driven by anything a token says (`jku` and `x5u` headers are ignored).
+request is driven by anything a token says (`jku` and `x5u` headers are ignored). The URL is
+https (outside DEBUG), its certificate checked against the system's or CUSTODY_JWKS_CA_FILE's
+CAs, and a redirect is a failure, never followed: the keys come from the registered URL only.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import base64
 import hashlib
 import json
 import logging
+import ssl
+import urllib.error
 import urllib.request
 
 from django.conf import settings
 from django.core.cache import cache
 from django.core.cache.backends.locmem import LocMemCache
 
-from agents.models import TrustDomain
+from agents.models import TrustDomain, jwks_url_refusal
 from core.metrics import JWKS_FETCH_FAILURES
 
 logger = logging.getLogger(__name__)
@@ -39,13 +43,34 @@ def _cache_key(domain: TrustDomain) -> str:
     return f"custody:jwks:{domain.pk}:{digest}"
 
 
-def _fetch(url: str) -> dict:
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is answered as an error (HTTPError), not followed."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    context = ssl.create_default_context(cafile=settings.CUSTODY_JWKS_CA_FILE or None)
+    return urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirects())
+
+
+def _download(url: str) -> dict:
     if not url.startswith(("https://", "http://")):
         raise JwksUnavailable("A JWKS URL must be http(s)")  # never file: or other schemes
+    if refusal := jwks_url_refusal(url):
+        raise JwksUnavailable(f"JWKS fetch from {url} refused: {refusal}")
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_SECONDS) as response:  # noqa: S310
+        with _opener().open(request, timeout=FETCH_TIMEOUT_SECONDS) as response:
             body = response.read(MAX_JWKS_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            raise JwksUnavailable(
+                f"JWKS fetch from {url} was redirected (HTTP {exc.code} to "
+                f"{exc.headers.get('Location')!r}); redirects are not followed"
+            ) from exc
+        raise JwksUnavailable(f"JWKS fetch from {url} failed: {exc}") from exc
     except OSError as exc:
         raise JwksUnavailable(f"JWKS fetch from {url} failed: {exc}") from exc
     if len(body) > MAX_JWKS_BYTES:
@@ -70,7 +95,7 @@ _THUMBPRINT_MEMBERS = {
 def _fetch_for(domain: TrustDomain) -> dict:
     """The domain's JWKS from its URL; a failure is counted and logged for whoever is on call."""
     try:
-        return _fetch(domain.jwks_url)
+        return _download(domain.jwks_url)
     except JwksUnavailable as exc:
         JWKS_FETCH_FAILURES.labels(trust_domain=domain.name).inc()
         logger.warning("JWKS fetch for trust domain %s failed: %s", domain.name, exc)

@@ -9,6 +9,16 @@ from django.utils import timezone
 from agents.spiffe import validate_spiffe_id, validate_trust_domain_name
 
 
+def jwks_url_refusal(url: str) -> str | None:
+    """Why Custody will not fetch a trust domain's JWKS from `url`, or None. Keys that vouch
+    for agents come over https only (plain http only with DEBUG on, for local issuers)."""
+    if not url or url.startswith("https://"):
+        return None
+    if settings.DEBUG and url.startswith("http://"):
+        return None
+    return "A JWKS URL must start with https:// (plain http:// is accepted only when DEBUG is on)."
+
+
 class TrustDomain(models.Model):
     """A registered issuer of workload identity, whose keys Custody trusts for agent logins."""
 
@@ -58,6 +68,8 @@ class TrustDomain(models.Model):
             raise ValidationError({"issuer": "An OIDC trust domain needs its exact issuer URL."})
         if not self.jwks and not self.jwks_url:
             raise ValidationError("Give the JWKS inline or a URL to fetch it from.")
+        if refusal := jwks_url_refusal(self.jwks_url):
+            raise ValidationError({"jwks_url": refusal})
         if self.jwks is not None and not (
             isinstance(self.jwks, dict) and isinstance(self.jwks.get("keys"), list)
         ):

@@ -28,7 +28,8 @@ from agents.jwks import JwksUnavailable, find_key
 from agents.models import Agent, SpentActorToken, TrustDomain
 from agents.spiffe import parse_spiffe_id
 
-ALLOWED_ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA"})
+# ES384 is what SPIRE issues with P-384 keys; PyJWT checks that the key's curve fits the alg.
+ALLOWED_ALGORITHMS = frozenset({"RS256", "ES256", "ES384", "EdDSA"})
 # Custody's own access tokens carry typ "at+jwt" (RFC 9068); a login token must not.
 LOGIN_TOKEN_TYPES = frozenset({"JWT", "JOSE"})
 MAX_TOKEN_BYTES = 8192
@@ -145,7 +146,7 @@ def _verify(token: str, *, delegation: bool) -> VerifiedIdentity:
     if alg not in ALLOWED_ALGORITHMS:
         raise IdentityRejected(
             "unsupported_algorithm",
-            f"Algorithm {alg!r} is not accepted; use RS256, ES256 or EdDSA.",
+            f"Algorithm {alg!r} is not accepted; use RS256, ES256, ES384 or EdDSA.",
         )
     typ = header.get("typ")
     iss, sub = unverified.get("iss"), unverified.get("sub")

@@ -34,6 +34,7 @@ from approvals.api_outputs import (
     ToolCallRecordedSerializer,
 )
 from approvals.models import AccessRequest, Decision, Grant
+from core.api_errors import OAuthErrors
 from core.errors import InvalidInput
 from core.sessions import authenticated_at, second_factor_at
 
@@ -540,8 +541,9 @@ def _small(value, name):
         raise serializers.ValidationError(f"{name} must not contain NUL characters (U+0000).")
 
 
-class IntrospectApi(APIView):
-    """RFC 7662 for resource servers, which authenticate with their own workload identity."""
+class IntrospectApi(OAuthErrors, APIView):
+    """RFC 7662 for resource servers, which authenticate with their own workload identity.
+    Its errors are RFC 6749 §5.2's (`error`, `error_description`), as OAuth clients expect."""
 
     permission_classes = [IsAgent]
     error_statuses = {403: "The caller is not a registered resource server."}

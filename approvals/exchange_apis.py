@@ -11,6 +11,7 @@ from agents.permissions import IsAgent
 from approvals import services
 from approvals.api_outputs import TokenExchangeIssuedSerializer, TokenExchangePendingSerializer
 from approvals.apis import IntentSerializer, request_output, token_fields, validate_context
+from core.api_errors import OAuthErrors
 from core.api_errors import _first_message as first_message
 from core.api_errors import _plain as plain
 from core.errors import InvalidInput
@@ -49,7 +50,7 @@ def _exchange_body(data) -> dict:
     return body
 
 
-class TokenExchangeApi(APIView):
+class TokenExchangeApi(OAuthErrors, APIView):
     """RFC 8693 token exchange: the agent holding a grant hands a narrower one to a sub-agent.
 
     The caller authenticates with its own workload identity and must hold the grant behind
@@ -58,7 +59,8 @@ class TokenExchangeApi(APIView):
     once (200), the answer is RFC 8693's, with the token for the sub-agent. Waiting for people
     (202), the request belongs to the sub-agent: it polls `GET /api/v1/requests/{request_id}`
     with its own SVID and, once approved, gets its token from the grant's `token_url` (the
-    caller cannot see the sub-agent's requests).
+    caller cannot see the sub-agent's requests). Errors are RFC 6749 §5.2's (`error`,
+    `error_description`), with Custody's envelope under `custody_error`.
     """
 
     permission_classes = [IsAgent]

@@ -1,19 +1,22 @@
 """Custody's access tokens: ES256 JWTs (typ `at+jwt`, RFC 9068) bound to one grant and one task.
 
 Private keys are stored encrypted with a key derived from SECRET_KEY (Fernet), so a database dump
-alone cannot mint tokens. The current key signs; previous keys stay in the JWKS until tokens they
-signed have expired, so rotation never invalidates a live token.
+alone cannot mint tokens. They decrypt under SECRET_KEY or any of SECRET_KEY_FALLBACKS
+(MultiFernet), so rotating SECRET_KEY with the old one kept as a fallback never stops issuance.
+The current key signs; previous keys stay in the JWKS until tokens they signed have expired,
+so rotation never invalidates a live token.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 
 import jwt
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -24,21 +27,39 @@ from agents.jwks import jwk_thumbprint
 from approvals.lineage import grant_ancestors, grant_approvers
 from approvals.models import Grant, SigningKey
 from audit.services import record
+from core.errors import Unavailable
 
 TOKEN_TYPE = "at+jwt"
 ALGORITHM = "ES256"
 # Signing keys are looked up at most this often per process; a just-rotated-out key still
 # verifies, so signing with it for a few more seconds is harmless.
 _KEY_CACHE_SECONDS = 30
+# An operator must act before a signing key that cannot be decrypted works again.
+SIGNING_KEY_RETRY_SECONDS = 60
+logger = logging.getLogger(__name__)
 _current_cache: tuple[float, str, object] | None = None
 _public_cache: dict[str, tuple[float, object]] = {}
 
 
-def _fernet() -> Fernet:
+def _fernet_for(secret: str) -> Fernet:
     derived = HKDF(
         algorithm=hashes.SHA256(), length=32, salt=b"custody-signing-keys", info=b"v1"
-    ).derive(settings.SECRET_KEY.encode())
+    ).derive(secret.encode())
     return Fernet(base64.urlsafe_b64encode(derived))
+
+
+def _fernet() -> MultiFernet:
+    """Encrypts under SECRET_KEY; decrypts under it or any of SECRET_KEY_FALLBACKS. The token
+    format is Fernet's either way, so keys stored before MultiFernet need no migration."""
+    secrets = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    return MultiFernet([_fernet_for(secret) for secret in secrets])
+
+
+class SigningKeyUnavailable(Unavailable):
+    """The current signing key cannot be decrypted with SECRET_KEY or its fallbacks: an
+    operator must act, so the answer is a 503 that says what to do, never a 500."""
+
+    code = "signing_key_unavailable"
 
 
 def signing_key_create(*, state: str = SigningKey.State.CURRENT) -> SigningKey:
@@ -95,9 +116,12 @@ def _current_signing_key() -> tuple[str, object]:
     try:
         pem = _fernet().decrypt(key.encrypted_private_key.encode())
     except InvalidToken as exc:
-        raise RuntimeError(
-            "The current signing key cannot be decrypted: SECRET_KEY changed since it was made. "
-            "Run `manage.py rotate_signing_key`."
+        logger.error("The current signing key %s cannot be decrypted", key.kid)
+        raise SigningKeyUnavailable(
+            "Custody cannot sign tokens: its current signing key was encrypted under a "
+            "SECRET_KEY that is neither SECRET_KEY nor in SECRET_KEY_FALLBACKS. Put the previous "
+            "SECRET_KEY in SECRET_KEY_FALLBACKS, or run `manage.py rotate_signing_key`.",
+            retry_after=SIGNING_KEY_RETRY_SECONDS,
         ) from exc
     private_key = serialization.load_pem_private_key(pem, password=None)
     _current_cache = (now, key.kid, private_key)

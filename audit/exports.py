@@ -14,6 +14,17 @@ def iter_jsonl(events: Iterable[AuditEvent]) -> Iterator[str]:
         yield json.dumps(audit_event_as_dict(event), sort_keys=True, ensure_ascii=False) + "\n"
 
 
+FORMULA_PREFIXES = frozenset("=+-@\t\r")
+
+
+def _defused(value):
+    """Neutralise spreadsheet formula injection in a free-text cell; empty cells stay empty
+    (`"" in "=+-"` is true in Python, so the test is on the first character, not a slice)."""
+    if isinstance(value, str) and value and value[0] in FORMULA_PREFIXES:
+        return f"'{value}"
+    return value
+
+
 def iter_csv(events: Iterable[AuditEvent]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -29,11 +40,5 @@ def iter_csv(events: Iterable[AuditEvent]) -> Iterator[str]:
     for event in events:
         row = audit_event_as_dict(event)
         row["data"] = json.dumps(row["data"], sort_keys=True, ensure_ascii=False)
-        # Neutralise spreadsheet formula injection in free-text cells.
-        writer.writerow(
-            [
-                f"'{value}" if isinstance(value, str) and value[:1] in "=+-@\t\r" else value
-                for value in (row[name] for name in EXPORT_FIELDS)
-            ]
-        )
+        writer.writerow([_defused(row[name]) for name in EXPORT_FIELDS])
         yield flush()

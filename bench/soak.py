@@ -55,6 +55,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -277,10 +278,51 @@ class Signer:
             )
 
 
-class JwksServer:
-    """The OIDC issuer's JWKS endpoint, which Custody fetches (and caches)."""
+def self_signed_tls(folder: Path) -> tuple[Path, Path]:
+    """(cert.pem, key.pem) for 127.0.0.1, its own CA: Custody fetches a JWKS over https only
+    (outside DEBUG) and is told to trust this certificate through CUSTODY_JWKS_CA_FILE."""
+    import datetime as dt
+    import ipaddress
 
-    def __init__(self, document: dict):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "jwks-cert.pem", folder / "jwks-key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+class JwksServer:
+    """The OIDC issuer's JWKS endpoint over https, which Custody fetches (and caches)."""
+
+    def __init__(self, document: dict, tls: tuple[Path, Path]):
         body = json.dumps(document).encode()
 
         class Handler(BaseHTTPRequestHandler):
@@ -295,7 +337,10 @@ class JwksServer:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/jwks.json"
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_port}/jwks.json"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
@@ -884,6 +929,7 @@ def main() -> int:
     broker.start()
     cache.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CELERY_"))}
+    jwks_tls = self_signed_tls(log_dir)
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
         DEBUG="false",
@@ -894,6 +940,7 @@ def main() -> int:
         CACHE_URL=cache.url(0),
         CUSTODY_VAR_DIR=str(log_dir / "var"),
         CUSTODY_SWEEP_SECONDS=str(args.sweep_seconds),
+        CUSTODY_JWKS_CA_FILE=str(jwks_tls[0]),
         # Its agents leave many requests waiting for people: flood control would refuse them.
         CUSTODY_MAX_PENDING_PER_AGENT="1000000",
         LOG_LEVEL="WARNING",
@@ -914,7 +961,7 @@ def main() -> int:
 
         django.setup()
         spiffe, oidc = Signer(), Signer()
-        jwks_server = JwksServer(oidc.jwks)
+        jwks_server = JwksServer(oidc.jwks, jwks_tls)
         spiffe_ids = seed(spiffe, oidc, jwks_server.url)
         from bench.seeding import make_every_agent_eligible
 

@@ -44,6 +44,9 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+# Previous SECRET_KEYs (comma-separated), kept while rotating: sessions, signed values and the
+# stored token-signing keys (approvals/tokens.py) still decrypt under them.
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS", [])
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 if not ALLOWED_HOSTS:
@@ -312,7 +315,10 @@ SPECTACULAR_SETTINGS = {
     # Tags from the path after /api/v1/ (requests, grants, …), not "api".
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     # Enums named after what they are, not after a hash of their values.
-    "ENUM_NAME_OVERRIDES": {"AccessRequestStatusEnum": "approvals.models.AccessRequest.Status"},
+    "ENUM_NAME_OVERRIDES": {
+        "AccessRequestStatusEnum": "approvals.models.AccessRequest.Status",
+        "OAuthErrorCodeEnum": "core.api_errors.OAUTH_ERROR_CODES",
+    },
     # Swagger UI and ReDoc from our own static files (the sidecar), not a CDN's @latest.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -395,6 +401,9 @@ CUSTODY_DEV_TRUST_DOMAIN = env_str("CUSTODY_DEV_TRUST_DOMAIN", "dev.custody.inte
 CUSTODY_DEV_KEY_FILE = VAR_DIR / "dev_trust_domain_key.pem"
 CUSTODY_JWT_LEEWAY_SECONDS = 60
 CUSTODY_JWKS_CACHE_SECONDS = env_int("CUSTODY_JWKS_CACHE_SECONDS", 300, minimum=0)
+# PEM CA bundle that trust domains' https jwks_url certificates are checked against (an internal
+# PKI); empty means the system's trust store.
+CUSTODY_JWKS_CA_FILE = env_str("CUSTODY_JWKS_CA_FILE") or ""
 # At most this many rejected logins per reason per minute are written to the audit log.
 CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE = env_int(
     "CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE", 20, minimum=0

@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.http import JsonResponse
 
+from core.api_errors import is_oauth_view, oauth_error_body
 from core.client_ip import from_trusted_proxy
 
 
@@ -45,16 +46,17 @@ class BodySizeLimitMiddleware:
                 if length > 0
                 else "The Content-Length header is not a number."
             )
-            return JsonResponse(
-                {
-                    "error": {
-                        "code": "payload_too_large" if length > 0 else "invalid",
-                        "message": message,
-                        "fields": {},
-                    }
-                },
-                status=413 if length > 0 else 400,
-            )
+            envelope = {
+                "code": "payload_too_large" if length > 0 else "invalid",
+                "message": message,
+                "fields": {},
+            }
+            status = 413 if length > 0 else 400
+            if not is_oauth_view(request):
+                return JsonResponse({"error": envelope}, status=status)
+            response = JsonResponse(oauth_error_body(envelope, status), status=status)
+            response["Cache-Control"] = "no-store"
+            return response
         return self.get_response(request)
 
 

@@ -4,12 +4,15 @@ answer, each with the one error envelope (core/api_errors.py) as the named compo
 Statuses that follow from the operation's shape are added here (400 for a body or a query,
 401 when it authenticates, 403 for a session's CSRF check, 404 for a path id, 503 for the
 database); a view names the rest its rules raise in `error_statuses`, e.g.
-`{409: "…", 429: "…"}`."""
+`{409: "…", 429: "…"}`. The OAuth endpoints (`oauth_errors` on the view) answer them in RFC 6749
+§5.2's shape, the component `OAuthError`."""
 
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
+
+from core.api_errors import OAUTH_ERROR_CODES
 
 
 class ErrorDetailSerializer(serializers.Serializer):
@@ -25,6 +28,21 @@ class ErrorSerializer(serializers.Serializer):
     error = ErrorDetailSerializer()
 
 
+@extend_schema_serializer(component_name="OAuthError")
+class OAuthErrorSerializer(serializers.Serializer):
+    """RFC 6749 §5.2's error body, which the OAuth endpoints answer (core/api_errors.py)."""
+
+    error = serializers.ChoiceField(
+        choices=OAUTH_ERROR_CODES, help_text="RFC 6749 §5.2's code (RFC 8693's invalid_target)."
+    )
+    error_description = serializers.CharField(
+        help_text="For people: what went wrong and what to do."
+    )
+    custody_error = ErrorDetailSerializer(
+        help_text="Custody's error envelope, as every other endpoint answers it under `error`."
+    )
+
+
 DEFAULT_DESCRIPTIONS = {
     400: "The input is not valid: `error.fields` names each field and why.",
     401: "No credential, or one that is refused (`WWW-Authenticate: Bearer`).",
@@ -36,8 +54,9 @@ DEFAULT_DESCRIPTIONS = {
 }
 
 
-def error_response(description: str) -> OpenApiResponse:
-    return OpenApiResponse(ErrorSerializer, description=description)
+def error_response(description: str, *, oauth: bool = False) -> OpenApiResponse:
+    serializer = OAuthErrorSerializer if oauth else ErrorSerializer
+    return OpenApiResponse(serializer, description=description)
 
 
 ERROR_HEADERS = {
@@ -87,10 +106,11 @@ class CustodyAutoSchema(AutoSchema):
 
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
+        oauth = getattr(self.view, "oauth_errors", False)
         for code, description in sorted(self._error_statuses().items()):
             answer = responses.setdefault(
                 str(code),
-                self._get_response_for_code(error_response(description), str(code)),
+                self._get_response_for_code(error_response(description, oauth=oauth), str(code)),
             )
             if code in ERROR_HEADERS:
                 answer.setdefault("headers", {}).update(ERROR_HEADERS[code])

@@ -68,7 +68,7 @@ class StreamApi(APIView):
     """The calling resource server's stream (read-only: admins configure streams)."""
 
     permission_classes = [IsAgent]
-    error_statuses = {404: "No stream is configured for this resource server."}
+    error_statuses = {404: "No Shared Signals stream is configured for the calling workload."}
 
     @extend_schema(
         summary="This resource server's Shared Signals stream",
@@ -110,7 +110,7 @@ class PollApi(APIView):
     """RFC 8936: acknowledge processed SETs and receive pending ones."""
 
     permission_classes = [IsAgent]
-    error_statuses = {404: "No poll stream is configured for this resource server."}
+    error_statuses = {404: "No Shared Signals stream is configured for the calling workload."}
 
     @extend_schema_serializer(component_name="SsfPollInput")
     class InputSerializer(serializers.Serializer):

@@ -13,7 +13,7 @@ from agents.jwks import jwk_thumbprint
 
 
 def _public_jwk(private_key, alg: str) -> dict:
-    if alg == "ES256":
+    if alg in ("ES256", "ES384"):
         jwk = jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
     elif alg == "RS256":
         jwk = jwt.algorithms.RSAAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
@@ -25,6 +25,8 @@ def _public_jwk(private_key, alg: str) -> dict:
 def new_private_key(alg: str = "ES256"):
     if alg == "ES256":
         return ec.generate_private_key(ec.SECP256R1())
+    if alg == "ES384":  # what SPIRE issues with P-384 keys
+        return ec.generate_private_key(ec.SECP384R1())
     if alg == "RS256":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return ed25519.Ed25519PrivateKey.generate()

@@ -159,6 +159,13 @@ def retry_after_seconds(value: str | None) -> float | None:
 def from_response(status: int, body, headers) -> CustodyError:
     """The exception for an error answer (any status >= 400)."""
     envelope = body.get("error") if isinstance(body, dict) else None
+    if isinstance(envelope, str):
+        # The OAuth endpoints answer RFC 6749 §5.2 (`error`, `error_description`), with
+        # Custody's envelope under `custody_error`.
+        envelope = body.get("custody_error") or {
+            "code": envelope,
+            "message": body.get("error_description"),
+        }
     if not isinstance(envelope, dict):
         envelope = {}
     code = str(envelope.get("code") or f"http_{status}")

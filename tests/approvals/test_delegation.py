@@ -103,8 +103,14 @@ def root_token(agent_api, privilege="payments-db:read", duration=600):
 
 
 def error_of(response, status=400):
+    """Custody's error envelope; the OAuth endpoints carry it under `custody_error`, beside
+    RFC 6749 §5.2's `error` and `error_description`."""
     assert response.status_code == status, response.content
-    return response.json()["error"]
+    body = response.json()
+    if isinstance(body["error"], str):
+        assert body["error_description"] == body["custody_error"]["message"]
+        return body["custody_error"]
+    return body["error"]
 
 
 def jwks_key(api, token):

@@ -30,7 +30,8 @@ def test_an_agent_that_is_not_a_resource_server_gets_403_and_leaves_evidence(
     token, _ = live_token(agent_api)
     response = introspect(agent_api, token)
     assert response.status_code == 403
-    error = response.json()["error"]
+    assert response.json()["error"] == "unauthorized_client"  # RFC 6749 §5.2
+    error = response.json()["custody_error"]
     assert error["code"] == "not_a_resource_server"
     assert "resource server" in error["message"]
     assert "active" not in response.json()
@@ -114,7 +115,8 @@ def test_a_resource_server_must_name_its_audiences_and_an_agent_names_none(spons
 def test_a_body_that_is_not_an_object_is_a_400(resource_server_api, body):
     response = resource_server_api.post("/api/v1/introspect", body, content_type="application/json")
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_request"
+    assert response.json()["error"] == "invalid_request"
+    assert response.json()["custody_error"]["code"] == "invalid_request"
 
 
 def test_an_agent_that_is_not_active_holds_nothing_whatever_the_policy_says(

@@ -70,6 +70,22 @@ def test_it_neutralises_spreadsheet_formulas_in_csv(prefix):
     assert last["verb"] == "test.formula"  # ordinary text is left alone
 
 
+def test_it_leaves_empty_csv_cells_empty():
+    record(actor=Actor(AuditEvent.ActorType.USER, ""), verb="test.empty", data={})
+    header, *rows = csv_rows()
+    last = dict(zip(header, rows[-1], strict=True))
+    assert last["actor_id"] == ""  # an empty string, not a lone quote
+    assert last["agent_id"] == last["grant_id"] == ""  # nulls too
+    assert not [cell for row in rows for cell in row if cell == "'"]
+
+
+@pytest.mark.parametrize("prefix", ["\t", "\r"])
+def test_it_neutralises_control_character_prefixes_in_csv(prefix):
+    record(actor=Actor(AuditEvent.ActorType.USER, f"{prefix}=1+1"), verb="test.formula")
+    header, *rows = csv_rows()
+    assert dict(zip(header, rows[-1], strict=True))["actor_id"] == f"'{prefix}=1+1"
+
+
 def verbs(lines: list[dict]) -> list[str]:
     """The verbs this module wrote (migrations may have written others, at today's date)."""
     return [line["verb"] for line in lines if line["verb"].startswith("test.")]

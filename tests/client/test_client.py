@@ -270,6 +270,20 @@ def test_delegate_hands_a_narrower_grant_to_a_sub_agent(
     assert Grant.objects.get(pk=delegation.grant_id).revoke_reason == "cascade"
 
 
+def test_a_refused_delegation_raises_with_custodys_words_from_the_oauth_error(
+    custody, research_agent, signer
+):
+    grant = custody.request("payments-db:read", "t-refused", "Reconcile", 600)
+    login_svid = signer.mint(research_agent.spiffe_id)  # a login SVID, not an actor token
+    with pytest.raises(InvalidRequest) as refused:
+        grant.delegate(login_svid, intent="Read the rows", duration=120)
+    assert refused.value.status == 400
+    assert refused.value.code == "invalid_request"
+    assert refused.value.message.startswith("The actor_token was refused")
+    assert list(refused.value.fields) == ["actor_token"]
+    assert refused.value.body["error"] == "invalid_request"  # RFC 6749 §5.2 as Custody sent it
+
+
 def test_the_context_manager_completes_on_exit(custody):
     with custody.request("payments-db:read", "t-with", "Reconcile", 600) as grant:
         grant.record_tool_call("sql", target="payments-db")

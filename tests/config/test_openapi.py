@@ -11,6 +11,9 @@ from django.test import Client
 pytestmark = pytest.mark.django_db
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+# RFC 6749 §5.2's shape, which the OAuth endpoints answer (Custody's envelope inside it).
+OAUTH_ERROR = {"$ref": "#/components/schemas/OAuthError"}
+OAUTH_OPERATIONS = {"token_exchange", "introspect"}
 METHODS = ("get", "post", "put", "patch", "delete")
 
 
@@ -40,6 +43,14 @@ def test_the_server_serves_it_as_openapi_3_1():
     assert response.json()["openapi"] == "3.1.0"
 
 
+def test_the_oauth_endpoints_document_rfc_6749_errors(document):
+    component = document["components"]["schemas"]["OAuthError"]
+    assert set(component["required"]) == {"error", "error_description", "custody_error"}
+    codes = document["components"]["schemas"]["OAuthErrorCodeEnum"]["enum"]
+    assert {"invalid_request", "invalid_client", "invalid_grant", "invalid_scope"} <= set(codes)
+    assert {"unauthorized_client", "unsupported_grant_type", "invalid_target"} <= set(codes)
+
+
 def test_every_operation_has_a_meaningful_unique_id(document):
     ids = [operation["operationId"] for _, _, operation in operations(document)]
     assert len(ids) == len(set(ids)), ids
@@ -56,8 +67,10 @@ def test_every_operation_documents_its_answers_and_its_errors_with_the_envelope(
             assert "content" in responses[code], (method, path, code, "no response body")
         errors = {code: answer for code, answer in responses.items() if code[0] in "45"}
         assert "503" in errors, (method, path)
+        envelope = OAUTH_ERROR if operation["operationId"] in OAUTH_OPERATIONS else ERROR
         for code, answer in errors.items():
-            assert answer["content"]["application/json"]["schema"] == ERROR, (method, path, code)
+            schema = answer["content"]["application/json"]["schema"]
+            assert schema == envelope, (method, path, code)
         # The headers a client acts on are part of the contract (the fuzz checks them).
         for code, header in (("401", "WWW-Authenticate"), ("429", "Retry-After")):
             if code in errors:
