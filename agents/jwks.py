@@ -90,6 +90,20 @@ def _cached(operation: str, *args):
         return getattr(_process_cache, operation)(*args)
 
 
+def _fetch_logged(domain: TrustDomain) -> dict:
+    try:
+        return _fetch(domain.jwks_url)
+    except JwksUnavailable as exc:
+        # Agents of this domain cannot log in until it answers: operators must hear of it.
+        logger.warning(
+            "JWKS fetch failed for trust domain %s: %s",
+            domain.name,
+            exc,
+            extra={"event": "jwks.fetch_failed", "trust_domain": domain.name},
+        )
+        raise
+
+
 def find_key(domain: TrustDomain, kid: str) -> dict | None:
     """The JWK with this `kid` in the domain's JWKS, or None."""
     if domain.jwks:
@@ -99,11 +113,11 @@ def find_key(domain: TrustDomain, kid: str) -> dict | None:
     key = _cache_key(domain)
     document = _cached("get", key)
     if document is None:
-        document = _fetch(domain.jwks_url)
+        document = _fetch_logged(domain)
         _cached("set", key, document, settings.CUSTODY_JWKS_CACHE_SECONDS)
     found = _keys_by_kid(document).get(kid)
     if found is None and _cached("add", f"{key}:refetch", 1, REFETCH_INTERVAL_SECONDS):
-        document = _fetch(domain.jwks_url)
+        document = _fetch_logged(domain)
         _cached("set", key, document, settings.CUSTODY_JWKS_CACHE_SECONDS)
         found = _keys_by_kid(document).get(kid)
     return found

@@ -1,11 +1,22 @@
+import logging
+
 from celery import shared_task
 
 from audit.models import ChainCheck
 from audit.services import checkpoint_publish, verify_chain
 
+logger = logging.getLogger("custody.audit.chain")
+
 
 def chain_check_run() -> ChainCheck:
     report = verify_chain()
+    if not report.ok:
+        logger.error(
+            "Audit chain BROKEN at sequence %s: %s",
+            report.first_bad_sequence,
+            report.problem,
+            extra={"event": "audit.chain_broken", "first_bad_sequence": report.first_bad_sequence},
+        )
     return ChainCheck.objects.create(
         verified=report.verified,
         first_bad_sequence=report.first_bad_sequence,

@@ -78,12 +78,14 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "core.middleware.RequestIdMiddleware",  # first: every line of the request names its id
     "django.middleware.security.SecurityMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "core.middleware.LogPersonMiddleware",  # the signed-in person, on every log line after
     "allauth.account.middleware.AccountMiddleware",  # allauth's sign-in stages (second factor)
     "agents.acting.ActingPersonMiddleware",  # receivers auditing approval rights read it
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -385,11 +387,22 @@ CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE = env_int(
     "CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE", 20, minimum=0
 )
 
+# Logs: JSON lines (one object per line, for shippers) unless DEBUG, where people read them;
+# CUSTODY_LOG_FORMAT=json|plain decides either way. Every line carries the request id and who and
+# what it is about (core/log_context.py), in the web process and in the tasks a request enqueued.
+CUSTODY_LOG_FORMAT = env_str("CUSTODY_LOG_FORMAT", "plain" if DEBUG else "json")
+if CUSTODY_LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured("CUSTODY_LOG_FORMAT must be json or plain.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"()": "core.log_context.PlainFormatter"},
+        "json": {"()": "core.log_context.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": CUSTODY_LOG_FORMAT},
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
@@ -398,6 +411,18 @@ LOGGING = {
         "custody.audit.checkpoint": {"level": "INFO"},
     },
 }
+# Optional error reporting: only with SENTRY_DSN, and without people's data (no PII, no bodies).
+SENTRY_DSN = env_str("SENTRY_DSN", "")
+if SENTRY_DSN:
+    import sentry_sdk
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        environment=env_str("SENTRY_ENVIRONMENT", "production"),
+        send_default_pii=False,
+        max_request_body_size="never",
+        traces_sample_rate=0.0,
+    )
 # Access tokens are short and refreshable while the grant lives (never beyond 15 minutes).
 CUSTODY_ACCESS_TOKEN_SECONDS = env_int("CUSTODY_ACCESS_TOKEN_SECONDS", 300, minimum=30)
 if CUSTODY_ACCESS_TOKEN_SECONDS > 900:
