@@ -2,9 +2,32 @@
 only from TRUSTED_PROXIES, the same list Django reads client addresses through. Empty means no
 peer is believed. gunicorn loads this file from the working directory (the image's /app)."""
 
-from config.env import env_list
+from config.env import env_bool, env_list, env_str
 from core.client_ip import parse_trusted_proxies
 
 forwarded_allow_ips = ",".join(
     str(network) for network in parse_trusted_proxies(env_list("TRUSTED_PROXIES", []))
 )
+
+# gunicorn's own lines (start, worker restarts, timeouts) in the same format as Custody's.
+_log_format = env_str("CUSTODY_LOG_FORMAT") or ("plain" if env_bool("DEBUG", False) else "json")
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"()": "core.log_context.PlainFormatter"},
+        "json": {"()": "core.log_context.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": _log_format if _log_format in ("json", "plain") else "plain",
+            "stream": "ext://sys.stderr",
+        },
+    },
+    "root": {"level": "INFO", "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+    },
+}
