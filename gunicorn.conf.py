@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from config.env import env_list
+from config.env import env_bool, env_list, env_str
 from core.client_ip import parse_trusted_proxies
 
 forwarded_allow_ips = ",".join(
@@ -27,3 +27,27 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+# gunicorn's own lines (start, worker restarts, timeouts) in the same format as Custody's.
+_log_format = env_str("CUSTODY_LOG_FORMAT") or ("plain" if env_bool("DEBUG", False) else "json")
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"()": "core.log_context.PlainFormatter"},
+        "json": {"()": "core.log_context.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": _log_format if _log_format in ("json", "plain") else "plain",
+            "stream": "ext://sys.stderr",
+        },
+    },
+    "root": {"level": "INFO", "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+    },
+}

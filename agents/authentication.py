@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -11,8 +12,11 @@ from agents.models import Agent
 from agents.services import agent_mark_seen
 from agents.workload_identity import IdentityRejected, token_fingerprint, verify_workload_token
 from audit.services import Actor, record_throttled
+from core import log_context
 from core.client_ip import client_ip
 from core.metrics import AGENT_LOGIN_REJECTIONS
+
+logger = logging.getLogger("custody.security")
 
 
 @dataclass
@@ -73,8 +77,19 @@ class WorkloadIdentityAuthentication(authentication.BaseAuthentication):
         try:
             identity = verify_workload_token(token)
         except IdentityRejected as rejected:
+            logger.warning(
+                "Agent authentication rejected: %s",
+                rejected.reason,
+                extra={
+                    "event": "auth.rejected",
+                    "reason": rejected.reason,
+                    "claimed_sub": rejected.claims.get("sub"),
+                    "path": request.path,
+                },
+            )
             _audit_rejection(request, token, rejected)
             raise exceptions.AuthenticationFailed(rejected.message, code=rejected.reason)
+        log_context.bind(agent=identity.agent.spiffe_id)
         agent_mark_seen(agent=identity.agent)
         return AuthenticatedAgent(agent=identity.agent, claims=identity.claims), identity.claims
 

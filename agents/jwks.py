@@ -98,7 +98,13 @@ def _fetch_for(domain: TrustDomain) -> dict:
         return _download(domain.jwks_url)
     except JwksUnavailable as exc:
         JWKS_FETCH_FAILURES.labels(trust_domain=domain.name).inc()
-        logger.warning("JWKS fetch for trust domain %s failed: %s", domain.name, exc)
+        # Agents of this domain cannot log in until it answers: operators must hear of it.
+        logger.warning(
+            "JWKS fetch failed for trust domain %s: %s",
+            domain.name,
+            exc,
+            extra={"event": "jwks.fetch_failed", "trust_domain": domain.name},
+        )
         raise
 
 

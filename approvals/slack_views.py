@@ -33,6 +33,7 @@ from core.client_ip import client_ip
 from core.errors import DomainError
 
 logger = logging.getLogger(__name__)
+security_log = logging.getLogger("custody.security")
 CANNOT_APPROVE = "You can't approve this request in Custody."
 REQUEST_ID = re.compile(r"[0-9]{1,18}")
 # Slack member ids are short and alphanumeric; anything else (a NUL byte, say) is no person.
@@ -40,6 +41,9 @@ SLACK_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _reject(request, status: int, why: str) -> HttpResponse:
+    security_log.warning(
+        "Slack callback rejected: %s", why, extra={"event": "slack.rejected", "why": why}
+    )
     record_throttled(
         bucket=f"slack:{why}",
         per_minute=settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE,

@@ -5,7 +5,7 @@ from celery import shared_task
 from audit.models import ChainCheck
 from audit.services import checkpoint_publish, verify_chain
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("custody.audit.chain")
 
 
 def chain_check_run() -> ChainCheck:
@@ -17,7 +17,10 @@ def chain_check_run() -> ChainCheck:
     )
     if not check.ok:  # whoever is on call must hear of it, not only the audit page
         logger.error(
-            "audit chain broken at sequence %s: %s", check.first_bad_sequence, check.problem
+            "Audit chain BROKEN at sequence %s: %s",
+            report.first_bad_sequence,
+            report.problem,
+            extra={"event": "audit.chain_broken", "first_bad_sequence": report.first_bad_sequence},
         )
     return check
 

@@ -6,6 +6,7 @@ import threading
 from celery import Celery
 from celery.app.amqp import AMQP
 from celery.signals import (
+    setup_logging,
     task_postrun,
     task_prerun,
     worker_init,
@@ -14,6 +15,8 @@ from celery.signals import (
     worker_shutting_down,
 )
 from kombu import Connection
+
+from core import log_context
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 logger = logging.getLogger(__name__)
@@ -90,6 +93,20 @@ class CustodyAMQP(AMQP):
 app = Celery("custody", amqp=CustodyAMQP)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@setup_logging.connect
+def _log_as_django_does(**kwargs):
+    # Celery would install its own plain handler on the root logger; the worker's lines instead
+    # go through settings.LOGGING (JSON or plain, with the request id a task was enqueued under).
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
+
+
+log_context.connect_celery()
 
 
 @task_prerun.connect

@@ -84,7 +84,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "core.metrics.MetricsMiddleware",  # first, so its latency covers every other middleware
+    "core.middleware.RequestIdMiddleware",  # first: every line of the request names its id
+    "core.metrics.MetricsMiddleware",  # next, so its latency covers every other middleware
     "core.middleware.ForwardedProtoMiddleware",  # the scheme, before anything reads it
     "django.middleware.security.SecurityMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
@@ -92,6 +93,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "core.middleware.LogPersonMiddleware",  # the signed-in person, on every log line after
     "allauth.account.middleware.AccountMiddleware",  # allauth's sign-in stages (second factor)
     "agents.acting.ActingPersonMiddleware",  # receivers auditing approval rights read it
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -443,11 +445,22 @@ CUSTODY_VERSION = _version()
 # The source revision the image was built from (the build passes it), shown by /version.
 CUSTODY_COMMIT = env_str("CUSTODY_COMMIT", "unknown")
 
+# Logs: JSON lines (one object per line, for shippers) unless DEBUG, where people read them;
+# CUSTODY_LOG_FORMAT=json|plain decides either way. Every line carries the request id and who and
+# what it is about (core/log_context.py), in the web process and in the tasks a request enqueued.
+CUSTODY_LOG_FORMAT = env_str("CUSTODY_LOG_FORMAT", "plain" if DEBUG else "json")
+if CUSTODY_LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured("CUSTODY_LOG_FORMAT must be json or plain.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"()": "core.log_context.PlainFormatter"},
+        "json": {"()": "core.log_context.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": CUSTODY_LOG_FORMAT},
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
@@ -456,6 +469,18 @@ LOGGING = {
         "custody.audit.checkpoint": {"level": "INFO"},
     },
 }
+# Optional error reporting: only with SENTRY_DSN, and without people's data (no PII, no bodies).
+SENTRY_DSN = env_str("SENTRY_DSN", "")
+if SENTRY_DSN:
+    import sentry_sdk
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        environment=env_str("SENTRY_ENVIRONMENT", "production"),
+        send_default_pii=False,
+        max_request_body_size="never",
+        traces_sample_rate=0.0,
+    )
 # Access tokens are short and refreshable while the grant lives (never beyond 15 minutes).
 CUSTODY_ACCESS_TOKEN_SECONDS = env_int("CUSTODY_ACCESS_TOKEN_SECONDS", 300, minimum=30)
 if CUSTODY_ACCESS_TOKEN_SECONDS > 900:

@@ -64,3 +64,11 @@ def client_ip(request) -> str | None:
         if not any(client in network for network in trusted):
             break
     return str(client)
+
+
+def peer_is_trusted_proxy(request) -> bool:
+    """Whether the direct peer is one of TRUSTED_PROXIES (so its headers may be believed)."""
+    peer = _address(request.META.get("REMOTE_ADDR", ""))
+    if peer is None:
+        return False
+    return any(peer in network for network in parse_trusted_proxies(settings.TRUSTED_PROXIES))

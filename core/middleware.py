@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.core.signals import request_finished
 from django.http import JsonResponse
 
 from core.api_errors import is_oauth_view, oauth_error_body
@@ -104,3 +105,54 @@ class PersonTimeZoneMiddleware:
         else:
             timezone.deactivate()
         return self.get_response(request)
+
+
+class RequestIdMiddleware:
+    """Give every request an id for its log lines (and the tasks it enqueues), answered back in
+    X-Request-ID. A proxy's X-Request-ID is kept only when the peer is a trusted proxy and the
+    id is well formed; otherwise anyone could forge or flood the id that ties lines together."""
+
+    HEADER = "X-Request-ID"
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        from core import log_context
+        from core.client_ip import client_ip, peer_is_trusted_proxy
+
+        request_id = None
+        if peer_is_trusted_proxy(request):
+            request_id = log_context.valid_request_id(request.headers.get(self.HEADER))
+        request.request_id = request_id or log_context.new_request_id()
+        # Kept after the response (Django logs refused responses after the middleware ran);
+        # request_finished clears it.
+        log_context.replace({"request_id": request.request_id, "client_ip": client_ip(request)})
+        response = self.get_response(request)
+        response[self.HEADER] = request.request_id
+        return response
+
+
+class LogPersonMiddleware:
+    """Name the signed-in person on the request's log lines (agents are named by their
+    authentication, agents.authentication)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        from core import log_context
+
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            log_context.bind(person=user.get_username())
+        return self.get_response(request)
+
+
+def _forget_the_request(**kwargs) -> None:
+    from core import log_context
+
+    log_context.replace({})
+
+
+request_finished.connect(_forget_the_request, dispatch_uid="custody-log-context-finished")

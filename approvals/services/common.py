@@ -3,6 +3,7 @@ evidence of an agent's refused call."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from django.conf import settings
@@ -19,6 +20,8 @@ from approvals.models import (
 )
 from audit.services import Actor, record_throttled
 from core.errors import Conflict, InvalidInput
+
+security_log = logging.getLogger("custody.security")
 
 Status = AccessRequest.Status
 
@@ -107,6 +110,12 @@ def agent_refusal_evidence(
     call at will, so each agent has its own per-minute budget per verb (the first are kept)."""
     if grant is not None:
         ids = {"access_request_id": grant.access_request_id, "grant_id": grant.pk, **ids}
+    security_log.warning(
+        "Agent refused: %s (%s)",
+        verb,
+        data.get("why", ""),
+        extra={"event": verb, "refused_agent": agent.spiffe_id, "why": data.get("why"), **ids},
+    )
     record_throttled(
         bucket=f"refused:{verb}:{agent.pk}",
         per_minute=settings.CUSTODY_AUTH_FAILURE_AUDIT_PER_MINUTE,

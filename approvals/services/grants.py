@@ -26,6 +26,7 @@ from approvals.services.common import (
 )
 from approvals.signals import GrantEnding, grants_ended
 from audit.services import Actor, deferred_evidence, record
+from core import log_context
 from core.errors import Conflict, NotFound
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ def grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
         issued_at=now,
         expires_at=expires_at,
     )
+    log_context.bind(
+        grant_id=grant.pk, access_request_id=access_request.pk, task_id=access_request.task_id
+    )
     record(
         actor=actor,
         verb="grant.issued",
@@ -85,6 +89,13 @@ def grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
             "approvers": grant_approvers(grant),
             "parent_grant_id": grant.parent_id,
         },
+    )
+    logger.info(
+        "Grant #%s issued: %s until %s",
+        grant.pk,
+        privilege.name,
+        expires_at.isoformat(),
+        extra={"event": "grant.issued"},
     )
     transaction.on_commit(lambda: _schedule_expiry(grant.pk, expires_at))
     return grant
@@ -142,6 +153,12 @@ def _record_endings(
             revoked_at=now, revoke_reason=why, revoked_by=actor.id
         )
     for ending, why, cascade_from in ended:
+        logger.info(
+            "Grant #%s ended: %s",
+            ending.pk,
+            why,
+            extra={"event": "grant.ended", "grant_id": ending.pk, "reason": why},
+        )
         record(
             actor=actor,
             verb="grant.expired" if why == Reason.EXPIRED else "grant.revoked",

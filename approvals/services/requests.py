@@ -3,6 +3,7 @@ request for more time on a live grant."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -37,7 +38,10 @@ from approvals.services.grants import first_of_extensions, grant_issue
 from approvals.services.tokens import token_issue
 from approvals.tokens import IssuedToken
 from audit.services import Actor, deferred_evidence, record, record_throttled
+from core import log_context
 from core.errors import Conflict, InvalidInput, NotFound, TooManyRequests
+
+security_log = logging.getLogger("custody.security")
 
 Status = AccessRequest.Status
 
@@ -220,6 +224,7 @@ def _submit(
             escalation_at=now + timedelta(seconds=deadline_seconds // 2),
         )
         ids = {"agent_id": agent.pk, "access_request_id": access_request.pk}
+        log_context.bind(access_request_id=access_request.pk, task_id=access_request.task_id)
         record(
             actor=actor,
             verb="request.created",
@@ -249,6 +254,11 @@ def _submit(
         result = SubmitResult(access_request)
         if outcome.outcome == "deny":
             request_transition(access_request, Status.DENIED, reason="denied by policy")
+            security_log.warning(
+                "Policy denied the request: %s",
+                outcome.reason,
+                extra={"event": "request.denied", "policies": outcome.policy_ids},
+            )
             record(
                 actor=Actor.system("policy"),
                 verb="request.denied",

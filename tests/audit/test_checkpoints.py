@@ -22,6 +22,7 @@ from rest_framework.test import APIClient
 
 from audit.models import GENESIS_HASH, AuditCheckpoint, AuditEvent, ChainCheck
 from audit.tasks import publish_audit_checkpoint, verify_audit_chain
+from core import log_context
 from tests.factories import AuditEventFactory, UserFactory
 from tests.workers import Worker
 
@@ -396,3 +397,32 @@ def test_beat_publishes_checkpoints_with_no_test_code_calling_the_task(settings,
     settings.CUSTODY_CHECKPOINT_FILE = published
     assert verify().startswith(f"Audit chain intact: {events[-1].sequence} events verified.")
     assert AuditCheckpoint.objects.count() == len(published.read_text().splitlines()) >= 2
+
+
+def test_a_broken_chain_is_logged_at_error(history, caplog):
+    events, _ = history
+    admin = UserFactory(username="auditor", is_staff=True, is_superuser=True)
+    web = Client()
+    web.force_login(admin)
+    with as_the_owner() as cursor:
+        rewrite_and_rehash(cursor, events[1].sequence, "grant.revoked")
+        erase_database_copies(cursor)
+
+    response = web.post("/audit/verify/")
+    assert verify_audit_chain() is False
+    broken = [
+        record
+        for record in caplog.records
+        if getattr(record, "event", None) == "audit.chain_broken"
+    ]
+    assert [record.levelno for record in broken] == [logging.ERROR, logging.ERROR]
+    assert broken[0].first_bad_sequence == ChainCheck.objects.first().first_bad_sequence
+    assert "BROKEN at sequence" in broken[0].getMessage()
+    # The check a person started names them and their request.
+    assert log_context.fields_of(broken[0])["request_id"] == response["X-Request-ID"]
+    assert log_context.fields_of(broken[0])["person"] == "auditor"
+
+
+def test_an_intact_chain_logs_no_error(history, caplog):
+    assert verify_audit_chain() is True
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
