@@ -49,6 +49,7 @@ DEFAULT_DESCRIPTIONS = {
     403: "Authenticated, but not allowed to do this.",
     404: "Nothing by that id that the caller may see.",
     409: "The thing is no longer in a state that allows this.",
+    413: "The body is larger than Custody accepts (DATA_UPLOAD_MAX_MEMORY_SIZE, 64 KiB default).",
     429: "Too many; `Retry-After` says when trying again can succeed.",
     503: "The database is unavailable for a moment; `Retry-After` says when to try again.",
 }
@@ -90,6 +91,9 @@ class CustodyAutoSchema(AutoSchema):
         statuses: dict[int, str] = {503: DEFAULT_DESCRIPTIONS[503]}
         if self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer() is not None:
             statuses[400] = DEFAULT_DESCRIPTIONS[400]
+        if self.method in ("POST", "PUT", "PATCH"):
+            # core.middleware.BodySizeLimitMiddleware refuses oversize bodies before any view.
+            statuses[413] = DEFAULT_DESCRIPTIONS[413]
         if any(parameter.get("in") == "query" for parameter in self._get_parameters()):
             statuses[400] = DEFAULT_DESCRIPTIONS[400]
         authenticators = list(getattr(view, "authentication_classes", []))
