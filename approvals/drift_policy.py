@@ -132,4 +132,4 @@ def decide_drift(
             ids.append(compiled.label(pid))
             if STRENGTH.get(wanted, 1) > STRENGTH[outcome]:
                 outcome = wanted if wanted in STRENGTH else "flag"
-    return DriftDecision(outcome, ids)
+    return DriftDecision(outcome, sorted(ids))  # Cedar's reasons are a set: evidence reads the same

@@ -192,7 +192,9 @@ def test_a_drift_end_on_the_parent_ends_every_delegated_grant_audited(
         event.grant_id: event.data for event in AuditEvent.objects.filter(verb="grant.revoked")
     }
     assert revoked[grant_a.pk]["reason"] == "drift"
-    assert "Drift (target) under wrong-target-ends" in revoked[grant_a.pk]["detail"]
+    assert (
+        "Drift (target) under any-drift-flags, wrong-target-ends" in revoked[grant_a.pk]["detail"]
+    )
     assert revoked[grant_b.pk]["reason"] == revoked[grant_c.pk]["reason"] == "cascade"
     assert revoked[grant_b.pk]["cascade_from"] == revoked[grant_c.pk]["cascade_from"] == grant_a.pk
     flagged = AuditEvent.objects.get(verb="grant.drift_flagged")

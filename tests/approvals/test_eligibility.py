@@ -127,7 +127,9 @@ def test_a_sub_agent_must_itself_be_eligible(agent_api, agent, privileges, signe
     refused = exchange(agent_api, token, signer.act(helper.spiffe_id), duration_seconds=300)
 
     assert refused.status_code == 403, refused.content
-    assert "Helper is not eligible for payments-db:read" in refused.json()["error"]["message"]
+    assert (
+        "Helper is not eligible for payments-db:read" in refused.json()["custody_error"]["message"]
+    )
 
     make_eligible(helper, privileges["read"])
     allowed = exchange(agent_api, token, signer.act(helper.spiffe_id), duration_seconds=300)

@@ -102,7 +102,7 @@ def test_a_delegation_counts_against_the_sub_agents_cap(agent_api, foreign_d, si
     refused = exchange(agent_api, token_a, signer.act(foreign_d.spiffe_id), as_json=True)
 
     assert refused.status_code == 429, refused.content
-    assert refused.json()["error"]["code"] == "too_many_pending_requests"
+    assert refused.json()["custody_error"]["code"] == "too_many_pending_requests"
     assert "Retry-After" in refused
     assert pending(foreign_d) == CAP
     event = AuditEvent.objects.get(verb="request.throttled")

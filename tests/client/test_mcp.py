@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import anyio
 import httpx
@@ -22,69 +19,11 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from approvals.models import AccessRequest, Grant
 from audit.models import AuditEvent
-from tests import workers
-from tests.workers import ROOT, Worker, free_port
+from tests.workers import ROOT, Gunicorn, Worker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 PASSWORD = "correct horse battery staple"  # tests.factories.UserFactory's
-
-
-class Gunicorn:
-    """Custody under gunicorn on the test database; cookies over plain HTTP for the test."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        handle, name = tempfile.mkstemp(prefix="gunicorn-", suffix=".log")
-        self.log = os.fdopen(handle, "w")
-        self.log_path = Path(name)
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "config.test_settings",
-            "DATABASE_URL": workers.test_database_url(),
-            "SESSION_COOKIE_SECURE": "false",
-            "CSRF_COOKIE_SECURE": "false",
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("gunicorn")),
-                "config.wsgi",
-                f"--bind=127.0.0.1:{self.port}",
-                "--workers=2",
-                "--worker-class=gthread",
-                "--threads=4",
-                "--timeout=60",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/.well-known/jwks.json", timeout=2).status_code == 200:
-                    return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"gunicorn did not start:\n{self.output()[-4000:]}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
 
 
 class McpSession:
@@ -212,7 +151,8 @@ def worker(django_db_setup, django_db_blocker):
 
 @pytest.fixture
 def custody_server(worker, privileges):
-    server = Gunicorn()
+    # Cookies over plain HTTP: the sponsor signs in to this server.
+    server = Gunicorn(env={"SESSION_COOKIE_SECURE": "false", "CSRF_COOKIE_SECURE": "false"})
     yield server
     server.stop()
 
