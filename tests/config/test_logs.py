@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests import workers
 from tests.config.test_settings import ROOT, STRONG_KEY, refusal, start
-from tests.workers import free_port, test_database_url
+from tests.workers import free_port
 
 PRODUCTION = {"SECRET_KEY": STRONG_KEY, "ALLOWED_HOSTS": "custody.example"}
 LOG_A_LINE = (
@@ -73,7 +74,7 @@ def test_gunicorn_and_the_app_write_json_lines_naming_the_request(tmp_path):
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.test_settings",
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": workers.test_database_url(),
         "CUSTODY_LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
     }
