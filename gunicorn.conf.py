@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from config.env import env_bool, env_list, env_str
+from core.env import env_bool, env_list, env_str
 from core.client_ip import parse_trusted_proxies
 
 forwarded_allow_ips = ",".join(

@@ -15,7 +15,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int, env_list, env_str
+from core.env import env_bool, env_int, env_list, env_str
 from core.client_ip import parse_trusted_proxies
 
 BASE_DIR = Path(__file__).resolve().parent.parent
