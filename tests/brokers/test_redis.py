@@ -29,7 +29,8 @@ def target(server, monkeypatch):
     if server.process.poll() is not None:
         server.start()
     monkeypatch.setenv(
-        "CUSTODY_BROKER_CACHE_URL", f"redis://custody-admin:{ADMIN_PASSWORD}@127.0.0.1:{server.port}/0"
+        "CUSTODY_BROKER_CACHE_URL",
+        f"redis://custody-admin:{ADMIN_PASSWORD}@127.0.0.1:{server.port}/0",
     )
     return server
 
@@ -105,8 +106,14 @@ def test_it_gives_channels_when_configured(target):
 def test_it_never_shows_the_password_to_monitor_or_slowlog(target, admin):
     admin.config_set("slowlog-log-slower-than", 0)
     admin.slowlog_reset()
-    monitor = _connect({"host": "127.0.0.1", "port": target.port, "username": "custody-admin",
-                        "password": ADMIN_PASSWORD})
+    monitor = _connect(
+        {
+            "host": "127.0.0.1",
+            "port": target.port,
+            "username": "custody-admin",
+            "password": ADMIN_PASSWORD,
+        }
+    )
     assert _run(monitor, "MONITOR") in (b"OK", "OK")
     secret = get_broker("redis").create(CONFIG, name="custody-g3", expires_at=_expiry()).secret
     admin.echo("end-of-test-marker")
