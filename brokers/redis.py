@@ -114,6 +114,7 @@ class _Admin:
 class RedisBroker(Broker):
     kind = "redis"
     label = "Redis ACL user"
+    secret_parts = ("URL",)
 
     def validate_config(self, config: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(config, dict):
