@@ -123,7 +123,6 @@ class RedisBroker(Broker):
         if unknown:
             raise BrokerConfigError(f"Unknown field(s): {', '.join(sorted(unknown))}.")
         target = check_target(config)
-        _admin_url(target)
         key_patterns = _string_list(config, "key_patterns", required=True)
         channels = _string_list(config, "channels", required=False)
         for pattern in key_patterns + channels:
@@ -146,6 +145,7 @@ class RedisBroker(Broker):
                 )
         if not any(rule.startswith("+") for rule in commands):
             raise BrokerConfigError("commands must allow something: add at least one + rule.")
+        _admin_url(target)  # last: the configuration's own mistakes are told first
         return {
             "target": target,
             "key_patterns": key_patterns,
