@@ -65,9 +65,12 @@ def _string_list(config: dict[str, Any], field: str, *, required: bool) -> list[
 
 def _admin_url(target: str) -> str:
     url = target_secret(target, "URL")
-    if urlsplit(url).scheme not in ("redis", "rediss"):
+    parts = urlsplit(url)
+    db = parts.path.strip("/")
+    if parts.scheme not in ("redis", "rediss") or (db and not db.isdigit()):
         raise BrokerConfigError(
-            f"CUSTODY_BROKER_{target.upper()}_URL must be a redis:// or rediss:// URL."
+            f"CUSTODY_BROKER_{target.upper()}_URL must be a redis:// or rediss:// URL, with a "
+            "database number or none (redis://user:password@host:6379/0)."
         )
     return url
 

@@ -135,7 +135,7 @@ class WebhookBroker(Broker):
             )
         try:
             secret = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BrokerError(
                 f"The webhook at {where} answered {status} with something that is not JSON; the "
                 "credential must be a JSON object."

@@ -197,6 +197,16 @@ def test_it_refuses_a_bad_configuration(target, config, message):
         get_broker("redis").validate_config(config)
 
 
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:6379/0", "redis://custody-admin:pw@127.0.0.1:6379/payments"]
+)
+def test_it_refuses_an_admin_url_that_is_not_redis(target, monkeypatch, url):
+    monkeypatch.setenv("CUSTODY_BROKER_CACHE_URL", url)
+    with pytest.raises(BrokerConfigError, match="must be a redis:// or rediss:// URL") as refused:
+        get_broker("redis").validate_config(CONFIG)
+    assert "pw" not in str(refused.value)
+
+
 def test_it_normalises_a_good_configuration(target):
     assert get_broker("redis").validate_config({**CONFIG, "commands": ["+@READ", "+GET"]}) == {
         **CONFIG,

@@ -101,6 +101,7 @@ def test_a_receiver_that_is_down_is_unavailable(receiver, config):
         (b"username=x password=s3cret-answer", "not JSON"),
         (b'["s3cret-answer"]', "not a non-empty object"),
         (b"{}", "not a non-empty object"),
+        (b"[" * 16000, "not JSON"),
         (json.dumps({"password": "s3cret-answer" * 2000}).encode(), "larger than 16384 bytes"),
     ],
 )
