@@ -17,6 +17,8 @@ What Redis cannot do, and what Custody does instead:
   `MONITOR`, …): some ignore key patterns, others would let a credential outlive its grant.
 - ACL users live in the memory of one server: a replica or cluster node needs a target of its
   own, and a Redis restart without an ACL file forgets the user (which only ends it sooner).
+  With an ACL file, destroy saves it again (`ACL SAVE`), so a user someone saved there while it
+  was live does not come back at the next restart.
 """
 
 from __future__ import annotations
@@ -218,6 +220,13 @@ class RedisBroker(Broker):
                 client.execute_command("CLIENT", "KILL", "USER", name)
             except redis.ResponseError as exc:
                 if "no such user" not in str(exc).lower():
+                    raise
+            # With an ACL file, a user saved there while live would come back at the next
+            # restart: the file is rewritten without it. Without one there is nothing to save.
+            try:
+                client.execute_command("ACL", "SAVE")
+            except redis.ResponseError as exc:
+                if "not configured to use an acl file" not in str(exc).lower():
                     raise
 
     def exists(self, config: dict[str, Any], *, name: str, holder: Holder | None = None) -> bool:

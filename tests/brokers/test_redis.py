@@ -1,7 +1,9 @@
 """The Redis broker against a redis-server this module starts: Custody logs in as an ACL admin
 user (the default user is off), and the credentials it makes are real ACL users."""
 
+import tempfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -213,3 +215,29 @@ def test_it_normalises_a_good_configuration(target):
         "commands": ["+@read", "+get"],
         "channels": [],
     }
+
+
+def test_a_user_saved_to_the_acl_file_while_live_does_not_come_back_after_destroy(monkeypatch):
+    acl_file = Path(tempfile.mkdtemp(prefix="redis-acl-")) / "users.acl"
+    acl_file.write_text(f"user custody-admin on >{ADMIN_PASSWORD} ~* &* +@all\nuser default off\n")
+    server = RedisServer("--aclfile", str(acl_file))
+    try:
+        monkeypatch.setenv(
+            "CUSTODY_BROKER_CACHE_URL",
+            f"redis://custody-admin:{ADMIN_PASSWORD}@127.0.0.1:{server.port}/0",
+        )
+        broker = get_broker("redis")
+        secret = broker.create(CONFIG, name="custody-g8", expires_at=_expiry()).secret
+        admin = redis.Redis(port=server.port, username="custody-admin", password=ADMIN_PASSWORD)
+        admin.acl_save()  # an operator saves the ACLs while the credential is live
+        admin.close()
+
+        broker.destroy(CONFIG, name="custody-g8")
+        server.stop()
+        server.start()
+
+        assert not broker.exists(CONFIG, name="custody-g8")
+        with pytest.raises(redis.AuthenticationError):
+            _connect(secret)
+    finally:
+        server.stop()
