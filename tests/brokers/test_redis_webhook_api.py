@@ -34,11 +34,11 @@ def worker():
 
 
 @pytest.fixture
-def redis_target(monkeypatch):
-    server = RedisServer(
-        *("--user", "custody-admin", "on", f">{ADMIN_PASSWORD}", "~*", "&*", "+@all"),
-        *("--user", "default", "off"),
-    )
+def redis_target(monkeypatch, tmp_path):
+    # Users in an ACL file, so a user saved there survives a restart (the outage test).
+    acl_file = tmp_path / "users.acl"
+    acl_file.write_text(f"user custody-admin on >{ADMIN_PASSWORD} ~* &* +@all\nuser default off\n")
+    server = RedisServer("--aclfile", str(acl_file))
     # In os.environ before the worker starts: it inherits the variable.
     monkeypatch.setenv(
         "CUSTODY_BROKER_CACHE_URL",
@@ -197,3 +197,42 @@ def test_a_webhook_down_at_the_end_leaves_the_revocation_pending_until_it_is_bac
     )
     assert receiver.actions("destroy", 204)
     assert not receiver.accounts.live
+
+
+def test_a_redis_down_at_the_end_leaves_the_revocation_pending_until_it_is_back(
+    redis_target, worker, agent_api, privileges
+):
+    add_broker(
+        privileges["read"],
+        {"target": "cache", "key_patterns": ["payments:*"], "commands": ["+@read"]},
+        kind="redis",
+    )
+    grant_id = granted(agent_api, "payments-db:read", "task-redis-outage")
+    secret = fetch(agent_api, grant_id)
+    admin = redis.Redis(port=redis_target.port, username="custody-admin", password=ADMIN_PASSWORD)
+    admin.acl_save()  # the user survives the restart below: only Custody can end it
+    admin.close()
+    redis_target.stop()
+
+    completed = agent_api.post(f"/api/v1/grants/{grant_id}/complete", format="json")
+
+    assert completed.json()["credential"]["state"] == "destroy_pending"
+    wait_for(
+        lambda: BrokeredCredential.objects.filter(grant_id=grant_id, attempts__gte=2).exists(),
+        what="two failed destroy attempts",
+    )
+    assert "cannot be reached" in BrokeredCredential.objects.get(grant_id=grant_id).last_error
+    assert credential_state(agent_api, grant_id) == "destroy_pending"
+
+    redis_target.start()
+
+    wait_for(
+        lambda: credential_state(agent_api, grant_id) == "destroyed",
+        what=f"the sweep destroying the Redis user:\n{worker.output()[-3000:]}",
+    )
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(secret["url"]).ping()
+    redis_target.stop()
+    redis_target.start()  # and it does not come back from the ACL file
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(secret["url"]).ping()
