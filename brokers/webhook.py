@@ -74,9 +74,8 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def _opener() -> urllib.request.OpenerDirector:
-    return urllib.request.build_opener(
-        urllib.request.HTTPSHandler(context=ssl.create_default_context()), _NoRedirects()
-    )
+    context = ssl.create_default_context(cafile=settings.CUSTODY_BROKER_WEBHOOK_CA_FILE or None)
+    return urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirects())
 
 
 def _excerpt(body: bytes) -> str:
@@ -220,6 +219,12 @@ def _send(config: dict[str, Any], claims: dict[str, Any]) -> tuple[int, bytes]:
         return exc.code, body
     except (OSError, urllib.error.URLError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLCertVerificationError):  # not an outage: a setting
+            raise BrokerError(
+                f"The webhook at {where} presented a certificate Custody does not trust "
+                f"({reason.verify_message}); for an internal CA set "
+                "CUSTODY_BROKER_WEBHOOK_CA_FILE."
+            ) from None
         raise BrokerUnavailable(f"The webhook at {where} cannot be reached: {reason}") from None
 
 

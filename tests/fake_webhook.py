@@ -6,6 +6,7 @@ down and come back on the same port."""
 from __future__ import annotations
 
 import http.server
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,11 +32,13 @@ class FakeWebhook:
     # (status, raw body) answered instead of the real work, oldest first
     overrides: list[tuple[int, bytes]] = field(default_factory=list)
     accounts: Accounts = field(default_factory=Accounts)
+    tls: tuple | None = None  # (cert.pem, key.pem): serve https
     _server: http.server.ThreadingHTTPServer | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/custody/credentials"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/custody/credentials"
 
     def answer_next(self, status: int, body: bytes = b"", times: int = 1) -> None:
         self.overrides.extend([(status, body)] * times)
@@ -83,6 +86,10 @@ class FakeWebhook:
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

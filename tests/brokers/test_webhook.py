@@ -14,6 +14,7 @@ from django.conf import settings
 from approvals import tokens
 from brokers.base import BrokerConfigError, BrokerError, BrokerUnavailable, Holder, get_broker
 from brokers.webhook import REQUEST_TYPE, WebhookBroker  # noqa: F401  (registers the kind)
+from tests.agents.conftest import self_signed_certificate
 from tests.fake_webhook import FakeWebhook
 
 HOLDER = Holder(
@@ -214,3 +215,22 @@ def test_the_audience_defaults_to_the_url():
         "audience": "https://billing.internal/x",
         "timeout": 10,
     }
+
+
+def test_https_to_an_internal_ca_needs_its_bundle(db, settings, tmp_path):
+    settings.CUSTODY_BROKER_WEBHOOK_ALLOW_HTTP = False
+    tls = self_signed_certificate(tmp_path)
+    tokens._current_signing_key()
+    receiver = FakeWebhook(
+        issuer=settings.CUSTODY_ISSUER, audience="billing", jwks=tokens.public_jwks(), tls=tls
+    ).start()
+    config = {"url": receiver.url, "audience": "billing"}
+    try:
+        with pytest.raises(BrokerError, match="certificate Custody does not trust") as refused:
+            get_broker("webhook").create(config, name="custody-g52", expires_at=_expiry())
+        assert not isinstance(refused.value, BrokerUnavailable)
+        settings.CUSTODY_BROKER_WEBHOOK_CA_FILE = str(tls[0])
+        issued = get_broker("webhook").create(config, name="custody-g52", expires_at=_expiry())
+        assert issued.secret["username"] == "custody-g52"
+    finally:
+        receiver.stop()
