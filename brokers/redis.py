@@ -59,7 +59,8 @@ _REFUSED = {"+@all", "+@admin", "+@dangerous", "+acl", "+config", "+module", "+d
 def _string_list(config: dict[str, Any], field: str, *, required: bool) -> list[str]:
     value = config.get(field, [] if not required else None)
     if not isinstance(value, list) or (required and not value):
-        raise BrokerConfigError(f"{field} must be a non-empty list of strings.")
+        kind = "a non-empty list" if required else "a list"
+        raise BrokerConfigError(f"{field} must be {kind} of strings.")
     if not all(isinstance(item, str) and item for item in value):
         raise BrokerConfigError(f"{field} must hold only non-empty strings.")
     return value
@@ -69,7 +70,11 @@ def _admin_url(target: str) -> str:
     url = target_secret(target, "URL")
     parts = urlsplit(url)
     db = parts.path.strip("/")
-    if parts.scheme not in ("redis", "rediss") or (db and not db.isdigit()):
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("redis", "rediss") or (db and not db.isdigit()) or not port_ok:
         raise BrokerConfigError(
             f"CUSTODY_BROKER_{target.upper()}_URL must be a redis:// or rediss:// URL, with a "
             "database number or none (redis://user:password@host:6379/0)."

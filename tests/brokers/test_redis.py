@@ -189,6 +189,7 @@ def test_a_wrong_admin_password_is_an_error_that_does_not_show_it(target, monkey
         ({**CONFIG, "commands": ["+ACL|setuser"]}, "manage the server"),
         ({**CONFIG, "commands": ["-@write"]}, "must allow something"),
         ({**CONFIG, "channels": ["a b"]}, "not a key or channel pattern"),
+        ({**CONFIG, "channels": None}, "channels must be a list of strings"),
         ({**CONFIG, "target": "Cache"}, "target must be"),
         ({**CONFIG, "db": 3}, "Unknown field"),
         ({**CONFIG, "target": "nowhere"}, "CUSTODY_BROKER_NOWHERE_URL"),
@@ -200,7 +201,12 @@ def test_it_refuses_a_bad_configuration(target, config, message):
 
 
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:6379/0", "redis://custody-admin:pw@127.0.0.1:6379/payments"]
+    "url",
+    [
+        "http://127.0.0.1:6379/0",
+        "redis://custody-admin:pw@127.0.0.1:6379/payments",
+        "redis://custody-admin:pw@127.0.0.1:port/0",
+    ],
 )
 def test_it_refuses_an_admin_url_that_is_not_redis(target, monkeypatch, url):
     monkeypatch.setenv("CUSTODY_BROKER_CACHE_URL", url)
