@@ -31,6 +31,13 @@ class PrivilegeBrokerForm(forms.ModelForm):
         return cleaned
 
 
+def _needs_secrets(privilege_broker: PrivilegeBroker) -> bool:
+    try:
+        return bool(get_broker(privilege_broker.kind).secret_parts)
+    except BrokerConfigError:
+        return True
+
+
 def _variables(privilege_broker: PrivilegeBroker) -> list[tuple[str, str]]:
     try:
         broker = get_broker(privilege_broker.kind)
@@ -59,6 +66,8 @@ class PrivilegeBrokerAdmin(admin.ModelAdmin):
     def environment(self, obj):
         rows = _variables(obj) if obj and obj.pk else []
         if not rows:
+            if obj and obj.pk and not _needs_secrets(obj):
+                return "None: this broker needs no connection secret."
             return "Save to see the variables this target needs."
         return format_html_join(", ", "{} ({}, or its _FILE)", rows)
 

@@ -11,4 +11,6 @@ class BrokersConfig(AppConfig):
             metrics,
             postgresql,
             receivers,
+            redis,
+            webhook,
         )

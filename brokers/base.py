@@ -14,6 +14,9 @@ credential (its name, when it was created, whether its destruction is confirmed)
   idempotent (destroying what is gone is success) because the outbox retries it.
   `BrokerUnavailable` means "the target cannot be reached: try again later" and is expected
   during outages; any other exception is a failure worth an alert, retried as well.
+- `holder` (optional on `create`, `destroy` and `exists`) names who the credential is for: the
+  agent, privilege, grant and task. Brokers that provision on the target's side (the webhook)
+  pass it on; the others ignore it. It holds no secret.
 - `exists` answers whether `name` still exists on the target (for the broker's state page, the
   tests and the benchmark); it may raise `BrokerUnavailable`.
 
@@ -56,6 +59,16 @@ class Issued:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Holder:
+    """Who a credential is for: non-secret facts a broker may pass on to the target."""
+
+    agent: str  # the agent's SPIFFE ID
+    privilege: str  # resource:action
+    grant_id: int
+    task_id: str = ""
+
+
 class Broker:
     kind: ClassVar[str]
     label: ClassVar[str]
@@ -66,13 +79,20 @@ class Broker:
     def validate_config(self, config: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def create(self, config: dict[str, Any], *, name: str, expires_at: datetime) -> Issued:
+    def create(
+        self,
+        config: dict[str, Any],
+        *,
+        name: str,
+        expires_at: datetime,
+        holder: Holder | None = None,
+    ) -> Issued:
         raise NotImplementedError
 
-    def destroy(self, config: dict[str, Any], *, name: str) -> None:
+    def destroy(self, config: dict[str, Any], *, name: str, holder: Holder | None = None) -> None:
         raise NotImplementedError
 
-    def exists(self, config: dict[str, Any], *, name: str) -> bool:
+    def exists(self, config: dict[str, Any], *, name: str, holder: Holder | None = None) -> bool:
         raise NotImplementedError
 
 

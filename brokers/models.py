@@ -3,6 +3,8 @@ is also the outbox row for its destruction (written in the transaction that ends
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -35,7 +37,11 @@ class PrivilegeBroker(models.Model):
 
     @property
     def target(self) -> str:
-        return str(self.config.get("target", ""))
+        """The configuration's target; a webhook has none, so its URL's host stands for it
+        (what the state page groups credentials by)."""
+        if target := self.config.get("target"):
+            return str(target)
+        return urlsplit(str(self.config.get("url", ""))).netloc[:64]
 
 
 class BrokeredCredential(models.Model):

@@ -34,6 +34,7 @@ from brokers.base import (
     BrokerConfigError,
     BrokerError,
     BrokerUnavailable,
+    Holder,
     Issued,
     check_target,
     register,
@@ -125,7 +126,14 @@ class PostgresBroker(Broker):
         except psycopg.OperationalError as exc:
             raise BrokerUnavailable(_first_line(exc)) from None
 
-    def create(self, config: dict[str, Any], *, name: str, expires_at: datetime) -> Issued:
+    def create(
+        self,
+        config: dict[str, Any],
+        *,
+        name: str,
+        expires_at: datetime,
+        holder: Holder | None = None,
+    ) -> Issued:
         password = secrets.token_urlsafe(32)
         limit = int(config.get("connection_limit", 2))
         statement = sql.SQL(
@@ -171,7 +179,7 @@ class PostgresBroker(Broker):
             },
         )
 
-    def destroy(self, config: dict[str, Any], *, name: str) -> None:
+    def destroy(self, config: dict[str, Any], *, name: str, holder: Holder | None = None) -> None:
         role = sql.Identifier(name)
         with self._connect(config) as connection:
             try:
@@ -190,7 +198,7 @@ class PostgresBroker(Broker):
             except psycopg.Error as exc:
                 raise BrokerError(_first_line(exc)) from None
 
-    def exists(self, config: dict[str, Any], *, name: str) -> bool:
+    def exists(self, config: dict[str, Any], *, name: str, holder: Holder | None = None) -> bool:
         with self._connect(config) as connection:
             return self._role_exists(connection, name)
 

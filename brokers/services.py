@@ -36,7 +36,7 @@ from agents.models import Agent
 from approvals.models import Grant
 from approvals.signals import GrantEnding
 from audit.services import Actor, record
-from brokers.base import BrokerError, BrokerUnavailable, Issued, get_broker
+from brokers.base import BrokerError, BrokerUnavailable, Holder, Issued, get_broker
 from brokers.models import BrokeredCredential, PrivilegeBroker
 from core.errors import Conflict, DomainError, NotFound, Unavailable
 
@@ -63,6 +63,16 @@ class Delivered:
 def credential_name(grant_id: int) -> str:
     """Unique and never reused: the grant's id and 8 random hex characters."""
     return f"custody_g{grant_id}_{secrets.token_hex(4)}"
+
+
+def _holder(grant: Grant) -> Holder:
+    """Who the credential is for, as the webhook broker tells the target (no secret)."""
+    return Holder(
+        agent=grant.agent.spiffe_id,
+        privilege=grant.scope,
+        grant_id=grant.pk,
+        task_id=grant.task_id,
+    )
 
 
 def _lock_grant(grant_id: int) -> Grant | None:
@@ -148,7 +158,10 @@ def credential_fetch(*, grant_id: int, agent: Agent) -> Delivered:
     broker = get_broker(credential.kind)
     try:
         issued: Issued = broker.create(
-            credential.config, name=credential.name, expires_at=credential.expires_at
+            credential.config,
+            name=credential.name,
+            expires_at=credential.expires_at,
+            holder=_holder(grant),
         )
     except BrokerUnavailable as exc:
         _creation_failed(credential, grant=grant, error=f"unavailable: {exc}")
@@ -255,9 +268,13 @@ def credential_destroy(*, credential_id: int) -> tuple[str, int]:
     )
     if not claimed:
         return "skipped", 0
-    credential = BrokeredCredential.objects.select_related("grant").get(pk=credential_id)
+    credential = BrokeredCredential.objects.select_related(
+        "grant", "grant__agent", "grant__privilege"
+    ).get(pk=credential_id)
     try:
-        get_broker(credential.kind).destroy(credential.config, name=credential.name)
+        get_broker(credential.kind).destroy(
+            credential.config, name=credential.name, holder=_holder(credential.grant)
+        )
     except BrokerUnavailable as exc:
         error = f"unavailable: {exc}"
     except Exception as exc:  # noqa: BLE001  (retried like an outage, and logged)

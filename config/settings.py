@@ -673,6 +673,12 @@ CELERY_BEAT_SCHEDULE["sweep-brokered-credentials"] = {
 CUSTODY_SSF_POLL_WAIT_SECONDS = env_int("CUSTODY_SSF_POLL_WAIT_SECONDS", 10, minimum=0)
 CUSTODY_SSF_POLL_INTERVAL_SECONDS = 0.1
 
+# --- Credential brokers: the webhook broker -----------------------------------------------------
+# Its answers are credentials, so it talks https only; plain http is for DEBUG and tests.
+CUSTODY_BROKER_WEBHOOK_ALLOW_HTTP = env_bool("CUSTODY_BROKER_WEBHOOK_ALLOW_HTTP", DEBUG)
+# A PEM CA bundle for webhook receivers' certificates (an internal PKI); empty: the system's.
+CUSTODY_BROKER_WEBHOOK_CA_FILE = env_str("CUSTODY_BROKER_WEBHOOK_CA_FILE") or ""
+
 # --- Slack approvals ---------------------------------------------------------------------------
 # Slack is on when a bot token and a signing secret are set; callbacks must come from this
 # workspace and app. Requests above a privilege's `slack_max_risk` are approved in the browser.

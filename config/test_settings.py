@@ -16,3 +16,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # of their own, never to var/ where `make run`'s chain keeps its checkpoints.
 if not os.environ.get("CUSTODY_CHECKPOINT_FILE"):
     CUSTODY_CHECKPOINT_FILE = Path(tempfile.gettempdir()) / f"custody-test-{os.getpid()}.jsonl"
+
+# The webhook broker's tests talk to a receiver on 127.0.0.1 over plain http.
+CUSTODY_BROKER_WEBHOOK_ALLOW_HTTP = True

@@ -121,8 +121,9 @@ class Worker:
 class RedisServer:
     """A throwaway redis-server on its own port, which a test may stop and start again."""
 
-    def __init__(self):
+    def __init__(self, *args: str):
         self.port = free_port()
+        self.args = list(args)  # more redis-server options, e.g. --user lines
         self.dir = tempfile.mkdtemp(prefix="redis-")
         self.process: subprocess.Popen | None = None
         self.start()
@@ -146,6 +147,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 self.dir,
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -157,7 +159,7 @@ class RedisServer:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock,
             ):
                 sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
+                if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                     return
             time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
