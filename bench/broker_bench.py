@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import re
@@ -1025,11 +1026,12 @@ def main() -> None:
         redis = RedisServer(var_dir)
         started.append(redis)
         env = environment(var_dir, redis.port, target, args)
-        os.environ.update(env)
+        os.environ.update(env, LOG_LEVEL="WARNING")  # this process: the table, not its logs
         reset_database(env)
         import django
 
         django.setup()
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         from bench.api_bench import SvidSigner
 
         signer = SvidSigner()
