@@ -46,6 +46,34 @@ class TokenFieldsMixin(serializers.Serializer):
     )
 
 
+@extend_schema_serializer(component_name="GrantCredentialState")
+class GrantCredentialStateSerializer(serializers.Serializer):
+    """A brokered credential's state as the grant shows it (never the secret)."""
+
+    state = serializers.ChoiceField(
+        choices=["provisioning", "live", "destroy_pending", "destroyed", "failed"],
+        help_text="`destroy_pending`: the grant ended and the credential is not yet confirmed "
+        "destroyed on its system (revocation pending).",
+    )
+    name = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+    destroyed_at = serializers.DateTimeField(allow_null=True)
+
+
+def grant_credential_state(grant) -> dict | None:
+    """The grant's brokered credential, if the brokers app made one (its reverse relation:
+    approvals never imports brokers)."""
+    credential = getattr(grant, "brokered_credential", None)
+    if credential is None:
+        return None
+    return {
+        "state": credential.state,
+        "name": credential.name,
+        "expires_at": credential.expires_at,
+        "destroyed_at": credential.destroyed_at,
+    }
+
+
 class RequestGrantSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     scope = serializers.CharField()
@@ -60,6 +88,9 @@ class RequestGrantSerializer(serializers.Serializer):
     token_type = serializers.ChoiceField(choices=["Bearer"], allow_null=True)
     expires_in = serializers.IntegerField(
         min_value=0, allow_null=True, help_text="Seconds the access token has left."
+    )
+    credential = GrantCredentialStateSerializer(
+        allow_null=True, help_text="The brokered credential, when one was made (null otherwise)."
     )
 
 

@@ -14,7 +14,12 @@ from django.db import DatabaseError, connection
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import IsAuthenticated
@@ -27,11 +32,13 @@ from approvals.api_outputs import (
     AccessRequestSerializer,
     AccessTokenSerializer,
     DecidedRequestSerializer,
+    GrantCredentialStateSerializer,
     IntentSerializer,
     IntrospectionSerializer,
     JwkSetSerializer,
     PendingApprovalListSerializer,
     ToolCallRecordedSerializer,
+    grant_credential_state,
 )
 from approvals.models import AccessRequest, Decision, Grant
 from core.api_errors import OAuthErrors
@@ -78,6 +85,10 @@ class GrantOutputSerializer(serializers.ModelSerializer):
     parent_id = serializers.IntegerField(
         allow_null=True, help_text="The grant it was delegated from, if any."
     )
+    credential = serializers.SerializerMethodField(
+        help_text="Its brokered credential, when one was made (null otherwise); "
+        "`destroy_pending` is a revocation not yet confirmed by the target system."
+    )
 
     class Meta:
         model = Grant
@@ -94,10 +105,15 @@ class GrantOutputSerializer(serializers.ModelSerializer):
             "request_id",
             "parent_id",
             "depth",
+            "credential",
         ]
 
     def get_active(self, grant) -> bool:
         return grant.is_active()
+
+    @extend_schema_field(GrantCredentialStateSerializer(allow_null=True))
+    def get_credential(self, grant) -> dict | None:
+        return grant_credential_state(grant)
 
 
 class GrantListSerializer(serializers.Serializer):
@@ -166,6 +182,7 @@ def grant_summary(grant: Grant, *, token=None) -> dict:
         "active": grant.is_active(),
         "token_url": f"/api/v1/grants/{grant.pk}/token",
         **token_fields(token),
+        "credential": grant_credential_state(grant),
     }
 
 
@@ -398,7 +415,7 @@ class GrantListApi(APIView):
             raise InvalidInput("active is 'true' or 'false'.", code="invalid_filter")
         grants = selectors.agent_grants(
             request.user.agent, active=None if active is None else active == "true"
-        )
+        ).select_related("brokered_credential")  # the brokers app's reverse relation
         return Response({"results": GrantOutputSerializer(grants[:200], many=True).data})
 
 

@@ -59,6 +59,9 @@ class Issued:
 class Broker:
     kind: ClassVar[str]
     label: ClassVar[str]
+    # The `<PART>`s of the target's environment variables (e.g. ("DSN",)): admin shows whether
+    # each is set, never its value.
+    secret_parts: ClassVar[tuple[str, ...]] = ()
 
     def validate_config(self, config: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -88,10 +91,14 @@ def check_target(config: dict[str, Any]) -> str:
     return target
 
 
+def target_variable(target: str, part: str) -> str:
+    return f"CUSTODY_BROKER_{target.upper()}_{part.upper()}"
+
+
 def target_secret(target: str, part: str) -> str:
     """`CUSTODY_BROKER_<TARGET>_<PART>` (or its `_FILE`), e.g. CUSTODY_BROKER_PAYMENTS_DB_DSN.
     Raises BrokerConfigError naming the variable when it is not set."""
-    name = f"CUSTODY_BROKER_{target.upper()}_{part.upper()}"
+    name = target_variable(target, part)
     try:
         value = env_str(name)
     except ImproperlyConfigured as exc:

@@ -80,6 +80,7 @@ INSTALLED_APPS = [
     "agents",
     "approvals",
     "ssf",
+    "brokers",
     "frontend",
 ]
 
@@ -600,6 +601,7 @@ _SWEEP_TASKS = (
     "agents.tasks.sweep_agent_lifecycle",
     "approvals.tasks.sweep_reviews",
     "ssf.tasks.sweep_security_events",
+    "brokers.tasks.sweep_credentials",
 )
 CELERY_TASK_ROUTES = {
     **{task: {"queue": "sweeps"} for task in _SWEEP_TASKS},
@@ -607,6 +609,7 @@ CELERY_TASK_ROUTES = {
     "approvals.tasks.*": {"queue": "expiry"},
     "audit.tasks.*": {"queue": "notifications"},  # a long walk must never delay an expiry
     "ssf.tasks.*": {"queue": "notifications"},
+    "brokers.tasks.*": {"queue": "notifications"},
 }
 CELERY_BEAT_SCHEDULE = {
     "verify-audit-chain": {"task": "audit.tasks.verify_audit_chain", "schedule": 300.0},
@@ -648,6 +651,24 @@ CUSTODY_SSF_PUSH_MAX_BACKOFF_SECONDS = env_int(
     "CUSTODY_SSF_PUSH_MAX_BACKOFF_SECONDS", 300, minimum=1
 )
 CUSTODY_SSF_PUSH_MAX_ATTEMPTS = env_int("CUSTODY_SSF_PUSH_MAX_ATTEMPTS", 20, minimum=1)
+
+# --- Credential brokers: real credentials (PostgreSQL roles, ...) destroyed through an outbox --
+# The beat sweep retries due destructions this often; a failed destroy backs off (1, 2, 4 ...
+# seconds, at most the maximum) and logs an error from this many attempts on. A creation holds
+# its row this long (no destroy may start meanwhile): longer than a broker's timeouts.
+CUSTODY_BROKER_SWEEP_SECONDS = env_int("CUSTODY_BROKER_SWEEP_SECONDS", 10, minimum=1)
+CUSTODY_BROKER_MAX_BACKOFF_SECONDS = env_int("CUSTODY_BROKER_MAX_BACKOFF_SECONDS", 30, minimum=1)
+CUSTODY_BROKER_ALERT_ATTEMPTS = env_int("CUSTODY_BROKER_ALERT_ATTEMPTS", 5, minimum=1)
+CUSTODY_BROKER_PROVISION_LEASE_SECONDS = env_int(
+    "CUSTODY_BROKER_PROVISION_LEASE_SECONDS", 60, minimum=5
+)
+CUSTODY_BROKER_DESTROY_LEASE_SECONDS = env_int(
+    "CUSTODY_BROKER_DESTROY_LEASE_SECONDS", 30, minimum=5
+)
+CELERY_BEAT_SCHEDULE["sweep-brokered-credentials"] = {
+    "task": "brokers.tasks.sweep_credentials",
+    "schedule": float(CUSTODY_BROKER_SWEEP_SECONDS),
+}
 # An RFC 8936 poll waits up to this long for an event unless `returnImmediately`.
 CUSTODY_SSF_POLL_WAIT_SECONDS = env_int("CUSTODY_SSF_POLL_WAIT_SECONDS", 10, minimum=0)
 CUSTODY_SSF_POLL_INTERVAL_SECONDS = 0.1

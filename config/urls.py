@@ -39,6 +39,7 @@ api_v1 = [
     path("", include("approvals.urls")),
     path("", include("audit.urls")),
     path("", include("ssf.urls")),
+    path("", include("brokers.urls")),
 ]
 
 urlpatterns = [
