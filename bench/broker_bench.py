@@ -1,15 +1,17 @@
 """Brokered PostgreSQL credentials: from a grant's end to the credential being unusable.
 
     PYTHONPATH=client .venv/bin/python bench/broker_bench.py [--grants 500] [--window 60]
-        [--outage 30] [--scenarios steady,outage] [--sweep-seconds 10] [--sample 30]
+        [--outage 30] [--scenarios steady,outage] [--broker-sweep-seconds 10] [--sample 30]
+        [--admin superuser|createrole]
 
 What it starts (and stops on exit, error or SIGTERM):
 - the *target*: its own PostgreSQL cluster (bench/target_cluster.py: initdb in a temporary
-  folder, a free port, fsync off, SCRAM passwords over TCP) holding a `payments` database, the
-  group role `payments_read` (SELECT on `invoices`) and `broker_admin` (CREATEROLE, member of
-  pg_signal_backend), the role Custody's broker connects as through
-  CUSTODY_BROKER_BENCH_TARGET_DSN. The machine's PostgreSQL on 5432 is never stopped: Custody's
-  own database, `custody_broker_bench`, lives there (dropped, created and migrated each run);
+  folder, a free port, fsync off, SCRAM passwords over TCP) holding a `payments` database and
+  the group role `payments_read` (SELECT on `invoices`). Custody's broker connects through
+  CUSTODY_BROKER_BENCH_TARGET_DSN as the cluster's superuser, or with `--admin createrole` as
+  `broker_admin` (CREATEROLE, ADMIN OPTION on the group role, pg_signal_backend: least
+  privilege). The machine's PostgreSQL on 5432 is never stopped: Custody's own database,
+  `custody_broker_bench`, lives there (dropped, created and migrated each run);
 - its own redis-server on a free port (Celery broker db 0, cache db 1);
 - Custody under gunicorn (2 gthread workers × 4 threads) and one Celery worker with beat
   embedded, on production settings (DEBUG off).
@@ -286,9 +288,12 @@ def start_worker(env: dict, var_dir: Path, args) -> Service:
 class Target:
     cluster: TargetCluster
     admin_password: str
+    admin: str  # who Custody's broker connects as: superuser, or createrole (least privilege)
 
     @property
     def broker_dsn(self) -> str:
+        if self.admin == "superuser":
+            return self.cluster.dsn("postgres", self.cluster.superuser_password, TARGET_DB)
         return self.cluster.dsn(ADMIN_ROLE, self.admin_password, TARGET_DB)
 
     def roles_left(self) -> int:
@@ -298,7 +303,7 @@ class Target:
         return rows[0][0]
 
 
-def start_target() -> Target:
+def start_target(admin: str = "superuser") -> Target:
     import secrets
 
     cluster = TargetCluster()
@@ -317,7 +322,7 @@ def start_target() -> Target:
         f"GRANT SELECT ON invoices TO {GROUP_ROLE}",
     ):
         cluster.execute(sql, dbname=TARGET_DB)
-    return Target(cluster=cluster, admin_password=password)
+    return Target(cluster=cluster, admin_password=password, admin=admin)
 
 
 class RolePoller(threading.Thread):
@@ -559,6 +564,7 @@ def environment(var_dir: Path, redis_port: int, target: Target, args) -> dict[st
         CUSTODY_CUMULATIVE_FACTOR="0",
         CUSTODY_MAX_PENDING_PER_AGENT="1000000",
         CUSTODY_SWEEP_SECONDS=str(args.sweep_seconds),
+        CUSTODY_BROKER_SWEEP_SECONDS=str(args.broker_sweep_seconds),
         **{f"CUSTODY_BROKER_{TARGET.upper()}_DSN": target.broker_dsn},
     )
     return env
@@ -591,14 +597,57 @@ def seed_custody(signer):
 
 
 def attach_broker(privilege) -> None:
-    """payments-db:read gets the PostgreSQL broker, as an admin saving it would."""
-    raise NotImplementedError("needs brokers-core: the privilege's broker")
+    """payments-db:read gets the PostgreSQL broker, as an admin saving it in admin would (the
+    broker checks the group role exists on the target)."""
+    from audit.services import Actor
+    from brokers.models import PrivilegeBroker
+    from brokers.services import privilege_broker_save
+
+    privilege_broker_save(
+        privilege_broker=PrivilegeBroker(
+            privilege=privilege,
+            kind="postgresql",
+            config={
+                "target": TARGET,
+                "group_role": GROUP_ROLE,
+                "connection_limit": CONNECTION_LIMIT,
+            },
+        ),
+        actor=Actor.system("bench"),
+    )
 
 
-def credentials_not_destroyed(grant_ids: list[int]) -> int:
-    """Custody's side: brokered credentials of these grants whose destruction the target has
-    not confirmed."""
-    raise NotImplementedError("needs brokers-core: the outbox")
+@dataclass(frozen=True)
+class Outbox:
+    """Custody's side of these grants' credentials, read from the outbox rows."""
+
+    not_destroyed: int
+    destroyed_after_end: list  # destroyed_at - end_requested_at, seconds
+    attempts_max: int
+    attempts_total: int
+    last_errors: list
+
+
+def outbox(grant_ids: list[int]) -> Outbox:
+    from brokers.models import BrokeredCredential
+
+    rows = list(
+        BrokeredCredential.objects.filter(grant_id__in=grant_ids).values_list(
+            "state", "end_requested_at", "destroyed_at", "attempts", "last_error"
+        )
+    )
+    destroyed = BrokeredCredential.State.DESTROYED
+    return Outbox(
+        not_destroyed=sum(1 for state, *_ in rows if state != destroyed),
+        destroyed_after_end=[
+            (done - asked).total_seconds()
+            for state, asked, done, _, _ in rows
+            if state == destroyed and asked and done
+        ],
+        attempts_max=max((attempts for *_, attempts, _ in rows), default=0),
+        attempts_total=sum(attempts for *_, attempts, _ in rows),
+        last_errors=sorted({error for *_, error in rows if error})[:3],
+    )
 
 
 def now_epoch() -> float:
@@ -631,7 +680,7 @@ class ScenarioResult:
     not_ended: int = 0
     never_seen: int = 0
     roles_left: int = -1
-    not_destroyed: int = -1
+    outbox: Outbox | None = None
     end_errors: list = field(default_factory=list)
     polls: int = 0
     failed_polls: int = 0
@@ -816,7 +865,7 @@ def run_scenario(
     result.sessions_lost_to_outage = prober.sessions_lost_to_outage
     result.polls, result.failed_polls = poller.polls, poller.failed
     result.roles_left = target.roles_left()
-    result.not_destroyed = credentials_not_destroyed(ids)
+    result.outbox = outbox(ids)
     result.worker_log = read_worker_log(worker.output()[log_offset:])
     return result
 
@@ -941,11 +990,7 @@ def report(results: list[ScenarioResult], args, config: dict) -> None:
     row(
         "open session ended, from grant end",
         each(
-            lambda r: (
-                f"outage ended {r.sessions_lost_to_outage}"
-                if r.outage
-                else triple(Summary.of(delays(r.ends, r.terminated)))
-            )
+            lambda r: "not held" if r.outage else triple(Summary.of(delays(r.ends, r.terminated)))
         ),
         "p50 / p99 / max s",
     )
@@ -963,8 +1008,17 @@ def report(results: list[ScenarioResult], args, config: dict) -> None:
     )
     row(
         "Custody: destructions not confirmed",
-        each(lambda r: str(r.not_destroyed)),
-        "0: " + ("ok" if all(r.not_destroyed == 0 for r in results) else "MISSED"),
+        each(lambda r: str(r.outbox.not_destroyed)),
+        "0: " + ("ok" if all(r.outbox.not_destroyed == 0 for r in results) else "MISSED"),
+    )
+    row(
+        "Custody: destroyed_at - end, p50/p99/max",
+        each(lambda r: triple(Summary.of(r.outbox.destroyed_after_end))),
+        "its own clock",
+    )
+    row(
+        "Custody: destroy attempts, total / max",
+        each(lambda r: f"{r.outbox.attempts_total} / {r.outbox.attempts_max}"),
     )
     row("bench's revoke/complete calls failed", each(lambda r: str(len(r.end_errors))), "0")
     row("waited after window end", each(lambda r: f"{r.waited_after_window:.1f} s"))
@@ -980,9 +1034,17 @@ def report(results: list[ScenarioResult], args, config: dict) -> None:
     for r in results:
         for grant_id, error in r.end_errors[:3]:
             print(f"  {r.name}: grant {grant_id}: {error}")
+        for error in r.outbox.last_errors:
+            print(f"  {r.name}: a destroy attempt failed: {error}")
 
 
 # --- main -----------------------------------------------------------------------------------------
+
+
+def max_backoff() -> int:
+    from django.conf import settings
+
+    return settings.CUSTODY_BROKER_MAX_BACKOFF_SECONDS
 
 
 def load_average() -> str:
@@ -1005,7 +1067,23 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=30, help="credentials probed by login")
     parser.add_argument("--issuers", type=int, default=4, help="agent connections issuing")
     parser.add_argument("--concurrency", type=int, default=2, help="the worker's pool size")
-    parser.add_argument("--queues", default="expiry,sweeps,notifications,brokers")
+    parser.add_argument(
+        "--broker-sweep-seconds",
+        type=int,
+        default=10,
+        help="CUSTODY_BROKER_SWEEP_SECONDS (beat resends due destructions)",
+    )
+    parser.add_argument(
+        "--queues",
+        default="expiry,sweeps,notifications",
+        help="the worker's queues (brokers.tasks.* go to notifications, their sweep to sweeps)",
+    )
+    parser.add_argument(
+        "--admin",
+        choices=["superuser", "createrole"],
+        default="superuser",
+        help="the target role Custody's broker connects as",
+    )
     parser.add_argument("--lead", type=float, default=10, help="least seconds before the window")
     parser.add_argument(
         "--grace", type=float, default=120, help="seconds after the window (or the outage)"
@@ -1022,7 +1100,7 @@ def main() -> None:
     started: list = []
     target = None
     try:
-        target = start_target()
+        target = start_target(args.admin)
         redis = RedisServer(var_dir)
         started.append(redis)
         env = environment(var_dir, redis.port, target, args)
@@ -1052,9 +1130,12 @@ def main() -> None:
             f"(expired {args.expired} : revoked {args.revoked} : completed {args.completed})",
             "web": "gunicorn config.wsgi, 2 gthread workers x 4 threads",
             "worker": " ".join(worker_command(args)[1:]),
-            "sweep interval": f"CUSTODY_SWEEP_SECONDS={args.sweep_seconds}",
-            "target": f"own PostgreSQL {version} cluster, fsync off; Custody's own "
-            f"database on 127.0.0.1:5432",
+            "sweep intervals": f"CUSTODY_BROKER_SWEEP_SECONDS={args.broker_sweep_seconds} "
+            f"(pending destructions), CUSTODY_SWEEP_SECONDS={args.sweep_seconds} (expiry); "
+            f"destroy back-off 1, 2, 4 ... s up to {max_backoff()} s",
+            "target": f"own PostgreSQL {version} cluster, fsync off, broker connects as "
+            f"{'its superuser' if args.admin == 'superuser' else ADMIN_ROLE + ' (CREATEROLE)'}; "
+            f"Custody's own database on 127.0.0.1:5432",
             "probes": f"pg_roles every {args.poll_ms} ms; login (and open session) every "
             f"{args.poll_ms} ms for {args.sample} credentials",
             "load average": f"{load_before} before, {load_average()} after "

@@ -59,7 +59,8 @@ class TargetCluster:
             self.user = pwd.getpwnam("postgres")
             os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
         pwfile = self.dir / "superuser-password"
-        pwfile.write_text(secrets.token_urlsafe(24))
+        self.superuser_password = secrets.token_urlsafe(24)
+        pwfile.write_text(self.superuser_password)
         if self.user:
             os.chown(pwfile, self.user.pw_uid, self.user.pw_gid)
         self._run(
