@@ -870,15 +870,33 @@ def run_scenario(
     return result
 
 
-TASK_LINE = re.compile(r"Task (brokers\.tasks\.\w+)\[[^\]]+\] (received|succeeded|retry|raised)")
+DESTROY = r"Task brokers\.tasks\.destroy_credential\[[^\]]+\] "
+DESTROY_RECEIVED = re.compile(DESTROY + "received")
+DESTROY_RAN = re.compile(DESTROY + r"succeeded in ([\d.]+)s: '(\w+)'")
+DESTROY_RETRY = re.compile(DESTROY + "retry")
+SWEEP_SENT = re.compile(
+    r"Task brokers\.tasks\.sweep_credentials\[[^\]]+\] succeeded in [\d.]+s: (\d+)"
+)
 
 
 def read_worker_log(text: str) -> dict:
-    counts: dict = {}
-    for task, what in TASK_LINE.findall(text):
-        counts[(task.rsplit(".", 1)[1], what)] = counts.get((task.rsplit(".", 1)[1], what), 0) + 1
-    counts["errors"] = len(re.findall(r"\bERROR\b", text))
-    return counts
+    """The worker's own account of the destroy tasks: how many it received, what each run
+    came to (`destroyed`, or `skipped`: not due or already claimed, e.g. a duplicate the sweep
+    sent), the retries, how long a run that destroyed took, and how many the sweep resent."""
+    outcomes: dict[str, int] = {}
+    destroy_seconds = []
+    for run_seconds, outcome in DESTROY_RAN.findall(text):
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if outcome == "destroyed":
+            destroy_seconds.append(float(run_seconds))
+    return {
+        "received": len(DESTROY_RECEIVED.findall(text)),
+        "outcomes": outcomes,
+        "retries": len(DESTROY_RETRY.findall(text)),
+        "destroy_seconds": destroy_seconds,
+        "sweep_sent": sum(int(sent) for sent in SWEEP_SENT.findall(text)),
+        "errors": len(re.findall(r"\bERROR\b", text)),
+    }
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -1024,13 +1042,28 @@ def report(results: list[ScenarioResult], args, config: dict) -> None:
     row("waited after window end", each(lambda r: f"{r.waited_after_window:.1f} s"))
     row("pg_roles polls (failed)", each(lambda r: f"{r.polls} ({r.failed_polls})"))
 
-    def tasks(r) -> str:
-        log = r.worker_log
-        received = sum(v for k, v in log.items() if isinstance(k, tuple) and k[1] == "received")
-        retried = sum(v for k, v in log.items() if isinstance(k, tuple) and k[1] == "retry")
-        return f"{received} / {retried} / {log.get('errors', 0)}"
-
-    row("worker: broker tasks / retries / ERRORs", each(tasks))
+    row(
+        "worker: destroy tasks received",
+        each(lambda r: str(r.worker_log["received"])),
+        "one per credential and retry",
+    )
+    row(
+        "  runs destroyed / retried / skipped",
+        each(
+            lambda r: (
+                f"{r.worker_log['outcomes'].get('destroyed', 0)} / "
+                f"{r.worker_log['retries']} / {r.worker_log['outcomes'].get('skipped', 0)}"
+            )
+        ),
+        "skipped: not due or claimed",
+    )
+    row(
+        "  run that destroyed: p50 / p99 / max",
+        each(lambda r: triple(Summary.of(r.worker_log["destroy_seconds"]))),
+        "seconds",
+    )
+    row("  resent by the sweep", each(lambda r: str(r.worker_log["sweep_sent"])))
+    row("  ERROR lines", each(lambda r: str(r.worker_log["errors"])))
     for r in results:
         for grant_id, error in r.end_errors[:3]:
             print(f"  {r.name}: grant {grant_id}: {error}")

@@ -8,6 +8,7 @@ from bench.broker_bench import (
     after_recovery,
     delays,
     percentile,
+    read_worker_log,
     refused_by_target,
     slots,
     split_kinds,
@@ -29,6 +30,8 @@ def test_it_takes_nearest_rank_percentiles():
 def test_it_summarises_with_the_true_maximum():
     summary = Summary.of([0.3, 0.1, 5.0, 0.2])
     assert summary == Summary(count=4, p50=0.2, p99=5.0, max=5.0)
+    many = Summary.of([*range(1, 200), 1000])  # 200 values: p99 is the 198th, max the outlier
+    assert (many.p99, many.max) == (198, 1000)
     assert Summary.of([]).count == 0
 
 
@@ -86,6 +89,11 @@ def test_it_splits_the_mix_exactly_and_spreads_each_kind():
         part = kinds[tenth * 50 : (tenth + 1) * 50]
         assert 28 <= part.count("expired") <= 32
         assert 8 <= part.count("revoked") <= 12
+    eleven = split_kinds(11, {"expired": 60, "revoked": 20, "completed": 20})  # 6.6, 2.2, 2.2
+    assert [eleven.count(k) for k in ("expired", "revoked", "completed")] == [7, 2, 2]
+    # The largest remainder gets the odd one: 2.25, 1.75, 1.0 → 2, 2, 1 (not 3, 1, 1).
+    five = split_kinds(5, {"expired": 45, "revoked": 35, "completed": 20})
+    assert [five.count(k) for k in ("expired", "revoked", "completed")] == [2, 2, 1]
     odd = split_kinds(7, {"expired": 1, "revoked": 1, "completed": 1})
     assert sorted(odd.count(k) for k in ("expired", "revoked", "completed")) == [2, 2, 3]
 
@@ -109,3 +117,28 @@ def test_it_tells_a_refused_login_from_a_target_that_is_down():
     assert refused_by_target(Exception('FATAL:  role "custody_g1" is not permitted to log in'))
     assert not refused_by_target(Exception(down))
     assert not refused_by_target(Exception(starting))
+
+
+def test_it_reads_the_workers_account_of_destroy_tasks():
+    task = "Task brokers.tasks.destroy_credential"
+    log = "\n".join(
+        [
+            f'{{"message": "{task}[a1] received"}}',
+            f'{{"message": "{task}[a1] retry: Retry in 1s"}}',
+            f'{{"message": "{task}[a1] received"}}',
+            f'{{"message": "{task}[a1] succeeded in 0.25s: \'destroyed\'"}}',
+            f'{{"message": "{task}[b2] succeeded in 0.02s: \'skipped\'"}}',
+            '{"message": "Task brokers.tasks.sweep_credentials[c3] succeeded in 0.1s: 12"}',
+            '{"message": "Task brokers.tasks.sweep_credentials[c4] succeeded in 0.1s: 0"}',
+            '{"level": "ERROR", "message": "Credential custody_g1_ab is still not destroyed"}',
+        ]
+    )
+    account = read_worker_log(log)
+    assert account == {
+        "received": 2,
+        "outcomes": {"destroyed": 1, "skipped": 1},
+        "retries": 1,
+        "destroy_seconds": [0.25],
+        "sweep_sent": 12,
+        "errors": 1,
+    }
