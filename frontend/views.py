@@ -29,6 +29,7 @@ from audit.exports import iter_csv, iter_jsonl
 from audit.models import AuditEvent
 from audit.selectors import audit_trail_of_request, chain_check_latest
 from audit.services import Actor
+from brokers.selectors import grant_credential
 from core.errors import DomainError
 from core.sessions import authenticated_at, second_factor_at
 from frontend.audit_rows import audit_rows
@@ -205,6 +206,7 @@ def request_detail(request, access_request: AccessRequest):
             "decisions": decisions,
             "grant": grant,
             "claims": selectors.grant_token_claims(grant) if grant else None,
+            "credential": grant_credential(grant.pk) if grant else None,
             "drift_flags": selectors.grant_drift_flags(grant) if grant else [],
             "chain": chain,
             "trail": trail,

@@ -133,6 +133,12 @@ def token_call(grant_id: int) -> Call:
     return Call("POST", f"/api/v1/grants/{grant_id}/token", idempotent=True)
 
 
+def credential_call(grant_id: int) -> Call:
+    # Never resent on its own: the credential is delivered once, a second POST is 409.
+    # 503 is not retried either: the grant's credential is spent by the failed attempt.
+    return Call("POST", f"/api/v1/grants/{grant_id}/credential", retry_refusals=False)
+
+
 def submit(*, privilege, task_id, intent, duration, context, wait, max_poll):
     body = request_body(privilege, task_id, intent, duration, context)
     request = (yield Call("POST", "/api/v1/requests", json=body)).body

@@ -455,6 +455,15 @@ class Grant(_GrantBase):
         except GrantEnded as error:
             raise self._ended(error) from error
 
+    def credential(self) -> dict:
+        """The grant's real credential on a brokered system (e.g. a PostgreSQL role): made now,
+        delivered once (`secret`: username, password, dsn, ...), destroyed when the grant ends.
+        A second call raises Conflict (`credential_already_delivered`): keep it in memory."""
+        try:
+            return self.client._send(_ops.credential_call(self.id)).body
+        except GrantEnded as error:
+            raise self._ended(error) from error
+
     def complete(self) -> dict:
         """The task is done: the grant (and everything delegated from it) ends now."""
         try:
@@ -680,6 +689,12 @@ class AsyncGrant(_GrantBase):
             return (
                 await self.client._send(Call("POST", f"/api/v1/grants/{self.id}/tool-calls", body))
             ).body
+        except GrantEnded as error:
+            raise self._ended(error) from error
+
+    async def credential(self) -> dict:
+        try:
+            return (await self.client._send(_ops.credential_call(self.id))).body
         except GrantEnded as error:
             raise self._ended(error) from error
 
