@@ -11,6 +11,7 @@ exist; what it may do is what the credential may do), `connection_limit` (1..20,
   `VALID UNTIL` is the defence in depth: the server refuses password logins after the grant's end
   even if Custody never destroys the role (it does not apply to `trust` or certificate auth).
 - destroy: `ALTER ROLE NOLOGIN` (no new session), `pg_terminate_backend` of its sessions,
+  membership of the admin in the role (so a CREATEROLE admin may `DROP OWNED` on PostgreSQL 15),
   `DROP OWNED` (in the admin connection's database) and `DROP ROLE IF EXISTS`. Idempotent.
 Connection refused or timed out → BrokerUnavailable (connect_timeout 5 s, statements 10 s).
 """
@@ -191,6 +192,11 @@ class PostgresBroker(Broker):
                     "WHERE usename = %s AND pid <> pg_backend_pid()",
                     [name],
                 )
+                # DROP OWNED needs the privileges of the role. A least-privilege admin
+                # (CREATEROLE, not superuser) does not get them by creating it on PostgreSQL 15
+                # (16 makes it ADMIN, not a member): it takes membership first, which CREATEROLE
+                # allows for any role that is not a superuser.
+                connection.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
                 connection.execute(sql.SQL("DROP OWNED BY {}").format(role))
                 connection.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
             except psycopg.OperationalError as exc:

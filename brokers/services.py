@@ -299,6 +299,8 @@ def credential_destroy(*, credential_id: int) -> tuple[str, int]:
                         ),
                     ),
                 )
+        if credential.attempts > 1:
+            _target_is_back(credential)
         return "destroyed", 0
     countdown = _backoff(credential.attempts)
     with transaction.atomic():
@@ -323,6 +325,28 @@ def credential_destroy(*, credential_id: int) -> tuple[str, int]:
             extra={"event": "credential.destroy_failing", "grant_id": credential.grant_id},
         )
     return "retry", countdown
+
+
+def _target_is_back(credential: BrokeredCredential) -> None:
+    """A destroy succeeded after failing: its target is reachable again, so every destruction
+    waiting out its back-off on that target is made due and sent now, rather than each one
+    finding out at the end of its own back-off (up to CUSTODY_BROKER_MAX_BACKOFF_SECONDS)."""
+    now = timezone.now()
+    waiting = BrokeredCredential.objects.filter(
+        state=State.DESTROY_PENDING,
+        kind=credential.kind,
+        config__target=credential.config.get("target"),
+        next_attempt_at__gt=now,
+        attempts__gt=0,
+    ).exclude(last_error="")
+    ids = list(waiting.order_by("pk").values_list("pk", flat=True)[:1000])
+    if ids:
+        # A row whose attempt is running right now may be claimed a second time: harmless, a
+        # destroy is idempotent and only the first to finish marks the row destroyed.
+        BrokeredCredential.objects.filter(pk__in=ids, next_attempt_at__gt=now).update(
+            next_attempt_at=now
+        )
+        credentials_destroy_enqueue(credential_ids=ids)
 
 
 def credentials_sweep(*, limit: int = 500, inline: bool = False) -> int:
@@ -356,9 +380,17 @@ def credentials_sweep(*, limit: int = 500, inline: bool = False) -> int:
                 grant_id=credential.grant_id,
                 data=_evidence(credential),
             )
+    # Run inline (the management command), everything due now. Sent to the workers, only what
+    # a message should already have reached: a row is resent once it has waited a whole sweep
+    # interval past the moment its task (sent on commit, or Celery's retry) was due, so a
+    # worker that is merely behind is not handed duplicates that multiply its backlog.
+    overdue = now if inline else now - timedelta(seconds=settings.CUSTODY_BROKER_SWEEP_SECONDS)
     due = list(
         BrokeredCredential.objects.filter(state=State.DESTROY_PENDING)
-        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .filter(
+            Q(next_attempt_at__isnull=True, end_requested_at__lte=overdue)
+            | Q(next_attempt_at__lte=overdue)
+        )
         .order_by("pk")
         .values_list("pk", flat=True)[:limit]
     )

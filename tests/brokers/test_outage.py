@@ -4,6 +4,7 @@ destroys it. Asking for a credential while it is down is a 503 that names the ca
 
 import os
 import uuid
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -88,3 +89,36 @@ def test_a_credential_ended_during_an_outage_is_destroyed_when_the_target_return
     assert agent_api.get(f"/api/v1/grants/{grant_id}").json()["credential"]["state"] == (
         "destroyed"
     )
+
+
+def test_once_one_destroy_succeeds_on_a_returned_target_the_others_stop_waiting_out_their_back_off(
+    agent_api, outage_target
+):
+    """After a long outage each pending destruction waits out its own back-off (up to
+    CUSTODY_BROKER_MAX_BACKOFF_SECONDS). The first to succeed proves the target is back: the
+    others on that target are made due at once."""
+    grants = []
+    for task in ("a", "b", "c"):
+        grant_id = submit(agent_api, task_id=f"task-{task}").json()["grant"]["id"]
+        assert agent_api.post(f"/api/v1/grants/{grant_id}/credential").status_code == 201
+        grants.append(grant_id)
+    outage_target.stop()
+    for grant_id in grants:
+        assert agent_api.post(f"/api/v1/grants/{grant_id}/complete").status_code == 200
+    call_command("sweep_credentials")
+    assert set(BrokeredCredential.objects.values_list("attempts", flat=True)) == {1}
+    # As after a long outage: every row backed off for the next ten minutes but the first.
+    later = timezone.now() + timedelta(minutes=10)
+    BrokeredCredential.objects.update(next_attempt_at=later)
+    first = BrokeredCredential.objects.get(grant_id=grants[0])
+    BrokeredCredential.objects.filter(pk=first.pk).update(next_attempt_at=timezone.now())
+
+    outage_target.start()
+    call_command("sweep_credentials")  # destroys the first; the others are made due
+    call_command("sweep_credentials")
+
+    assert set(BrokeredCredential.objects.values_list("state", flat=True)) == {"destroyed"}
+    left = psycopg.connect(outage_target.dsn, autocommit=True).execute(
+        "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'custody_g%'"
+    )
+    assert left.fetchone() == (0,)

@@ -3,16 +3,19 @@ through the API, able to read and not to write, destroyed (sessions terminated) 
 ends. The password is nowhere in the audit log or the logs."""
 
 import logging
+import os
+import uuid
 
 import psycopg
 import pytest
 from django.core.management import call_command
+from psycopg import sql
 
 from audit.models import AuditEvent
 from brokers import services
 from brokers.base import get_broker
 from brokers.models import BrokeredCredential
-from tests.brokers.conftest import role_exists, submit
+from tests.brokers.conftest import add_broker, admin_execute, role_exists, submit
 from tests.factories import PrivilegeFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -129,3 +132,40 @@ def test_a_creation_abandoned_midway_is_destroyed_once_its_lease_runs_out(
     assert AuditEvent.objects.filter(verb="credential.abandoned", grant_id=grant_id).exists()
     assert not role_exists(credential.name)
     assert fetch(agent_api, grant_id).status_code == 409
+
+
+def test_a_least_privilege_admin_destroys_the_roles_it_made(agent_api, privileges, pg_target):
+    """The broker's admin connection as README recommends it: CREATEROLE (not superuser), ADMIN
+    OPTION on the group role, pg_signal_backend. On PostgreSQL 15 creating a role does not make
+    its creator a member, and DROP OWNED needs that: the destroy takes it first."""
+    admin = f"custody_brokeradmin_{uuid.uuid4().hex[:8]}"
+    group = sql.Identifier(pg_target["group_role"])
+    admin_execute(
+        sql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(sql.Identifier(admin)),
+        sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(group, sql.Identifier(admin)),
+        sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(admin)),
+    )
+    target = f"least_{uuid.uuid4().hex[:8]}"
+    variable = f"CUSTODY_BROKER_{target.upper()}_DSN"
+    os.environ[variable] = f"postgresql://{admin}@127.0.0.1:5432/{pg_target['database']}"
+    try:
+        add_broker(privileges["read"], {"target": target, "group_role": pg_target["group_role"]})
+        grant_id = granted(agent_api)
+        secret = fetch(agent_api, grant_id).json()["secret"]
+        session = psycopg.connect(secret["dsn"], autocommit=True)
+        assert session.execute("SELECT count(*) FROM invoices").fetchone() == (2,)
+
+        assert agent_api.post(f"/api/v1/grants/{grant_id}/complete").status_code == 200
+        call_command("sweep_credentials")
+
+        credential = BrokeredCredential.objects.get(grant_id=grant_id)
+        assert (credential.state, credential.last_error) == ("destroyed", "")
+        assert not role_exists(secret["username"])
+        with pytest.raises(psycopg.OperationalError):
+            session.execute("SELECT 1")
+    finally:
+        os.environ.pop(variable, None)
+        admin_execute(
+            sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(admin)),
+            dsn=pg_target["dsn"],
+        )
