@@ -773,8 +773,9 @@ def report_hour(result: HourResult, args) -> None:
         f"the hour: {args.hour_grants} grants due evenly within {args.hour_window} s (the hour "
         f"compressed {compression:.0f}x: {rate:.0f}/s against 28/s), {args.burst_grants} more due "
         f"within {args.burst_window} s in its middle ({args.burst_grants / args.burst_window:.0f}/s"
-        f" on top); one worker: celery -A config worker --concurrency={args.concurrency} "
-        f"--queues=expiry,sweeps --beat; every layer on (sweep every {args.sweep_seconds} s)"
+        f" on top); an expiry worker (celery -A config worker --concurrency={args.concurrency} "
+        f"--queues=expiry) and a sweeps worker (--queues=sweeps --beat), as in production; "
+        f"every layer on (sweep every {args.sweep_seconds} s)"
     )
     print()
     row("", ["the hour's", "the minute's", "all"], "target")
