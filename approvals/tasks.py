@@ -28,6 +28,8 @@ SWEEP_BATCH = 200
 # A sweep stops starting new batches after this share of its interval, so runs never pile up.
 SWEEP_BUDGET_SHARE = 0.8
 SWEEP_RETRY_SECONDS = 0.5
+# Grants the periodic enqueuer claims per transaction (one UPDATE), then sends.
+ENQUEUE_BATCH = 1000
 
 
 @shared_task(bind=True, max_retries=None, acks_late=True)
@@ -51,15 +53,22 @@ def enqueue_expiry(grant_id: int, expires_at) -> bool:
 
 @shared_task(acks_late=True)
 def enqueue_upcoming_expiries() -> int:
-    """Grants that come within the ETA horizon get their expiry task now."""
+    """Grants that come within the ETA horizon get their expiry task now: batch after batch
+    until none is left or the run's budget (a share of its interval) is spent, so however many
+    come into range at once (10^5 after a beat outage) they are all enqueued before they are due.
+    """
+    started = time.monotonic()
+    budget = settings.CELERY_BEAT_SCHEDULE["enqueue-upcoming-expiries"]["schedule"]
     horizon = timezone.now() + timedelta(seconds=settings.CUSTODY_ETA_HORIZON_SECONDS)
-    due = (
-        Grant.objects.due(horizon)
-        .filter(expiry_enqueued_at__isnull=True)
-        .order_by("expires_at")
-        .values_list("pk", "expires_at")[:5000]
-    )
-    return sum(enqueue_expiry(grant_id, expires_at) for grant_id, expires_at in due)
+    enqueued = 0
+    while time.monotonic() - started < budget * SWEEP_BUDGET_SHARE:
+        sent = services.grants_expiry_enqueue_upcoming(horizon=horizon, limit=ENQUEUE_BATCH)
+        enqueued += sent
+        if sent < ENQUEUE_BATCH:
+            break
+    if enqueued:
+        logger.info("enqueued the expiry of %s grant(s) coming within the horizon", enqueued)
+    return enqueued
 
 
 def _budget_left(started) -> bool:

@@ -143,6 +143,26 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     _database["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 _database["CONN_HEALTH_CHECKS"] = True
 DATABASES = {"default": _database}
+# A PostgreSQL read replica for the read-only pages (audit, posture); see core/replica.py. Unset:
+# one database. Decisions, writes and anything about people's rights always use the primary.
+DATABASE_REPLICA_URL = env_str("DATABASE_REPLICA_URL")
+DATABASE_ROUTERS: list[str] = []
+if DATABASE_REPLICA_URL:
+    try:
+        _replica = dj_database_url.parse(DATABASE_REPLICA_URL, conn_max_age=60)
+    except Exception as exc:
+        raise ImproperlyConfigured(
+            f"DATABASE_REPLICA_URL is not a database URL Custody understands: {exc}"
+        )
+    if _replica["ENGINE"] != _database["ENGINE"] or "postgresql" not in _replica["ENGINE"]:
+        raise ImproperlyConfigured(
+            "DATABASE_REPLICA_URL must name a PostgreSQL replica of DATABASE_URL's PostgreSQL."
+        )
+    _replica["CONN_HEALTH_CHECKS"] = True
+    # Tests read the primary's test database through it (the replica has no test database).
+    _replica["TEST"] = {"MIRROR": "default"}
+    DATABASES["replica"] = _replica
+    DATABASE_ROUTERS = ["core.replica.ReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache (JWKS documents, rate limits of audited auth failures) -----------------------------

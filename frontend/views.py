@@ -31,6 +31,7 @@ from audit.selectors import audit_trail_of_request, chain_check_latest
 from audit.services import Actor
 from brokers.selectors import grant_credential
 from core.errors import DomainError
+from core.replica import replica_reads, replica_stream
 from core.sessions import authenticated_at, second_factor_at
 from frontend.audit_rows import audit_rows
 from frontend.decorators import (
@@ -463,20 +464,24 @@ def audit(request):
             {"form": form, "events": [], "check": chain_check_latest()},
             status=400,
         )
-    events = _audit_events(request, form)
-    export = request.GET.get("export")
-    if export in ("csv", "jsonl"):
-        rows = events.order_by("sequence").iterator(chunk_size=2000)
-        stream = iter_csv(rows) if export == "csv" else iter_jsonl(rows)
-        response = StreamingHttpResponse(
-            stream, content_type="text/csv" if export == "csv" else "application/jsonl"
-        )
-        response["Content-Disposition"] = f'attachment; filename="custody-audit.{export}"'
-        return response
-    page = events.order_by("-sequence")
-    if before:
-        page = page.filter(sequence__lt=int(before))
-    rows = list(page[: PAGE_SIZE + 1])
+    # The evidence itself may come from a read replica (core/replica.py); who may see which
+    # agent's evidence is decided on the primary, and the page frame renders from the primary.
+    with replica_reads():
+        events = _audit_events(request, form)
+        export = request.GET.get("export")
+        if export in ("csv", "jsonl"):
+            # Read as it streams, after the view has returned.
+            rows = replica_stream(events.order_by("sequence").iterator(chunk_size=2000))
+            stream = iter_csv(rows) if export == "csv" else iter_jsonl(rows)
+            response = StreamingHttpResponse(
+                stream, content_type="text/csv" if export == "csv" else "application/jsonl"
+            )
+            response["Content-Disposition"] = f'attachment; filename="custody-audit.{export}"'
+            return response
+        page = events.order_by("-sequence")
+        if before:
+            page = page.filter(sequence__lt=int(before))
+        rows = list(page[: PAGE_SIZE + 1])
     query = request.GET.copy()
     query.pop("before", None)
     return render(

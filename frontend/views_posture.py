@@ -17,6 +17,7 @@ from django.utils import timezone
 from agents.models import Agent
 from approvals import selectors_posture as posture
 from approvals.models import AccessRequest, Risk
+from core.replica import replica_reads
 from frontend.decorators import login_required
 
 # The chart's drawing box, in SVG user units (the SVG scales to its container's width).
@@ -165,6 +166,8 @@ def posture_context(now) -> dict:
 
 @login_required
 def posture_dashboard(request):
-    if not may_see_posture(request.user):
+    if not may_see_posture(request.user):  # on the primary: a decision about a person's rights
         raise Http404
-    return render(request, "frontend/posture.html", posture_context(timezone.now()))
+    with replica_reads():  # aggregates of evidence and history (the nav renders from the primary)
+        context = posture_context(timezone.now())
+    return render(request, "frontend/posture.html", context)

@@ -57,6 +57,7 @@ from approvals.services.grants import (
     grant_expiry_notice,
     grant_revoke,
     grants_expire_due,
+    grants_expiry_enqueue_upcoming,
     grants_revoke_for_agent,
 )
 from approvals.services.policy_change import (
@@ -113,6 +114,7 @@ __all__ = [
     "grant_end",
     "grant_expire",
     "grant_expiry_enqueue",
+    "grants_expiry_enqueue_upcoming",
     "grant_expiry_notice",
     "grant_extension_request",
     "grant_revoke",

@@ -129,6 +129,46 @@ def grant_expiry_enqueue(*, grant_id: int, expires_at) -> bool:
     return True
 
 
+def grants_expiry_enqueue_upcoming(*, horizon, limit: int) -> int:
+    """Claim up to `limit` grants due by `horizon` whose expiry task was never sent, in one
+    short transaction (skipping rows another enqueuer holds), then send their tasks over one
+    producer. Returns how many were sent; a send that fails releases its claim and the rest's,
+    and the sweep ends those grants."""
+    with transaction.atomic():
+        claimed = list(
+            Grant.objects.due(horizon)
+            .filter(expiry_enqueued_at__isnull=True)
+            .select_for_update(no_key=True, skip_locked=True)
+            .order_by("expires_at", "pk")
+            .values_list("pk", "expires_at")[:limit]
+        )
+        if not claimed:
+            return 0
+        Grant.objects.filter(pk__in=[pk for pk, _ in claimed]).update(
+            expiry_enqueued_at=timezone.now()
+        )
+    sent = 0
+    try:
+        with current_app.producer_or_acquire() as producer:
+            for grant_id, expires_at in claimed:
+                current_app.send_task(
+                    "approvals.tasks.expire_grant",
+                    args=[grant_id],
+                    eta=expires_at,
+                    producer=producer,
+                )
+                sent += 1
+    except Exception:
+        logger.exception(
+            "Could not enqueue %s expiry task(s); the sweep will end their grants.",
+            len(claimed) - sent,
+        )
+        Grant.objects.filter(pk__in=[pk for pk, _ in claimed[sent:]]).update(
+            expiry_enqueued_at=None
+        )
+    return sent
+
+
 def first_of_extensions(grant: Grant) -> Grant:
     """The grant an extension chain started from: its issue time bounds every extension."""
     first = grant

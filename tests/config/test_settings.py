@@ -21,6 +21,7 @@ CUSTODY_VARIABLES = {
     "ALLOWED_HOSTS",
     "CSRF_TRUSTED_ORIGINS",
     "DATABASE_URL",
+    "DATABASE_REPLICA_URL",
     "CELERY_BROKER_URL",
     "CACHE_URL",
     "SESSION_COOKIE_SECURE",
@@ -81,6 +82,41 @@ def test_it_needs_allowed_hosts_when_debug_is_off(tmp_path):
 def test_it_refuses_a_database_url_it_does_not_understand(tmp_path):
     message = refusal(start(tmp_path, DEBUG="true", DATABASE_URL="nonsense://x"))
     assert message.startswith("DATABASE_URL is not a database URL Custody understands")
+
+
+def test_a_replica_must_be_postgresql_beside_a_postgresql_primary(tmp_path):
+    message = refusal(
+        start(tmp_path, DEBUG="true", DATABASE_REPLICA_URL="postgres://replica.example/custody")
+    )  # the primary is the embedded SQLite
+    assert message.startswith("DATABASE_REPLICA_URL must name a PostgreSQL replica")
+
+
+def test_without_a_replica_there_is_one_database_and_no_router(tmp_path):
+    code = (
+        "from django.conf import settings; "
+        "print(sorted(settings.DATABASES), settings.DATABASE_ROUTERS)"
+    )
+    result = start(tmp_path, code, DEBUG="true")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "['default'] []"
+
+
+def test_a_replica_adds_its_alias_and_the_router(tmp_path):
+    code = (
+        "from django.conf import settings; "
+        "print(settings.DATABASES['replica']['HOST'], settings.DATABASE_ROUTERS)"
+    )
+    result = start(
+        tmp_path,
+        code,
+        DEBUG="true",
+        DATABASE_URL="postgres://custody@primary.example/custody",
+        DATABASE_REPLICA_URL="postgres://custody@replica.example/custody",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout.strip().splitlines()[-1] == "replica.example ['core.replica.ReplicaRouter']"
+    )
 
 
 @pytest.mark.parametrize(
