@@ -22,7 +22,6 @@ def collect_broker_facts():
             live=Count("pk", filter=Q(state=State.LIVE)),
             pending=Count("pk", filter=Q(state=State.DESTROY_PENDING)),
             failing=Count("pk", filter=Q(state=State.DESTROY_PENDING) & ~Q(last_error="")),
-            oldest=Min("end_requested_at", filter=Q(state=State.DESTROY_PENDING)),
         )
         .order_by("kind", "target")
     )
@@ -42,18 +41,21 @@ def collect_broker_facts():
         "Pending destructions whose last attempt failed (the target down or refusing).",
         labels=labels,
     )
-    age = GaugeMetricFamily(
-        "custody_brokered_revocation_oldest_seconds",
-        "How long the oldest pending destruction has waited since its grant ended.",
-        labels=labels,
-    )
     for row in rows:
         key = [row["kind"], row["target"]]
         live.add_metric(key, row["live"])
         pending.add_metric(key, row["pending"])
         failing.add_metric(key, row["failing"])
-        waited = (now - row["oldest"]).total_seconds() if row["oldest"] else 0.0
-        age.add_metric(key, max(waited, 0.0))
+    # One sample always (0 when nothing waits), so the alert rule has a series to watch.
+    oldest = BrokeredCredential.objects.filter(state=State.DESTROY_PENDING).aggregate(
+        oldest=Min("end_requested_at")
+    )["oldest"]
+    age = GaugeMetricFamily(
+        "custody_brokered_revocation_oldest_seconds",
+        "How long the oldest pending destruction of a brokered credential has waited since its "
+        "grant ended (0 when none waits).",
+    )
+    age.add_metric([], max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
     yield from (live, pending, failing, age)
 
 
