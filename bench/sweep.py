@@ -26,7 +26,9 @@ What it does, in order:
    (the head lock, the insert, the head update, COMMIT), against the same threads each
    committing one plain INSERT: appends per second and the share of sessions waiting on the head.
 4. Prints the tables, writes the figures to `<plots>/sweep-results.json` and draws
-   `<plots>/sweep-throughput.png` and `<plots>/sweep-p99.png` (matplotlib, Agg backend).
+   `<plots>/sweep-throughput.png`, `<plots>/sweep-p99.png` and `<plots>/sweep-chain-head.png`
+   (matplotlib, Agg backend). `--plot-only RESULTS [--compare BASELINE]` redraws from saved
+   results, the chain plot with a baseline run's record() curve beside this one's.
 
 Everything it starts is stopped on exit, error or signal; all traffic stays on 127.0.0.1.
 """
@@ -52,7 +54,10 @@ if str(ROOT) not in sys.path:
 
 from bench import api_bench as ab  # noqa: E402
 
-HEAD_TABLE = "audit_auditchainhead"
+# A backend waiting on a lock while running one of these waits on the chain head's row: the
+# head's UPDATE (the append from Python) or audit_append() (migration 0007), whose only lock
+# wait is the head.
+HEAD_MARKERS = ("audit_auditchainhead", "audit_append(")
 ENDPOINTS = {
     "a": ("(a) submit, auto-approved", ab.A_PATH, "agent"),
     "b": ("(b) introspect", ab.B_PATH, "server"),
@@ -105,7 +110,7 @@ class LockSampler(threading.Thread):
                 for kind, query in rows:
                     if kind == "Lock":
                         self.lock_waits += 1
-                        self.head_waits += HEAD_TABLE in (query or "")
+                        self.head_waits += any(m in (query or "") for m in HEAD_MARKERS)
 
     def stop(self) -> dict[str, float]:
         self.stop_event.set()
@@ -452,6 +457,53 @@ def draw(results: dict, out_dir: Path) -> list[Path]:
     return written
 
 
+def draw_chain(results: dict, out_dir: Path, baseline: dict | None = None) -> Path | None:
+    """sweep-chain-head.png: the chain head alone, commits per second against sessions; with a
+    baseline run (`--compare`), its record() curve too."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chain = [ChainStep(**s) for s in results.get("chain", [])]
+    if not chain:
+        return None
+    labels = {
+        "insert": ("one plain INSERT per transaction", "tab:green", "-"),
+        "append": ("record(): one event, audit_append (one statement)", "tab:red", "-"),
+        "append-python": ("one event, the append before 0007 (3 statements)", "tab:purple", "--"),
+    }
+    figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
+    for kind, (label, colour, style) in labels.items():
+        points = sorted((s.sessions, s.per_second) for s in chain if s.kind == kind)
+        if points:
+            axes.plot(*zip(*points, strict=True), marker="o", color=colour, ls=style, label=label)
+    if baseline:
+        points = sorted(
+            (s["sessions"], s["per_second"]) for s in baseline["chain"] if s["kind"] == "append"
+        )
+        axes.plot(
+            *zip(*points, strict=True),
+            marker="s",
+            color="tab:gray",
+            ls=":",
+            label=f"record() before 0007, separate run ({baseline['load_note']})",
+        )
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(results["steps"], [str(s) for s in results["steps"]])
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel("database sessions in one process (threads), no HTTP")
+    axes.set_ylabel("committed transactions per second")
+    axes.set_title(f"The audit chain head alone — {results['load_note']}", fontsize=8)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    path = out_dir / "sweep-chain-head.png"
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -470,6 +522,7 @@ def parse_args():
     )
     parser.add_argument("--plots", default=str(ROOT / "docs"), help="where PNGs and JSON go")
     parser.add_argument("--plot-only", help="redraw from a results JSON; run nothing")
+    parser.add_argument("--compare", help="a baseline run's results JSON for the chain plot")
     args = parser.parse_args()
     args.steps = [int(s) for s in args.steps.split(",")]
     args.worker_classes = args.worker_classes.split(",")
@@ -486,8 +539,9 @@ def main() -> int:
     out_dir = Path(args.plots)
     if args.plot_only:
         results = json.loads(Path(args.plot_only).read_text())
+        baseline = json.loads(Path(args.compare).read_text()) if args.compare else None
         print_tables(results)
-        for path in draw(results, out_dir):
+        for path in [*draw(results, out_dir), draw_chain(results, out_dir, baseline)]:
             print(f"drew {path}")
         return 0
     if shutil.which("wrk") is None:
@@ -548,7 +602,7 @@ def main() -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "sweep-results.json").write_text(json.dumps(results, indent=1) + "\n")
         print_tables(results)
-        for path in draw(results, out_dir):
+        for path in [*draw(results, out_dir), draw_chain(results, out_dir)]:
             print(f"drew {path}")
         return 0
     except Exception:
