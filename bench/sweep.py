@@ -57,7 +57,7 @@ from bench import api_bench as ab  # noqa: E402
 # A backend waiting on a lock while running one of these waits on the chain head's row: the
 # head's UPDATE (the append from Python) or audit_append() (migration 0007), whose only lock
 # wait is the head.
-HEAD_MARKERS = ("audit_auditchainhead", "audit_append(")
+HEAD_MARKERS = ("audit_auditchainhead", "audit_append(", "bench_chain_append(")
 ENDPOINTS = {
     "a": ("(a) submit, auto-approved", ab.A_PATH, "agent"),
     "b": ("(b) introspect", ab.B_PATH, "server"),
@@ -255,13 +255,83 @@ class ChainStep:
     waits: dict[str, float]
 
 
-def chain_kinds() -> list[str]:
+def chain_kinds(parallel_chains: int) -> list[str]:
     """ "append-python" is the append as it was before audit migration 0007 (three statements
-    under the head lock, hashing in Python), where the code still has it as a function."""
+    under the head lock, hashing in Python), where the code still has it as a function;
+    "append-N-chains" is the design past one head, modelled in bench-only tables."""
     from audit import services
 
     python_path = hasattr(services, "_append_in_database")
-    return ["insert", "append"] + (["append-python"] if python_path else [])
+    kinds = ["insert", "append"] + (["append-python"] if python_path else [])
+    if python_path and parallel_chains > 1:
+        create_parallel_chains(parallel_chains)
+        kinds.append(f"append-{parallel_chains}-chains")
+    return kinds
+
+
+def create_parallel_chains(count: int) -> None:
+    """A model of N chains appended in parallel, in bench-only tables: `count` head rows, each
+    with its own genesis hash and sequence range, over a copy of the event table with every
+    index of the real one, appended by audit_append's own body pointed at them. A writer picks
+    a chain (here: its session number modulo `count`), so appends to different chains never
+    wait on each other. Not the product: what the curve would be."""
+    import hashlib
+    import importlib
+
+    from django.db import connection
+
+    migration = importlib.import_module("audit.migrations.0007_append_function")
+    body = (
+        migration.POSTGRESQL_FUNCTION.replace("audit_append(", "bench_chain_append(")
+        .replace("    appended_at timestamptz,", "    chain_id integer, appended_at timestamptz,")
+        .replace("audit_auditchainhead", "bench_chain_head")
+        .replace("audit_auditevent", "bench_chain_event")
+        .replace("WHERE id = 1", "WHERE id = chain_id")
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS bench_chain_head, bench_chain_event")
+        cursor.execute(
+            "CREATE TABLE bench_chain_head (id integer PRIMARY KEY, "
+            "last_sequence bigint NOT NULL, last_hash varchar(64) NOT NULL)"
+        )
+        cursor.execute(
+            "CREATE TABLE bench_chain_event (LIKE audit_auditevent INCLUDING DEFAULTS "
+            "INCLUDING CONSTRAINTS INCLUDING INDEXES INCLUDING IDENTITY)"
+        )
+        for chain in range(1, count + 1):
+            genesis = hashlib.sha256(f"bench-chain-{chain}".encode()).hexdigest()
+            cursor.execute(
+                "INSERT INTO bench_chain_head VALUES (%s, %s, %s)", [chain, chain * 10**12, genesis]
+            )
+        cursor.execute(body)
+    connection.close()
+
+
+def append_to_parallel_chain(chain: int, event) -> None:
+    from django.db import connection
+    from django.utils import timezone
+
+    head, tail = event.canonical_parts()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT * FROM bench_chain_append(%s, %s, %s, %s, %s, %s, %s, %s::bigint[], "
+            "%s::bigint[], %s::bigint[], %s::jsonb[])",
+            [
+                chain,
+                timezone.now(),
+                [head],
+                [tail],
+                [event.actor_type],
+                [event.actor_id],
+                [event.verb],
+                [event.agent_id],
+                [event.access_request_id],
+                [event.grant_id],
+                [json.dumps(event.data)],
+            ],
+        )
+        if len(cursor.fetchall()) != 1:
+            raise RuntimeError(f"bench chain {chain} did not append")
 
 
 def chain_step(kind: str, sessions: int, seconds: float) -> ChainStep:
@@ -292,6 +362,15 @@ def chain_step(kind: str, sessions: int, seconds: float) -> ChainStep:
                             data={"session": index},
                         )
                         services._append_from_python([event])
+                    elif kind.endswith("-chains"):
+                        chains = int(kind.split("-")[1])
+                        event = AuditEvent(
+                            actor_type=actor.type,
+                            actor_id=actor.id,
+                            verb="tool.called",
+                            data={"session": index},
+                        )
+                        append_to_parallel_chain(index % chains + 1, event)
                     else:
                         with connection.cursor() as cursor:
                             cursor.execute("INSERT INTO bench_floor (agent_id) VALUES (%s)", [0])
@@ -320,9 +399,9 @@ def chain_step(kind: str, sessions: int, seconds: float) -> ChainStep:
     return ChainStep(kind, sessions, sum(counts) / elapsed, waits)
 
 
-def chain_sweep(steps: list[int], seconds: float) -> list[ChainStep]:
+def chain_sweep(steps: list[int], seconds: float, parallel_chains: int) -> list[ChainStep]:
     results = []
-    kinds = chain_kinds()
+    kinds = chain_kinds(parallel_chains)
     for number, sessions in enumerate(steps):
         for kind in kinds[number % len(kinds) :] + kinds[: number % len(kinds)]:
             step = chain_step(kind, sessions, seconds)
@@ -345,7 +424,7 @@ def print_tables(results: dict) -> None:
     print(results["title"])
     print(results["load_note"])
     print("=" * width)
-    for worker_class in results["worker_classes"]:
+    for worker_class in results["worker_classes"] if steps else []:
         mine = [s for s in steps if s.worker_class == worker_class]
         threads = f" x {results['threads']} threads" if worker_class == "gthread" else ""
         print(f"\n2 {worker_class} workers{threads}: req/s, p50 / p99 ms per step")
@@ -386,18 +465,18 @@ def print_tables(results: dict) -> None:
             f"\nthe chain head alone: N sessions in one process, each committing one transaction "
             f"after another for {results['chain_seconds']} s (no HTTP)"
         )
-        found = {s.kind for s in chain}
-        kinds = [k for k in ("insert", "append", "append-python") if k in found]
-        print(f"{'sessions':>9}" + "".join(f"{kind + '/s':>17}{'head q':>8}" for kind in kinds))
+        kinds = list(dict.fromkeys(s.kind for s in chain))
+        print(f"{'sessions':>9}" + "".join(f"{kind + '/s':>19}{'head q':>8}" for kind in kinds))
         for sessions in sorted({s.sessions for s in chain}):
             line = f"{sessions:>9}"
             for kind in kinds:
                 step = next(s for s in chain if s.sessions == sessions and s.kind == kind)
-                line += f"{step.per_second:>17.0f}{step.waits['head_wait_mean']:>8.2f}"
+                line += f"{step.per_second:>19.0f}{step.waits['head_wait_mean']:>8.2f}"
             print(line)
         print(
             "  insert = one plain INSERT per transaction; append = record() (audit_append, one"
             " statement); append-python = the append before migration 0007 (3 statements);"
+            " append-N-chains = the same statement over N head rows (a bench-only model);"
             " head q = mean sessions queued on the head's row lock"
         )
     print("=" * width)
@@ -410,6 +489,8 @@ def draw(results: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     steps = [Step(**s) for s in results["http"]]
+    if not steps:
+        return []
     colours = {"a": "tab:red", "b": "tab:blue", "c": "tab:green", "d": "tab:orange"}
     styles = {"sync": "-", "gthread": "--"}
     markers = {"sync": "o", "gthread": "s"}
@@ -474,6 +555,10 @@ def draw_chain(results: dict, out_dir: Path, baseline: dict | None = None) -> Pa
         "append-python": ("one event, the append before 0007 (3 statements)", "tab:purple", "--"),
     }
     figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
+    for kind in dict.fromkeys(s.kind for s in chain):
+        if kind.endswith("-chains"):
+            chains = kind.split("-")[1]
+            labels[kind] = (f"one event, {chains} chains in parallel (model)", "tab:blue", "-")
     for kind, (label, colour, style) in labels.items():
         points = sorted((s.sessions, s.per_second) for s in chain if s.kind == kind)
         if points:
@@ -520,6 +605,10 @@ def parse_args():
     parser.add_argument(
         "--chain-seconds", type=float, default=3, help="seconds per chain-head step (0: skip)"
     )
+    parser.add_argument(
+        "--parallel-chains", type=int, default=4, help="chains in the N-chain model (0: skip)"
+    )
+    parser.add_argument("--chain-only", action="store_true", help="only the chain-head part")
     parser.add_argument("--plots", default=str(ROOT / "docs"), help="where PNGs and JSON go")
     parser.add_argument("--plot-only", help="redraw from a results JSON; run nothing")
     parser.add_argument("--compare", help="a baseline run's results JSON for the chain plot")
@@ -576,11 +665,15 @@ def main() -> int:
             "server": signer.mint(ab.SERVER_SPIFFE_ID),
         }
         http: list[Step] = []
-        for worker_class in args.worker_classes:
+        for worker_class in [] if args.chain_only else args.worker_classes:
             http += sweep_worker_class(
                 worker_class, args=args, env=env, tokens=tokens, work_dir=work_dir
             )
-        chain = chain_sweep(args.steps, args.chain_seconds) if args.chain_seconds > 0 else []
+        chain = (
+            chain_sweep(args.steps, args.chain_seconds, args.parallel_chains)
+            if args.chain_seconds > 0
+            else []
+        )
         audit = ab.verify_audit()
         connection.close()
         results = {
