@@ -82,6 +82,23 @@ class AuditEvent(models.Model):
     def compute_hash(self) -> str:
         return hashlib.sha256(self.canonical_payload()).hexdigest()
 
+    def canonical_parts(self) -> tuple[str, str]:
+        """`canonical_payload` split around the three values an append only knows under the
+        chain-head lock: payload = head + occurred_at + '","previous_hash":"' + previous hash
+        + '","sequence":' + sequence + tail (the keys sort last but for `verb`), for the
+        database function that chains events in one statement (audit migration 0007)."""
+        body = {
+            "access_request_id": self.access_request_id,
+            "actor_id": self.actor_id,
+            "actor_type": self.actor_type,
+            "agent_id": self.agent_id,
+            "data": self.data,
+            "grant_id": self.grant_id,
+        }
+        dump = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        verb = json.dumps(self.verb, ensure_ascii=False)
+        return dump[:-1] + ',"occurred_at":"', f',"verb":{verb}}}'
+
 
 class AuditChainHead(models.Model):
     """The single row every append locks: it orders writers and remembers the last link."""
