@@ -30,8 +30,9 @@ def outage_target(own_postgres, privileges):
 
 
 def test_a_credential_ended_during_an_outage_is_destroyed_when_the_target_returns(
-    agent_api, outage_target, sponsor, settings
+    agent_api, outage_target, sponsor, admin_user, settings, caplog
 ):
+    settings.CUSTODY_BROKER_ALERT_ATTEMPTS = 1
     grant_id = submit(agent_api).json()["grant"]["id"]
     secret = agent_api.post(f"/api/v1/grants/{grant_id}/credential").json()["secret"]
     session = psycopg.connect(secret["dsn"], autocommit=True)
@@ -67,6 +68,15 @@ def test_a_credential_ended_during_an_outage_is_destroyed_when_the_target_return
         AuditEvent.objects.filter(verb="credential.destroy_failed", grant_id=grant_id).count() == 1
     )
     assert AuditEvent.objects.filter(verb="credential.create_failed", grant_id=other).exists()
+    assert any(
+        record.levelname == "ERROR" and "still not destroyed" in record.getMessage()
+        for record in caplog.records
+    )
+    admin = Client()
+    admin.force_login(admin_user)
+    summary = admin.get("/admin/brokers/brokeredcredential/").content.decode()
+    target = credential.target
+    assert f"<td>postgresql</td><td>{target}</td><td>0</td><td>2</td><td>2</td>" in summary
 
     outage_target.start()
     for row in BrokeredCredential.objects.filter(state="destroy_pending"):

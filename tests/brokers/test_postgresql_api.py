@@ -9,6 +9,8 @@ import pytest
 from django.core.management import call_command
 
 from audit.models import AuditEvent
+from brokers import services
+from brokers.base import get_broker
 from brokers.models import BrokeredCredential
 from tests.brokers.conftest import role_exists, submit
 from tests.factories import PrivilegeFactory
@@ -103,3 +105,27 @@ def test_a_brokered_password_is_not_a_custody_token(agent_api, read_broker, api)
 
     agent_api.post(f"/api/v1/grants/{grant_id}/complete", format="json")
     call_command("sweep_credentials")
+
+
+def test_a_creation_abandoned_midway_is_destroyed_once_its_lease_runs_out(
+    agent_api, agent, read_broker, settings
+):
+    """A crash between the broker's create and the delivery: the role exists, the agent never
+    got it; once the lease is over the sweep destroys it."""
+    grant_id = granted(agent_api)
+    settings.CUSTODY_BROKER_PROVISION_LEASE_SECONDS = 0
+    credential = services._reserve(grant_id=grant_id, agent=agent)
+    get_broker("postgresql").create(
+        credential.config, name=credential.name, expires_at=credential.expires_at
+    )
+    assert role_exists(credential.name)
+    assert agent_api.get(f"/api/v1/grants/{grant_id}").json()["credential"]["state"] == (
+        "provisioning"
+    )
+
+    call_command("sweep_credentials")
+
+    assert BrokeredCredential.objects.get(pk=credential.pk).state == "destroyed"
+    assert AuditEvent.objects.filter(verb="credential.abandoned", grant_id=grant_id).exists()
+    assert not role_exists(credential.name)
+    assert fetch(agent_api, grant_id).status_code == 409

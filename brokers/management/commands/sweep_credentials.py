@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand
 
+from brokers.models import BrokeredCredential
 from brokers.services import credentials_sweep
 
 
@@ -10,5 +11,10 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
-        count = credentials_sweep(inline=True)
-        self.stdout.write(f"{count} destruction(s) attempted.")
+        attempted = credentials_sweep(inline=True)
+        pending = BrokeredCredential.objects.filter(
+            state=BrokeredCredential.State.DESTROY_PENDING
+        ).count()
+        self.stdout.write(
+            f"{attempted} destruction(s) attempted; {pending} credential(s) still pending."
+        )
