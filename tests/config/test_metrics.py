@@ -1,11 +1,10 @@
 """/metrics through Django: who may scrape, latency by route name, and Custody's own gauges and
 counters moving with what happens (grants, requests, decisions, logins, JWKS, the audit chain)."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import time_machine
-from django.utils import timezone
 from rest_framework.test import APIClient
 
 from audit.services import checkpoint_publish
@@ -89,7 +88,10 @@ def test_the_grant_and_request_gauges_follow_the_database(
     )
 
     # Past the first grant's time with no sweep run: counted as lagging, and no longer live.
-    with time_machine.travel(timezone.now() + timedelta(seconds=630), tick=False):
+    # Thirty seconds past its expiry, counted from the grant's own time (not from the test's
+    # clock, which a loaded machine moves on by seconds between the submit and here).
+    expires_at = datetime.fromisoformat(grant["expires_at"].replace("Z", "+00:00"))
+    with time_machine.travel(expires_at + timedelta(seconds=30), tick=False):
         text = scrape()
     assert value(text, "custody_grants_past_expiry") == 1
     assert 29 <= value(text, "custody_expiry_lag_seconds") <= 31
