@@ -22,6 +22,7 @@ from approvals.models import (
     Privilege,
 )
 from core.formatting import duration_words as words
+from core.raw_rows import model_from_row
 
 
 @dataclass(frozen=True)
@@ -277,15 +278,6 @@ def _columns(model, alias: str) -> tuple[list[str], str]:
     return fields, columns
 
 
-def _instance(model, fields: list[str], values, connection):
-    """A model instance from raw columns, through each field's own conversion (JSON)."""
-    values = [
-        field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") else value
-        for field, value in zip(model._meta.concrete_fields, values, strict=True)
-    ]
-    return model.from_db(connection.alias, fields, values)
-
-
 @functools.cache
 def _introspection_sql() -> tuple[str, list[tuple[type, list[str]]]]:
     """The statement, built once per process from the models' own metadata."""
@@ -357,7 +349,7 @@ def introspection_read(grant_id) -> IntrospectionRead | None:
             return None
         instances, at = [], 0
         for model, fields in models_and_fields:
-            instances.append(_instance(model, fields, row[at : at + len(fields)], connection))
+            instances.append(model_from_row(model, row[at : at + len(fields)], connection))
             at += len(fields)
         grant, agent, privilege, access_request = instances
         username, team_name, generation, toxic_with, held, eligibility_rows = row[at:]

@@ -37,8 +37,11 @@ Status = AccessRequest.Status
 Reason = Grant.RevokeReason
 
 
-def grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
-    """The grant's clock starts now, at the final approval, never at the request."""
+def grant_issue(
+    access_request: AccessRequest, *, actor: Actor, approvers: list[str] | None = None
+) -> Grant:
+    """The grant's clock starts now, at the final approval, never at the request. `approvers`,
+    when the caller just recorded them (an automatic approval: ["policy"]), are not read back."""
     now = timezone.now()
     expires_at = now + timedelta(seconds=access_request.duration_seconds)
     parent = access_request.parent_grant
@@ -72,6 +75,8 @@ def grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
         issued_at=now,
         expires_at=expires_at,
     )
+    if approvers is not None:
+        grant._custody_approvers = list(approvers)  # what lineage.grant_approvers remembers
     log_context.bind(
         grant_id=grant.pk, access_request_id=access_request.pk, task_id=access_request.task_id
     )
