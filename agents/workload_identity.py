@@ -14,6 +14,7 @@ Two kinds of workload token, never one in the other's place (DESIGN invariant 10
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,18 +22,24 @@ from datetime import UTC, datetime
 import jwt
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from agents.jwks import JwksUnavailable, find_key
 from agents.models import Agent, SpentActorToken, TrustDomain
 from agents.spiffe import parse_spiffe_id
+from core.jwt_memo import VerifiedTokens
+from core.raw_rows import columns, model_from_row
 
 # ES384 is what SPIRE issues with P-384 keys; PyJWT checks that the key's curve fits the alg.
 ALLOWED_ALGORITHMS = frozenset({"RS256", "ES256", "ES384", "EdDSA"})
 # Custody's own access tokens carry typ "at+jwt" (RFC 9068); a login token must not.
 LOGIN_TOKEN_TYPES = frozenset({"JWT", "JOSE"})
 MAX_TOKEN_BYTES = 8192
+# Login SVIDs verified in this process, remembered under the key and every check asked for
+# (core/jwt_memo.py): an agent presents the same SVID on every call of its short life. Actor
+# tokens are never remembered (each is spent once).
+_verified_logins = VerifiedTokens()
 
 
 class IdentityRejected(Exception):
@@ -53,11 +60,55 @@ def _agent_for(domain: TrustDomain, sub) -> Agent | None:
     """The agent a (signature-verified) token's `sub` names in its domain, or None."""
     if not isinstance(sub, str):
         return None
+    read_with_domain = getattr(domain, "_custody_agent_for", None)
+    if read_with_domain is not None and read_with_domain[0] == sub:
+        return read_with_domain[1]  # read in the domain's own statement (_spiffe_domain)
     # The newest incarnation: a retired identity registered again is a new agent (one live).
     agents = Agent.objects.select_related("sponsor", "team").order_by("-pk")
     if domain.kind == TrustDomain.Kind.OIDC:
         return agents.filter(oidc_trust_domain=domain, oidc_subject=sub).first()
     return agents.filter(spiffe_id=sub).first()
+
+
+def _spiffe_domain(name: str, sub: str) -> TrustDomain | None:
+    """The enabled SPIFFE domain, and (read in the same statement, remembered on it for
+    `_agent_for`, used only once the signature verified) the newest agent `sub` names, with its
+    sponsor's username and its team's name: every agent call authenticates, so one statement,
+    not two."""
+    from django.contrib.auth.models import Group
+
+    user_model = Agent._meta.get_field("sponsor").related_model
+    agents = Agent._meta.db_table
+    sql = (
+        f"SELECT {columns(TrustDomain, 'd')}, {columns(Agent, 'a')}, "  # noqa: S608
+        f'u."{user_model.USERNAME_FIELD}", t."name" '
+        f'FROM "{TrustDomain._meta.db_table}" d '
+        f'LEFT JOIN "{agents}" a ON a."id" = '
+        f'(SELECT max(x."id") FROM "{agents}" x WHERE x."spiffe_id" = %s) '
+        f'LEFT JOIN "{user_model._meta.db_table}" u ON u."id" = a."sponsor_id" '
+        f'LEFT JOIN "{Group._meta.db_table}" t ON t."id" = a."team_id" '
+        'WHERE d."kind" = %s AND d."name" = %s AND d."enabled" ORDER BY d."id" LIMIT 1'
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [sub, TrustDomain.Kind.SPIFFE.value, name])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    width = len(TrustDomain._meta.concrete_fields)
+    domain = model_from_row(TrustDomain, row[:width])
+    agent_values = row[width : width + len(Agent._meta.concrete_fields)]
+    username, team_name = row[width + len(agent_values) :]
+    agent = None
+    if agent_values[0] is not None:
+        agent = model_from_row(Agent, agent_values)
+        if agent.sponsor_id is not None:
+            agent.sponsor = user_model.from_db(
+                connection.alias, ["id", user_model.USERNAME_FIELD], [agent.sponsor_id, username]
+            )
+        if agent.team_id is not None:
+            agent.team = Group.from_db(connection.alias, ["id", "name"], [agent.team_id, team_name])
+    domain._custody_agent_for = (sub, agent)
+    return domain
 
 
 @dataclass(frozen=True)
@@ -84,9 +135,7 @@ def _trust_domain_for(iss: str | None, sub: str | None) -> TrustDomain:
         spiffe_id = parse_spiffe_id(sub)
     except ValidationError as exc:
         raise IdentityRejected("malformed_token", f"The sub is not a SPIFFE ID: {exc.messages[0]}")
-    domain = TrustDomain.objects.filter(
-        kind=TrustDomain.Kind.SPIFFE, name=spiffe_id.trust_domain, enabled=True
-    ).first()
+    domain = _spiffe_domain(spiffe_id.trust_domain, sub)
     if domain is None:
         raise IdentityRejected(
             "unknown_issuer", f"Trust domain {spiffe_id.trust_domain!r} is not registered."
@@ -176,17 +225,26 @@ def _verify(token: str, *, delegation: bool) -> VerifiedIdentity:
         else (login_audience, delegation_audience)
     )
     required = ["exp", "iat", "sub", "aud", *(["jti"] if delegation else [])]
+    leeway = settings.CUSTODY_JWT_LEEWAY_SECONDS
+    # Everything the verification below depends on, the key's own JWK included.
+    inputs = (json.dumps(jwk, sort_keys=True), alg, audience, domain.issuer, leeway)
+    remembered = None if delegation else _verified_logins.get(token, inputs, leeway=leeway)
     try:
-        key = jwt.PyJWK(jwk, algorithm=alg).key
-        claims = jwt.decode(
-            token,
-            key,
-            algorithms=[alg],
-            audience=audience,
-            issuer=domain.issuer or None,
-            leeway=settings.CUSTODY_JWT_LEEWAY_SECONDS,
-            options={"require": required},
-        )
+        if remembered is not None:
+            claims = remembered
+        else:
+            key = jwt.PyJWK(jwk, algorithm=alg).key
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=audience,
+                issuer=domain.issuer or None,
+                leeway=leeway,
+                options={"require": required},
+            )
+            if not delegation:
+                _verified_logins.put(token, inputs, claims)
     except jwt.ExpiredSignatureError:  # raised after the signature verified
         raise IdentityRejected(
             "token_expired",

@@ -414,12 +414,19 @@ _compiled: CompiledPolicies | None = None
 def current_policies() -> CompiledPolicies:
     """The compiled enabled request policies, rebuilt only when the database generation
     moved."""
-    global _compiled
-    from approvals.models import Policy, PolicySetState
+    from approvals.models import PolicySetState
 
     generation = (
         PolicySetState.objects.filter(id=1).values_list("generation", flat=True).first() or 0
     )
+    return policies_at(generation)
+
+
+def policies_at(generation: int) -> CompiledPolicies:
+    """The compiled set for a generation the caller just read (in its own statement)."""
+    global _compiled
+    from approvals.models import Policy
+
     compiled = _compiled
     if compiled is not None and compiled.generation == generation:
         return compiled
@@ -433,3 +440,44 @@ def current_policies() -> CompiledPolicies:
         )
         _compiled = compile_policies(list(rows), generation)
         return _compiled
+
+
+# --- Memoised decisions (introspection) ------------------------------------------------------
+#
+# Introspection runs per tool call on every resource server and asks the same question again
+# and again: may this agent still hold this privilege for this request? The answer is a pure
+# function of the compiled policy set (its generation) and the facts (PolicyFacts: the agent,
+# its status, sponsor and team, the privilege and its toxic pairs, the request's intent,
+# duration and context, the chain, what the agent holds live, its eligibility, the hour and
+# weekday). So it is memoised per process under a key made of exactly those: the generation
+# and every field of the facts. Nothing is ever invalidated by hand, and nothing can be
+# forgotten: the facts are read fresh from the database at every call (one statement,
+# approvals/services/facts.py: introspection_read), so a suspension, a revocation, a policy
+# change, an eligibility removed or changed, a grant issued or ended, or the clock passing an
+# hour or an eligibility's end gives a new key, in every process at its very next call. What
+# is saved is Cedar's evaluation and the entity JSON (~0.2 ms), never a read.
+
+_MEMO_SIZE = 4096
+_memo: dict[tuple, PolicyOutcome] = {}
+_memo_lock = threading.Lock()
+_FACT_FIELDS = tuple(PolicyFacts.__dataclass_fields__)
+
+
+def _facts_key(facts: PolicyFacts) -> tuple:
+    return tuple(
+        json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+        for value in (getattr(facts, name) for name in _FACT_FIELDS)
+    )
+
+
+def decide_memoised(compiled: CompiledPolicies, facts: PolicyFacts) -> PolicyOutcome:
+    """`decide`, remembered under (generation, every fact); see above."""
+    key = (compiled.generation, _facts_key(facts))
+    outcome = _memo.get(key)
+    if outcome is None:
+        outcome = decide(compiled, facts)
+        with _memo_lock:
+            if len(_memo) >= _MEMO_SIZE:
+                _memo.clear()  # bounded; a cleared memo only costs one Cedar call per key
+            _memo[key] = outcome
+    return outcome

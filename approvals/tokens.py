@@ -28,6 +28,7 @@ from approvals.lineage import grant_ancestors, grant_approvers
 from approvals.models import Grant, SigningKey
 from audit.services import record
 from core.errors import Unavailable
+from core.jwt_memo import VerifiedTokens
 
 TOKEN_TYPE = "at+jwt"
 ALGORITHM = "ES256"
@@ -39,6 +40,8 @@ SIGNING_KEY_RETRY_SECONDS = 60
 logger = logging.getLogger(__name__)
 _current_cache: tuple[float, str, object] | None = None
 _public_cache: dict[str, tuple[float, object]] = {}
+# Access tokens verified in this process (introspection sees the same token per tool call).
+_verified = VerifiedTokens()
 
 
 def _fernet_for(secret: str) -> Fernet:
@@ -198,9 +201,14 @@ def token_verify(token: str) -> dict:
     kid = header.get("kid")
     if not isinstance(kid, str):
         raise TokenInvalid("no kid")
-    public = _public_key(kid)
+    public = _public_key(kid)  # a retired key stops verifying, remembered or not
+    # A kid is its key's thumbprint (signing_key_create), so it names the key material.
+    inputs = (kid, settings.CUSTODY_ISSUER)
+    claims = _verified.get(token, inputs)
+    if claims is not None:
+        return claims
     try:
-        return jwt.decode(
+        claims = jwt.decode(
             token,
             public,
             algorithms=[ALGORITHM],
@@ -209,6 +217,8 @@ def token_verify(token: str) -> dict:
         )
     except jwt.PyJWTError as exc:
         raise TokenInvalid(str(exc)) from exc
+    _verified.put(token, inputs, claims)
+    return claims
 
 
 def token_claims(grant: Grant) -> dict:

@@ -7,3 +7,6 @@ production; `bench/api_bench.py` sets those variables before it starts gunicorn.
 from config.settings import *  # noqa: F403
 
 ROOT_URLCONF = "bench.urls"
+
+# Statements per request, read by the benchmark from each answer's X-Bench-SQL header.
+MIDDLEWARE = ["bench.sql_count.SqlCountMiddleware", *MIDDLEWARE]  # noqa: F405

@@ -1,5 +1,6 @@
 -- wrk script for the Custody benchmark: POST a JSON body with a bearer token.
--- BENCH_TOKEN: the JWT-SVID; BENCH_BODY: the JSON body; BENCH_NONCE: a per-run prefix.
+-- BENCH_TOKEN: the bearer token; BENCH_BODY: the body (JSON unless BENCH_CONTENT_TYPE says
+-- otherwise); BENCH_NONCE: a per-run prefix.
 -- If the body holds __TASK__, each request gets a unique task id there (nonce-thread-counter).
 -- done() prints one machine-readable line, BENCH_RESULT {...}, with latencies in microseconds,
 -- and writes the latency quantiles at 0.05%, 0.15%, ... 99.95% (1000 lines, microseconds) to
@@ -13,7 +14,7 @@ local quantiles_path = os.getenv("BENCH_QUANTILES")
 wrk.method = "POST"
 wrk.body = body
 wrk.headers["Authorization"] = "Bearer " .. token
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "application/json"
 
 local threads = 0
 function setup(thread)

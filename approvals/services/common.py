@@ -20,6 +20,7 @@ from approvals.models import (
 )
 from audit.services import Actor, record_throttled
 from core.errors import Conflict, InvalidInput
+from core.raw_rows import model_from_row
 
 security_log = logging.getLogger("custody.security")
 
@@ -45,13 +46,40 @@ def lock_agents(agent_ids: Iterable[int], *, exclusive: bool = False) -> dict[in
     if exclusive:
         return {agent.pk: agent for agent in queryset.select_for_update(no_key=True, of=("self",))}
     if connection.vendor == "postgresql":  # Django's ORM has no FOR SHARE; SQLite needs none
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT id FROM {Agent._meta.db_table} WHERE id = ANY(%s) "  # noqa: S608
-                "ORDER BY id FOR SHARE",
-                [ids],
-            )
+        return _share_lock_agents(ids)
     return {agent.pk: agent for agent in queryset}
+
+
+def _share_lock_agents(ids: list[int]) -> dict[int, Agent]:
+    """`FOR SHARE` and the re-read in one statement: the agents with their sponsor's username
+    and their team's name (what policy facts read), only the agent rows locked."""
+    from django.contrib.auth.models import Group
+
+    user_model = Agent._meta.get_field("sponsor").related_model
+    columns = ", ".join(f'a."{field.column}"' for field in Agent._meta.concrete_fields)
+    width = len(Agent._meta.concrete_fields)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns}, u.{user_model.USERNAME_FIELD}, t.name "  # noqa: S608
+            f"FROM {Agent._meta.db_table} a "
+            f"LEFT JOIN {user_model._meta.db_table} u ON u.id = a.sponsor_id "
+            f"LEFT JOIN {Group._meta.db_table} t ON t.id = a.team_id "
+            "WHERE a.id = ANY(%s) ORDER BY a.id FOR SHARE OF a",
+            [ids],
+        )
+        rows = cursor.fetchall()
+    agents = {}
+    for row in rows:
+        agent = model_from_row(Agent, row[:width])
+        username, team_name = row[width:]
+        if agent.sponsor_id is not None:
+            agent.sponsor = user_model.from_db(
+                connection.alias, ["id", user_model.USERNAME_FIELD], [agent.sponsor_id, username]
+            )
+        if agent.team_id is not None:
+            agent.team = Group.from_db(connection.alias, ["id", "name"], [agent.team_id, team_name])
+        agents[agent.pk] = agent
+    return agents
 
 
 # The first key of the policy-change advisory lock (PostgreSQL only).

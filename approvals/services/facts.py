@@ -3,9 +3,11 @@ agent already holds, and the cumulative time limit on automatic approvals."""
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -20,6 +22,7 @@ from approvals.models import (
     Privilege,
 )
 from core.formatting import duration_words as words
+from core.raw_rows import model_from_row
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,6 @@ class EligibilityFacts:
 def eligibility_facts(agent: Agent, privilege: Privilege) -> EligibilityFacts:
     """The agent's eligibility, as policy sees it: every privilege it may ask for now, and the
     limits of its eligibility for `privilege` (one not removed; an ended one says when)."""
-    now = timezone.now()
     rows = list(
         Eligibility.objects.filter(agent=agent, removed_at__isnull=True).values_list(
             "privilege_id",
@@ -46,6 +48,12 @@ def eligibility_facts(agent: Agent, privilege: Privilege) -> EligibilityFacts:
             "ends_at",
         )
     )
+    return eligibility_from_rows(rows, privilege.pk, timezone.now())
+
+
+def eligibility_from_rows(rows, privilege_id: int, now) -> EligibilityFacts:
+    """`eligibility_facts` from rows already read: (privilege_id, resource, action,
+    max_duration_seconds, environment, ends_at) of each eligibility not removed."""
     eligible_for = tuple(
         sorted(
             f"{resource}:{action}"
@@ -53,8 +61,8 @@ def eligibility_facts(agent: Agent, privilege: Privilege) -> EligibilityFacts:
             if not ends or ends > now
         )
     )
-    for privilege_id, _, _, max_duration, environment, ends_at in rows:
-        if privilege_id == privilege.pk:
+    for row_privilege_id, _, _, max_duration, environment, ends_at in rows:
+        if row_privilege_id == privilege_id:
             return EligibilityFacts(
                 eligible_for=eligible_for,
                 eligible=True,
@@ -248,3 +256,157 @@ def request_policy_facts(
         held_privileges=held_privileges,
         toxic_with=toxic_with,
     )
+
+
+# --- Introspection's read: one statement -------------------------------------------------------
+
+
+@dataclass
+class IntrospectionRead:
+    """What an introspection needs, read fresh at every call: the grant with its agent (sponsor,
+    team), privilege and request, the policy generation, and the policy facts (None when the
+    grant is delegated: its chain is read by `request_policy_facts`)."""
+
+    grant: Grant
+    generation: int
+    facts: policy.PolicyFacts | None
+
+
+def _columns(model, alias: str) -> tuple[list[str], str]:
+    fields = [field.attname for field in model._meta.concrete_fields]
+    columns = ", ".join(f'{alias}."{field.column}"' for field in model._meta.concrete_fields)
+    return fields, columns
+
+
+@functools.cache
+def _introspection_sql() -> tuple[str, list[tuple[type, list[str]]]]:
+    """The statement, built once per process from the models' own metadata."""
+    from django.contrib.auth.models import Group
+
+    from approvals.models import PolicySetState
+
+    parts = [(Grant, "g"), (Agent, "a"), (Privilege, "p"), (AccessRequest, "r")]
+    models_and_fields, selected = [], []
+    for model, alias in parts:
+        fields, columns = _columns(model, alias)
+        models_and_fields.append((model, fields))
+        selected.append(columns)
+    toxic = Privilege._meta.get_field("toxic_with")
+    user_table = Agent._meta.get_field("sponsor").related_model._meta.db_table
+    # Only table and column names from the models' metadata are formatted in; values are
+    # parameters.
+    sql = f"""
+        SELECT {", ".join(selected)}, u."username", t."name",
+          (SELECT s."generation" FROM "{PolicySetState._meta.db_table}" s WHERE s."id" = 1),
+          ARRAY(SELECT tp."resource" || ':' || tp."action"
+                FROM "{toxic.m2m_db_table()}" tw
+                JOIN "{Privilege._meta.db_table}" tp ON tp."id" = tw."{toxic.m2m_reverse_name()}"
+                WHERE tw."{toxic.m2m_column_name()}" = g."privilege_id"
+                ORDER BY tp."resource", tp."action"),
+          ARRAY(SELECT DISTINCT h."scope" FROM "{Grant._meta.db_table}" h
+                WHERE h."agent_id" = g."agent_id" AND h."revoked_at" IS NULL
+                  AND h."expires_at" > %s AND h."id" <> g."id"
+                ORDER BY h."scope"),
+          COALESCE((SELECT json_agg(json_build_array(e."privilege_id", ep."resource",
+                      ep."action", e."max_duration_seconds", e."environment",
+                      extract(epoch FROM e."ends_at")))
+                    FROM "{Eligibility._meta.db_table}" e
+                    JOIN "{Privilege._meta.db_table}" ep ON ep."id" = e."privilege_id"
+                    WHERE e."agent_id" = g."agent_id" AND e."removed_at" IS NULL), '[]'::json)
+        FROM "{Grant._meta.db_table}" g
+        JOIN "{Agent._meta.db_table}" a ON a."id" = g."agent_id"
+        JOIN "{Privilege._meta.db_table}" p ON p."id" = g."privilege_id"
+        JOIN "{AccessRequest._meta.db_table}" r ON r."id" = g."access_request_id"
+        LEFT JOIN "{user_table}" u ON u."id" = a."sponsor_id"
+        LEFT JOIN "{Group._meta.db_table}" t ON t."id" = a."team_id"
+        WHERE g."id" = %s
+    """  # noqa: S608
+    return sql, models_and_fields
+
+
+def introspection_read(grant_id) -> IntrospectionRead | None:
+    """The grant named by a token and everything its introspection decides on, or None.
+
+    On PostgreSQL one statement reads it all (the grant, its agent, sponsor, team, privilege and
+    request, the policy generation, the privilege's toxic pairs, what the agent holds live, its
+    eligibility): introspection runs per tool call on every resource server, so it does not pay
+    for seven. Elsewhere (SQLite), and for a delegated grant, the ORM reads the same facts."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from django.db import connection
+
+    from approvals.models import PolicySetState
+
+    if not isinstance(grant_id, int) or isinstance(grant_id, bool):
+        return None
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        sql, models_and_fields = _introspection_sql()
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [now, grant_id])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        instances, at = [], 0
+        for model, fields in models_and_fields:
+            instances.append(model_from_row(model, row[at : at + len(fields)], connection))
+            at += len(fields)
+        grant, agent, privilege, access_request = instances
+        username, team_name, generation, toxic_with, held, eligibility_rows = row[at:]
+        if isinstance(eligibility_rows, str):  # json, when the driver leaves it undecoded
+            eligibility_rows = json.loads(eligibility_rows)
+        user_model = get_user_model()
+        if agent.sponsor_id is not None:
+            agent.sponsor = user_model.from_db(
+                "default", ["id", user_model.USERNAME_FIELD], [agent.sponsor_id, username]
+            )
+        if agent.team_id is not None:
+            agent.team = Group.from_db("default", ["id", "name"], [agent.team_id, team_name])
+        access_request.agent, access_request.privilege = agent, privilege
+        grant.agent, grant.privilege, grant.access_request = agent, privilege, access_request
+        generation = generation or 0
+        if access_request.parent_grant_id is not None:
+            return IntrospectionRead(grant, generation, None)
+        rows = [
+            (pid, resource, action, most, env, None if ends is None else _from_epoch(ends))
+            for pid, resource, action, most, env, ends in eligibility_rows
+        ]
+        facts = policy_facts(
+            agent=agent,
+            privilege=privilege,
+            intent=access_request.intent,
+            duration_seconds=access_request.duration_seconds,
+            context=access_request.context,
+            task_id=access_request.task_id,
+            initiated_by=access_request.initiated_by,
+            is_extension=access_request.extension_of_id is not None,
+            chain=chain_facts(parent=None, agent=agent),
+            held_privileges=tuple(held),
+            toxic_with=tuple(toxic_with),
+            eligibility=eligibility_from_rows(rows, privilege.pk, now),
+        )
+        return IntrospectionRead(grant, generation, facts)
+    grant = (
+        Grant.objects.select_related(
+            "agent",
+            "agent__sponsor",
+            "agent__team",
+            "privilege",
+            "access_request",
+            "access_request__parent_grant",
+        )
+        .filter(pk=grant_id)
+        .first()
+    )
+    if grant is None:
+        return None
+    grant.access_request.agent = grant.agent
+    grant.access_request.privilege = grant.privilege
+    generation = (
+        PolicySetState.objects.filter(id=1).values_list("generation", flat=True).first() or 0
+    )
+    return IntrospectionRead(grant, generation, None)
+
+
+def _from_epoch(seconds) -> datetime:
+    return datetime.fromtimestamp(float(seconds), tz=UTC)

@@ -37,8 +37,11 @@ Status = AccessRequest.Status
 Reason = Grant.RevokeReason
 
 
-def grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
-    """The grant's clock starts now, at the final approval, never at the request."""
+def grant_issue(
+    access_request: AccessRequest, *, actor: Actor, approvers: list[str] | None = None
+) -> Grant:
+    """The grant's clock starts now, at the final approval, never at the request. `approvers`,
+    when the caller just recorded them (an automatic approval: ["policy"]), are not read back."""
     now = timezone.now()
     expires_at = now + timedelta(seconds=access_request.duration_seconds)
     parent = access_request.parent_grant
@@ -61,6 +64,12 @@ def grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
                 code="extension_exceeds_maximum",
             )
     privilege = access_request.privilege
+    # Due within the ETA horizon: the expiry task is claimed in the grant's own INSERT and sent
+    # once it commits, rather than claimed by an UPDATE of its own after the commit (a second
+    # transaction, a second WAL flush, on every grant); enqueue_upcoming_expiries hands on the
+    # later ones as they come into range.
+    horizon = now + timedelta(seconds=settings.CUSTODY_ETA_HORIZON_SECONDS)
+    claim_expiry = expires_at <= horizon
     grant = Grant.objects.create(
         agent=access_request.agent,
         privilege=privilege,
@@ -71,7 +80,10 @@ def grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
         scope=privilege.name,
         issued_at=now,
         expires_at=expires_at,
+        expiry_enqueued_at=now if claim_expiry else None,
     )
+    if approvers is not None:
+        grant._custody_approvers = list(approvers)  # what lineage.grant_approvers remembers
     log_context.bind(
         grant_id=grant.pk, access_request_id=access_request.pk, task_id=access_request.task_id
     )
@@ -97,16 +109,9 @@ def grant_issue(access_request: AccessRequest, *, actor: Actor) -> Grant:
         expires_at.isoformat(),
         extra={"event": "grant.issued"},
     )
-    transaction.on_commit(lambda: _schedule_expiry(grant.pk, expires_at))
+    if claim_expiry:
+        transaction.on_commit(lambda: _send_expiry(grant.pk, expires_at))
     return grant
-
-
-def _schedule_expiry(grant_id: int, expires_at) -> None:
-    """After commit: the grant's expiry task goes to the broker if due within the ETA horizon
-    (`enqueue_upcoming_expiries` hands on the later ones as they come into range)."""
-    horizon = timezone.now() + timedelta(seconds=settings.CUSTODY_ETA_HORIZON_SECONDS)
-    if expires_at <= horizon:
-        grant_expiry_enqueue(grant_id=grant_id, expires_at=expires_at)
 
 
 def grant_expiry_enqueue(*, grant_id: int, expires_at) -> bool:
@@ -118,6 +123,12 @@ def grant_expiry_enqueue(*, grant_id: int, expires_at) -> bool:
     ).update(expiry_enqueued_at=timezone.now())
     if not claimed:
         return False
+    return _send_expiry(grant_id, expires_at)
+
+
+def _send_expiry(grant_id: int, expires_at) -> bool:
+    """The claimed expiry task to the broker with its ETA. Never raises: with the broker down
+    the claim is released (enqueue_upcoming_expiries tries again) and the sweep ends the grant."""
     try:
         current_app.send_task("approvals.tasks.expire_grant", args=[grant_id], eta=expires_at)
     except Exception:

@@ -31,8 +31,8 @@ from approvals.services.facts import (
     chain_agent_ids,
     chain_facts,
     cumulative_limit,
-    is_toxic,
     policy_facts,
+    privilege_toxic_with,
 )
 from approvals.services.grants import first_of_extensions, grant_issue
 from approvals.services.tokens import token_issue
@@ -171,7 +171,9 @@ def _submit(
         # either committed before (its status is read again here) or waits for this request and
         # then ends its grant. A privilege in a toxic pair takes the agent exclusively, so two
         # halves of a pair are decided one after the other, each seeing what the other got.
-        locked = lock_agents(chain_agent_ids(parent_grant, agent.pk), exclusive=is_toxic(privilege))
+        # The pairs are read once, for the lock mode and for policy (as is_toxic read them).
+        toxic_with = privilege_toxic_with(privilege)
+        locked = lock_agents(chain_agent_ids(parent_grant, agent.pk), exclusive=bool(toxic_with))
         agent = locked[agent.pk]
         if agent.status != Agent.Status.ACTIVE:
             raise Conflict(
@@ -189,6 +191,7 @@ def _submit(
             initiated_by=initiated_by,
             is_extension=extension_of is not None,
             chain=chain,
+            toxic_with=toxic_with,
         )
         policy_change_lock(exclusive=False)  # a policy change commits before or after this
         compiled = policy.current_policies()
@@ -279,7 +282,10 @@ def _submit(
                 data={"verdict": "approve", "channel": "policy", "policies": outcome.policy_ids},
             )
             request_transition(access_request, Status.APPROVED, reason="approved by policy")
-            result.grant = grant_issue(access_request, actor=Actor.system("policy"))
+            # The one approval is the policy's, just recorded: no need to read it back.
+            result.grant = grant_issue(
+                access_request, actor=Actor.system("policy"), approvers=["policy"]
+            )
             result.token = token_issue(result.grant, actor=actor)
         else:
             notifications.request_pending(access_request.pk)

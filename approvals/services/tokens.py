@@ -25,7 +25,7 @@ from approvals.services.drift import (
     drift_flagged,
     drift_kinds,
 )
-from approvals.services.facts import request_policy_facts
+from approvals.services.facts import introspection_read, request_policy_facts
 from approvals.services.grants import grant_end, grant_expire
 from approvals.tokens import IssuedToken, TokenInvalid, token_claims, token_sign, token_verify
 from audit.services import Actor, record
@@ -128,31 +128,17 @@ def token_introspect(*, token: str, caller: Agent) -> dict:
         return refused("invalid_token")
     if not caller.may_introspect(claims.get("aud")):
         return refused("audience_not_served", aud=claims.get("aud"))
-    grant = (
-        Grant.objects.select_related(
-            "agent",
-            "agent__sponsor",
-            "agent__team",
-            "privilege",
-            "access_request",
-            "access_request__parent_grant",
-        )
-        .filter(pk=claims.get("grant_id"))
-        .first()
-    )
-    if grant is None:
+    # Continuous evaluation: grant state, agent status and every policy fact read fresh, now.
+    read = introspection_read(claims.get("grant_id"))
+    if read is None:
         return refused("unknown_grant")
-    # The request's agent and privilege are the grant's: reuse the rows just read.
-    grant.access_request.agent = grant.agent
-    grant.access_request.privilege = grant.privilege
+    grant = read.grant
     if not grant.is_active():
         return refused("grant_ended", grant, ended_reason=grant.ended_reason)
     if grant.agent.status != Agent.Status.ACTIVE:
         return refused("agent_not_active", grant, agent_status=grant.agent.status)
-    outcome = policy.decide(
-        policy.current_policies(),
-        request_policy_facts(grant.access_request, exclude_grant_id=grant.pk),
-    )
+    facts = read.facts or request_policy_facts(grant.access_request, exclude_grant_id=grant.pk)
+    outcome = policy.decide_memoised(policy.policies_at(read.generation), facts)
     if outcome.outcome == "deny":
         grant_end(
             grant_id=grant.pk,
