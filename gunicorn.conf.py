@@ -6,8 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
-from core.env import env_bool, env_list, env_str
 from core.client_ip import parse_trusted_proxies
+from core.env import env_bool, env_list, env_str
 
 forwarded_allow_ips = ",".join(
     str(network) for network in parse_trusted_proxies(env_list("TRUSTED_PROXIES", []))

@@ -167,6 +167,10 @@ class ChainCheck(models.Model):
         return self.state == self.State.DONE and self.first_bad_sequence is None
 
     @property
+    def reached(self) -> int:
+        return self.started_after + self.verified
+
+    @property
     def percent(self) -> int:
         todo = (self.target or 0) - self.started_after
         return 100 if todo <= 0 else min(100, int(100 * self.verified / todo))

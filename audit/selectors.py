@@ -50,6 +50,15 @@ def chain_check_latest() -> ChainCheck | None:
     return ChainCheck.objects.first()
 
 
+def chain_check_last_finished() -> ChainCheck | None:
+    """The newest walk that finished (its result is what the page and the metrics show)."""
+    return ChainCheck.objects.filter(state=ChainCheck.State.DONE).first()
+
+
+def chain_check_running() -> ChainCheck | None:
+    return ChainCheck.objects.filter(state=ChainCheck.State.RUNNING).first()
+
+
 EXPORT_FIELDS = [
     "sequence",
     "occurred_at",

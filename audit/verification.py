@@ -42,7 +42,7 @@ from audit.services import ChainReport, _published_checkpoints
 
 logger = logging.getLogger("custody.audit.chain")
 
-Progress = Callable[[int], None]  # events verified so far in this walk
+Progress = Callable[[int, int], None]  # (the sequence the walk started after, events verified)
 Published = dict[int, list[checkpoints.Checkpoint]]
 COLUMNS = (*HASHED_FIELDS, "hash")
 
@@ -200,7 +200,7 @@ def _walk(
             verified += 1
         last_sequence = batch[-1][0]
         if progress is not None:
-            progress(verified)
+            progress(start_sequence, verified)
     beyond = max(published, default=0)
     if beyond > last_sequence:
         checkpoint = published[beyond][0]
@@ -294,7 +294,9 @@ def chain_check_request(*, mode: str = ChainCheck.Mode.INCREMENTAL) -> tuple[Cha
     return check, created
 
 
-def chain_check_execute(check_id: int, *, against: Iterable[Path] = ()) -> ChainCheck:
+def chain_check_execute(
+    check_id: int, *, against: Iterable[Path] = (), batch_size: int = 5000
+) -> ChainCheck:
     """Walk the chain for a claimed check, recording progress on its row as it goes. Safe to
     run twice: a check no longer running is returned as it is."""
     check = ChainCheck.objects.get(pk=check_id)
@@ -302,18 +304,19 @@ def chain_check_execute(check_id: int, *, against: Iterable[Path] = ()) -> Chain
         return check
     head = AuditChainHead.objects.filter(id=1).values_list("last_sequence", flat=True).first()
     ChainCheck.objects.filter(pk=check_id).update(target=head or 0, updated_at=timezone.now())
-    last_report = [time.monotonic()]
 
-    def progress(verified: int) -> None:
-        if time.monotonic() - last_report[0] < 0.5:  # at most two writes a second
-            return
-        last_report[0] = time.monotonic()
+    def progress(started_after: int, verified: int) -> None:  # once a batch (5,000 events)
         ChainCheck.objects.filter(pk=check_id, state=ChainCheck.State.RUNNING).update(
-            verified=verified, updated_at=timezone.now()
+            started_after=started_after, verified=verified, updated_at=timezone.now()
         )
 
     started = time.monotonic()
-    report = verify(full=check.mode == ChainCheck.Mode.FULL, against=against, progress=progress)
+    report = verify(
+        full=check.mode == ChainCheck.Mode.FULL,
+        against=against,
+        progress=progress,
+        batch_size=batch_size,
+    )
     seconds = time.monotonic() - started
     ChainCheck.objects.filter(pk=check_id).update(
         state=ChainCheck.State.DONE,

@@ -36,12 +36,10 @@ class Command(BaseCommand):
         for path in against:
             if not path.is_file():
                 raise CommandError(f"--against {str(path)!r} is not a readable file.")
-        total_events = [0]
 
-        def progress(verified: int) -> None:
-            total_events[0] = verified
+        def progress(started_after: int, verified: int) -> None:
             if options["verbosity"] >= 2:
-                self.stderr.write(f"  {verified:,} events verified …")
+                self.stderr.write(f"  #{started_after + verified:,} reached …")
 
         started = time.monotonic()
         report = verify(full=options["full"], against=against, progress=progress)
