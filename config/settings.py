@@ -525,6 +525,9 @@ CUSTODY_AUDIT_FULL_VERIFY_SECONDS = env_int(
     "CUSTODY_AUDIT_FULL_VERIFY_SECONDS", 86400, minimum=3600
 )
 CUSTODY_CHAIN_CHECK_STALE_SECONDS = env_int("CUSTODY_CHAIN_CHECK_STALE_SECONDS", 600, minimum=30)
+# The audit page turns a time range into a sequence range (fast at 10M events): event times
+# rise with sequences up to the app servers' clock skew, which must stay below this margin.
+CUSTODY_AUDIT_CLOCK_SKEW_SECONDS = env_int("CUSTODY_AUDIT_CLOCK_SKEW_SECONDS", 60, minimum=0)
 if CUSTODY_CHECKPOINT_KEY:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key

@@ -25,7 +25,7 @@ from agents.selectors import (
 )
 from approvals import selectors, services
 from approvals.models import AccessRequest, Decision, Grant
-from audit.exports import iter_csv, iter_jsonl
+from audit.exports import export_rows, iter_csv, iter_jsonl
 from audit.models import AuditEvent
 from audit.selectors import (
     audit_trail_of_request,
@@ -449,6 +449,8 @@ def _audit_events(request, form: AuditFilterForm):
         actor_type=AuditEvent.ActorType.USER if wanted.get("person") else None,
         actor_id=wanted.get("person") or None,
         verb=wanted.get("verb") or None,
+        access_request_id=wanted.get("access_request"),
+        grant_id=wanted.get("grant"),
     )
 
 
@@ -469,7 +471,7 @@ def audit(request):
     events = _audit_events(request, form)
     export = request.GET.get("export")
     if export in ("csv", "jsonl"):
-        rows = events.order_by("sequence").iterator(chunk_size=2000)
+        rows = export_rows(events.order_by("sequence"))
         stream = iter_csv(rows) if export == "csv" else iter_jsonl(rows)
         response = StreamingHttpResponse(
             stream, content_type="text/csv" if export == "csv" else "application/jsonl"

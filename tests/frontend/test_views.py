@@ -907,6 +907,27 @@ def test_the_audit_filters_by_agent_person_verb_and_time(web, admin_user, agent,
     )
 
 
+def test_the_audit_filters_by_spiffe_id_grant_and_request(web, admin_user, sponsor, agent):
+    other = AgentFactory(name="Research bot", sponsor=UserFactory(username="carol"))
+    about_grant = AuditEventFactory(verb="grant.issued", agent_id=agent.pk, grant_id=41)
+    about_request = AuditEventFactory(
+        verb="request.created", agent_id=agent.pk, access_request_id=42
+    )
+    elsewhere = AuditEventFactory(verb="tool.called", agent_id=other.pk, grant_id=43)
+    client = web(admin_user)
+
+    assert sequences(text(client.get("/audit/?grant=41"))) == {about_grant.sequence}
+    assert sequences(text(client.get("/audit/?access_request=42"))) == {about_request.sequence}
+    by_spiffe = sequences(text(client.get("/audit/", {"agent": other.spiffe_id})))
+    assert elsewhere.sequence in by_spiffe and about_grant.sequence not in by_spiffe
+    # Someone who cannot see the agent gets the same answer as for one that does not exist.
+    for wanted in (other.spiffe_id, str(other.pk), "spiffe://nowhere/x"):
+        response = web(sponsor).get("/audit/", {"agent": wanted})
+        assert response.status_code == 400
+        assert "No agent you can see has that id or SPIFFE ID." in text(response)
+    assert web(admin_user).get("/audit/?grant=0").status_code == 400
+
+
 def test_the_audit_filters_by_time_range(web, admin_user):
     base = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     moments = [base, base + timedelta(hours=1), base + timedelta(hours=2)]
