@@ -4,6 +4,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.archive import verify_archive
 from audit.verification import verify
 
 
@@ -25,6 +26,14 @@ class Command(BaseCommand):
             "monitor from /api/v1/audit/checkpoints/latest); may be repeated",
         )
         parser.add_argument(
+            "--archive",
+            action="append",
+            default=[],
+            metavar="FILE",
+            help="verify an archive written by archive_audit (alone, then its link to the "
+            "database's next event) instead of the database's chain; may be repeated",
+        )
+        parser.add_argument(
             "--full",
             action="store_true",
             help="walk every event from the first, against every checkpoint: the only walk that "
@@ -32,6 +41,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        if options["archive"]:
+            return self._archives([Path(name) for name in options["archive"]])
         against = [Path(name) for name in options["against"]]
         for path in against:
             if not path.is_file():
@@ -71,3 +82,21 @@ class Command(BaseCommand):
         self.stderr.write(
             f"Walked {report.verified} events in {seconds:.2f} s ({rate:,.0f} events/s)."
         )
+
+    def _archives(self, paths: list[Path]) -> None:
+        for path in paths:
+            if not path.is_file():
+                raise CommandError(f"--archive {str(path)!r} is not a readable file.")
+            report = verify_archive(path)
+            if not report.ok:
+                raise CommandError(f"Archive {path} broken: {report.problem}.")
+            link = (
+                f"; the database's event {report.last_sequence + 1} links to it"
+                if report.links_to_database
+                else ""
+            )
+            self.stdout.write(
+                f"Archive {path} intact: {report.verified} events #{report.first_sequence}–"
+                f"#{report.last_sequence}, ending at the signed checkpoint at "
+                f"#{report.last_sequence}{link}."
+            )
