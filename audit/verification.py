@@ -10,9 +10,9 @@ recomputed the later hashes changes N's: caught), then every link from N to the 
 cannot see is an edit before N that left every later hash alone: that breaks a link before N,
 which only `--full` (beat runs it daily) walks.
 
-Rows are read as tuples and hashed with `audit.models.chain_hash` (no model instances): about
-three times the events per second of the model walk it replaces. The walk reads in autocommit,
-in batches, up to the head it read at the start; appends go on meanwhile.
+Rows are read as tuples and hashed with `audit.models.chain_hash` (no model instances). The
+walk reads in autocommit, in batches, up to the head it read at the start; appends go on
+meanwhile (an honest head, read after the last event, is never behind it).
 """
 
 from __future__ import annotations
