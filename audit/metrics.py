@@ -10,7 +10,7 @@ from audit.models import AuditChainHead, AuditCheckpoint, ChainCheck
 
 def collect_audit_facts():
     now = timezone.now()
-    check = ChainCheck.objects.order_by("-checked_at").first()
+    check = ChainCheck.objects.filter(state=ChainCheck.State.DONE).order_by("-checked_at").first()
     status = GaugeMetricFamily(
         "custody_audit_chain_ok",
         "1 when the latest walk of the audit chain verified, 0 when it found a break, "
@@ -18,14 +18,15 @@ def collect_audit_facts():
     )
     verified = GaugeMetricFamily(
         "custody_audit_chain_last_verified_sequence",
-        "How many events the latest walk of the audit chain verified.",
+        "The last sequence the latest walk of the audit chain verified (an incremental walk "
+        "trusts the signed checkpoint it started from and walks on from there).",
     )
     check_age = GaugeMetricFamily(
         "custody_audit_chain_check_age_seconds", "Seconds since the audit chain was last walked."
     )
     if check is not None:
         status.add_metric([], 1 if check.ok else 0)
-        verified.add_metric([], check.verified)
+        verified.add_metric([], check.started_after + check.verified)
         check_age.add_metric([], (now - check.checked_at).total_seconds())
     head = GaugeMetricFamily(
         "custody_audit_head_sequence", "The sequence number of the newest audit event."

@@ -1,5 +1,6 @@
 import hashlib
 import json
+from typing import Any
 
 from django.db import models
 
@@ -44,6 +45,10 @@ class AuditEvent(models.Model):
             # An agent's tool calls over time, with the grant each was made under: a review
             # counts them per eligibility (approvals.selectors.review_usage) from this index
             # alone, instead of walking every event of the period.
+            # The audit page's filters, newest first, one keyset page at a time (10M events):
+            # an agent's or a verb's events come off these in sequence order, no sort.
+            models.Index(fields=["agent_id", "sequence"], name="audit_agent_sequence"),
+            models.Index(fields=["verb", "sequence"], name="audit_verb_sequence"),
             models.Index(
                 fields=["agent_id", "occurred_at"],
                 include=["grant_id"],
@@ -65,22 +70,10 @@ class AuditEvent(models.Model):
 
     def canonical_payload(self) -> bytes:
         """The bytes the hash covers: every field but the hash, in one stable encoding."""
-        body = {
-            "sequence": self.sequence,
-            "occurred_at": self.occurred_at.isoformat(timespec="microseconds"),
-            "actor_type": self.actor_type,
-            "actor_id": self.actor_id,
-            "verb": self.verb,
-            "agent_id": self.agent_id,
-            "access_request_id": self.access_request_id,
-            "grant_id": self.grant_id,
-            "data": self.data,
-            "previous_hash": self.previous_hash,
-        }
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return canonical_payload({name: getattr(self, name) for name in HASHED_FIELDS})
 
     def compute_hash(self) -> str:
-        return hashlib.sha256(self.canonical_payload()).hexdigest()
+        return chain_hash({name: getattr(self, name) for name in HASHED_FIELDS})
 
     def canonical_parts(self) -> tuple[str, str]:
         """`canonical_payload` split around the three values an append only knows under the
@@ -100,6 +93,35 @@ class AuditEvent(models.Model):
         return dump[:-1] + ',"occurred_at":"', f',"verb":{verb}}}'
 
 
+# Every field the hash covers (all but the hash itself and the row id).
+HASHED_FIELDS = (
+    "sequence",
+    "occurred_at",
+    "actor_type",
+    "actor_id",
+    "verb",
+    "agent_id",
+    "access_request_id",
+    "grant_id",
+    "data",
+    "previous_hash",
+)
+
+
+def canonical_payload(fields: dict[str, Any]) -> bytes:
+    """The one encoding an event's hash covers, from its HASHED_FIELDS (occurred_at a datetime).
+
+    A function as well as a method so that bulk writers (the 10M-event seed) and verifiers that
+    read plain rows hash exactly as the model does, without building model instances."""
+    body = dict(fields)
+    body["occurred_at"] = fields["occurred_at"].isoformat(timespec="microseconds")
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def chain_hash(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_payload(fields)).hexdigest()
+
+
 class AuditChainHead(models.Model):
     """The single row every append locks: it orders writers and remembers the last link."""
 
@@ -115,22 +137,60 @@ class AuditChainHead(models.Model):
 
 
 class ChainCheck(models.Model):
-    """The result of one walk of the chain (periodic task or on demand), shown on the audit page."""
+    """One walk of the chain (periodic task, `verify_audit` or "Verify now"), shown on the audit
+    page. A walk runs in a worker: the row is created `running` and its `verified` count moves
+    as it goes, so the page can show progress; at most one walk runs at a time."""
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        ABANDONED = "abandoned", "Abandoned"  # its worker stopped reporting progress
+
+    class Mode(models.TextChoices):
+        INCREMENTAL = "incremental", "From the last signed checkpoint"
+        FULL = "full", "Whole chain"
 
     checked_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    verified = models.BigIntegerField()
+    verified = models.BigIntegerField(default=0)
     first_bad_sequence = models.BigIntegerField(null=True, blank=True)
     problem = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.DONE)
+    mode = models.CharField(max_length=12, choices=Mode.choices, default=Mode.FULL)
+    # Where the walk began: the signed checkpoint it trusted (0 = the genesis), and the head
+    # it walked to.
+    started_after = models.BigIntegerField(default=0)
+    target = models.BigIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-checked_at"]
+        constraints = [
+            # Concurrent "Verify now" clicks (and beat) start one walk: the second insert fails.
+            models.UniqueConstraint(
+                fields=["state"],
+                condition=models.Q(state="running"),
+                name="audit_one_chain_check_running",
+            )
+        ]
 
     def __str__(self) -> str:
+        if self.state == self.State.RUNNING:
+            return f"Chain check started {self.checked_at}: running"
         return f"Chain check at {self.checked_at}: {'ok' if self.ok else self.problem}"
 
     @property
     def ok(self) -> bool:
-        return self.first_bad_sequence is None
+        return self.state == self.State.DONE and self.first_bad_sequence is None
+
+    @property
+    def reached(self) -> int:
+        return self.started_after + self.verified
+
+    @property
+    def percent(self) -> int:
+        todo = (self.target or 0) - self.started_after
+        return 100 if todo <= 0 else min(100, int(100 * self.verified / todo))
 
 
 class AuditCheckpoint(models.Model):

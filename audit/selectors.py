@@ -1,5 +1,6 @@
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
 
 from audit.models import AuditCheckpoint, AuditEvent, ChainCheck
@@ -19,8 +20,12 @@ def audit_event_list(
     events = AuditEvent.objects.all()
     if since is not None:
         events = events.filter(occurred_at__gte=since)
+        if (after := _sequence_before(since)) is not None:
+            events = events.filter(sequence__gt=after)
     if until is not None:
         events = events.filter(occurred_at__lt=until)
+        if (bound := _sequence_from(until)) is not None:
+            events = events.filter(sequence__lt=bound)
     if agent_id is not None:
         events = events.filter(agent_id=agent_id)
     if actor_type:
@@ -38,6 +43,33 @@ def audit_event_list(
     return events.order_by("sequence")
 
 
+def _skew() -> timedelta:
+    return timedelta(seconds=settings.CUSTODY_AUDIT_CLOCK_SKEW_SECONDS)
+
+
+def _sequence_before(moment: datetime) -> int | None:
+    """A sequence every event at or after `moment` comes after. An event's time is taken under
+    the chain-head lock, so times rise with sequences up to the app servers' clock skew: the
+    last event more than that margin before `moment` bounds them. Without the bound, a range
+    months back makes PostgreSQL walk the sequence index from the head (seconds at 10M)."""
+    return (
+        AuditEvent.objects.filter(occurred_at__lt=moment - _skew())
+        .order_by("-occurred_at")
+        .values_list("sequence", flat=True)
+        .first()
+    )
+
+
+def _sequence_from(moment: datetime) -> int | None:
+    """A sequence every event before `moment` comes before (the same margin, the other way)."""
+    return (
+        AuditEvent.objects.filter(occurred_at__gte=moment + _skew())
+        .order_by("occurred_at")
+        .values_list("sequence", flat=True)
+        .first()
+    )
+
+
 def audit_trail_of_request(*, access_request_id: int, grant_id: int | None) -> QuerySet[AuditEvent]:
     """What happened to one request and, once issued, to its grant, in order."""
     about = Q(access_request_id=access_request_id)
@@ -48,6 +80,15 @@ def audit_trail_of_request(*, access_request_id: int, grant_id: int | None) -> Q
 
 def chain_check_latest() -> ChainCheck | None:
     return ChainCheck.objects.first()
+
+
+def chain_check_last_finished() -> ChainCheck | None:
+    """The newest walk that finished (its result is what the page and the metrics show)."""
+    return ChainCheck.objects.filter(state=ChainCheck.State.DONE).first()
+
+
+def chain_check_running() -> ChainCheck | None:
+    return ChainCheck.objects.filter(state=ChainCheck.State.RUNNING).first()
 
 
 EXPORT_FIELDS = [

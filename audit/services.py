@@ -198,22 +198,11 @@ class ChainReport:
     problem: str = ""
     checkpoints: int = 0  # signed checkpoints the chain was held against
     latest_checkpoint: int | None = None
+    started_after: int = 0  # the signed checkpoint an incremental walk started from (0: genesis)
 
     @property
     def ok(self) -> bool:
         return self.first_bad_sequence is None
-
-
-@contextmanager
-def _consistent_snapshot():
-    """On PostgreSQL, read the head and every event from one snapshot, so appends committed
-    during a long walk are not mistaken for a moved head (SQLite: writers would wait, so not)."""
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
-        yield
-        return
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        yield
 
 
 def _published_checkpoints(against: Iterable[Path]) -> dict[int, list[checkpoints.Checkpoint]]:
@@ -235,106 +224,16 @@ def _published_checkpoints(against: Iterable[Path]) -> dict[int, list[checkpoint
     return by_sequence
 
 
-def verify_chain(*, against: Iterable[Path] = (), batch_size: int = 2000) -> ChainReport:
+def verify_chain(*, against: Iterable[Path] = (), batch_size: int = 5000) -> ChainReport:
     """Walk the whole chain in sequence order; report the first link that does not hold.
 
     Beyond the links themselves, the chain must contain every signed checkpoint (sequence and
     hash): someone who rewrote events and recomputed every later hash and the head, or cut the
-    tail and moved the head back, holds the database but not the checkpoint key."""
-    try:
-        published = _published_checkpoints(against)
-    except ValueError as exc:
-        return ChainReport(0, 0, f"checkpoint refused: {exc}")
-    with _consistent_snapshot():
-        return _walk(published, batch_size)
+    tail and moved the head back, holds the database but not the checkpoint key. The walk
+    itself (and its incremental form) lives in `audit.verification`."""
+    from audit.verification import verify
 
-
-def _refused(verified: int, checkpoint: checkpoints.Checkpoint, exc: ValueError) -> ChainReport:
-    verified = min(verified, checkpoint.sequence - 1)  # the events it was to vouch for
-    return ChainReport(verified, checkpoint.sequence, f"checkpoint refused: {exc}")
-
-
-def _walk(published: dict[int, list[checkpoints.Checkpoint]], batch_size: int) -> ChainReport:
-    expected_previous = GENESIS_HASH
-    expected_sequence = 1
-    verified = 0
-    last_sequence = 0
-    matched: list[checkpoints.Checkpoint] = []  # the checkpoints at the latest sequence that held
-    held = 0
-    while True:
-        batch = list(
-            AuditEvent.objects.filter(sequence__gt=last_sequence).order_by("sequence")[:batch_size]
-        )
-        if not batch:
-            break
-        for event in batch:
-            if event.sequence != expected_sequence:
-                return ChainReport(verified, expected_sequence, "missing event (gap in sequence)")
-            if event.previous_hash != expected_previous:
-                return ChainReport(verified, event.sequence, "previous hash does not match")
-            if event.compute_hash() != event.hash:
-                return ChainReport(verified, event.sequence, "content does not match its hash")
-            claimed = published.get(event.sequence, ())
-            for checkpoint in claimed:
-                if checkpoint.hash == event.hash:
-                    continue
-                try:
-                    checkpoint.check_signature()
-                except ValueError as exc:
-                    return _refused(verified, checkpoint, exc)
-                since = (
-                    f"the last checkpoint that holds is at {matched[0].sequence}"
-                    if matched
-                    else "no earlier checkpoint holds"
-                )
-                return ChainReport(
-                    verified,
-                    event.sequence,
-                    f"content rewritten at or before sequence {event.sequence}: checkpoint hash "
-                    f"mismatch ({checkpoint.source}); {since}",
-                )
-            if claimed:
-                matched = list(claimed)
-                held += 1
-            expected_previous = event.hash
-            expected_sequence += 1
-            verified += 1
-        last_sequence = batch[-1].sequence
-    beyond = max(published, default=0)
-    if beyond > last_sequence:
-        checkpoint = published[beyond][0]
-        try:
-            checkpoint.check_signature()
-        except ValueError as exc:
-            return _refused(verified, checkpoint, exc)
-        return ChainReport(
-            verified,
-            last_sequence + 1,
-            f"events after {last_sequence} removed: checkpoint at {beyond} exists "
-            f"({checkpoint.source})",
-        )
-    head = AuditChainHead.objects.filter(id=1).first()
-    if head is not None and head.last_sequence > last_sequence:
-        return ChainReport(verified, last_sequence + 1, "events after this point were removed")
-    if head is not None and head.last_sequence < last_sequence:
-        return ChainReport(
-            verified,
-            head.last_sequence + 1,
-            f"chain head reset to {head.last_sequence} while events run to {last_sequence}",
-        )
-    if head is not None and head.last_hash != expected_previous:
-        return ChainReport(
-            verified, last_sequence, f"chain head hash does not match event {last_sequence}"
-        )
-    # The latest checkpoint that held vouches for every event up to it (each hash covers the
-    # one before), so its signature is the one that must verify.
-    for checkpoint in matched:
-        try:
-            checkpoint.check_signature()
-        except ValueError as exc:
-            return _refused(verified, checkpoint, exc)
-    latest = matched[0].sequence if matched else None
-    return ChainReport(verified, None, checkpoints=held, latest_checkpoint=latest)
+    return verify(full=True, against=against, batch_size=batch_size)
 
 
 checkpoint_log = logging.getLogger("custody.audit.checkpoint")

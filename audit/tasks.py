@@ -3,32 +3,38 @@ import logging
 from celery import shared_task
 
 from audit.models import ChainCheck
-from audit.services import checkpoint_publish, verify_chain
+from audit.services import checkpoint_publish
+from audit.verification import chain_check_execute, chain_check_start
 
 logger = logging.getLogger("custody.audit.chain")
 
 
-def chain_check_run() -> ChainCheck:
-    report = verify_chain()
-    check = ChainCheck.objects.create(
-        verified=report.verified,
-        first_bad_sequence=report.first_bad_sequence,
-        problem=report.problem[:200],
-    )
-    if not check.ok:  # whoever is on call must hear of it, not only the audit page
-        logger.error(
-            "Audit chain BROKEN at sequence %s: %s",
-            report.first_bad_sequence,
-            report.problem,
-            extra={"event": "audit.chain_broken", "first_bad_sequence": report.first_bad_sequence},
-        )
-    return check
+def chain_check_run(*, mode: str = ChainCheck.Mode.INCREMENTAL) -> ChainCheck:
+    """Claim and run one walk here and now (beat's tasks, tests); if a walk is already running
+    (someone's "Verify now"), that one is returned unfinished instead of starting a second."""
+    check, created = chain_check_start(mode=mode)
+    if not created:
+        return check
+    return chain_check_execute(check.pk)
 
 
 @shared_task(acks_late=True)
 def verify_audit_chain() -> bool:
-    """Walk the whole chain on a schedule; the audit page shows the latest result."""
+    """On beat's schedule: walk from the last signed checkpoint to the head (seconds at 10M)."""
     return chain_check_run().ok
+
+
+@shared_task(acks_late=True)
+def verify_audit_chain_full() -> bool:
+    """Daily on beat: the whole chain, which alone sees an edit before the last checkpoint that
+    left every later hash alone (a broken link)."""
+    return chain_check_run(mode=ChainCheck.Mode.FULL).ok
+
+
+@shared_task(acks_late=True)
+def run_chain_check(check_id: int) -> bool:
+    """The walk "Verify now" claimed (`audit.verification.chain_check_request`)."""
+    return chain_check_execute(check_id).ok
 
 
 @shared_task(acks_late=True)

@@ -538,6 +538,17 @@ CUSTODY_POLICY_TWO_PERSON = env_bool("CUSTODY_POLICY_TWO_PERSON", False)
 # The key: CUSTODY_CHECKPOINT_KEY (or _FILE), a PEM Ed25519 private key; without one it is
 # derived from SECRET_KEY with HKDF, which is equally outside the database and always present.
 CUSTODY_CHECKPOINT_KEY = env_str("CUSTODY_CHECKPOINT_KEY")
+# Beat walks the chain from the last signed checkpoint every 5 minutes, and the whole chain every
+# CUSTODY_AUDIT_FULL_VERIFY_SECONDS (only a full walk sees an edit before the last checkpoint
+# that left every later hash alone). A walk that stops reporting progress for
+# CUSTODY_CHAIN_CHECK_STALE_SECONDS (its worker died) no longer blocks "Verify now".
+CUSTODY_AUDIT_FULL_VERIFY_SECONDS = env_int(
+    "CUSTODY_AUDIT_FULL_VERIFY_SECONDS", 86400, minimum=3600
+)
+CUSTODY_CHAIN_CHECK_STALE_SECONDS = env_int("CUSTODY_CHAIN_CHECK_STALE_SECONDS", 600, minimum=30)
+# The audit page turns a time range into a sequence range (fast at 10M events): event times
+# rise with sequences up to the app servers' clock skew, which must stay below this margin.
+CUSTODY_AUDIT_CLOCK_SKEW_SECONDS = env_int("CUSTODY_AUDIT_CLOCK_SKEW_SECONDS", 60, minimum=0)
 if CUSTODY_CHECKPOINT_KEY:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -633,6 +644,10 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_BEAT_SCHEDULE = {
     "verify-audit-chain": {"task": "audit.tasks.verify_audit_chain", "schedule": 300.0},
+    "verify-audit-chain-full": {
+        "task": "audit.tasks.verify_audit_chain_full",
+        "schedule": float(CUSTODY_AUDIT_FULL_VERIFY_SECONDS),
+    },
     "publish-audit-checkpoint": {
         "task": "audit.tasks.publish_audit_checkpoint",
         "schedule": float(CUSTODY_CHECKPOINT_SECONDS),

@@ -32,7 +32,15 @@ LOCAL_DATETIME = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%
 
 
 class AuditFilterForm(forms.Form):
-    agent = forms.ModelChoiceField(queryset=None, required=False, empty_label="Any agent")
+    # A text box, not a select of every agent: an estate of thousands made the page render
+    # thousands of options on every page (most of its time at 2,000 agents).
+    agent = forms.CharField(
+        max_length=2048,
+        required=False,
+        label="Agent (SPIFFE ID or id)",
+        strip=False,
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+    )
     person = forms.CharField(max_length=150, required=False, label="Person (username)")
     verb = forms.CharField(
         max_length=64,
@@ -42,11 +50,36 @@ class AuditFilterForm(forms.Form):
     )
     since = forms.DateTimeField(required=False, label="From", widget=LOCAL_DATETIME)
     until = forms.DateTimeField(required=False, label="Until", widget=LOCAL_DATETIME)
+    access_request = forms.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, label="Request #"
+    )
+    grant = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, label="Grant #")
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["agent"].queryset = agents_visible_to(user).order_by("name")
+        self.user = user
         self.verb_choices = verb_choices()
+
+    def clean_agent(self):
+        """The agent by id (as links to this page give it) or SPIFFE ID, among those the person
+        may see; an agent outside their view reads as unknown (its existence is not leaked)."""
+        wanted = self.cleaned_data["agent"]
+        if wanted == "":
+            return None
+        visible = agents_visible_to(self.user)
+        try:
+            number = int(wanted)  # as the select it replaces read ids: " 7" and "07" name 7
+        except ValueError:
+            number = None
+        if number is not None:
+            agent = visible.filter(pk=number).first() if 0 < number < 2**63 else None
+        elif wanted.startswith("spiffe://"):
+            agent = visible.filter(spiffe_id=wanted).order_by("-pk").first()
+        else:
+            agent = None
+        if agent is None:
+            raise forms.ValidationError("No agent you can see has that id or SPIFFE ID.")
+        return agent
 
     def clean_verb(self):
         verb = self.cleaned_data["verb"].strip()

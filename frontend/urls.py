@@ -75,6 +75,7 @@ urlpatterns = [
     path("posture/", views_posture.posture_dashboard, name="posture"),
     path("audit/", views.audit, name="audit"),
     path("audit/verify/", views.audit_verify, name="audit-verify"),
+    path("audit/verify/status/", views.audit_verify_status, name="audit-verify-status"),
     path("profile/", views_profile.profile, name="profile"),
     path("nav/pending/", views_nav.pending_badge, name="nav-pending"),
     # allauth's sign-in: the password, then the second factor when the person has one.

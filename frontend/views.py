@@ -25,10 +25,15 @@ from agents.selectors import (
 )
 from approvals import selectors, services
 from approvals.models import AccessRequest, Decision, Grant
-from audit.exports import iter_csv, iter_jsonl
+from audit.exports import export_rows, iter_csv, iter_jsonl
 from audit.models import AuditEvent
-from audit.selectors import audit_trail_of_request, chain_check_latest
+from audit.selectors import (
+    audit_trail_of_request,
+    chain_check_last_finished,
+    chain_check_running,
+)
 from audit.services import Actor
+from audit.verification import chain_check_request
 from brokers.selectors import grant_credential
 from core.errors import DomainError
 from core.replica import replica_reads, replica_stream
@@ -447,6 +452,8 @@ def _audit_events(request, form: AuditFilterForm):
         actor_type=AuditEvent.ActorType.USER if wanted.get("person") else None,
         actor_id=wanted.get("person") or None,
         verb=wanted.get("verb") or None,
+        access_request_id=wanted.get("access_request"),
+        grant_id=wanted.get("grant"),
     )
 
 
@@ -461,7 +468,7 @@ def audit(request):
         return render(
             request,
             "frontend/audit.html",
-            {"form": form, "events": [], "check": chain_check_latest()},
+            {"form": form, "events": [], **chain_check_context()},
             status=400,
         )
     # The evidence itself may come from a read replica (core/replica.py); who may see which
@@ -470,8 +477,9 @@ def audit(request):
         events = _audit_events(request, form)
         export = request.GET.get("export")
         if export in ("csv", "jsonl"):
-            # Read as it streams, after the view has returned.
-            rows = replica_stream(events.order_by("sequence").iterator(chunk_size=2000))
+            # Plain rows from a server-side cursor, read from the replica as it streams,
+            # after the view has returned.
+            rows = replica_stream(export_rows(events.order_by("sequence")))
             stream = iter_csv(rows) if export == "csv" else iter_jsonl(rows)
             response = StreamingHttpResponse(
                 stream, content_type="text/csv" if export == "csv" else "application/jsonl"
@@ -493,7 +501,7 @@ def audit(request):
             "rows": audit_rows(rows[:PAGE_SIZE], request.user),
             "next_before": rows[PAGE_SIZE - 1].sequence if len(rows) > PAGE_SIZE else None,
             "query": query.urlencode(),
-            "check": chain_check_latest(),
+            **chain_check_context(),
         },
     )
 
@@ -502,11 +510,20 @@ def audit(request):
 @require_POST
 @permission_required_or_404("audit.view_auditevent")
 def audit_verify(request):
-    from audit.tasks import chain_check_run
-
-    check = chain_check_run()
-    if check.ok:
-        messages.success(request, f"Chain intact: {check.verified} events verified.")
+    """Start a walk of the chain in a worker (one at a time); the page polls its progress."""
+    check, created = chain_check_request()
+    if created:
+        messages.success(request, "Verification started: its progress is shown below.")
     else:
-        messages.error(request, f"Chain broken at #{check.first_bad_sequence}: {check.problem}")
+        messages.info(request, "A verification is already running: its progress is shown below.")
     return redirect("audit")
+
+
+@login_required
+def audit_verify_status(request):
+    """The chain-check card alone, for the audit page's htmx polling while a walk runs."""
+    return render(request, "frontend/_chain_check.html", chain_check_context())
+
+
+def chain_check_context() -> dict:
+    return {"check": chain_check_last_finished(), "running": chain_check_running()}

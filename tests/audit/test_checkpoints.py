@@ -21,7 +21,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from audit.models import GENESIS_HASH, AuditCheckpoint, AuditEvent, ChainCheck
-from audit.tasks import publish_audit_checkpoint, verify_audit_chain
+from audit.tasks import publish_audit_checkpoint, run_chain_check, verify_audit_chain
 from core import log_context
 from tests.factories import AuditEventFactory, UserFactory
 from tests.workers import Worker
@@ -39,16 +39,17 @@ def publish() -> str:
     return out.getvalue()
 
 
-def verify(*against: Path) -> str:
+def verify(*against: Path, full: bool = False) -> str:
     out = io.StringIO()
     args = [arg for path in against for arg in ("--against", str(path))]
+    args += ["--full"] if full else []
     call_command("verify_audit", *args, stdout=out, stderr=io.StringIO())
     return out.getvalue()
 
 
-def broken(*against: Path) -> str:
+def broken(*against: Path, full: bool = False) -> str:
     with pytest.raises(CommandError) as failure:
-        verify(*against)
+        verify(*against, full=full)
     return str(failure.value)
 
 
@@ -129,6 +130,10 @@ def history(tmp_path):
 def test_an_intact_chain_holds_every_checkpoint(history, _checkpoint_file):
     events, monitor = history
     assert verify() == (
+        "Audit chain intact: 2 events verified after the signed checkpoint at sequence "
+        f"{events[5].sequence}, which vouches for every event up to it (--full walks those too).\n"
+    )
+    assert verify(full=True) == (
         f"Audit chain intact: {AuditEvent.objects.count()} events verified.\n"
         f"It matches all 2 checkpoints; the latest, at sequence {events[5].sequence}, is signed "
         "with the checkpoint key.\n"
@@ -231,7 +236,12 @@ def test_it_detects_a_truncated_log_regrown_past_a_checkpoint(history):
         move_head(cursor, 0, GENESIS_HASH)
     append(events[2].sequence + 1)  # the app keeps writing: a new chain, past checkpoint one
 
+    # From the newest checkpoint, the event it signed is gone; the full walk meets the first.
     assert broken(monitor).startswith(
+        f"Audit chain broken at sequence {events[3].sequence + 1}: events after "
+        f"{events[3].sequence} removed: checkpoint at {events[5].sequence} exists"
+    )
+    assert broken(monitor, full=True).startswith(
         f"Audit chain broken at sequence {events[2].sequence}: content rewritten at or before "
         f"sequence {events[2].sequence}"
     )
@@ -263,11 +273,13 @@ def test_a_forged_database_copy_is_refused_not_trusted(history, settings, tmp_pa
     assert "checkpoint hash mismatch" in broken()
     settings.CUSTODY_CHECKPOINT_FILE = tmp_path / "gone.jsonl"
 
-    assert broken() == (
+    refused = (
         f"Audit chain broken at sequence {events[5].sequence}: checkpoint refused: database "
-        f"copy: checkpoint at sequence {events[5].sequence} has a signature that does not "
-        f"verify ({events[5].sequence - 1} events verified before it)."
+        f"copy: checkpoint at sequence {events[5].sequence} has a signature that does not verify"
     )
+    # From the newest checkpoint (refused before any walk), and from the first event.
+    assert broken() == f"{refused} (0 events verified before it)."
+    assert broken(full=True) == f"{refused} ({events[5].sequence - 1} events verified before it)."
 
 
 def test_a_malformed_checkpoint_is_refused_not_a_crash(history):
@@ -294,6 +306,7 @@ def test_the_web_check_and_the_periodic_check_use_the_checkpoints(history):
         erase_database_copies(cursor)
 
     assert web.post("/audit/verify/").status_code == 302
+    run_chain_check(ChainCheck.objects.get().pk)  # what the worker does with the web's task
     assert verify_audit_chain() is False
 
     checks = list(ChainCheck.objects.order_by("checked_at"))
@@ -395,7 +408,9 @@ def test_beat_publishes_checkpoints_with_no_test_code_calling_the_task(settings,
         worker.stop()
 
     settings.CUSTODY_CHECKPOINT_FILE = published
-    assert verify().startswith(f"Audit chain intact: {events[-1].sequence} events verified.")
+    assert verify(full=True).startswith(
+        f"Audit chain intact: {events[-1].sequence} events verified."
+    )
     assert AuditCheckpoint.objects.count() == len(published.read_text().splitlines()) >= 2
 
 
@@ -409,6 +424,9 @@ def test_a_broken_chain_is_logged_at_error(history, caplog):
         erase_database_copies(cursor)
 
     response = web.post("/audit/verify/")
+    # The worker runs the web's walk with the fields the task message carries from the request.
+    carried = {"request_id": response["X-Request-ID"], "person": "auditor"}
+    run_chain_check.apply(args=[ChainCheck.objects.get().pk], headers={log_context.HEADER: carried})
     assert verify_audit_chain() is False
     broken = [
         record

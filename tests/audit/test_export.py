@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from audit.models import AuditEvent
 from audit.selectors import EXPORT_FIELDS
 from audit.services import Actor, record
-from tests.factories import AgentFactory
+from tests.factories import AgentFactory, AuditEventFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -131,3 +131,20 @@ def test_it_refuses_a_since_that_is_not_an_iso_date(since):
 def test_it_refuses_an_unknown_format():
     with pytest.raises(CommandError, match="invalid choice: 'xml'"):
         export("--format", "xml")
+
+
+def test_it_reports_progress_on_stderr_and_keeps_stdout_for_the_events():
+    events = [AuditEventFactory() for _ in range(5)]
+    total = AuditEvent.objects.count()
+    out, err = io.StringIO(), io.StringIO()
+
+    call_command("export_audit", "--progress-every", "2", stdout=out, stderr=err)
+
+    assert [json.loads(line)["sequence"] for line in out.getvalue().splitlines()][-5:] == [
+        event.sequence for event in events
+    ]
+    progress = err.getvalue().splitlines()
+    assert [line.split(" events")[0].strip() for line in progress] == [
+        f"exported {n:,}" for n in range(2, total + 1, 2)
+    ] + [f"Exported {total:,}"]
+    assert f"(reached #{events[-1].sequence:,} of #{events[-1].sequence:,})" in progress[-1]

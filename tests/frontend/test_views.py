@@ -19,6 +19,7 @@ from approvals import services
 from approvals.models import AccessRequest, Decision, Grant
 from audit.models import AuditEvent, ChainCheck
 from audit.services import Actor
+from audit.tasks import run_chain_check
 from core.sessions import SESSION_KEY
 from tests.factories import AccessRequestFactory, AgentFactory, AuditEventFactory, UserFactory
 from tests.frontend.conftest import PASSWORD, approve
@@ -906,6 +907,27 @@ def test_the_audit_filters_by_agent_person_verb_and_time(web, admin_user, agent,
     )
 
 
+def test_the_audit_filters_by_spiffe_id_grant_and_request(web, admin_user, sponsor, agent):
+    other = AgentFactory(name="Research bot", sponsor=UserFactory(username="carol"))
+    about_grant = AuditEventFactory(verb="grant.issued", agent_id=agent.pk, grant_id=41)
+    about_request = AuditEventFactory(
+        verb="request.created", agent_id=agent.pk, access_request_id=42
+    )
+    elsewhere = AuditEventFactory(verb="tool.called", agent_id=other.pk, grant_id=43)
+    client = web(admin_user)
+
+    assert sequences(text(client.get("/audit/?grant=41"))) == {about_grant.sequence}
+    assert sequences(text(client.get("/audit/?access_request=42"))) == {about_request.sequence}
+    by_spiffe = sequences(text(client.get("/audit/", {"agent": other.spiffe_id})))
+    assert elsewhere.sequence in by_spiffe and about_grant.sequence not in by_spiffe
+    # Someone who cannot see the agent gets the same answer as for one that does not exist.
+    for wanted in (other.spiffe_id, str(other.pk), "spiffe://nowhere/x"):
+        response = web(sponsor).get("/audit/", {"agent": wanted})
+        assert response.status_code == 400
+        assert "No agent you can see has that id or SPIFFE ID." in text(response)
+    assert web(admin_user).get("/audit/?grant=0").status_code == 400
+
+
 def test_the_audit_filters_by_time_range(web, admin_user):
     base = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     moments = [base, base + timedelta(hours=1), base + timedelta(hours=2)]
@@ -971,19 +993,34 @@ def test_the_audit_exports_the_filter_as_json_lines(web, sponsor, evidence):
     assert all(e["hash"] and e["previous_hash"] for e in events)
 
 
-def test_the_audit_page_shows_the_chain_verification(web, admin_user, sponsor, evidence):
+def test_the_audit_page_shows_the_chain_verification(
+    web, admin_user, sponsor, evidence, django_capture_on_commit_callbacks
+):
     client = web(admin_user)
     assert "The chain has not been verified yet." in text(client.get("/audit/"))
 
-    response = client.post("/audit/verify/")
+    with django_capture_on_commit_callbacks() as enqueued:
+        response = client.post("/audit/verify/")
 
+    # The request only starts the walk: a worker runs it, the page polls its progress.
     assert response.status_code == 302
-    page = client.get("/audit/")
-    html = text(page)
+    assert len(enqueued) == 1
     check = ChainCheck.objects.get()
+    assert check.state == ChainCheck.State.RUNNING
+    page = client.get("/audit/")
+    assert any("Verification started" in message for message in messages_of(page))
+    assert "Verifying the chain" in text(page)
+    status = client.get("/audit/verify/status/")
+    assert 'hx-trigger="every 2s"' in status.content.decode()
+
+    run_chain_check(check.pk)  # what the worker does with the task
+
+    html = text(client.get("/audit/"))
+    check.refresh_from_db()
     assert check.ok and check.verified == AuditEvent.objects.count()
     assert f"Chain verified: {check.verified} events intact" in html
-    assert any("Chain intact" in message for message in messages_of(page))
+    assert "Verifying the chain" not in html
+    assert "every 2s" not in client.get("/audit/verify/status/").content.decode()
     assert "Verify now" in html
     # Everyone sees the result; only those allowed to read the whole log may run it.
     assert f"Chain verified: {check.verified} events intact" in text(web(sponsor).get("/audit/"))
