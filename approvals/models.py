@@ -471,6 +471,14 @@ class Grant(models.Model):
                 name="grant_expiry_not_enqueued",
                 condition=models.Q(revoked_at__isnull=True, expiry_enqueued_at__isnull=True),
             ),
+            # What an agent holds live (toxic pairs, at every submit and introspection): walked
+            # one distinct scope at a time (approvals.services.facts, held_scopes_sql), so the
+            # cost follows the privileges it holds, not how many live grants carry them.
+            models.Index(
+                fields=["agent", "scope", "expires_at"],
+                name="grant_live_scope",
+                condition=models.Q(revoked_at__isnull=True),
+            ),
             models.Index(fields=["agent", "task_id"]),
             # The posture page: grants issued per day over the last days.
             models.Index(fields=["issued_at"], name="grant_issued"),
