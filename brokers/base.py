@@ -96,6 +96,19 @@ class Broker:
         raise NotImplementedError
 
 
+def check_fields(config: Any, allowed: tuple[str, ...], *, label: str) -> None:
+    """The configuration is a JSON object naming only `allowed` fields (a misspelt or
+    unexpected one, a password above all, is refused by name rather than ignored)."""
+    if not isinstance(config, dict):
+        raise BrokerConfigError("The configuration must be a JSON object.")
+    unknown = set(config) - set(allowed)
+    if unknown:
+        raise BrokerConfigError(
+            f"Unknown field(s) {', '.join(sorted(unknown))}: a {label} broker takes "
+            f"{', '.join(allowed)}."
+        )
+
+
 _TARGET = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
 

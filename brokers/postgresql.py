@@ -37,6 +37,7 @@ from brokers.base import (
     BrokerUnavailable,
     Holder,
     Issued,
+    check_fields,
     check_target,
     register,
     target_secret,
@@ -70,14 +71,9 @@ class PostgresBroker(Broker):
     secret_parts = ("DSN",)
 
     def validate_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(config, dict):
-            raise BrokerConfigError("The configuration must be a JSON object.")
-        unknown = set(config) - {"target", "group_role", "connection_limit", "database"}
-        if unknown:
-            raise BrokerConfigError(
-                f"Unknown field(s) {', '.join(sorted(unknown))}: a PostgreSQL broker takes "
-                "target, group_role, connection_limit and database."
-            )
+        check_fields(
+            config, ("target", "group_role", "connection_limit", "database"), label="PostgreSQL"
+        )
         target = check_target(config)
         group_role = config.get("group_role")
         if not isinstance(group_role, str) or not _ROLE.match(group_role):

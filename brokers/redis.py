@@ -41,6 +41,7 @@ from brokers.base import (
     BrokerUnavailable,
     Holder,
     Issued,
+    check_fields,
     check_target,
     register,
     target_secret,
@@ -127,11 +128,7 @@ class RedisBroker(Broker):
     secret_parts = ("URL",)
 
     def validate_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(config, dict):
-            raise BrokerConfigError("The configuration must be a JSON object.")
-        unknown = set(config) - {"target", "key_patterns", "commands", "channels"}
-        if unknown:
-            raise BrokerConfigError(f"Unknown field(s): {', '.join(sorted(unknown))}.")
+        check_fields(config, ("target", "key_patterns", "commands", "channels"), label="Redis")
         target = check_target(config)
         key_patterns = _string_list(config, "key_patterns", required=True)
         channels = _string_list(config, "channels", required=False)

@@ -42,6 +42,7 @@ from brokers.base import (
     BrokerUnavailable,
     Holder,
     Issued,
+    check_fields,
     register,
 )
 
@@ -89,11 +90,7 @@ class WebhookBroker(Broker):
     label = "HTTP webhook (the system provisions the account)"
 
     def validate_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(config, dict):
-            raise BrokerConfigError("The configuration must be a JSON object.")
-        unknown = set(config) - {"url", "audience", "timeout"}
-        if unknown:
-            raise BrokerConfigError(f"Unknown field(s): {', '.join(sorted(unknown))}.")
+        check_fields(config, ("url", "audience", "timeout"), label="webhook")
         url = config.get("url")
         if not isinstance(url, str) or not url:
             raise BrokerConfigError("url is required: where Custody sends its signed requests.")
