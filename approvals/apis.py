@@ -156,7 +156,9 @@ def request_output(access_request: AccessRequest, *, token=None, submitted=None)
         # Until when people may decide; the grant's own end is `grant.expires_at`.
         "decision_deadline": access_request.decision_deadline,
         "created_at": access_request.created_at,
-        "grant": None if grant is None else grant_summary(grant, token=token),
+        "grant": None
+        if grant is None
+        else grant_summary(grant, token=token, fresh=submitted is not None),
     }
 
 
@@ -172,9 +174,11 @@ def token_fields(token) -> dict:
     }
 
 
-def grant_summary(grant: Grant, *, token=None) -> dict:
+def grant_summary(grant: Grant, *, token=None, fresh: bool = False) -> dict:
     """A request's grant: its end (`expires_at`), and the access token when this answer minted
-    one (an automatic approval's 201); otherwise `token_url` mints one."""
+    one (an automatic approval's 201); otherwise `token_url` mints one. A `fresh` grant, issued
+    by this very request, has no brokered credential yet (one is made only when its agent asks
+    for it): nothing to read."""
     return {
         "id": grant.pk,
         "scope": grant.scope,
@@ -182,7 +186,7 @@ def grant_summary(grant: Grant, *, token=None) -> dict:
         "active": grant.is_active(),
         "token_url": f"/api/v1/grants/{grant.pk}/token",
         **token_fields(token),
-        "credential": grant_credential_state(grant),
+        "credential": None if fresh else grant_credential_state(grant),
     }
 
 

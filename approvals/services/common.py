@@ -20,7 +20,7 @@ from approvals.models import (
 )
 from audit.services import Actor, record_throttled
 from core.errors import Conflict, InvalidInput
-from core.raw_rows import model_from_row
+from core.raw_rows import columns, model_from_row
 
 security_log = logging.getLogger("custody.security")
 
@@ -99,13 +99,37 @@ def policy_change_lock(*, exclusive: bool) -> None:
         cursor.execute(f"SELECT {function}(%s)", [_POLICY_CHANGE_LOCK])
 
 
+def _privilege_with_pairs(resource: str, action: str) -> Privilege | None:
+    """PostgreSQL: the enabled privilege and its toxic pairs (in name order), one statement."""
+    table = Privilege._meta.db_table
+    pairs = Privilege.toxic_with.through._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns(Privilege, 'p')}, "  # noqa: S608
+            f"ARRAY(SELECT o.resource || ':' || o.action FROM {pairs} t "
+            f"JOIN {table} o ON o.id = t.to_privilege_id WHERE t.from_privilege_id = p.id "
+            "ORDER BY o.resource, o.action) "
+            f"FROM {table} p WHERE p.resource = %s AND p.action = %s AND p.enabled",
+            [resource, action],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    privilege = model_from_row(Privilege, row[:-1])
+    privilege.toxic_pairs = tuple(row[-1])
+    return privilege
+
+
 def privilege_by_name(name: str) -> Privilege:
+    """The enabled privilege named 'resource:action'. On PostgreSQL its toxic pairs come in the
+    same statement (`toxic_pairs`, which `facts.privilege_toxic_with` uses instead of a query of
+    its own: a submission reads them once, here)."""
     resource, sep, action = (name or "").partition(":")
-    found = (
-        Privilege.objects.filter(resource=resource, action=action, enabled=True).first()
-        if sep
-        else None
-    )
+    found = None
+    if sep and connection.vendor == "postgresql":
+        found = _privilege_with_pairs(resource, action)
+    elif sep:
+        found = Privilege.objects.filter(resource=resource, action=action, enabled=True).first()
     if found is None:
         raise InvalidInput(
             f"There is no privilege {name!r} in the catalog (names look like 'resource:action').",

@@ -104,6 +104,57 @@ def held_scopes_sql(agent: str, exclude: str) -> str:
         ) SELECT scope FROM s WHERE scope IS NOT NULL"""  # noqa: S608
 
 
+@dataclass(frozen=True)
+class DecisionReads:
+    """What a submission's policy decision reads after its locks: what the chain's agents hold
+    live, the agent's eligibility, and the policy generation."""
+
+    held_privileges: tuple[str, ...]
+    eligibility: EligibilityFacts
+    generation: int
+
+
+def decision_reads(agent_ids: Iterable[int], *, agent: Agent, privilege: Privilege):
+    """`DecisionReads`, read once the agent locks and the shared policy-change lock are held
+    (the statement's snapshot then includes every change those locks waited for). On
+    PostgreSQL one statement; elsewhere the three reads one by one."""
+    from django.db import connection
+
+    from approvals.models import PolicySetState
+
+    if connection.vendor != "postgresql":
+        generation = (
+            PolicySetState.objects.filter(id=1).values_list("generation", flat=True).first()
+        )
+        return DecisionReads(
+            _held_live(agent_ids), eligibility_facts(agent, privilege), generation or 0
+        )
+    now = timezone.now()
+    eligibility, privileges = Eligibility._meta.db_table, Privilege._meta.db_table
+    sql = f"""
+        SELECT ARRAY(SELECT DISTINCT held.scope
+                     FROM unnest(%s::bigint[]) AS ag(id),
+                          LATERAL ({held_scopes_sql("ag.id", "0")}) AS held
+                     ORDER BY held.scope),
+               e.privilege_ids, e.resources, e.actions, e.max_durations, e.environments, e.ends,
+               (SELECT generation FROM "{PolicySetState._meta.db_table}" WHERE id = 1)
+        FROM (SELECT array_agg(el.privilege_id ORDER BY el.id) AS privilege_ids,
+                     array_agg(p.resource ORDER BY el.id) AS resources,
+                     array_agg(p.action ORDER BY el.id) AS actions,
+                     array_agg(el.max_duration_seconds ORDER BY el.id) AS max_durations,
+                     array_agg(el.environment ORDER BY el.id) AS environments,
+                     array_agg(el.ends_at ORDER BY el.id) AS ends
+              FROM "{eligibility}" el JOIN "{privileges}" p ON p.id = el.privilege_id
+              WHERE el.agent_id = %s AND el.removed_at IS NULL) AS e"""  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [list(agent_ids), now, now, agent.pk])
+        held, *columns, generation = cursor.fetchone()
+    rows = list(zip(*columns, strict=True)) if columns[0] is not None else []
+    return DecisionReads(
+        tuple(held), eligibility_from_rows(rows, privilege.pk, now), generation or 0
+    )
+
+
 def _held_live(agent_ids: Iterable[int], *, exclude_grant_id: int | None = None) -> tuple:
     """Every privilege the agents hold live, in any task: toxic pairs are judged on all of it
     (the agent and its delegation chain), not only on the task the agent chose to name."""
@@ -190,6 +241,11 @@ def policy_facts(
 
 
 def privilege_toxic_with(privilege: Privilege) -> tuple[str, ...]:
+    """The privileges `privilege` forms a toxic pair with, as 'resource:action' in name order:
+    those `common.privilege_by_name` read with it, or read now."""
+    pairs = getattr(privilege, "toxic_pairs", None)
+    if pairs is not None:
+        return tuple(pairs)
     return tuple(
         f"{resource}:{action}"
         for resource, action in privilege.toxic_with.values_list("resource", "action")

@@ -31,6 +31,7 @@ from approvals.services.facts import (
     chain_agent_ids,
     chain_facts,
     cumulative_limit,
+    decision_reads,
     policy_facts,
     privilege_toxic_with,
 )
@@ -153,6 +154,13 @@ def _pending_cap_check(agent: Agent) -> None:
 _PENDING_CAP_LOCK = 0x43555354  # "CUST"
 
 
+# The requests policy decides alone: created in their final status, with this reason.
+_DECIDED_BY_POLICY = {
+    "deny": (Status.DENIED, "denied by policy"),
+    "auto_approve": (Status.APPROVED, "approved by policy"),
+}
+
+
 def _submit(
     *,
     agent: Agent,
@@ -181,6 +189,10 @@ def _submit(
                 code="agent_not_active",
             )
         chain = chain_facts(parent=parent_grant, agent=agent)
+        policy_change_lock(exclusive=False)  # a policy change commits before or after this
+        # Read after both locks, so it includes whatever they waited for (one statement on
+        # PostgreSQL): held privileges, eligibility, the policy generation.
+        reads = decision_reads(chain.agent_pks, agent=agent, privilege=privilege)
         facts = policy_facts(
             agent=agent,
             privilege=privilege,
@@ -192,9 +204,10 @@ def _submit(
             is_extension=extension_of is not None,
             chain=chain,
             toxic_with=toxic_with,
+            held_privileges=reads.held_privileges,
+            eligibility=reads.eligibility,
         )
-        policy_change_lock(exclusive=False)  # a policy change commits before or after this
-        compiled = policy.current_policies()
+        compiled = policy.policies_at(reads.generation)
         outcome = cumulative_limit(
             policy.decide(compiled, facts),
             agent_id=agent.pk,
@@ -205,6 +218,9 @@ def _submit(
             _pending_cap_check(agent)  # people would decide: one more in the agent's queue
         now = timezone.now()
         deadline_seconds = privilege.decision_deadline_seconds
+        # Policy's own answers are final at once: the request is created decided (no UPDATE
+        # after the INSERT); one routed to people starts pending.
+        status, final_reason = _DECIDED_BY_POLICY.get(outcome.outcome, (Status.PENDING, ""))
         access_request = AccessRequest.objects.create(
             agent=agent,
             privilege=privilege,
@@ -225,6 +241,9 @@ def _submit(
             created_at=now,
             decision_deadline=now + timedelta(seconds=deadline_seconds),
             escalation_at=now + timedelta(seconds=deadline_seconds // 2),
+            status=status,
+            decided_at=now if status != Status.PENDING else None,
+            final_reason=final_reason,
         )
         ids = {"agent_id": agent.pk, "access_request_id": access_request.pk}
         log_context.bind(access_request_id=access_request.pk, task_id=access_request.task_id)
@@ -256,7 +275,6 @@ def _submit(
         )
         result = SubmitResult(access_request)
         if outcome.outcome == "deny":
-            request_transition(access_request, Status.DENIED, reason="denied by policy")
             security_log.warning(
                 "Policy denied the request: %s",
                 outcome.reason,
@@ -281,7 +299,6 @@ def _submit(
                 **ids,
                 data={"verdict": "approve", "channel": "policy", "policies": outcome.policy_ids},
             )
-            request_transition(access_request, Status.APPROVED, reason="approved by policy")
             # The one approval is the policy's, just recorded: no need to read it back.
             result.grant = grant_issue(
                 access_request, actor=Actor.system("policy"), approvers=["policy"]
