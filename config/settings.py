@@ -367,6 +367,17 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "polling_interval": 0.25,
         "store_processed": False,
     }
+elif CELERY_BROKER_URL.startswith("sentinel://"):
+    # Redis under Sentinel (docs/scaling.md): the URL lists the sentinels
+    # (sentinel://s1:26379;sentinel://s2:26379;...); kombu asks them for the master of this name
+    # and follows a failover.
+    _sentinel_master = env_str("CELERY_BROKER_SENTINEL_MASTER")
+    if not _sentinel_master:
+        raise ImproperlyConfigured(
+            "CELERY_BROKER_URL names Redis sentinels: set CELERY_BROKER_SENTINEL_MASTER to the "
+            "name they monitor the broker's master under (`sentinel monitor <name> ...`)."
+        )
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"master_name": _sentinel_master}
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
