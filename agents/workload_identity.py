@@ -28,6 +28,7 @@ from django.utils import timezone
 from agents.jwks import JwksUnavailable, find_key
 from agents.models import Agent, SpentActorToken, TrustDomain
 from agents.spiffe import parse_spiffe_id
+from core import prepared
 from core.jwt_memo import VerifiedTokens
 from core.raw_rows import columns, model_from_row
 
@@ -90,7 +91,7 @@ def _spiffe_domain(name: str, sub: str) -> TrustDomain | None:
         'WHERE d."kind" = %s AND d."name" = %s AND d."enabled" ORDER BY d."id" LIMIT 1'
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [sub, TrustDomain.Kind.SPIFFE.value, name])
+        prepared.execute(cursor, sql, [sub, TrustDomain.Kind.SPIFFE.value, name])
         row = cursor.fetchone()
     if row is None:
         return None

@@ -143,6 +143,10 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     _database["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 _database["CONN_HEALTH_CHECKS"] = True
 DATABASES = {"default": _database}
+# PostgreSQL: the hot paths' wide statements (authentication, introspection, a submission's
+# decision) are prepared once per connection (core/prepared.py). Set false behind a pooler that
+# moves transactions between server sessions (PgBouncer's pool_mode = transaction).
+CUSTODY_DB_PREPARED_STATEMENTS = env_bool("CUSTODY_DB_PREPARED_STATEMENTS", True)
 # A PostgreSQL read replica for the read-only pages (audit, posture); see core/replica.py. Unset:
 # one database. Decisions, writes and anything about people's rights always use the primary.
 DATABASE_REPLICA_URL = env_str("DATABASE_REPLICA_URL")

@@ -19,6 +19,7 @@ from approvals.models import (
     Privilege,
 )
 from audit.services import Actor, record_throttled
+from core import prepared
 from core.errors import Conflict, InvalidInput
 from core.raw_rows import columns, model_from_row
 
@@ -59,7 +60,8 @@ def _share_lock_agents(ids: list[int]) -> dict[int, Agent]:
     columns = ", ".join(f'a."{field.column}"' for field in Agent._meta.concrete_fields)
     width = len(Agent._meta.concrete_fields)
     with connection.cursor() as cursor:
-        cursor.execute(
+        prepared.execute(
+            cursor,
             f"SELECT {columns}, u.{user_model.USERNAME_FIELD}, t.name "  # noqa: S608
             f"FROM {Agent._meta.db_table} a "
             f"LEFT JOIN {user_model._meta.db_table} u ON u.id = a.sponsor_id "
@@ -104,7 +106,8 @@ def _privilege_with_pairs(resource: str, action: str) -> Privilege | None:
     table = Privilege._meta.db_table
     pairs = Privilege.toxic_with.through._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(
+        prepared.execute(
+            cursor,
             f"SELECT {columns(Privilege, 'p')}, "  # noqa: S608
             f"ARRAY(SELECT o.resource || ':' || o.action FROM {pairs} t "
             f"JOIN {table} o ON o.id = t.to_privilege_id WHERE t.from_privilege_id = p.id "

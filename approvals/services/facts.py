@@ -21,6 +21,7 @@ from approvals.models import (
     Grant,
     Privilege,
 )
+from core import prepared
 from core.formatting import duration_words as words
 from core.raw_rows import model_from_row
 
@@ -147,7 +148,7 @@ def decision_reads(agent_ids: Iterable[int], *, agent: Agent, privilege: Privile
               FROM "{eligibility}" el JOIN "{privileges}" p ON p.id = el.privilege_id
               WHERE el.agent_id = %s AND el.removed_at IS NULL) AS e"""  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, [list(agent_ids), now, now, agent.pk])
+        prepared.execute(cursor, sql, [list(agent_ids), now, now, agent.pk])
         held, *columns, generation = cursor.fetchone()
     rows = list(zip(*columns, strict=True)) if columns[0] is not None else []
     return DecisionReads(
@@ -429,7 +430,7 @@ def introspection_read(grant_id) -> IntrospectionRead | None:
     if connection.vendor == "postgresql":
         sql, models_and_fields = _introspection_sql()
         with connection.cursor() as cursor:
-            cursor.execute(sql, [now, now, grant_id])
+            prepared.execute(cursor, sql, [now, now, grant_id])
             row = cursor.fetchone()
         if row is None:
             return None
