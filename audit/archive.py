@@ -10,6 +10,7 @@ still has it) links to the archive's last hash: the chain verifies across the bo
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,10 +18,13 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
+from django.db import connection, transaction
 
 from audit import checkpoints
 from audit.exports import export_rows
 from audit.models import GENESIS_HASH, HASHED_FIELDS, AuditEvent, chain_hash
+from audit.partitions import partitions
+from audit.services import Actor, record
 
 HEADER_TYPE = "custody.audit.archive"
 TRAILER_TYPE = "custody.audit.archive.end"
@@ -144,3 +148,89 @@ def verify_archive(path: Path) -> ArchiveReport:
             first, last, verified, f"the database's event {last + 1} does not link to the archive"
         )
     return ArchiveReport(first, last, verified, links_to_database=following is not None or None)
+
+
+class RemovalRefused(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Removal:
+    partition: str
+    first_sequence: int
+    last_sequence: int
+    sha256: str
+    event: AuditEvent  # the `audit.archived` evidence
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def archived_partition_remove(path: Path, *, lock_timeout_seconds: float = 5.0) -> Removal:
+    """Remove the oldest partition of the events once `path` archives exactly its range.
+
+    Refused (RemovalRefused) unless: the events are partitioned; the archive verifies alone
+    (both its checkpoints signed with the checkpoint key, every link and hash); it covers exactly
+    the oldest partition's range; and the database's next event, the first that remains, links to
+    its last hash. Then, in one transaction: the evidence (`audit.archived`: the range, the file's
+    SHA-256, the boundary checkpoint), DETACH and DROP. Only the tables' owner can detach and
+    drop: the app's role cannot (README, "Database roles")."""
+    found = partitions()
+    if not found:
+        raise RemovalRefused("The events are not partitioned (PostgreSQL only): nothing to remove.")
+    report = verify_archive(path)
+    if not report.ok:
+        raise RemovalRefused(f"Archive {path} does not verify: {report.problem}.")
+    oldest = found[0]
+    if (report.first_sequence, report.last_sequence) != (
+        oldest.from_sequence,
+        oldest.last_sequence,
+    ):
+        raise RemovalRefused(
+            f"Archive {path} covers #{report.first_sequence}–#{report.last_sequence}; the oldest "
+            f"partition, {oldest.name}, holds #{oldest.from_sequence}–#{oldest.last_sequence}. "
+            "Only the oldest partition is removed, and only with an archive of exactly its "
+            "range (archive_audit --partition oldest)."
+        )
+    if not report.links_to_database:
+        raise RemovalRefused(
+            f"The database holds no event {report.last_sequence + 1} linking to the archive: the "
+            "chain must have passed the partition before it is removed."
+        )
+    boundary = _trailer(path)["checkpoint"]
+    sha256 = _sha256(path)
+    with transaction.atomic(), connection.cursor() as cursor:
+        # The chain head first (as every append), then the table: appends wait at most this
+        # long for the catalog change, and DETACH does not queue behind a long reader forever.
+        cursor.execute("SET LOCAL lock_timeout = %s", [f"{int(lock_timeout_seconds * 1000)}ms"])
+        event = record(
+            actor=Actor.system("drop_audit_partition"),
+            verb="audit.archived",
+            data={
+                "partition": oldest.name,
+                "first_sequence": oldest.from_sequence,
+                "last_sequence": oldest.last_sequence,
+                "events": report.verified,
+                "archive": path.name,
+                "archive_sha256": sha256,
+                "boundary_checkpoint": boundary,
+            },
+        )
+        table = connection.ops.quote_name(AuditEvent._meta.db_table)
+        name = connection.ops.quote_name(oldest.name)
+        cursor.execute(f"ALTER TABLE {table} DETACH PARTITION {name}")
+        cursor.execute(f"DROP TABLE {name}")
+    return Removal(oldest.name, oldest.from_sequence, oldest.last_sequence, sha256, event)
+
+
+def _trailer(path: Path) -> dict:
+    trailer: dict = {}
+    for _, document in _documents(path):
+        if document.get("type") == TRAILER_TYPE:
+            trailer = document
+    return trailer

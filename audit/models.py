@@ -23,7 +23,9 @@ class AuditEvent(models.Model):
         USER = "user", "Person"
         SYSTEM = "system", "System"
 
-    sequence = models.BigIntegerField(unique=True, editable=False)
+    # The primary key: on PostgreSQL the table is partitioned by ranges of it (audit migration
+    # 0010, docs/audit-at-scale.md), and a partitioned table's keys must include that column.
+    sequence = models.BigIntegerField(primary_key=True, editable=False)
     occurred_at = models.DateTimeField(editable=False, db_index=True)
     actor_type = models.CharField(max_length=10, choices=ActorType.choices)
     actor_id = models.CharField(max_length=255, blank=True)  # username, SPIFFE ID or "custody"
@@ -33,8 +35,10 @@ class AuditEvent(models.Model):
     access_request_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     grant_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     data = models.JSONField(default=dict, blank=True)
-    previous_hash = models.CharField(max_length=64, unique=True, editable=False)
-    hash = models.CharField(max_length=64, unique=True, editable=False)
+    # Not unique: no index can be unique across partitions unless it holds the sequence, and
+    # verification checks every link (docs/audit-at-scale.md, "Unique hashes go").
+    previous_hash = models.CharField(max_length=64, editable=False)
+    hash = models.CharField(max_length=64, editable=False)
 
     objects = AppendOnlyQuerySet.as_manager()
 
@@ -61,7 +65,7 @@ class AuditEvent(models.Model):
         return f"#{self.sequence} {self.verb} by {self.actor_type}:{self.actor_id}"
 
     def save(self, *args, **kwargs):
-        if self.pk is not None:
+        if not self._state.adding:  # the primary key is the sequence: set before the insert
             raise TypeError("Audit events are append-only: they cannot be updated.")
         super().save(*args, **kwargs)
 
@@ -93,7 +97,7 @@ class AuditEvent(models.Model):
         return dump[:-1] + ',"occurred_at":"', f',"verb":{verb}}}'
 
 
-# Every field the hash covers (all but the hash itself and the row id).
+# Every field the hash covers (all but the hash itself).
 HASHED_FIELDS = (
     "sequence",
     "occurred_at",
@@ -128,6 +132,11 @@ class AuditChainHead(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     last_sequence = models.BigIntegerField(default=0)
     last_hash = models.CharField(max_length=64, default=GENESIS_HASH)
+    # PostgreSQL: where the newest partition of the events ends (exclusive), so an append knows
+    # from the row it locks anyway whether its events have somewhere to go. Set only by the
+    # owner's `audit_partition_ahead()` (the app role may update the two columns above only);
+    # null on SQLite and after a flush (the function then reads the catalog).
+    partitioned_until = models.BigIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         constraints = [models.CheckConstraint(condition=models.Q(id=1), name="audit_single_head")]

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from audit import checkpoints
 from audit.models import GENESIS_HASH, AuditChainHead, AuditCheckpoint, AuditEvent
+from audit.partitions import partition_ends
 
 logger = logging.getLogger(__name__)
 # Where record_throttled counts its budget while the shared cache is unreachable.
@@ -292,6 +293,7 @@ def checkpoint_publish() -> CheckpointResult:
         head = AuditChainHead.objects.filter(id=1).first()
         head_sequence = head.last_sequence if head else 0
         start_sequence, start_hash = 0, GENESIS_HASH
+        oldest = oldest_sequence()
         for previous in _last_published():
             if previous.sequence > head_sequence:
                 return _refuse(
@@ -303,6 +305,12 @@ def checkpoint_publish() -> CheckpointResult:
                     )
                 )
             event = AuditEvent.objects.filter(sequence=previous.sequence).first()
+            if event is None and previous.sequence < oldest:
+                # Archived and removed (drop_audit_partition): the signed checkpoint at the
+                # removal boundary is where the remaining chain starts; an older one is no use.
+                if previous.sequence == oldest - 1 and previous.sequence > start_sequence:
+                    start_sequence, start_hash = previous.sequence, previous.hash
+                continue
             if event is None or event.hash != previous.hash:
                 return _refuse(
                     ChainReport(
@@ -314,18 +322,36 @@ def checkpoint_publish() -> CheckpointResult:
                 )
             if previous.sequence > start_sequence:
                 start_sequence, start_hash = previous.sequence, previous.hash
+        if oldest > 1 and start_sequence < oldest - 1:
+            return _refuse(
+                ChainReport(
+                    0,
+                    oldest,
+                    f"events before {oldest} are not in the database and no signed checkpoint "
+                    f"at {oldest - 1} vouches for them",
+                )
+            )
         if head is None or head_sequence == start_sequence:
             return CheckpointResult(None, ChainReport(0, None, "the chain has not moved"))
-        report = _walk_between(start_sequence, start_hash, head)
+        # Every partition's last event the walk passes is signed as well as the head: each
+        # partition is then bounded by signed checkpoints, so it can be archived alone and
+        # removed, and what remains verifies from the boundary (docs/audit-at-scale.md).
+        ends = {end: "" for end in partition_ends(start_sequence, head.last_sequence - 1)}
+        report = _walk_between(start_sequence, start_hash, head, ends)
         if not report.ok:
             return _refuse(report)
         signed_at = timezone.now().replace(microsecond=0)
-        document = checkpoints.sign(
-            sequence=head.last_sequence,
-            chain_hash=head.last_hash,
-            signed_at=signed_at.isoformat(),
-        )
-        checkpoints.append_to_file(Path(settings.CUSTODY_CHECKPOINT_FILE), document)
+        documents = [
+            checkpoints.sign(
+                sequence=sequence, chain_hash=chain_hash, signed_at=signed_at.isoformat()
+            )
+            for sequence, chain_hash in [
+                *sorted(ends.items()),
+                (head.last_sequence, head.last_hash),
+            ]
+        ]
+        for document in documents:  # the head's last: the file's last line is the newest
+            checkpoints.append_to_file(Path(settings.CUSTODY_CHECKPOINT_FILE), document)
         AuditCheckpoint.objects.bulk_create(
             [
                 AuditCheckpoint(
@@ -334,11 +360,13 @@ def checkpoint_publish() -> CheckpointResult:
                     signed_at=signed_at,
                     document=document,
                 )
+                for document in documents
             ],
             ignore_conflicts=True,
         )
-    checkpoint_log.info(json.dumps(document, sort_keys=True, separators=(",", ":")))
-    return CheckpointResult(document, report)
+    for document in documents:
+        checkpoint_log.info(json.dumps(document, sort_keys=True, separators=(",", ":")))
+    return CheckpointResult(documents[-1], report)
 
 
 def _refuse(report: ChainReport) -> CheckpointResult:
@@ -350,8 +378,12 @@ def _refuse(report: ChainReport) -> CheckpointResult:
     return CheckpointResult(None, report)
 
 
-def _walk_between(start_sequence: int, start_hash: str, head: AuditChainHead) -> ChainReport:
-    """Check the links from a checkpoint to the head (inclusive), and the head's hash."""
+def _walk_between(
+    start_sequence: int, start_hash: str, head: AuditChainHead, marks: dict[int, str] | None = None
+) -> ChainReport:
+    """Check the links from a checkpoint to the head (inclusive), and the head's hash; fill in
+    the hash of each sequence in `marks` as the walk verifies it."""
+    marks = {} if marks is None else marks
     expected_previous, expected_sequence, verified = start_hash, start_sequence + 1, 0
     events = AuditEvent.objects.filter(
         sequence__gt=start_sequence, sequence__lte=head.last_sequence
@@ -363,6 +395,8 @@ def _walk_between(start_sequence: int, start_hash: str, head: AuditChainHead) ->
             return ChainReport(verified, event.sequence, "previous hash does not match")
         if event.compute_hash() != event.hash:
             return ChainReport(verified, event.sequence, "content does not match its hash")
+        if event.sequence in marks:
+            marks[event.sequence] = event.hash
         expected_previous, expected_sequence = event.hash, expected_sequence + 1
         verified += 1
     if expected_sequence != head.last_sequence + 1:
@@ -374,6 +408,11 @@ def _walk_between(start_sequence: int, start_hash: str, head: AuditChainHead) ->
             f"chain head hash does not match event {head.last_sequence}",
         )
     return ChainReport(verified, None)
+
+
+def oldest_sequence() -> int:
+    """The first event the database holds: 1, or past the partitions archived and removed."""
+    return AuditEvent.objects.order_by("sequence").values_list("sequence", flat=True).first() or 1
 
 
 def _count_in(store, key: str) -> int:

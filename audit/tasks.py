@@ -3,6 +3,7 @@ import logging
 from celery import shared_task
 
 from audit.models import ChainCheck
+from audit.partitions import partition_ahead
 from audit.services import checkpoint_publish
 from audit.verification import chain_check_execute, chain_check_start
 
@@ -42,3 +43,11 @@ def publish_audit_checkpoint() -> int | None:
     """Sign and publish the chain head on beat's cadence (CUSTODY_CHECKPOINT_SECONDS)."""
     result = checkpoint_publish()
     return result.document["sequence"] if result.document else None
+
+
+@shared_task(acks_late=True)
+def keep_audit_partition_ahead() -> int | None:
+    """On beat's schedule (PostgreSQL): once the head has entered the newest partition of the
+    events, create the next (through the owner's function: the app's role cannot create
+    tables). An append past the newest creates it itself; this keeps that off the hot path."""
+    return partition_ahead()

@@ -25,6 +25,7 @@ KNOWN_VERBS: tuple[str, ...] = (
     "approvers.manager_removed",
     "approvers.permission_assigned",
     "approvers.permission_removed",
+    "audit.archived",
     "auth.rejected",
     "beat.entry_restored",
     "broker.configured",

@@ -38,7 +38,7 @@ from audit.models import (
     ChainCheck,
     chain_hash,
 )
-from audit.services import ChainReport, _published_checkpoints
+from audit.services import ChainReport, _published_checkpoints, oldest_sequence
 
 logger = logging.getLogger("custody.audit.chain")
 
@@ -96,6 +96,36 @@ def verify(
     # The head is read after the checkpoints, so every honest checkpoint is at or below it.
     head = AuditChainHead.objects.filter(id=1).first()
     start_sequence, start_hash = 0, GENESIS_HASH
+    oldest = oldest_sequence()
+    if not full and published and max(published) < oldest:
+        # The newest checkpoint is in an archived and removed range (or at its boundary): the
+        # full walk finds the boundary checkpoint among all of them.
+        return verify(full=True, against=against, progress=progress, batch_size=batch_size)
+    if full and oldest > 1:
+        # Events before `oldest` were archived and removed (drop_audit_partition): the walk
+        # starts from the signed checkpoint at the boundary, as an incremental walk starts from
+        # the newest. Without one that verifies, the missing events are what they look like.
+        boundary = oldest - 1
+        for checkpoint in published.get(boundary, ()):
+            try:
+                checkpoint.check_signature()
+            except ValueError as exc:
+                return _refused(0, checkpoint, exc)
+            start_sequence, start_hash = boundary, checkpoint.hash
+        if not start_sequence:
+            return ChainReport(
+                0,
+                oldest,
+                f"events before {oldest} are not in the database and no signed checkpoint at "
+                f"{boundary} vouches for them",
+            )
+        if len({checkpoint.hash for checkpoint in published.get(boundary, ())}) > 1:
+            return ChainReport(
+                0, boundary, f"signed checkpoints at {boundary} disagree", started_after=boundary
+            )
+        published = {
+            sequence: found for sequence, found in published.items() if sequence > boundary
+        }
     if not full and published:
         anchor_sequence = max(published)
         claimed = published[anchor_sequence]

@@ -15,9 +15,12 @@ popularity, decisions are made by people, expiries and sweeps by the system; tim
 checkpoint key (as the publisher would have) and appended to CUSTODY_CHECKPOINT_FILE and the
 database's copies; the last is at the head.
 
-The secondary indexes are dropped before the load and rebuilt after it (one sort each instead
-of 10M random inserts), as a restore would. Prints events/s for hashing + COPY and the time of
-the index rebuild separately.
+On PostgreSQL the events are partitioned by sequence (audit migration 0010): the seed makes
+partitions of about a month's events (--events × 30 / --days, a whole number of checkpoint
+intervals) before the rows that land in them, and signs each one's last event, as the publisher
+would. The secondary indexes are dropped before the load and rebuilt after it (one sort each
+instead of 10M random inserts), as a restore would. Prints events/s for hashing + COPY and the
+time of the index rebuild separately.
 """
 
 from __future__ import annotations
@@ -138,7 +141,8 @@ def _secondary_indexes(cursor, table: str) -> tuple[list[str], list[str]]:
     drops = [f'ALTER TABLE {table} DROP CONSTRAINT "{name}"' for name, _ in constraints]
     drops += [f'DROP INDEX "{name}"' for name, _ in indexes]
     creates = [f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {d}' for name, d in constraints]
-    creates += [definition for _, definition in indexes]
+    # A partitioned table's index reads `ON ONLY` (the parent alone): built on every partition.
+    creates += [definition.replace(" ON ONLY ", " ON ", 1) for _, definition in indexes]
     return drops, creates
 
 
@@ -147,6 +151,7 @@ def write_events(args, agents, people) -> tuple[int, str, float]:
 
     from audit import checkpoints
     from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent, chain_hash
+    from audit.partitions import partition_cover
 
     rng = random.Random(17)
     weights = [weight for _, weight, _, _ in VERBS]
@@ -168,6 +173,14 @@ def write_events(args, agents, people) -> tuple[int, str, float]:
     dumps = json.dumps
     copies: list[AuditCheckpoint] = []
     block = 100_000
+    # PostgreSQL partitions (audit migration 0010) of about a month each, a whole number of
+    # checkpoint intervals, made before the rows that land in them; each one's last event is
+    # signed, as the publisher signs every partition end it passes (so each can be archived).
+    per_month = args.events * 30 // max(args.days, 1)
+    partition_size = max(
+        args.checkpoint_every, per_month // args.checkpoint_every * args.checkpoint_every
+    )
+    partition_ends: set[int] = set()
     with connection.cursor() as django_cursor:
         cursor = django_cursor.cursor  # psycopg 3's own cursor, for COPY
         cursor.execute("SET synchronous_commit = off")
@@ -180,6 +193,8 @@ def write_events(args, agents, people) -> tuple[int, str, float]:
         while remaining:
             count = min(block, remaining)
             remaining -= count
+            for partition in partition_cover(through=sequence + count, size=partition_size):
+                partition_ends.add(partition.last_sequence)
             verbs = rng.choices(VERBS, weights=weights, k=count)
             picks = rng.choices(agents, weights=agent_weights, k=count)
             with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
@@ -241,7 +256,7 @@ def write_events(args, agents, people) -> tuple[int, str, float]:
                         )
                     )
                     previous = digest
-                    if sequence % args.checkpoint_every == 0:
+                    if sequence % args.checkpoint_every == 0 or sequence in partition_ends:
                         copies.append(_checkpoint(checkpoints, sequence, digest, occurred_at))
             done = args.events - remaining
             elapsed = time.perf_counter() - started

@@ -86,6 +86,7 @@ def populate(args):
     from approvals.models import AccessRequest, Grant, Privilege
     from approvals.services import privilege_save
     from audit.models import AuditChainHead, AuditEvent
+    from audit.partitions import partition_cover
     from audit.services import Actor
 
     actor = Actor.system("bench")
@@ -166,6 +167,8 @@ def populate(args):
     )
     head = AuditChainHead.objects.get(id=1)
     previous, sequence = head.last_hash, head.last_sequence
+    # Written past the head before it moves: the partitions they land in are made first.
+    partition_cover(through=sequence + args.events, size=max(args.events, 10_000))
     batch = []
     for n in range(args.events):
         sequence += 1

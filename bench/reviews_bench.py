@@ -289,10 +289,13 @@ def seed_use(args, agents, busy, privileges, now):
 def chain_tool_calls(calls) -> None:
     """`tool.called` events, in time order, appended to the hash chain."""
     from audit.models import AuditChainHead, AuditEvent
+    from audit.partitions import partition_cover
 
     calls.sort(key=lambda call: call[1])
     head = AuditChainHead.objects.get(id=1)
     previous, sequence = head.last_hash, head.last_sequence
+    # Written past the head before it moves: the partitions they land in are made first.
+    partition_cover(through=sequence + len(calls), size=max(len(calls), 10_000))
     batch = []
     for grant, moment in calls:
         sequence += 1

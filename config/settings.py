@@ -564,6 +564,9 @@ CUSTODY_CHAIN_CHECK_STALE_SECONDS = env_int("CUSTODY_CHAIN_CHECK_STALE_SECONDS",
 # The audit page turns a time range into a sequence range (fast at 10M events): event times
 # rise with sequences up to the app servers' clock skew, which must stay below this margin.
 CUSTODY_AUDIT_CLOCK_SKEW_SECONDS = env_int("CUSTODY_AUDIT_CLOCK_SKEW_SECONDS", 60, minimum=0)
+# PostgreSQL: how often beat checks that a whole partition of the evidence log is ready ahead of
+# the chain head (docs/audit-at-scale.md, "Partitioning"); an append never waits for it.
+CUSTODY_AUDIT_PARTITION_SECONDS = env_int("CUSTODY_AUDIT_PARTITION_SECONDS", 600, minimum=10)
 if CUSTODY_CHECKPOINT_KEY:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -666,6 +669,10 @@ CELERY_BEAT_SCHEDULE = {
     "publish-audit-checkpoint": {
         "task": "audit.tasks.publish_audit_checkpoint",
         "schedule": float(CUSTODY_CHECKPOINT_SECONDS),
+    },
+    "keep-audit-partition-ahead": {
+        "task": "audit.tasks.keep_audit_partition_ahead",
+        "schedule": float(CUSTODY_AUDIT_PARTITION_SECONDS),
     },
     "sweep-expired-grants": {
         "task": "approvals.tasks.sweep_expired_grants",

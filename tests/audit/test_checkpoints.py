@@ -21,6 +21,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from audit.models import GENESIS_HASH, AuditCheckpoint, AuditEvent, ChainCheck
+from audit.partitions import partitions
 from audit.tasks import publish_audit_checkpoint, run_chain_check, verify_audit_chain
 from core import log_context
 from tests.factories import AuditEventFactory, UserFactory
@@ -58,12 +59,15 @@ def as_the_owner():
     """What the tables' owner can do whatever the triggers say: switch them off, then on."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            for table in ("audit_auditevent", "audit_auditchainhead", "audit_auditcheckpoint"):
+            # Each partition of the events has its own TRUNCATE trigger: the owner lifts those too.
+            tables = ["audit_auditevent", "audit_auditchainhead", "audit_auditcheckpoint"]
+            tables += [partition.name for partition in partitions()]
+            for table in tables:
                 cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
             try:
                 yield cursor
             finally:
-                for table in ("audit_auditevent", "audit_auditchainhead", "audit_auditcheckpoint"):
+                for table in tables:
                     cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
             return
         cursor.execute(

@@ -1,10 +1,12 @@
 from datetime import UTC, datetime
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from audit.archive import archive_lines, signed_checkpoints
-from audit.models import AuditEvent
+from audit.models import AuditChainHead, AuditEvent
+from audit.partitions import partitions
 
 
 class Command(BaseCommand):
@@ -15,10 +17,20 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--month", required=True, help="YYYY-MM (UTC)")
+        which = parser.add_mutually_exclusive_group(required=True)
+        which.add_argument("--month", help="YYYY-MM (UTC)")
+        which.add_argument(
+            "--partition",
+            metavar="NAME",
+            help="PostgreSQL: exactly the range of one partition of the events (the unit "
+            "drop_audit_partition removes; `--partition oldest` for the oldest)",
+        )
         parser.add_argument("--out", required=True, help="the archive file to write")
 
     def handle(self, *args, **options):
+        if options["partition"]:
+            after, through = self._partition_range(options["partition"])
+            return self._write(after, through, Path(options["out"]))
         try:
             start = datetime.strptime(options["month"], "%Y-%m").replace(tzinfo=UTC)
         except ValueError:
@@ -41,8 +53,37 @@ class Command(BaseCommand):
                 f"No signed checkpoint falls in {options['month']}: nothing can be archived "
                 "so that it verifies."
             )
-        after, through = (before[-1] if before else None), within[-1]
-        out = Path(options["out"])
+        self._write(before[-1] if before else None, within[-1], Path(options["out"]))
+
+    def _partition_range(self, name: str):
+        """The signed checkpoints just before a partition and at its last event."""
+        found = partitions()
+        if not found:
+            raise CommandError("The events are not partitioned (PostgreSQL only).")
+        partition = (
+            found[0] if name == "oldest" else next((p for p in found if p.name == name), None)
+        )
+        if partition is None:
+            names = ", ".join(p.name for p in found[:5])
+            raise CommandError(f"No partition {name!r} (the oldest: {names}).")
+        head = AuditChainHead.objects.filter(id=1).values_list("last_sequence", flat=True).first()
+        if (head or 0) <= partition.last_sequence:
+            raise CommandError(
+                f"{partition.name} (#{partition.from_sequence}–#{partition.last_sequence}) is "
+                "still being written: only a partition the chain has passed can be archived."
+            )
+        signed = {checkpoint.sequence: checkpoint for checkpoint in signed_checkpoints()}
+        wanted = [partition.from_sequence - 1, partition.last_sequence]
+        missing = [sequence for sequence in wanted if sequence and sequence not in signed]
+        if missing:
+            raise CommandError(
+                f"No signed checkpoint at #{missing[0]} in {settings.CUSTODY_CHECKPOINT_FILE}: "
+                "the publisher signs each partition's last event once the chain has passed it "
+                "(publish_checkpoint)."
+            )
+        return signed.get(wanted[0]), signed[wanted[1]]
+
+    def _write(self, after, through, out: Path) -> None:
         if out.exists():
             raise CommandError(f"--out {str(out)!r} exists: archives are never overwritten.")
         count = 0

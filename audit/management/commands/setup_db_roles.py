@@ -8,12 +8,15 @@ The app role gets SELECT/INSERT/UPDATE/DELETE on every table — also on tables 
 create, through ALTER DEFAULT PRIVILEGES — except the evidence log: INSERT and SELECT only on
 events, checkpoint copies and chain checks, and UPDATE on the chain head's two columns. It owns
 nothing, so it can neither disable the append-only triggers nor TRUNCATE, UPDATE or DELETE
-evidence; it cannot alter or create tables either.
+evidence; it cannot alter or create tables either, nor detach or drop a partition of the
+events, nor touch one by its name.
 """
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 from psycopg import sql
+
+from audit.partitions import partitions
 
 APPEND_ONLY = ["audit_auditevent", "audit_auditcheckpoint", "audit_chaincheck"]
 CHAIN_HEAD = "audit_auditchainhead"
@@ -70,6 +73,13 @@ class Command(BaseCommand):
             self._grant(cursor, CHAIN_HEAD, role, "SELECT, UPDATE (last_sequence, last_hash)")
             for table in READ_ONLY:
                 self._grant(cursor, table, role, "SELECT")
+            # Partitions of the events (PostgreSQL): rows are reached through the parent,
+            # whose grants apply; by its own name a partition grants the app nothing (the
+            # owner's audit_partition_create revokes the same from each new one).
+            for partition in partitions():
+                cursor.execute(
+                    sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.Identifier(partition.name), role)
+                )
         self.stdout.write(
             f"{app}: DML on Custody's tables; on the evidence log INSERT and SELECT only, "
             f"UPDATE of the chain head; no ownership, TRUNCATE, ALTER or trigger control."

@@ -60,7 +60,13 @@ class Command(BaseCommand):
                 f"Audit chain broken at sequence {report.first_bad_sequence}: {report.problem} "
                 f"({report.verified} events verified before it)."
             )
-        if report.started_after:
+        if report.started_after and options["full"]:
+            self.stdout.write(
+                f"Audit chain intact: {report.verified} events verified after the signed "
+                f"checkpoint at sequence {report.started_after}: the events up to it were "
+                "archived and removed (verify_audit --archive checks their archives)."
+            )
+        elif report.started_after:
             self.stdout.write(
                 f"Audit chain intact: {report.verified} events verified after the signed "
                 f"checkpoint at sequence {report.started_after}, which vouches for every event "
