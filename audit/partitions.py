@@ -46,11 +46,14 @@ def partitions() -> list[Partition]:
 def partition_ahead(*, size: int | None = None) -> int | None:
     """Create the next partitions if the head has entered the newest (beat, every
     CUSTODY_AUDIT_PARTITION_SECONDS); returns where the newest ends. `size`: events per new
-    partition (default: the last 30 days' volume, at least 10,000)."""
+    partition (default: the last 30 days' volume, at least 10,000); only the owner may set it."""
     if not partitioned():
         return None
     with connection.cursor() as cursor:
-        cursor.execute("SELECT audit_partition_ahead(%s)", [size])
+        if size is None:
+            cursor.execute("SELECT audit_partition_ahead()")
+        else:  # the owner's only
+            cursor.execute("SELECT audit_partition_ahead_by(%s)", [size])
         return cursor.fetchone()[0]
 
 

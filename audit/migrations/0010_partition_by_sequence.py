@@ -45,10 +45,12 @@ $$;
 """
 
 # Keep one whole partition ahead of the chain head (and, after a burst, cover the head first).
-# A new partition holds about a month: the last 30 days' events, at least 10,000 (or `size`).
+# A new partition holds about a month: the last 30 days' events, at least 10,000, or `size`
+# events: choosing the size is the owner's (this function is not granted to anyone); the app's
+# role calls the SECURITY DEFINER `audit_partition_ahead()` below, which cannot choose it.
 AHEAD_FUNCTION = """
-CREATE OR REPLACE FUNCTION audit_partition_ahead(size bigint DEFAULT NULL) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+CREATE OR REPLACE FUNCTION audit_partition_ahead_by(size bigint) RETURNS bigint
+LANGUAGE plpgsql SET search_path = {schema}, pg_temp AS $$
 DECLARE
     head_sequence bigint;
     stored bigint;
@@ -103,6 +105,11 @@ BEGIN
         WHERE id = 1 AND partitioned_until IS DISTINCT FROM newest_high;
     RETURN newest_high;
 END;
+$$;
+REVOKE ALL ON FUNCTION audit_partition_ahead_by(bigint) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION audit_partition_ahead() RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+    SELECT audit_partition_ahead_by(NULL)
 $$;
 """
 
@@ -339,7 +346,8 @@ def unpartition_postgresql(apps, schema_editor):
             execute(f"GRANT {privilege} ON {TABLE} TO {grantee}")
         execute(ROW_TRIGGER)
         execute(TRUNCATE_TRIGGER)
-        execute("DROP FUNCTION audit_partition_ahead(bigint)")
+        execute("DROP FUNCTION audit_partition_ahead()")
+        execute("DROP FUNCTION audit_partition_ahead_by(bigint)")
         execute("DROP FUNCTION audit_partition_create(bigint, bigint)")
         execute("DROP FUNCTION audit_event_partitions()")
         execute(append_0007)

@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 
 from audit.models import AuditChainHead, AuditEvent
-from audit.partitions import partitions
+from audit.partitions import partition_ahead, partitions
 from audit.services import Actor, deferred_evidence, record, verify_chain
 from audit.tasks import keep_audit_partition_ahead
 from tests.audit.test_checkpoints import append, as_the_owner, publish, verify
@@ -57,7 +57,7 @@ def small_partitions(size: int) -> None:
         for partition in partitions():
             cursor.execute(f'DROP TABLE "{partition.name}"')
         cursor.execute("UPDATE audit_auditchainhead SET partitioned_until = NULL")
-        cursor.execute("SELECT audit_partition_ahead(%s)", [size])
+        cursor.execute("SELECT audit_partition_ahead_by(%s)", [size])
 
 
 def partition_of(sequence: int) -> str:
@@ -187,6 +187,7 @@ def test_the_app_role_appends_across_a_boundary_but_cannot_detach_drop_or_write_
         for _ in range(4):
             record(actor=Actor.system("app"), verb="test.as_app_role")
         created = [p.name for p in partitions()]
+        created_until = partitions()[-1].to_sequence
 
         table = "audit_auditevent"
         assert "must be owner" in refused(f"ALTER TABLE {table} DETACH PARTITION {first}")
@@ -198,6 +199,8 @@ def test_the_app_role_appends_across_a_boundary_but_cannot_detach_drop_or_write_
             assert "permission denied" in refused(f"DELETE FROM {partition}")
             assert "permission denied" in refused(f"INSERT INTO {partition} SELECT * FROM {first}")
         assert "permission denied" in refused("SELECT audit_partition_create(900, 901)")
+        assert "permission denied" in refused("SELECT audit_partition_ahead_by(1000000000)")
+        assert partition_ahead() == created_until  # beat's call: no size of its own
 
     assert created[:2] == ["audit_auditevent_p1", "audit_auditevent_p6"]
     assert AuditEvent.objects.count() == 7
