@@ -99,15 +99,16 @@ WRITERS = 12
 BATCHES = 10
 
 
-@pytest.mark.django_db(transaction=True)
-def test_it_keeps_one_chain_when_writers_append_batches_at_once():
-    barrier = threading.Barrier(WRITERS)
+def append_batches_at_once(writers: int, batches: int) -> list[BaseException]:
+    """`writers` threads released together, each appending `batches` batches of three events
+    (`test.concurrent_batch`, one transaction a batch); the errors they met."""
+    barrier = threading.Barrier(writers)
     errors: list[BaseException] = []
 
     def writer(number: int) -> None:
         try:
             barrier.wait(timeout=30)
-            for batch in range(BATCHES):
+            for batch in range(batches):
                 with transaction.atomic(), deferred_evidence():
                     for index in range(3):
                         record(
@@ -115,17 +116,22 @@ def test_it_keeps_one_chain_when_writers_append_batches_at_once():
                             verb="test.concurrent_batch",
                             data={"writer": number, "batch": batch, "index": index},
                         )
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # reported by the caller
             errors.append(exc)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == []
+    return errors
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_one_chain_when_writers_append_batches_at_once():
+    assert append_batches_at_once(WRITERS, BATCHES) == []
     written = list(
         AuditEvent.objects.filter(verb="test.concurrent_batch")
         .order_by("sequence")

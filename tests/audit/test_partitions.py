@@ -8,7 +8,6 @@ SQLite keeps a plain table: the migration test runs there too, and removal is re
 
 import io
 import json
-import threading
 import uuid
 
 import pytest
@@ -20,6 +19,7 @@ from audit.models import AuditChainHead, AuditEvent
 from audit.partitions import partition_ahead, partitions
 from audit.services import Actor, deferred_evidence, record, verify_chain
 from audit.tasks import keep_audit_partition_ahead
+from tests.audit.test_append import append_batches_at_once
 from tests.audit.test_checkpoints import append, as_the_owner, publish, verify
 from tests.audit.test_db_roles import as_role, refused
 
@@ -132,31 +132,7 @@ def test_concurrent_appenders_cross_a_partition_boundary_as_one_chain(tmp_path):
     if plain_table(tmp_path):
         return
     small_partitions(10)
-    barrier = threading.Barrier(WRITERS)
-    errors: list[BaseException] = []
-
-    def writer(number: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            for batch in range(BATCHES):
-                with transaction.atomic(), deferred_evidence():
-                    for index in range(3):
-                        record(
-                            actor=Actor.system(f"writer-{number}"),
-                            verb="test.concurrent_batch",
-                            data={"writer": number, "batch": batch, "index": index},
-                        )
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
+    errors = append_batches_at_once(WRITERS, BATCHES)
     assert errors == []
     total = WRITERS * BATCHES * 3
     assert list(AuditEvent.objects.values_list("sequence", flat=True)) == list(range(1, total + 1))
