@@ -323,14 +323,7 @@ def checkpoint_publish() -> CheckpointResult:
             if previous.sequence > start_sequence:
                 start_sequence, start_hash = previous.sequence, previous.hash
         if oldest > 1 and start_sequence < oldest - 1:
-            return _refuse(
-                ChainReport(
-                    0,
-                    oldest,
-                    f"events before {oldest} are not in the database and no signed checkpoint "
-                    f"at {oldest - 1} vouches for them",
-                )
-            )
+            return _refuse(history_missing(oldest))
         if head is None or head_sequence == start_sequence:
             return CheckpointResult(None, ChainReport(0, None, "the chain has not moved"))
         # Every partition's last event the walk passes is signed as well as the head: each
@@ -408,6 +401,17 @@ def _walk_between(
             f"chain head hash does not match event {head.last_sequence}",
         )
     return ChainReport(verified, None)
+
+
+def history_missing(oldest: int) -> ChainReport:
+    """Events before `oldest` are gone and no signed checkpoint at the boundary vouches for
+    them: what they look like, missing history (the publisher and both walks say so)."""
+    return ChainReport(
+        0,
+        oldest,
+        f"events before {oldest} are not in the database and no signed checkpoint at "
+        f"{oldest - 1} vouches for them",
+    )
 
 
 def oldest_sequence() -> int:

@@ -38,7 +38,12 @@ from audit.models import (
     ChainCheck,
     chain_hash,
 )
-from audit.services import ChainReport, _published_checkpoints, oldest_sequence
+from audit.services import (
+    ChainReport,
+    _published_checkpoints,
+    history_missing,
+    oldest_sequence,
+)
 
 logger = logging.getLogger("custody.audit.chain")
 
@@ -113,12 +118,7 @@ def verify(
                 return _refused(0, checkpoint, exc)
             start_sequence, start_hash = boundary, checkpoint.hash
         if not start_sequence:
-            return ChainReport(
-                0,
-                oldest,
-                f"events before {oldest} are not in the database and no signed checkpoint at "
-                f"{boundary} vouches for them",
-            )
+            return history_missing(oldest)
         if len({checkpoint.hash for checkpoint in published.get(boundary, ())}) > 1:
             return ChainReport(
                 0, boundary, f"signed checkpoints at {boundary} disagree", started_after=boundary

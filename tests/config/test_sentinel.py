@@ -1,9 +1,7 @@
 """A broker under Redis Sentinel (docs/scaling.md): Custody's settings take the sentinels' URL and
 the master's name from the environment, and kombu finds the master through a real sentinel."""
 
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.config.test_settings import CUSTODY_VARIABLES, ROOT, refusal, start
+from tests.config.test_settings import refusal, start
 from tests.workers import RedisServer, free_port
 
 MASTER_NAME = "custody-broker"
@@ -60,26 +58,17 @@ def sentinel():
 
 def publish(tmp_path, sentinel_port: int, master_name: str) -> subprocess.CompletedProcess:
     """Custody's own settings, started with the sentinel's URL, publish one expiry task."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in CUSTODY_VARIABLES and not name.startswith(("CUSTODY_", "SLACK_"))
-    }
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        CUSTODY_VAR_DIR=str(tmp_path / "var"),
-        DEBUG="true",
-        CELERY_BROKER_URL=f"sentinel://127.0.0.1:{sentinel_port}",
-        CELERY_BROKER_SENTINEL_MASTER=master_name,
-    )
     code = (
-        "import django; django.setup(); "
         "from config.health import _broker; _broker(); "
         "from config.celery import app; "
         "app.send_task('approvals.tasks.expire_grant', args=[424242]); print('sent')"
     )
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    return start(
+        tmp_path,
+        code,
+        DEBUG="true",
+        CELERY_BROKER_URL=f"sentinel://127.0.0.1:{sentinel_port}",
+        CELERY_BROKER_SENTINEL_MASTER=master_name,
     )
 
 
