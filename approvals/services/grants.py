@@ -266,11 +266,15 @@ def grant_end(*, grant_id: int, reason: str, actor: Actor, detail: str = "") -> 
     return True
 
 
-def grants_expire_due(*, limit: int = 500, grant_id: int | None = None) -> int:
+def grants_expire_due(
+    *, limit: int = 500, grant_id: int | None = None, including: int | None = None
+) -> int:
     """End, in one transaction, up to `limit` grants whose time has come (or just `grant_id`
-    if it has), with everything delegated from them. Grants another transaction is ending
-    right now are skipped, not waited for. Returns how many grants expired (cascades aside).
-    Idempotent: a rerun finds nothing due."""
+    if it has), with everything delegated from them; `including` is ended too if its time has
+    come, even when `limit` earlier ones are due (the expiry task of that grant: its own grant
+    and the backlog in one transaction). Grants another transaction is ending right now are
+    skipped, not waited for (so the order the rows are locked in cannot deadlock). Returns how
+    many grants expired (cascades aside). Idempotent: a rerun finds nothing due."""
     now = timezone.now()
     with transaction.atomic(), deferred_evidence():
         due = Grant.objects.due(now)
@@ -281,6 +285,12 @@ def grants_expire_due(*, limit: int = 500, grant_id: int | None = None) -> int:
                 :limit
             ]
         )
+        if including is not None and all(grant.pk != including for grant in selected):
+            selected += (
+                Grant.objects.due(now)
+                .filter(pk=including)
+                .select_for_update(no_key=True, skip_locked=True)
+            )
         if not selected:
             return 0
         children = _lock_live_descendants([grant.pk for grant in selected])

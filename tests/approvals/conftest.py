@@ -1,7 +1,10 @@
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
-from tests.factories import PrivilegeFactory, ResourceServerFactory
+from tests.factories import AgentFactory, PrivilegeFactory, ResourceServerFactory
 
 
 @pytest.fixture
@@ -71,3 +74,42 @@ def decide(user, request_id, verdict="approve", comment="decided in a test"):
         {"verdict": verdict, "comment": comment},
         format="json",
     )
+
+
+def long_grants(privilege, count: int, *, due_in: timedelta) -> list[int]:
+    """Grants issued a day ago whose expiry now comes within `due_in` (past, if negative),
+    never enqueued."""
+    from approvals.models import AccessRequest, Grant
+
+    agent = AgentFactory()
+    issued = timezone.now() - timedelta(days=1)
+    requests = AccessRequest.objects.bulk_create(
+        AccessRequest(
+            agent=agent,
+            privilege=privilege,
+            task_id=f"long-{n}",
+            intent={"action": "read", "target": "ledger", "justification": "long job"},
+            duration_seconds=86400 + int(due_in.total_seconds()),
+            status=AccessRequest.Status.APPROVED,
+            policy_outcome=AccessRequest.Outcome.AUTO_APPROVE,
+            policy_ids=["test"],
+            approvals_required=1,
+            created_at=issued,
+            decided_at=issued,
+            decision_deadline=issued + timedelta(hours=1),
+        )
+        for n in range(count)
+    )
+    grants = Grant.objects.bulk_create(
+        Grant(
+            agent=agent,
+            privilege=privilege,
+            access_request=access_request,
+            task_id=access_request.task_id,
+            scope=privilege.name,
+            issued_at=issued,
+            expires_at=issued + timedelta(seconds=access_request.duration_seconds),
+        )
+        for access_request in requests
+    )
+    return [grant.pk for grant in grants]

@@ -8,12 +8,11 @@ from datetime import timedelta
 import pytest
 import redis
 from django.db import connection
-from django.utils import timezone
 
 from approvals import tasks
-from approvals.models import AccessRequest, Grant
+from approvals.models import Grant
+from tests.approvals.conftest import long_grants
 from tests.approvals.test_expiry_worker import publishing_to
-from tests.factories import AgentFactory
 from tests.workers import RedisServer
 
 
@@ -25,42 +24,6 @@ def broker():
             yield redis.Redis.from_url(server.url)
     finally:
         server.stop()
-
-
-def long_grants(privilege, count: int, *, due_in: timedelta) -> list[int]:
-    """Grants issued a day ago whose expiry now comes within the horizon, never enqueued."""
-    agent = AgentFactory()
-    issued = timezone.now() - timedelta(days=1)
-    requests = AccessRequest.objects.bulk_create(
-        AccessRequest(
-            agent=agent,
-            privilege=privilege,
-            task_id=f"long-{n}",
-            intent={"action": "read", "target": "ledger", "justification": "long job"},
-            duration_seconds=86400 + int(due_in.total_seconds()),
-            status=AccessRequest.Status.APPROVED,
-            policy_outcome=AccessRequest.Outcome.AUTO_APPROVE,
-            policy_ids=["test"],
-            approvals_required=1,
-            created_at=issued,
-            decided_at=issued,
-            decision_deadline=issued + timedelta(hours=1),
-        )
-        for n in range(count)
-    )
-    grants = Grant.objects.bulk_create(
-        Grant(
-            agent=agent,
-            privilege=privilege,
-            access_request=access_request,
-            task_id=access_request.task_id,
-            scope=privilege.name,
-            issued_at=issued,
-            expires_at=issued + timedelta(seconds=access_request.duration_seconds),
-        )
-        for access_request in requests
-    )
-    return [grant.pk for grant in grants]
 
 
 def queued(broker) -> list[int]:

@@ -10,9 +10,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from approvals.models import Grant
+from approvals.tasks import SWEEP_BATCH
 from audit.models import AuditEvent
 from audit.services import verify_chain
-from tests.approvals.conftest import submit
+from tests.approvals.conftest import long_grants, submit
 from tests.workers import RedisServer, Worker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -86,6 +87,31 @@ def test_a_two_second_grant_is_revoked_within_two_seconds_of_expiry(
     assert grant.revoke_reason == "expired"
     assert timedelta(0) <= grant.revoked_at - grant.expires_at < timedelta(seconds=2)
     assert AuditEvent.objects.filter(grant_id=grant.pk, verb="grant.expired").count() == 1
+
+
+def test_an_expiry_task_ends_its_grant_behind_a_backlog_and_a_batch_of_it_in_one_go(
+    agent_api, privileges
+):
+    """More grants are past due than one batch (their ETA messages were lost and no sweep runs):
+    a grant's own ETA task still ends it at its time, and the earliest-due batch of the backlog
+    with it, in the same transaction."""
+    backlog = long_grants(privileges["read"], SWEEP_BATCH + 20, due_in=-timedelta(minutes=5))
+    expiry = Worker(broker_url=settings.CELERY_BROKER_URL, queues="expiry", beat=False)
+    try:
+        grant_id = submit(agent_api, duration=2).json()["grant"]["id"]
+        assert wait_until(lambda: Grant.objects.get(pk=grant_id).revoked_at is not None, 8), (
+            expiry.output()[-3000:]
+        )
+        grant = Grant.objects.get(pk=grant_id)
+        assert grant.revoke_reason == "expired"
+        assert timedelta(0) <= grant.revoked_at - grant.expires_at < timedelta(seconds=1.5)
+        ended = Grant.objects.filter(pk__in=backlog, revoked_at__isnull=False)
+        assert ended.count() == SWEEP_BATCH
+        assert set(ended.values_list("revoked_at", flat=True)) == {grant.revoked_at}
+        assert AuditEvent.objects.filter(verb="grant.expired").count() == SWEEP_BATCH + 1
+        assert verify_chain().ok
+    finally:
+        expiry.stop()
 
 
 def test_the_sweep_ends_a_grant_whose_worker_was_killed(agent_api, privileges, resource_server_api):
