@@ -839,6 +839,7 @@ def in_process_checks(
             print(f"\n--- in-process SQL of one ({kind}) request ---")
             for number, query in enumerate(captured.captured_queries, 1):
                 print(f"  {number:2d}. {query['sql'][:150]}")
+            print_statement_times(call, profile_requests)
             profiler = cProfile.Profile()
             started = time.perf_counter()
             profiler.enable()
@@ -850,10 +851,50 @@ def in_process_checks(
                 f"\n--- cProfile of {profile_requests} ({kind}) requests in-process, "
                 f"{per_request:.2f} ms each under the profiler ---"
             )
+            dump = Path(tempfile.gettempdir()) / f"custody-api-bench-{kind}.pstats"
+            profiler.dump_stats(dump)
+            print(f"(the whole profile: python -m pstats {dump})")
             stats = pstats.Stats(profiler).strip_dirs()
             stats.sort_stats("tottime").print_stats(18)
             stats.sort_stats("cumulative").print_stats(30)
     return queries
+
+
+def print_statement_times(call, requests: int) -> None:
+    """Wall time of each statement of a request (median over `requests`), beside the request's
+    own: how much of it is PostgreSQL's round trips and how much is Python."""
+    from django.db import connection
+
+    per_statement: dict[int, list[float]] = {}
+    labels: dict[int, str] = {}
+    whole: list[float] = []
+    index = 0
+
+    def timed(execute, sql, params, many, context):
+        nonlocal index
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            per_statement.setdefault(index, []).append(time.perf_counter() - started)
+            labels.setdefault(index, " ".join(sql.split())[:70])
+            index += 1
+
+    with connection.execute_wrapper(timed):
+        for _ in range(requests):
+            index = 0
+            started = time.perf_counter()
+            call()
+            whole.append(time.perf_counter() - started)
+    request_ms = statistics.median(whole) * 1000
+    in_sql = sum(statistics.median(times) for times in per_statement.values()) * 1000
+    print(f"\n--- wall time per statement, median of {requests} requests ---")
+    for number, times in sorted(per_statement.items()):
+        print(f"  {number + 1:2d}. {statistics.median(times) * 1000:6.2f} ms  {labels[number]}")
+    print(
+        f"  request {request_ms:.2f} ms: {in_sql:.2f} ms in statements, "
+        f"{request_ms - in_sql:.2f} ms in Python"
+    )
 
 
 def verify_audit() -> str:
@@ -1056,6 +1097,11 @@ def parse_args():
     parser.add_argument("--profile", action="store_true", help="cProfile each kind in-process")
     parser.add_argument("--profile-requests", type=int, default=300)
     parser.add_argument(
+        "--profile-only",
+        action="store_true",
+        help="seed, then only the in-process profile (no gunicorn, no wrk, no report)",
+    )
+    parser.add_argument(
         "--database", default=DB_NAME, help="PostgreSQL database to (re)create and use"
     )
     parser.add_argument(
@@ -1135,6 +1181,22 @@ def main() -> int:
         make_every_agent_eligible()
         tokens = {"agent": signer.mint(AGENT_SPIFFE_ID), "server": signer.mint(SERVER_SPIFFE_ID)}
 
+        if args.profile_only:
+            from django.test import Client
+
+            answer = Client(SERVER_NAME="127.0.0.1").post(
+                "/api/v1/requests",
+                request_body("introspected"),
+                content_type="application/json",
+                HTTP_AUTHORIZATION=f"Bearer {tokens['agent']}",
+            )
+            in_process_checks(
+                tokens,
+                answer.json()["grant"]["access_token"],
+                profile=True,
+                profile_requests=args.profile_requests,
+            )
+            return 0
         print("(p) policy decision vs raw Cedar, in-process ...", flush=True)
         figures = measure_policy(seeded)
         connection.close()
