@@ -57,8 +57,12 @@ run: $(STAMP)
 	echo "  Stop everything with Ctrl-C." && echo "" && \
 	PATH="$(BIN):$$PATH" PORT=$(PORT) exec $(BIN)/honcho start -f Procfile
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, each on its own test database, Redis
+# databases and var/ (config/test_settings.py). make test TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) chromium
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 # Debian's chromium when it is missing: with apt-get as root, or through passwordless sudo;
 # otherwise a sentence saying what to run.
