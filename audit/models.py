@@ -30,9 +30,8 @@ class AuditEvent(models.Model):
     actor_type = models.CharField(max_length=10, choices=ActorType.choices)
     actor_id = models.CharField(max_length=255, blank=True)  # username, SPIFFE ID or "custody"
     verb = models.CharField(max_length=64, db_index=True)
-    # Subjects are plain ids, not foreign keys: evidence outlives the rows it speaks of. An
-    # agent's events are found by audit_agent_sequence (below), whose first column it is.
-    agent_id = models.BigIntegerField(null=True, blank=True)
+    # Subjects are plain ids, not foreign keys: evidence outlives the rows it speaks of.
+    agent_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     access_request_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     grant_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     data = models.JSONField(default=dict, blank=True)
