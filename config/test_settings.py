@@ -10,7 +10,7 @@ os.environ.setdefault("ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
 
 
 def _isolate_xdist_worker() -> None:
-    """Under pytest-xdist (`make test` runs `pytest -n 2`) each worker gets what the others must
+    """Under pytest-xdist (`make test TEST_WORKERS=2`) each worker gets what the others must
     not touch: pytest-django gives it a test database of its own (test_<name>_gw0, ...); here it
     gets its own var/ (the SQLite files, the filesystem broker's folders, the beat lock) and its
     own Redis databases for the broker and the cache (the cache is flushed between tests).
