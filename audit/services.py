@@ -82,24 +82,43 @@ def _advance_head(count: int) -> tuple[int, str]:
     return row[0], row[1]
 
 
+# The events go to audit_append() as one JSON document, unpacked into its arrays in the
+# statement: psycopg writes a text[] parameter element by element through a regex escape (about
+# 1 ms for five events on the bench machine), one json.dumps string costs a twentieth of that.
+# WITH ORDINALITY ... ORDER BY n keeps every column in the events' order.
+_APPEND_SQL = """
+WITH e AS (
+    SELECT x, n FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(x, n)
+)
+SELECT event_id, event_sequence, event_at, event_previous, event_hash FROM audit_append(
+    %s,
+    ARRAY(SELECT x->>0 FROM e ORDER BY n),
+    ARRAY(SELECT x->>1 FROM e ORDER BY n),
+    ARRAY(SELECT x->>2 FROM e ORDER BY n),
+    ARRAY(SELECT x->>3 FROM e ORDER BY n),
+    ARRAY(SELECT x->>4 FROM e ORDER BY n),
+    ARRAY(SELECT (x->>5)::bigint FROM e ORDER BY n),
+    ARRAY(SELECT (x->>6)::bigint FROM e ORDER BY n),
+    ARRAY(SELECT (x->>7)::bigint FROM e ORDER BY n),
+    ARRAY(SELECT x->8 FROM e ORDER BY n)
+)
+"""
+
+
 def _append_in_database(events: list[AuditEvent]) -> bool:
     """PostgreSQL: the whole append in one statement (audit migration 0007), so the head lock
     is held for that statement and the commit, not for three round trips and the hashing in
     between. False if there is no head row yet."""
-    columns: list[list] = [[] for _ in range(9)]
+    items = []
     for event in events:
         head, tail = event.canonical_parts()
-        values = (head, tail, event.actor_type, event.actor_id, event.verb, event.agent_id)
-        values += (event.access_request_id, event.grant_id, json.dumps(event.data))
-        for column, value in zip(columns, values, strict=True):
-            column.append(value)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT event_id, event_sequence, event_at, event_previous, event_hash "
-            "FROM audit_append(%s, %s, %s, %s, %s, %s, %s::bigint[], %s::bigint[], "
-            "%s::bigint[], %s::jsonb[])",
-            [timezone.now(), *columns],
+        items.append(
+            (head, tail, event.actor_type, event.actor_id, event.verb, event.agent_id)
+            + (event.access_request_id, event.grant_id, event.data)
         )
+    document = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+    with connection.cursor() as cursor:
+        cursor.execute(_APPEND_SQL, [document, timezone.now()])
         rows = cursor.fetchall()
     if not rows:
         return False

@@ -85,6 +85,40 @@ def test_it_chains_a_batch_in_order_within_one_append():
     assert verify_chain().ok
 
 
+def test_a_batch_of_mixed_events_stores_each_one_as_it_was_recorded():
+    """Every column of every event in one append lands on its own row: the events differ in
+    each field (actor, verb, the three ids, null or not, and awkward data), so a shifted or
+    reordered column would store one event's field on another's row."""
+    with transaction.atomic(), deferred_evidence():
+        events = [
+            record(
+                actor=Actor("agent" if index % 2 else "user", f'actor "{index}" ü\\'),
+                verb=f"test.mixed.{index}",
+                agent_id=index + 1 if index % 2 else None,
+                access_request_id=None if index % 3 else 1000 + index,
+                grant_id=2**40 + index if index % 2 == 0 else None,
+                data=data,
+            )
+            for index, data in enumerate(AWKWARD_DATA * 2)
+        ]
+    for event in events:
+        row = stored(event)
+        assert (row.actor_type, row.actor_id, row.verb) == (
+            event.actor_type,
+            event.actor_id,
+            event.verb,
+        )
+        assert (row.agent_id, row.access_request_id, row.grant_id) == (
+            event.agent_id,
+            event.access_request_id,
+            event.grant_id,
+        )
+        assert row.data == event.data
+        assert row.hash == row.compute_hash() == event.hash
+    report = verify_chain()
+    assert report.ok, report
+
+
 def test_a_rolled_back_append_leaves_neither_events_nor_a_moved_head():
     before = AuditEvent.objects.count()
     with pytest.raises(RuntimeError), transaction.atomic(), deferred_evidence():
