@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/expiry_bench.py [--grants 10000] [--window 60] [--database NAME]
     .venv/bin/python bench/expiry_bench.py --modes hour [--hour-grants 100000] [--hour-window 600]
+        [--hour-concurrency 2]
 
 Starts its own redis-server (free port) as the Celery broker and its own PostgreSQL database
 (--database, default custody_bench_expiry: dropped, created and migrated on every run), then
@@ -17,8 +18,10 @@ subprocess (the Procfile's expiry and sweeps workers in one, with beat embedded)
          does it all.
 
   hour   (--modes hour) 100,000 grants due within the hour AND 10,000 due within one minute in
-         its middle, one worker with every layer on (ETA tasks, beat's periodic enqueuer, the
-         sweep every CUSTODY_SWEEP_SECONDS). The hour's grants were issued a day ago (long grants,
+         its middle, in production's shape (docker-compose.yml): an expiry worker with two pool
+         processes (--hour-concurrency; 1 is the Procfile's `make run`) and a sweeps worker with
+         beat, every layer on (ETA tasks, beat's periodic enqueuer, the sweep every
+         CUSTODY_SWEEP_SECONDS). The hour's grants were issued a day ago (long grants,
          never enqueued), so beat's `enqueue_upcoming_expiries` must hand all 100,000 to the
          broker in its runs, the worst case (beat just came back, or a flood of long grants);
          the minute's are issued now and enqueued one by one, as grant_issued does.
@@ -688,7 +691,7 @@ def run_hour(fixtures: Fixtures, args, broker_url: str) -> HourResult:
             name="hour-expiry",
             broker_url=broker_url,
             sweep_seconds=args.sweep_seconds,
-            concurrency=args.concurrency,
+            concurrency=args.hour_concurrency,
             queues="expiry",
             beat=False,
         )
@@ -773,8 +776,9 @@ def report_hour(result: HourResult, args) -> None:
         f"the hour: {args.hour_grants} grants due evenly within {args.hour_window} s (the hour "
         f"compressed {compression:.0f}x: {rate:.0f}/s against 28/s), {args.burst_grants} more due "
         f"within {args.burst_window} s in its middle ({args.burst_grants / args.burst_window:.0f}/s"
-        f" on top); an expiry worker (celery -A config worker --concurrency={args.concurrency} "
-        f"--queues=expiry) and a sweeps worker (--queues=sweeps --beat), as in production; "
+        f" on top); an expiry worker (celery -A config worker "
+        f"--concurrency={args.hour_concurrency} --queues=expiry) and a sweeps worker "
+        f"(--queues=sweeps --beat), as in production; "
         f"every layer on (sweep every {args.sweep_seconds} s)"
     )
     print()
@@ -1074,7 +1078,16 @@ def main() -> None:
         "--sweep-seconds", type=int, default=10, help="CUSTODY_SWEEP_SECONDS in sweep mode"
     )
     parser.add_argument(
-        "--concurrency", type=int, default=1, help="worker pool size (the Procfile's is 1)"
+        "--concurrency",
+        type=int,
+        default=1,
+        help="eta and sweep modes: worker pool size (the Procfile's is 1)",
+    )
+    parser.add_argument(
+        "--hour-concurrency",
+        type=int,
+        default=2,
+        help="hour mode: the expiry worker's pool size (docker-compose.yml's worker-expiry: 2)",
     )
     parser.add_argument(
         "--modes", default="eta,sweep", help="any of eta, sweep, hour (comma-separated)"
