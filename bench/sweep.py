@@ -287,6 +287,8 @@ def create_parallel_chains(count: int) -> None:
         .replace("audit_auditchainhead", "bench_chain_head")
         .replace("audit_auditevent", "bench_chain_event")
         .replace("WHERE id = 1", "WHERE id = chain_id")
+        # Since audit 0010 an event's key is its sequence (the table has no id column).
+        .replace(") RETURNING id INTO event_id;", "); event_id := event_sequence;")
     )
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE IF EXISTS bench_chain_head, bench_chain_event")
