@@ -357,11 +357,15 @@ SPECTACULAR_SETTINGS = {
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
+CELERY_BROKER_TRANSPORT = None  # from the URL's scheme
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's filesystem transport with a publish and a claim no reader sees half-done.
+    CELERY_BROKER_TRANSPORT = "config.file_broker:Transport"
     _broker_dir = VAR_DIR / "broker"
     for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    # Producers and consumers must read and write the same folder (see shared/NOTES.md).
+    # Producers and consumers must read and write the same folder (see shared/NOTES.md), and
+    # the processed folder must be on its filesystem: a reader claims a message by renaming it.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
