@@ -60,6 +60,20 @@ def _close_redis_channels_when_the_broker_is_gone() -> None:
 
 _close_redis_channels_when_the_broker_is_gone()
 
+
+def _filesystem_urls_use_the_atomic_transport() -> None:
+    """`filesystem://` (the embedded broker) means config/file_broker.py's transport in every
+    process that loads this app, whichever way the URL arrives (settings, `celery -b`, a test
+    pointing the app elsewhere): mapped by scheme, not by `broker_transport`, which would
+    override a `redis://` URL given later."""
+    from kombu import transport
+
+    transport.TRANSPORT_ALIASES["filesystem"] = "config.file_broker:Transport"
+    transport._transport_cache.pop("filesystem", None)
+
+
+_filesystem_urls_use_the_atomic_transport()
+
 # Seconds between attempts to reach a lost broker (kombu backs off up to 30 s by default).
 BROKER_RECONNECT_SECONDS = 1
 

@@ -357,10 +357,8 @@ SPECTACULAR_SETTINGS = {
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
-CELERY_BROKER_TRANSPORT = None  # from the URL's scheme
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    # kombu's filesystem transport with a publish and a claim no reader sees half-done.
-    CELERY_BROKER_TRANSPORT = "config.file_broker:Transport"
+    # The transport is config/file_broker.py's (config/celery.py maps the scheme to it).
     _broker_dir = VAR_DIR / "broker"
     for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
