@@ -57,9 +57,9 @@ run: $(STAMP)
 	echo "  Stop everything with Ctrl-C." && echo "" && \
 	PATH="$(BIN):$$PATH" PORT=$(PORT) exec $(BIN)/honcho start -f Procfile
 
-# make test TEST_WORKERS=2 runs the suite on two pytest-xdist workers, each on its own test
-# database, Redis databases and var/ (config/test_settings.py); by default, one process (README).
-TEST_WORKERS ?= 0
+# make test runs the suite on two pytest-xdist workers, each on its own test database, Redis
+# databases and var/ (config/test_settings.py); TEST_WORKERS=0 runs it in one process (README).
+TEST_WORKERS ?= 2
 
 test: $(STAMP) chromium
 	$(BIN)/pytest -n $(TEST_WORKERS)
